@@ -1,0 +1,13 @@
+"""vaegen: train, evaluate, tune and show variational autoencoders for images."""
+
+__version__ = "0.1.0"
+
+
+def load(path, device="cpu"):
+    """Load a trained model folder (best_models/<run>); see `vaegen.api.load`."""
+    from vaegen.api import load as _load
+
+    return _load(path, device)
+
+
+__all__ = ["load", "__version__"]

@@ -1,0 +1,5 @@
+import sys
+
+from vaegen.cli import main
+
+sys.exit(main())

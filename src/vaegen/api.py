@@ -1,0 +1,43 @@
+"""The Python API: `vaegen.load("best_models/<run>")` gives a ready model.
+
+    model = vaegen.load("best_models/apples")
+    images = model.sample(16, seed=0)          # [16, C, H, W] in [0, 1]
+    mu, logvar = model.encode(images)
+    again = model.reconstruct(images)
+    model.classes                               # class names, index = label
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vaegen.checkpoint import load_model_weights, read_model_metadata
+from vaegen.config import load_config
+from vaegen.errors import CheckpointError
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the model described by <path>/config.yaml and load <path>/model.safetensors (no code runs)."""
+    from vaegen.models import build_model
+
+    folder = Path(path)
+    weights = folder / "model.safetensors" if folder.is_dir() else folder
+    folder = weights.parent
+    if not weights.is_file() or not (folder / "config.yaml").is_file():
+        raise CheckpointError(
+            f"{folder} is not a vaegen model folder: it needs model.safetensors and config.yaml "
+            f"(what `vaegen train` writes to best_models/<run>/)."
+        )
+    config = load_config(folder / "config.yaml")
+    metadata = read_model_metadata(weights)
+    classes = metadata.get("classes")
+    if not isinstance(classes, list):
+        raise CheckpointError(f"{weights} has no class list in its metadata; it was not written by vaegen train.")
+    model = build_model(config.model, config.data.image_size, config.data.channels, len(classes))
+    load_model_weights(model, weights)
+    model.classes = classes
+    model.config = config
+    model.metadata = metadata
+    return model.to(device).eval()

@@ -1,0 +1,154 @@
+"""`vaegen` on the command line: train, data. Bad input exits non-zero with one readable paragraph."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from vaegen import __version__
+from vaegen.errors import CheckpointError, ConfigError, VaegenError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaegen", description="Train and use variational autoencoders for images.")
+    parser.add_argument("--version", action="version", version=f"vaegen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("--config", type=Path, help="YAML config (see configs/)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.epochs=5 (repeatable; VALUE is YAML)")
+    train.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                       help="continue the latest run of --config, or the run in RUN_DIR (logs/<run>)")
+
+    show = commands.add_parser("config", help="validate a config and print it with every default filled in")
+    show.add_argument("--config", type=Path, required=True)
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    data = commands.add_parser("data", help="build a training folder from a downloaded dataset")
+    builders = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    fruit = builders.add_parser("fruit360", help="3 apple classes (Golden, Golden-Red, Red) from Fruit-360")
+    wikiart = builders.add_parser("wikiart", help="one WikiArt style, optionally one folder per genre")
+    for sub in (fruit, wikiart):
+        sub.add_argument("--src", type=Path, required=True, help="the extracted download")
+        sub.add_argument("--out", type=Path, required=True, help="an empty or new folder to build into")
+        sub.add_argument("--link", action="store_true", help="hard-link instead of copying where possible")
+    wikiart.add_argument("--style", default="Impressionism")
+    wikiart.add_argument("--by", choices=["genre"], default=None, help="one class folder per genre")
+    wikiart.add_argument("--genres", default=None, help="comma-separated genres to keep with --by genre")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    warnings.formatwarning = lambda message, category, *rest: f"warning: {message}\n"
+    try:
+        return COMMANDS[args.command](args)
+    except VaegenError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted. Continue with `vaegen train --resume logs/<run>`; the last checkpoint is intact.", file=sys.stderr)
+        return 130
+
+
+def cmd_config(args) -> int:
+    from vaegen.config import load_config
+
+    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from vaegen.train import RunPaths, train
+
+    config, paths, resume = resolve_run(args)
+    started = time.perf_counter()
+    result = train(config, paths, resume=resume)
+    seconds = time.perf_counter() - started
+    print(f"\ndone: {result.epochs_run} epoch(s) in {seconds:.0f} s")
+    if result.best_epoch is not None:
+        print(f"  best checkpoint  {paths.best_dir}/  (epoch {result.best_epoch}, {config.output.select} {result.best_value:.4f})")
+        print(f"  best samples     {paths.best_dir / 'samples.png'}")
+    if result.last_samples:
+        print(f"  latest samples   {result.last_samples}")
+    print(f"  curves           {paths.run_dir / 'curves.png'}")
+    print(f"  TensorBoard      tensorboard --logdir {paths.run_dir / 'tensorboard'}")
+    print(f"  continue         vaegen train --resume {paths.run_dir} --set train.epochs={config.train.epochs * 2}")
+    return 0
+
+
+def resolve_run(args):
+    """The config, run folders and resume flag for `vaegen train` (new run or --resume)."""
+    from vaegen.config import load_config
+    from vaegen.train import RunPaths, new_run_name
+
+    if args.resume is None:
+        if args.config is None:
+            raise ConfigError("vaegen train needs --config FILE (examples in configs/), or --resume RUN_DIR.")
+        config = load_config(args.config, args.overrides)
+        name = new_run_name(config, args.config)
+        paths = RunPaths.for_config(config, name)
+        if paths.last_checkpoint.exists():
+            if config.output.run_name:
+                raise ConfigError(
+                    f"{paths.run_dir} already holds a run named {name}. Continue it with --resume {paths.run_dir}, "
+                    f"or start another with --set output.run_name=NEW_NAME."
+                )
+            suffix = 2
+            while RunPaths.for_config(config, f"{name}-{suffix}").last_checkpoint.exists():
+                suffix += 1
+            paths = RunPaths.for_config(config, f"{name}-{suffix}")
+        return config, paths, False
+
+    if args.resume is True:
+        if args.config is None:
+            raise ConfigError("--resume without a RUN_DIR needs --config FILE to find the run; or pass --resume logs/<run>.")
+        wanted = load_config(args.config, args.overrides)
+        run_dir = latest_run(wanted.output.logs_dir, wanted.output.run_name or args.config.stem, exact=bool(wanted.output.run_name))
+    else:
+        run_dir = Path(args.resume)
+        if args.config is not None:
+            print(f"note: resuming uses {run_dir}/config.yaml, the run's own config; --config is not read.", file=sys.stderr)
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise CheckpointError(
+            f"{run_dir} has no checkpoints/last.pt to resume from. Pass a run folder written by vaegen train "
+            f"(logs/<run>), or start a new run without --resume."
+        )
+    config = load_config(run_dir / "config.yaml", args.overrides)
+    return config, RunPaths(run_dir.name, run_dir, config.output.best_dir / run_dir.name), True
+
+
+def latest_run(logs_dir: Path, name: str, exact: bool) -> Path:
+    candidates = [logs_dir / name] if exact else sorted(logs_dir.glob(f"{name}-*"))
+    runs = [p for p in candidates if (p / "checkpoints" / "last.pt").is_file()]
+    if not runs:
+        raise CheckpointError(
+            f"found no run of {name!r} with a checkpoint in {logs_dir}/ to resume. Start one without --resume, "
+            f"or pass the run folder: --resume logs/<run>."
+        )
+    return max(runs, key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime)
+
+
+def cmd_data(args) -> int:
+    from vaegen import prepare
+
+    if args.dataset == "fruit360":
+        counts = prepare.build_fruit360(args.src, args.out, link=args.link)
+    else:
+        genres = args.genres.split(",") if args.genres else None
+        counts = prepare.build_wikiart(args.src, args.out, style=args.style, by=args.by, genres=genres, link=args.link)
+    for name, count in counts.items():
+        print(f"  {name:<20} {count:>6} images")
+    print(f"built {args.out} ({sum(counts.values())} images); train on it with --set data.root={args.out}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "config": cmd_config, "data": cmd_data}

@@ -1,0 +1,268 @@
+"""Typed run configuration: YAML in, validated objects out.
+
+Every section is a pydantic model that forbids unknown keys, so a misspelt key is an
+error that names the key path and the closest valid key, never a silently ignored
+setting. `load_config` is the only way a YAML file becomes a `Config`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vaegen.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    root: Path = Field(description="ImageFolder (one subfolder per class) or a flat folder of images")
+    image_size: tuple[int, int] = Field(
+        (64, 64), description="int or [height, width]; both divisible by 2**len(model.widths)"
+    )
+    channels: Literal[1, 3] = 3
+    resize: Literal["center_crop", "stretch"] = "center_crop"
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    hflip: bool = False
+    skip_bad: bool = False
+    cache_dir: Path | None = Field(None, description="default: $VAEGEN_CACHE or ~/.cache/vaegen")
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _square_from_int(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value, value)
+        return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if min(value) < 1:
+            raise ValueError("sizes must be positive")
+        return value
+
+
+class ModelConfig(Section):
+    name: str = "conv_vae"
+    latent_dim: int = Field(128, ge=1)
+    widths: tuple[int, ...] = Field((64, 128, 256, 512), min_length=1)
+    conditional: Literal["none", "onehot", "embedding"] = "none"
+
+    @field_validator("widths")
+    @classmethod
+    def _positive_widths(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if min(value) < 1:
+            raise ValueError("every width must be a positive channel count")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from vaegen.models import MODELS
+
+        if value not in MODELS:
+            raise ValueError(f"unknown model; registered models: {', '.join(sorted(MODELS))}")
+        return value
+
+
+class LossConfig(Section):
+    recon: Literal["mse", "bce"] = "mse"
+
+
+class BetaConfig(Section):
+    schedule: Literal["constant", "warmup", "cyclic"] = "constant"
+    max: float = Field(1.0, ge=0.0)
+    warmup: int = Field(10, ge=1, description="epochs to ramp from 0 to max")
+    cycle: int = Field(20, ge=1, description="cyclic schedule period in epochs")
+
+    @model_validator(mode="after")
+    def _warmup_fits_cycle(self) -> BetaConfig:
+        if self.schedule == "cyclic" and self.warmup > self.cycle:
+            raise ValueError(
+                f"beta.warmup ({self.warmup}) must be at most beta.cycle ({self.cycle}) for the "
+                "cyclic schedule, or beta never reaches beta.max"
+            )
+        return self
+
+
+class OptimConfig(Section):
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(2e-4, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0.0)
+    grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; null = off")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    log_every: int = Field(20, ge=1, description="steps between progress-bar loss updates")
+
+
+class EvalConfig(Section):
+    every: int = Field(5, ge=1, description="epochs between sample/reconstruction grids")
+    num_grid: int = Field(64, ge=1, description="images in each grid")
+
+
+class LoggingConfig(Section):
+    wandb: Literal["disabled", "offline", "online"] = "disabled"
+    wandb_project: str = "vaegen"
+
+
+class OutputConfig(Section):
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    logs_dir: Path = Path("logs")
+    best_dir: Path = Path("best_models")
+    select: Literal["val_loss"] = "val_loss"
+
+
+class Config(Section):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    beta: BetaConfig = BetaConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    logging: LoggingConfig = LoggingConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        factor = 2 ** len(self.model.widths)
+        for axis, size in zip(("height", "width"), self.data.image_size):
+            if size % factor:
+                lower, upper = size // factor * factor, (size // factor + 1) * factor
+                options = f"{lower} or {upper}" if lower else f"{upper}"
+                raise ValueError(
+                    f"data.image_size {axis} {size} is not divisible by {factor} "
+                    f"(2**{len(self.model.widths)} for {len(self.model.widths)} downsampling layers "
+                    f"in model.widths); use {options}"
+                )
+        if self.output.select == "val_loss" and self.data.val_fraction == 0:
+            raise ValueError(
+                "output.select is val_loss but data.val_fraction is 0, so there is no validation "
+                "split to select on; set data.val_fraction to e.g. 0.1"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading, overrides and readable errors
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> Config:
+    """Read YAML `path` (or take `base`), apply `--set key.path=value` overrides, validate."""
+    source = str(path) if path is not None else "the config"
+    raw = read_yaml(path) if path is not None else dict(base or {})
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw, source)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {path} does not exist. Pass an existing YAML file with --config "
+            f"(the repository's examples are in configs/)."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"{path} is not valid YAML{where}: {problem}. Check indentation and that every "
+            f"`key: value` pair has a space after the colon."
+        ) from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (data:, model:, train:, ...), "
+            f"not a {type(raw).__name__}."
+        )
+    return raw
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one `key.path=value` override in place; the value is parsed as YAML."""
+    key_path, sep, text = item.partition("=")
+    if not sep or not key_path.strip():
+        raise ConfigError(
+            f"--set {item!r} is not of the form key.path=value, e.g. --set train.epochs=5."
+        )
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: the value {text!r} is not valid YAML ({exc}).") from exc
+    keys = key_path.strip().split(".")
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            done = ".".join(keys[: depth + 1])
+            raise ConfigError(f"--set {item!r}: `{done}` is a value, not a section, so it has no `{keys[depth + 1]}`.")
+        node = child
+    node[keys[-1]] = value
+
+
+def config_from_dict(raw: dict, source: str = "the config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors()]
+        raise ConfigError(f"{source} has {_count(len(problems), 'problem')}: " + " ".join(problems)) from None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _describe(error: dict) -> str:
+    loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
+    key = ".".join(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        section = _section_at(loc[:-1])
+        valid = list(section.model_fields) if section else []
+        where = f"`{'.'.join(loc[:-1])}`" if loc[:-1] else "the top level"
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+        hint = f"did you mean `{close[0]}`?" if close else f"valid keys in {where}: {', '.join(valid)}."
+        return f"unknown key `{key}`; {hint}"
+    if kind == "missing":
+        return f"missing required key `{key}`."
+    if kind == "value_error" and not key:
+        return _clean(error["msg"]) + "."
+    value = error.get("input")
+    return f"`{key}` = {value!r} is not allowed: {_clean(error['msg'])}."
+
+
+def _clean(message: str) -> str:
+    return message.removeprefix("Value error, ").rstrip(".")
+
+
+def _section_at(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for key in loc:
+        field = model.model_fields.get(key)
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model

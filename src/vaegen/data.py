@@ -1,0 +1,306 @@
+"""Image folders decoded once into a uint8 tensor, cached on disk, split and batched.
+
+Decoding JPEGs is the slow part of image data and it gives the same answer every epoch,
+so every image is decoded, converted and resized exactly once, stored as one
+[N, C, H, W] uint8 tensor in a safetensors file keyed by the file list (names, sizes,
+mtimes) and the transform. A second run with the same data decodes nothing. Batches are
+drawn by shuffling indices into that tensor with a seeded generator, so the batch order is
+a function of the seed and the generator state, which the training checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from safetensors.torch import load_file, save_file
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from tqdm.auto import tqdm
+
+from vaegen.checkpoint import atomic_write
+from vaegen.config import DataConfig
+from vaegen.errors import DataError
+
+# Bump when decoding or resizing changes, so old caches are not reused.
+CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    root: Path
+    files: list[Path]
+    labels: list[int]
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    """All usable images of a folder: uint8 [N, C, H, W] plus int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    files: list[str]
+    skipped: list[str]
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: DecodedImages
+    val: DecodedImages
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
+
+
+def scan_folder(root: Path) -> ImageIndex:
+    """An ImageFolder (one subfolder per class) or a flat folder of images (one class)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(
+            f"data.root {root} does not exist or is not a folder. Point data.root at a folder with one "
+            f"subfolder of images per class (or a flat folder of images), e.g. --set data.root=path/to/images."
+        )
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        files = sorted(p for p in root.iterdir() if _is_image(p))
+        if not files:
+            raise DataError(
+                f"data.root {root} holds no images (looked for {', '.join(sorted(IMG_EXTENSIONS))}). "
+                f"Put images in it, or in one subfolder per class."
+            )
+        return ImageIndex(root, files, [0] * len(files), [root.name])
+
+    files, labels, empty = [], [], []
+    for label, class_dir in enumerate(class_dirs):
+        class_files = sorted(p for p in class_dir.rglob("*") if _is_image(p))
+        if not class_files:
+            empty.append(class_dir.name)
+        files += class_files
+        labels += [label] * len(class_files)
+    if empty:
+        raise DataError(
+            f"class folder(s) with no images in {root}: {', '.join(empty)}. Every subfolder of data.root "
+            f"is a class; add images to it or move it out of data.root."
+        )
+    loose = [p.name for p in root.iterdir() if _is_image(p)]
+    if loose:
+        warnings.warn(
+            f"{len(loose)} image(s) directly in {root} are ignored because it has class subfolders "
+            f"(e.g. {loose[0]}); move them into a class folder.",
+            stacklevel=2,
+        )
+    return ImageIndex(root, files, labels, [d.name for d in class_dirs])
+
+
+def to_mode(image: Image.Image, channels: int) -> Image.Image:
+    """Any PIL mode (CMYK, RGBA, palette, 16-bit, float) to RGB or L, 8 bits."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # transparent pixels become white, the background of product photos like Fruit-360's
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("RGB" if channels == 3 else "L")
+
+
+def decode_image(path: Path, cfg: DataConfig) -> np.ndarray:
+    """One image file to a uint8 [C, H, W] array of the configured size and channels."""
+    height, width = cfg.image_size
+    with Image.open(path) as image:
+        image.load()
+        image = to_mode(image, cfg.channels)
+    if cfg.resize == "center_crop":
+        image = ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC)
+    else:
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def cache_key(index: ImageIndex, cfg: DataConfig) -> str:
+    digest = hashlib.sha256()
+    header = {
+        "format": CACHE_FORMAT,
+        "size": list(cfg.image_size),
+        "channels": cfg.channels,
+        "resize": cfg.resize,
+        "classes": index.classes,
+    }
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for path, label in zip(index.files, index.labels):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(index.root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("VAEGEN_CACHE", Path.home() / ".cache" / "vaegen"))
+
+
+def load_images(cfg: DataConfig, workers: int = 4) -> DecodedImages:
+    """Decode every image under cfg.root once; later calls read the cached tensor."""
+    index = scan_folder(cfg.root)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    height, width = cfg.image_size
+    cache_file = cache_dir / f"{index.root.name}-{height}x{width}x{cfg.channels}-{cache_key(index, cfg)}.safetensors"
+    if cache_file.is_file():
+        cached = _read_cache(cache_file)
+        if cached is not None:
+            return _report_skipped(cached, cfg)
+
+    def decode_or_none(path: Path) -> np.ndarray | None:
+        try:
+            return decode_image(path, cfg)
+        except Exception:  # any decoder failure means "unreadable"; the list below reports it
+            return None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = list(
+            tqdm(pool.map(decode_or_none, index.files), total=len(index.files), desc=f"decoding {index.root.name}", unit="img", disable=None)
+        )
+    bad = [str(path) for path, array in zip(index.files, decoded) if array is None]
+    if bad and not cfg.skip_bad:
+        raise DataError(
+            f"{len(bad)} of {len(index.files)} image(s) under {index.root} could not be read: "
+            f"{_listing(bad)}. Delete or replace them, or set data.skip_bad: true to train without them."
+        )
+    keep = [i for i, array in enumerate(decoded) if array is not None]
+    if not keep:
+        raise DataError(f"none of the {len(index.files)} image(s) under {index.root} could be read.")
+    result = DecodedImages(
+        images=torch.from_numpy(np.stack([decoded[i] for i in keep])),
+        labels=torch.tensor([index.labels[i] for i in keep], dtype=torch.int64),
+        classes=index.classes,
+        files=[str(index.files[i].relative_to(index.root)) for i in keep],
+        skipped=bad,
+    )
+    _write_cache(cache_file, result)
+    return _report_skipped(result, cfg)
+
+
+def _listing(paths: list[str], limit: int = 10) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _report_skipped(images: DecodedImages, cfg: DataConfig) -> DecodedImages:
+    if images.skipped:
+        warnings.warn(
+            f"skipped {len(images.skipped)} unreadable image(s) (data.skip_bad is true): {_listing(images.skipped)}",
+            stacklevel=3,
+        )
+    return images
+
+
+def _write_cache(path: Path, images: DecodedImages) -> None:
+    metadata = {"classes": json.dumps(images.classes), "files": json.dumps(images.files), "skipped": json.dumps(images.skipped)}
+    tensors = {"images": images.images.contiguous(), "labels": images.labels}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    except OSError as exc:
+        warnings.warn(f"could not write the data cache {path} ({exc}); the next run decodes again.", stacklevel=3)
+
+
+def _read_cache(path: Path) -> DecodedImages | None:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+        tensors = load_file(str(path))
+        return DecodedImages(
+            images=tensors["images"],
+            labels=tensors["labels"],
+            classes=json.loads(metadata["classes"]),
+            files=json.loads(metadata["files"]),
+            skipped=json.loads(metadata["skipped"]),
+        )
+    except Exception as exc:  # a damaged cache is rebuilt, never trusted
+        warnings.warn(f"ignoring unreadable data cache {path} ({exc}); decoding again.", stacklevel=3)
+        return None
+
+
+def split(images: DecodedImages, val_fraction: float, seed: int) -> Splits:
+    """Deterministic train/val split, stratified by class: each class gives round(n * val_fraction)."""
+    generator = torch.Generator().manual_seed(seed)
+    train_idx, val_idx = [], []
+    for label in range(len(images.classes)):
+        members = torch.nonzero(images.labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        n_val = round(len(members) * val_fraction)
+        if val_fraction > 0 and len(members) > 1:
+            n_val = min(max(n_val, 1), len(members) - 1)
+        val_idx.append(members[:n_val])
+        train_idx.append(members[n_val:])
+    train_idx = torch.cat(train_idx).sort().values
+    val_idx = torch.cat(val_idx).sort().values
+    return Splits(_subset(images, train_idx), _subset(images, val_idx))
+
+
+def _subset(images: DecodedImages, idx: torch.Tensor) -> DecodedImages:
+    return DecodedImages(
+        images=images.images[idx],
+        labels=images.labels[idx],
+        classes=images.classes,
+        files=[images.files[i] for i in idx.tolist()],
+        skipped=images.skipped,
+    )
+
+
+def load_splits(cfg: DataConfig, seed: int) -> Splits:
+    splits = split(load_images(cfg), cfg.val_fraction, seed)
+    if len(splits.train.images) == 0:
+        raise DataError(f"data.root {cfg.root} leaves no training images after the validation split.")
+    if cfg.val_fraction > 0 and len(splits.val.images) == 0:
+        raise DataError(
+            f"data.root {cfg.root} is too small for a validation split (need at least 2 images per class); "
+            f"add images or set data.val_fraction: 0 with a different output.select."
+        )
+    return splits
+
+
+def batches(
+    images: DecodedImages,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    hflip: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 batches of (images, labels). With a generator: shuffled, full batches only, optional flips.
+
+    Training drops the last partial batch because a batch of one breaks BatchNorm and small
+    tail batches give noisy steps; when the split is smaller than a batch it is one batch.
+    """
+    n = len(images.images)
+    if generator is None:
+        for start in range(0, n, batch_size):
+            yield images.images[start : start + batch_size], images.labels[start : start + batch_size]
+        return
+    order = torch.randperm(n, generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5 if hflip else None
+    size = min(batch_size, n)
+    for start in range(0, n - size + 1, size):
+        idx = order[start : start + size]
+        batch = images.images[idx]
+        if flips is not None:
+            batch = torch.where(flips[idx, None, None, None], batch.flip(-1), batch)
+        yield batch, images.labels[idx]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, n // batch_size) if n >= batch_size else 1

@@ -1,0 +1,33 @@
+"""Errors a user can fix, each with the exit code the CLI returns for it.
+
+Anything raised as a `VaegenError` is printed as one paragraph without a traceback
+(`vaegen --debug ...` shows it). Every message names the problem and the fix.
+"""
+
+
+class VaegenError(Exception):
+    exit_code = 1
+
+
+class ConfigError(VaegenError):
+    """Bad YAML, unknown keys, wrong types or values out of range."""
+
+    exit_code = 2
+
+
+class DataError(VaegenError):
+    """Missing or empty data folders, unreadable images."""
+
+    exit_code = 2
+
+
+class CheckpointError(VaegenError):
+    """A checkpoint that is missing, corrupt, unsafe or from another model."""
+
+    exit_code = 2
+
+
+class TrainingDiverged(VaegenError):
+    """The loss became NaN or infinite; checkpoints written before it are kept."""
+
+    exit_code = 3

@@ -1,0 +1,39 @@
+"""The VAE objective: reconstruction + beta * KL, each a sum per image averaged over the batch."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class LossTerms(NamedTuple):
+    total: torch.Tensor
+    recon: torch.Tensor
+    kl: torch.Tensor
+
+
+def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Summed over pixels, averaged over the batch; the decoder emits logits."""
+    if kind == "mse":
+        per_batch = F.mse_loss(torch.sigmoid(logits), target, reduction="sum")
+    elif kind == "bce":
+        # from logits: numerically stable where sigmoid saturates
+        per_batch = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    else:
+        raise ValueError(f"unknown reconstruction loss {kind!r}; use 'mse' or 'bce'")
+    return per_batch / target.shape[0]
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma²) || N(0, I)), summed over latent dimensions, averaged over the batch."""
+    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
+
+
+def vae_loss(
+    logits: torch.Tensor, target: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float, kind: str
+) -> LossTerms:
+    recon = reconstruction_loss(logits, target, kind)
+    kl = kl_divergence(mu, logvar)
+    return LossTerms(recon + beta * kl, recon, kl)

@@ -1,0 +1,70 @@
+"""The pictures a run leaves behind: image grids and the loss/beta curves."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid
+
+from vaegen.checkpoint import atomic_write
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """[N, C, H, W] in [0, 1] to one [3 or C, H', W'] grid; square-ish unless nrow is given."""
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+    # make_grid repeats a single channel three times; keep grayscale grayscale
+    return grid[:1] if images.shape[1] == 1 else grid
+
+
+def save_png(grid: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    array = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, per_row: int = 8) -> torch.Tensor:
+    """Rows of originals, each followed by a row of their reconstructions."""
+    rows = []
+    for start in range(0, len(originals), per_row):
+        rows += [originals[start : start + per_row], reconstructions[start : start + per_row]]
+        missing = per_row - len(rows[-1])
+        if missing:
+            pad = torch.ones(missing, *originals.shape[1:], device=originals.device)
+            rows[-2], rows[-1] = torch.cat([rows[-2], pad]), torch.cat([rows[-1], pad])
+    return image_grid(torch.cat(rows), nrow=per_row)
+
+
+def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
+    """Loss terms and beta against the epoch, from metrics.jsonl rows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in rows]
+    panels = [
+        ("loss (recon + β·KL)", ["train_loss", "val_loss"]),
+        ("reconstruction", ["train_recon", "val_recon"]),
+        ("KL", ["train_kl", "val_kl"]),
+        ("β", ["beta"]),
+    ]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), constrained_layout=True)
+    for ax, (name, keys) in zip(axes, panels):
+        for key in keys:
+            values = [row.get(key) for row in rows]
+            if any(v is not None for v in values):
+                ax.plot(epochs, values, marker="o" if len(epochs) < 30 else None, label=key.split("_")[0])
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)

@@ -1,0 +1,82 @@
+"""Where a run's numbers and pictures go: metrics.jsonl, TensorBoard, and optionally W&B.
+
+metrics.jsonl holds one JSON row per epoch and is the source of truth (curves.png and
+`vaegen` summaries are drawn from it); TensorBoard and W&B are views of the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from vaegen.checkpoint import write_text_atomic
+from vaegen.config import Config
+
+
+def read_metrics(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Tracker:
+    """Logs epoch rows and images. On resume, rows after the checkpoint's epoch are dropped."""
+
+    def __init__(self, run_dir: Path, config: Config, run_name: str, start_epoch: int = 0):
+        self.metrics_path = run_dir / "metrics.jsonl"
+        kept = [row for row in read_metrics(self.metrics_path) if row["epoch"] <= start_epoch]
+        write_text_atomic(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+        # purge_step drops TensorBoard events logged after the checkpoint by an interrupted run
+        self.tensorboard = SummaryWriter(run_dir / "tensorboard", purge_step=start_epoch + 1 if start_epoch else None)
+        self.wandb_run = _start_wandb(run_dir, config, run_name) if config.logging.wandb != "disabled" else None
+
+    def log_epoch(self, row: dict) -> None:
+        epoch = row["epoch"]
+        with self.metrics_path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, epoch)
+        if self.wandb_run is not None:
+            self.wandb_run.log(row, step=epoch)
+
+    def log_image(self, tag: str, grid: torch.Tensor, epoch: int) -> None:
+        self.tensorboard.add_image(tag, grid, epoch)
+        if self.wandb_run is not None:
+            import wandb
+
+            self.wandb_run.log({tag: wandb.Image(grid.permute(1, 2, 0).cpu().numpy())}, step=epoch)
+
+    def close(self) -> None:
+        self.tensorboard.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+
+
+def _start_wandb(run_dir: Path, config: Config, run_name: str):
+    try:
+        import wandb
+    except ImportError:
+        warnings.warn("logging.wandb is set but wandb is not installed (pip install wandb); logging to TensorBoard only.")
+        return None
+    settings = dict(
+        project=config.logging.wandb_project,
+        name=run_name,
+        id=run_name.replace(".", "-"),
+        resume="allow",
+        dir=str(run_dir),
+        config=config.model_dump(mode="json"),
+    )
+    try:
+        return wandb.init(mode=config.logging.wandb, settings=wandb.Settings(init_timeout=30), **settings)
+    except Exception as exc:
+        if config.logging.wandb != "online":
+            raise
+        # a run must not die because the W&B server is unreachable; sync later with `wandb sync`
+        warnings.warn(f"W&B online logging failed ({exc}); logging offline to {run_dir}/wandb instead.")
+        return wandb.init(mode="offline", **settings)

@@ -1,0 +1,359 @@
+"""Training, top to bottom: setup, data, model, optimizer, the loop, evaluation, checkpoints.
+
+One epoch = `train_one_epoch` (the training step is inside it, in plain sight) followed by
+`evaluate` on the validation split. After every epoch the whole training state goes to
+`logs/<run>/checkpoints/last.pt`; whenever the validation loss improves, the model goes to
+`best_models/<run>/`. Resuming restores weights, optimizer, epoch, best score and every RNG
+stream, so an interrupted run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import vaegen
+from vaegen.checkpoint import (
+    load_state_checked,
+    load_training_state,
+    save_model,
+    save_training_state,
+    write_text_atomic,
+)
+from vaegen.config import Config
+from vaegen.data import DecodedImages, batches, load_splits, steps_per_epoch
+from vaegen.errors import CheckpointError, ConfigError, TrainingDiverged
+from vaegen.losses import vae_loss
+from vaegen.models import build_model, count_parameters
+from vaegen.plots import image_grid, plot_curves, reconstruction_grid, save_png
+from vaegen.schedules import build_beta_schedule
+from vaegen.tracking import Tracker, read_metrics
+
+# ---------------------------------------------------------------------------------------
+# Run folders
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    name: str
+    run_dir: Path  # logs/<name>: config, metrics, TensorBoard, grids, checkpoints/last.pt
+    best_dir: Path  # best_models/<name>: model.safetensors, config.yaml, metrics.json, samples.png
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    @classmethod
+    def for_config(cls, config: Config, name: str) -> RunPaths:
+        return cls(name, config.output.logs_dir / name, config.output.best_dir / name)
+
+
+def new_run_name(config: Config, config_path: Path | None) -> str:
+    if config.output.run_name:
+        return config.output.run_name
+    stem = config_path.stem if config_path else "run"
+    return f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    paths: RunPaths
+    epochs_run: int
+    best_epoch: int | None
+    best_value: float | None
+    last_samples: Path | None
+
+
+# ---------------------------------------------------------------------------------------
+# Setup helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name} but CUDA is not available here; use train.device: auto or cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device is {name} but MPS is not available here; use train.device: auto or cpu.")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.optim.name]
+    return cls(model.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay)
+
+
+def rng_state(shuffle: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict, shuffle: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Console:
+    """Prints above the progress bar and keeps a copy in logs/<run>/train.log."""
+
+    def __init__(self, log_file: Path):
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file = log_file
+
+    def __call__(self, message: str) -> None:
+        tqdm.write(message)
+        with self.log_file.open("a") as handle:
+            handle.write(message + "\n")
+
+
+# ---------------------------------------------------------------------------------------
+# One epoch of training, one pass of evaluation
+
+
+def to_input(images_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images_u8.to(device, non_blocking=True).float().div_(255.0)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: DecodedImages,
+    config: Config,
+    beta: float,
+    epoch: int,
+    device: torch.device,
+    shuffle: torch.Generator,
+) -> dict[str, float]:
+    model.train()
+    conditional = model.is_conditional
+    total_steps = steps_per_epoch(len(data.images), config.train.batch_size)
+    # Loss sums stay on the device and are read only every log_every steps: no per-step sync.
+    sums = torch.zeros(3, device=device)
+    first_bad_step = torch.tensor(-1, device=device)
+    seen = 0
+    start = time.perf_counter()
+    progress = tqdm(total=total_steps, desc=f"epoch {epoch}/{config.train.epochs}", unit="batch", leave=False, disable=None)
+    for step, (images_u8, labels) in enumerate(
+        batches(data, config.train.batch_size, generator=shuffle, hflip=config.data.hflip), start=1
+    ):
+        x = to_input(images_u8, device)
+        y = labels.to(device) if conditional else None
+
+        logits, mu, logvar = model(x, y)
+        terms = vae_loss(logits, x, mu, logvar, beta, config.loss.recon)
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        if config.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+
+        terms = torch.stack([t.detach() for t in terms])
+        sums += terms * len(x)
+        seen += len(x)
+        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(terms[0]), step, first_bad_step)
+        if step % config.train.log_every == 0 or step == total_steps:
+            bad = int(first_bad_step)
+            if bad >= 0:
+                progress.close()
+                raise _diverged(config, epoch, bad, beta)
+            progress.set_postfix(loss=f"{float(sums[0]) / seen:.2f}")
+        progress.update(1)
+    progress.close()
+    total, recon, kl = (sums / seen).tolist()
+    elapsed = time.perf_counter() - start
+    return {"train_loss": total, "train_recon": recon, "train_kl": kl, "images_per_s": seen / elapsed}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: DecodedImages, config: Config, beta: float, device: torch.device) -> dict:
+    """Validation loss with fixed noise: comparable across epochs, and it never touches the training RNG."""
+    model.eval()
+    noise = torch.Generator(device=device).manual_seed(config.train.seed + 1)
+    sums = torch.zeros(3, device=device)
+    for images_u8, labels in batches(data, config.train.batch_size):
+        x = to_input(images_u8, device)
+        y = labels.to(device) if model.is_conditional else None
+        logits, mu, logvar = model(x, y, generator=noise)
+        sums += torch.stack(vae_loss(logits, x, mu, logvar, beta, config.loss.recon)) * len(x)
+    total, recon, kl = (sums / len(data.images)).tolist()
+    return {"val_loss": total, "val_recon": recon, "val_kl": kl}
+
+
+def _diverged(config: Config, epoch: int, step: int, beta: float) -> TrainingDiverged:
+    clip = f"optim.grad_clip (now {config.optim.grad_clip})" if config.optim.grad_clip else "optim.grad_clip: 1.0"
+    return TrainingDiverged(
+        f"the loss became NaN or infinite at epoch {epoch}, step {step} (lr {config.optim.lr:g}, β {beta:g}). "
+        f"Nothing from this epoch was saved: the last checkpoint and the best model are intact. Likely fixes: a "
+        f"lower optim.lr, a lower beta.max, or set {clip}; then continue with `vaegen train --resume RUN_DIR "
+        f"--set optim.lr=...`."
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Pictures
+
+
+def grid_labels(num_images: int, num_classes: int) -> tuple[torch.Tensor, int]:
+    """Labels cycling through the classes, and a row length that makes each column one class."""
+    per_row = num_classes * max(1, round(math.sqrt(num_images) / num_classes))
+    return torch.arange(num_images) % num_classes, per_row
+
+
+@torch.no_grad()
+def sample_grid(model, fixed_z: torch.Tensor, device: torch.device) -> torch.Tensor:
+    model.eval()
+    labels, per_row = None, None
+    if model.is_conditional:
+        labels, per_row = grid_labels(len(fixed_z), model.num_classes)
+        labels = labels.to(device)
+    return image_grid(model.decode(fixed_z.to(device), labels), nrow=per_row)
+
+
+@torch.no_grad()
+def reconstruction_grid_for(model, data: DecodedImages, count: int, device: torch.device) -> torch.Tensor:
+    model.eval()
+    x = to_input(data.images[:count], device)
+    y = data.labels[:count].to(device) if model.is_conditional else None
+    return reconstruction_grid(x, model.reconstruct(x, y))
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+
+
+def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
+    device = resolve_device(config.train.device)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    say = Console(paths.run_dir / "train.log")
+    seed_everything(config.train.seed)
+
+    # data: decoded once (cached), split deterministically
+    splits = load_splits(config.data, config.train.seed)
+    classes = splits.train.classes
+    say(
+        f"data: {config.data.root} — {len(splits.train.images)} train / {len(splits.val.images)} val images, "
+        f"{len(classes)} class(es) {classes}, {config.data.image_size[0]}x{config.data.image_size[1]}x{config.data.channels}"
+    )
+
+    # model and optimizer
+    model = build_model(config.model, config.data.image_size, config.data.channels, len(classes)).to(device)
+    optimizer = build_optimizer(config, model)
+    beta_at = build_beta_schedule(config.beta)
+    shuffle = torch.Generator().manual_seed(config.train.seed)
+    say(f"model: {config.model.name} ({config.model.conditional} conditioning), {count_parameters(model):,} parameters, on {device}")
+
+    start_epoch, best_epoch, best_value = 0, None, None
+    if resume:
+        state = load_training_state(paths.last_checkpoint)
+        _check_same_data(state, classes, paths)
+        load_state_checked(model, state["model"], str(paths.last_checkpoint))
+        optimizer.load_state_dict(state["optimizer"])
+        restore_rng_state(state["rng"], shuffle)
+        start_epoch, best_epoch, best_value = state["epoch"], state["best_epoch"], state["best_value"]
+        say(f"resumed {paths.run_dir} at epoch {start_epoch} (best {config.output.select} {best_value} at epoch {best_epoch})")
+        if start_epoch >= config.train.epochs:
+            say(f"nothing to do: the run already has {start_epoch} of train.epochs={config.train.epochs}; raise it with --set train.epochs=N")
+
+    config_yaml = config.to_yaml()
+    write_text_atomic(paths.run_dir / "config.yaml", config_yaml)
+    tracker = Tracker(paths.run_dir, config, paths.name, start_epoch)
+    # the same latent vectors every evaluation, so sample grids show progress rather than noise
+    fixed_z = torch.randn(config.eval.num_grid, config.model.latent_dim, generator=torch.Generator().manual_seed(config.train.seed + 2))
+    last_samples = None
+    try:
+        for epoch in range(start_epoch + 1, config.train.epochs + 1):
+            beta = beta_at(epoch)
+            train_stats = train_one_epoch(model, optimizer, splits.train, config, beta, epoch, device, shuffle)
+            val_stats = evaluate(model, splits.val, config, beta, device)
+            row = {"epoch": epoch, "beta": beta, "lr": optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
+            tracker.log_epoch(row)
+            say(
+                f"epoch {epoch:>3}/{config.train.epochs}  β {beta:.3g}  train {train_stats['train_loss']:.2f} "
+                f"(recon {train_stats['train_recon']:.2f}, KL {train_stats['train_kl']:.2f})  val {val_stats['val_loss']:.2f}  "
+                f"{train_stats['images_per_s']:.0f} img/s"
+            )
+
+            if epoch % config.eval.every == 0 or epoch == config.train.epochs:
+                samples = sample_grid(model, fixed_z, device)
+                last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
+                save_png(samples, last_samples)
+                save_png(reconstruction_grid_for(model, splits.val, min(32, config.eval.num_grid), device), paths.run_dir / f"recon_epoch{epoch:04d}.png")
+                tracker.log_image("samples", samples, epoch)
+
+            value = row[config.output.select]
+            if best_value is None or value < best_value:  # ties keep the earlier epoch
+                best_epoch, best_value = epoch, value
+                export_best(paths, model, config, classes, epoch, value, sample_grid(model, fixed_z, device))
+
+            save_training_state(
+                paths.last_checkpoint,
+                {
+                    "format": 1,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": rng_state(shuffle),
+                    "best_epoch": best_epoch,
+                    "best_value": best_value,
+                    "classes": classes,
+                },
+            )
+            write_text_atomic(paths.last_checkpoint.parent / "config.yaml", config_yaml)
+    finally:
+        tracker.close()
+        rows = read_metrics(paths.run_dir / "metrics.jsonl")
+        if rows:
+            plot_curves(rows, paths.run_dir / "curves.png", title=paths.name)
+    return TrainResult(paths, config.train.epochs - start_epoch, best_epoch, best_value, last_samples)
+
+
+def export_best(paths: RunPaths, model, config: Config, classes: list[str], epoch: int, value: float, samples: torch.Tensor) -> None:
+    """best_models/<run>/: weights first, metrics.json last, so metrics never describe missing weights."""
+    import json
+
+    criterion = config.output.select
+    metadata = {
+        "vaegen_version": vaegen.__version__,
+        "model": config.model.name,
+        "image_size": list(config.data.image_size),
+        "channels": config.data.channels,
+        "classes": classes,
+        "epoch": epoch,
+        criterion: value,
+    }
+    save_model(paths.best_dir / "model.safetensors", model, metadata)
+    write_text_atomic(paths.best_dir / "config.yaml", config.to_yaml())
+    save_png(samples, paths.best_dir / "samples.png")
+    metrics = {"epoch": epoch, "criterion": criterion, "value": value, "mode": "min", "classes": classes, "run_dir": str(paths.run_dir)}
+    write_text_atomic(paths.best_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+
+
+def _check_same_data(state: dict, classes: list[str], paths: RunPaths) -> None:
+    if state.get("classes") != classes:
+        raise CheckpointError(
+            f"{paths.last_checkpoint} was trained on classes {state.get('classes')} but data.root now has {classes}. "
+            f"Resume with the data the run started with, or start a new run."
+        )
