@@ -53,15 +53,17 @@ def test_train_writes_every_file(tmp_path, capsys):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     assert [row["beta"] for row in rows] == [0.5, 1.0, 1.0]
-    for key in ["train_loss", "train_recon", "train_kl", "val_loss", "val_recon", "val_kl", "lr", "images_per_s"]:
+    for key in ["train_loss", "train_recon", "train_kl", "train_nelbo", "val_loss", "val_recon", "val_kl", "val_nelbo", "lr", "images_per_s"]:
         assert all(row[key] == row[key] and row[key] >= 0 for row in rows), key
     assert rows[0]["train_loss"] == pytest.approx(rows[0]["train_recon"] + 0.5 * rows[0]["train_kl"], rel=1e-5)
 
     metrics = json.loads((best / "metrics.json").read_text())
-    best_row = min(rows, key=lambda row: row["val_loss"])
-    assert metrics["criterion"] == "val_loss"
+    assert all(row["val_nelbo"] == pytest.approx(row["val_recon"] + row["val_kl"]) for row in rows)
+    # selection ignores β: the default criterion is recon + KL, not the β-weighted objective
+    best_row = min(rows, key=lambda row: row["val_nelbo"])
+    assert metrics["criterion"] == "val_nelbo"
     assert metrics["epoch"] == best_row["epoch"]
-    assert metrics["value"] == pytest.approx(best_row["val_loss"])
+    assert metrics["value"] == pytest.approx(best_row["val_nelbo"])
     assert metrics["classes"] == ["Golden", "Golden-Red", "Red"]
 
     # the effective config, defaults filled in, beside the run and the best model

@@ -121,7 +121,9 @@ class OutputConfig(Section):
     run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     logs_dir: Path = Path("logs")
     best_dir: Path = Path("best_models")
-    select: Literal["val_loss"] = "val_loss"
+    # val_nelbo = recon + KL: unlike val_loss (recon + β·KL) it does not move with the β
+    # schedule, so a cyclic schedule's β = 0 epochs cannot win by dropping the KL term
+    select: Literal["val_nelbo", "val_recon", "val_loss"] = "val_nelbo"
 
 
 class Config(Section):
@@ -147,10 +149,10 @@ class Config(Section):
                     f"(2**{len(self.model.widths)} for {len(self.model.widths)} downsampling layers "
                     f"in model.widths); use {options}"
                 )
-        if self.output.select == "val_loss" and self.data.val_fraction == 0:
+        if self.output.select.startswith("val_") and self.data.val_fraction == 0:
             raise ValueError(
-                "output.select is val_loss but data.val_fraction is 0, so there is no validation "
-                "split to select on; set data.val_fraction to e.g. 0.1"
+                f"output.select is {self.output.select} but data.val_fraction is 0, so there is no "
+                f"validation split to select on; set data.val_fraction to e.g. 0.1"
             )
         return self
 

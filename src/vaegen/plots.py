@@ -49,11 +49,12 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
     epochs = [row["epoch"] for row in rows]
     panels = [
         ("loss (recon + β·KL)", ["train_loss", "val_loss"]),
+        ("recon + KL (β = 1)", ["train_nelbo", "val_nelbo"]),
         ("reconstruction", ["train_recon", "val_recon"]),
         ("KL", ["train_kl", "val_kl"]),
         ("β", ["beta"]),
     ]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), constrained_layout=True)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), constrained_layout=True)
     for ax, (name, keys) in zip(axes, panels):
         for key in keys:
             values = [row.get(key) for row in rows]

@@ -184,7 +184,7 @@ def train_one_epoch(
     progress.close()
     total, recon, kl = (sums / seen).tolist()
     elapsed = time.perf_counter() - start
-    return {"train_loss": total, "train_recon": recon, "train_kl": kl, "images_per_s": seen / elapsed}
+    return {"train_loss": total, "train_recon": recon, "train_kl": kl, "train_nelbo": recon + kl, "images_per_s": seen / elapsed}
 
 
 @torch.no_grad()
@@ -199,7 +199,7 @@ def evaluate(model: torch.nn.Module, data: DecodedImages, config: Config, beta: 
         logits, mu, logvar = model(x, y, generator=noise)
         sums += torch.stack(vae_loss(logits, x, mu, logvar, beta, config.loss.recon)) * len(x)
     total, recon, kl = (sums / len(data.images)).tolist()
-    return {"val_loss": total, "val_recon": recon, "val_kl": kl}
+    return {"val_loss": total, "val_recon": recon, "val_kl": kl, "val_nelbo": recon + kl}
 
 
 def _diverged(config: Config, epoch: int, step: int, beta: float) -> TrainingDiverged:
@@ -217,19 +217,20 @@ def _diverged(config: Config, epoch: int, step: int, beta: float) -> TrainingDiv
 
 
 def grid_labels(num_images: int, num_classes: int) -> tuple[torch.Tensor, int]:
-    """Labels cycling through the classes, and a row length that makes each column one class."""
+    """Labels for full rows whose columns cycle through the classes, and the row length."""
     per_row = num_classes * max(1, round(math.sqrt(num_images) / num_classes))
-    return torch.arange(num_images) % num_classes, per_row
+    rows = max(1, num_images // per_row)
+    return torch.arange(rows * per_row) % num_classes, per_row
 
 
 @torch.no_grad()
 def sample_grid(model, fixed_z: torch.Tensor, device: torch.device) -> torch.Tensor:
     model.eval()
-    labels, per_row = None, None
-    if model.is_conditional:
-        labels, per_row = grid_labels(len(fixed_z), model.num_classes)
-        labels = labels.to(device)
-    return image_grid(model.decode(fixed_z.to(device), labels), nrow=per_row)
+    if not model.is_conditional:
+        return image_grid(model.decode(fixed_z.to(device)))
+    labels, per_row = grid_labels(len(fixed_z), model.num_classes)
+    z = fixed_z.repeat(math.ceil(len(labels) / len(fixed_z)), 1)[: len(labels)]
+    return image_grid(model.decode(z.to(device), labels.to(device)), nrow=per_row)
 
 
 @torch.no_grad()
@@ -292,7 +293,8 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
             tracker.log_epoch(row)
             say(
                 f"epoch {epoch:>3}/{config.train.epochs}  β {beta:.3g}  train {train_stats['train_loss']:.2f} "
-                f"(recon {train_stats['train_recon']:.2f}, KL {train_stats['train_kl']:.2f})  val {val_stats['val_loss']:.2f}  "
+                f"(recon {train_stats['train_recon']:.2f}, KL {train_stats['train_kl']:.2f})  val {val_stats['val_loss']:.2f} "
+                f"(recon + KL {val_stats['val_nelbo']:.2f})  "
                 f"{train_stats['images_per_s']:.0f} img/s"
             )
 

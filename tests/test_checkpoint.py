@@ -1,0 +1,108 @@
+"""Atomic writes, safe loading (no code execution) and architecture mismatch errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import vaegen
+from vaegen.checkpoint import (
+    atomic_write,
+    load_model_weights,
+    load_training_state,
+    save_model,
+    save_training_state,
+)
+from vaegen.config import ModelConfig
+from vaegen.errors import CheckpointError
+from vaegen.models import build_model
+
+
+def small_model(latent_dim: int = 8, size: int = 16, conditional: str = "none"):
+    return build_model(ModelConfig(latent_dim=latent_dim, widths=(8, 16), conditional=conditional), (size, size), 3, 3)
+
+
+def test_atomic_write_keeps_old_file_when_write_fails(tmp_path):
+    target = tmp_path / "last.pt"
+    save_training_state(target, {"epoch": 1, "w": torch.ones(3)})
+    before = target.read_bytes()
+
+    def half_then_crash(tmp: Path) -> None:
+        tmp.write_bytes(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(target, half_then_crash)
+    assert target.read_bytes() == before
+    assert load_training_state(target)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    target = tmp_path / "state.pt"
+    save_training_state(target, {"epoch": 1})
+    save_training_state(target, {"epoch": 2, "big": torch.zeros(1000)})
+    state = load_training_state(target)
+    assert state["epoch"] == 2 and state["big"].shape == (1000,)
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "last.pt"
+    torch.save({"epoch": 1, "evil": Payload()}, path)
+    with pytest.raises(CheckpointError, match="pickled objects"):
+        load_training_state(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_model(path, small_model(), {"classes": ["a", "b", "c"]})
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is not a readable safetensors file"):
+        load_model_weights(small_model(), path)
+
+
+def test_weights_from_other_model_name_the_mismatch(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_model(path, small_model(latent_dim=8), {})
+    with pytest.raises(CheckpointError) as info:
+        load_model_weights(small_model(latent_dim=16), path)
+    message = str(info.value)
+    assert "different model" in message
+    assert "to_mu.weight is (8, 256) in the checkpoint but (16, 256) in the model" in message
+    assert "config.yaml" in message
+
+
+def test_conditional_checkpoint_into_unconditional_model(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_model(path, small_model(conditional="embedding"), {})
+    with pytest.raises(CheckpointError, match=r"1 unexpected parameter\(s\) \(e\.g\. label_embedding\.weight\)"):
+        load_model_weights(small_model(), path)
+
+
+def test_round_trip_keeps_every_tensor(tmp_path):
+    model = small_model()
+    path = tmp_path / "model.safetensors"
+    save_model(path, model, {"epoch": 3})
+    other = small_model()
+    load_model_weights(other, path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+
+def test_load_folder_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not a vaegen model folder"):
+        vaegen.load(tmp_path)
+
+
+def test_missing_training_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no training checkpoint"):
+        load_training_state(tmp_path / "nope.pt")

@@ -1,0 +1,100 @@
+"""The CLI as a user meets it: real processes, exit codes, one-paragraph errors, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vaegen.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vaegen", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def write(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_unknown_key_exits_2_with_suggestion_and_no_traceback(tmp_path):
+    path = write(tmp_path, {"data": {"root": "x"}, "model": {"latnt_dim": 64}})
+    result = run("train", "--config", str(path))
+    assert result.returncode == 2
+    assert "error:" in result.stderr and "unknown key `model.latnt_dim`; did you mean `latent_dim`?" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    path = write(tmp_path, {"data": {"root": "x"}, "model": {"latnt_dim": 64}})
+    result = run("--debug", "train", "--config", str(path))
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+
+
+def test_bad_set_override_exits_2(tmp_path):
+    path = write(tmp_path, {"data": {"root": "x"}})
+    result = run("train", "--config", str(path), "--set", "train.epochs=zero")
+    assert result.returncode == 2
+    assert "`train.epochs` = 'zero'" in result.stderr
+
+
+def test_missing_data_root_exits_2(tmp_path):
+    path = write(tmp_path, {"data": {"root": str(tmp_path / "nowhere"), "cache_dir": str(tmp_path / "cache")},
+                            "output": {"logs_dir": str(tmp_path / "logs"), "best_dir": str(tmp_path / "best")}})
+    result = run("train", "--config", str(path))
+    assert result.returncode == 2
+    assert f"data.root {tmp_path / 'nowhere'} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_command_prints_effective_config():
+    result = run("config", "--config", str(REPO / "configs" / "train_apples.yaml"), "--set", "train.epochs=7")
+    assert result.returncode == 0
+    effective = yaml.safe_load(result.stdout)
+    assert effective["train"]["epochs"] == 7
+    assert effective["data"]["image_size"] == [96, 96]
+    assert effective["beta"] == {"schedule": "cyclic", "max": 4.0, "warmup": 10, "cycle": 20}
+    assert effective["optim"]["lr"] == pytest.approx(2e-4)
+
+
+@pytest.mark.parametrize("name", ["quickstart", "train_apples", "train_apples_cvae", "train_impressionism"])
+def test_shipped_configs_are_valid(name, capsys):
+    assert main(["config", "--config", str(REPO / "configs" / f"{name}.yaml")]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    if name == "train_apples_cvae":
+        assert printed["model"]["conditional"] == "onehot"
+    if name == "train_impressionism":
+        assert printed["data"]["image_size"] == [128, 128] and printed["optim"]["lr"] == pytest.approx(5e-4)
+        assert printed["beta"]["max"] == 0.5
+
+
+def test_resume_without_a_run_exits_2(tmp_path, capsys):
+    path = write(tmp_path, {"data": {"root": "x"}, "output": {"logs_dir": str(tmp_path / "logs")}})
+    assert main(["train", "--config", str(path), "--resume"]) == 2
+    assert "found no run of 'c'" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "logs" / "missing")]) == 2
+    assert "has no checkpoints/last.pt" in capsys.readouterr().err
+
+
+def test_train_without_config_exits_2(capsys):
+    assert main(["train"]) == 2
+    assert "needs --config" in capsys.readouterr().err
+
+
+def test_data_command_reports_missing_source(tmp_path):
+    result = run("data", "fruit360", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Training/" in result.stderr
+
+
+def test_version_and_console_script():
+    result = subprocess.run([Path(sys.executable).parent / "vaegen", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("vaegen ")
