@@ -216,3 +216,16 @@ def test_wikiart_bad_by_empty_style_and_non_empty_out(wikiart: Path, tmp_path: P
         build_wikiart(wikiart, tmp_path / "out")
     with pytest.raises(DataError, match="does not exist"):
         build_wikiart(tmp_path / "missing", tmp_path / "out2")
+
+
+def test_cli_builds_a_folder_vaegen_can_train_on(fruit: Path, tmp_path: Path, capsys) -> None:
+    from vaegen.cli import main
+    from vaegen.data import scan_folder
+
+    out = tmp_path / "built"
+    assert main(["data", "fruit360", "--src", str(fruit), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"built {out} (16 images)" in printed and "Golden-Red" in printed
+    index = scan_folder(out)
+    assert index.classes == ["Golden", "Golden-Red", "Red"] and len(index.files) == 16
+    assert main(["data", "fruit360", "--src", str(fruit), "--out", str(out)]) == 2  # never overwrites

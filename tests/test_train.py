@@ -208,3 +208,13 @@ def test_acceptance_command_on_shared_apples(tmp_path, monkeypatch):
     assert (run / "checkpoints" / "last.pt").is_file() and (best / "model.safetensors").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and rows[1]["val_loss"] < rows[0]["val_loss"]
+
+
+def test_resume_applies_new_learning_rate(tmp_path):
+    config = tiny_config(tmp_path, train={"epochs": 1})
+    assert main(["train", "--config", str(config)]) == 0
+    run = tmp_path / "logs" / "tiny"
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--set", "optim.lr=1e-5"]) == 0
+    assert [row["lr"] for row in _rows(run)] == [1e-3, 1e-5]
+    assert load_training_state(run / "checkpoints" / "last.pt")["optimizer"]["param_groups"][0]["lr"] == 1e-5
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 1e-5

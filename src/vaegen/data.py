@@ -175,10 +175,7 @@ def load_images(cfg: DataConfig, workers: int = 4) -> DecodedImages:
         )
     bad = [str(path) for path, array in zip(index.files, decoded) if array is None]
     if bad and not cfg.skip_bad:
-        raise DataError(
-            f"{len(bad)} of {len(index.files)} image(s) under {index.root} could not be read: "
-            f"{_listing(bad)}. Delete or replace them, or set data.skip_bad: true to train without them."
-        )
+        raise _unreadable(bad, len(index.files), index.root)
     keep = [i for i, array in enumerate(decoded) if array is not None]
     if not keep:
         raise DataError(f"none of the {len(index.files)} image(s) under {index.root} could be read.")
@@ -198,7 +195,17 @@ def _listing(paths: list[str], limit: int = 10) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
+def _unreadable(bad: list[str], total: int, root: Path) -> DataError:
+    return DataError(
+        f"{len(bad)} of {total} image(s) under {root} could not be read: {_listing(bad)}. "
+        f"Delete or replace them, or set data.skip_bad: true to train without them."
+    )
+
+
 def _report_skipped(images: DecodedImages, cfg: DataConfig) -> DecodedImages:
+    """A cache written with skip_bad: true still holds the bad list, so skip_bad: false fails the same way."""
+    if images.skipped and not cfg.skip_bad:
+        raise _unreadable(images.skipped, len(images.files) + len(images.skipped), cfg.root)
     if images.skipped:
         warnings.warn(
             f"skipped {len(images.skipped)} unreadable image(s) (data.skip_bad is true): {_listing(images.skipped)}",

@@ -272,8 +272,12 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
         _check_same_data(state, classes, paths)
         load_state_checked(model, state["model"], str(paths.last_checkpoint))
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # the config wins, so `--resume --set optim.lr=...` takes effect
+            group.update(lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay)
         restore_rng_state(state["rng"], shuffle)
-        start_epoch, best_epoch, best_value = state["epoch"], state["best_epoch"], state["best_value"]
+        start_epoch = state["epoch"]
+        if state.get("best_criterion") == config.output.select:
+            best_epoch, best_value = state["best_epoch"], state["best_value"]
         say(f"resumed {paths.run_dir} at epoch {start_epoch} (best {config.output.select} {best_value} at epoch {best_epoch})")
         if start_epoch >= config.train.epochs:
             say(f"nothing to do: the run already has {start_epoch} of train.epochs={config.train.epochs}; raise it with --set train.epochs=N")
@@ -301,9 +305,11 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
             if epoch % config.eval.every == 0 or epoch == config.train.epochs:
                 samples = sample_grid(model, fixed_z, device)
                 last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
+                reconstructions = reconstruction_grid_for(model, splits.val, min(32, config.eval.num_grid), device)
                 save_png(samples, last_samples)
-                save_png(reconstruction_grid_for(model, splits.val, min(32, config.eval.num_grid), device), paths.run_dir / f"recon_epoch{epoch:04d}.png")
+                save_png(reconstructions, paths.run_dir / f"recon_epoch{epoch:04d}.png")
                 tracker.log_image("samples", samples, epoch)
+                tracker.log_image("reconstructions", reconstructions, epoch)
 
             value = row[config.output.select]
             if best_value is None or value < best_value:  # ties keep the earlier epoch
@@ -318,6 +324,7 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "rng": rng_state(shuffle),
+                    "best_criterion": config.output.select,
                     "best_epoch": best_epoch,
                     "best_value": best_value,
                     "classes": classes,
