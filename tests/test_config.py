@@ -1,0 +1,278 @@
+"""Config loading: documented defaults, YAML typing, overrides and the exact error messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vaegen.config import Config, ConfigError, load_config
+from vaegen.errors import VaegenError
+
+
+def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def load(tmp_path: Path, text: str, overrides: list[str] = ()) -> Config:
+    return load_config(write(tmp_path, text), list(overrides))
+
+
+def error(tmp_path: Path, text: str, overrides: list[str] = ()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, text, overrides)
+    return str(info.value)
+
+
+MINIMAL = "data:\n  root: some/images\n"
+
+
+# --- defaults and typing ------------------------------------------------------------------
+
+
+def test_minimal_yaml_gives_documented_defaults(tmp_path):
+    cfg = load(tmp_path, MINIMAL)
+    assert cfg.data.root == Path("some/images")
+    assert cfg.data.image_size == (64, 64)
+    assert cfg.data.channels == 3
+    assert cfg.data.resize == "center_crop"
+    assert cfg.data.val_fraction == 0.1
+    assert cfg.data.hflip is False
+    assert cfg.data.skip_bad is False
+    assert cfg.data.cache_dir is None
+    assert cfg.model.name == "conv_vae"
+    assert cfg.model.latent_dim == 128
+    assert cfg.model.widths == (64, 128, 256, 512)
+    assert cfg.model.conditional == "none"
+    assert cfg.loss.recon == "mse"
+    assert cfg.beta.schedule == "constant"
+    assert cfg.beta.max == 1.0
+    assert cfg.beta.warmup == 10
+    assert cfg.beta.cycle == 20
+    assert cfg.optim.name == "adam"
+    assert cfg.optim.lr == pytest.approx(2e-4)
+    assert cfg.optim.betas == (0.9, 0.999)
+    assert cfg.optim.weight_decay == 0.0
+    assert cfg.optim.grad_clip is None
+    assert cfg.train.epochs == 100
+    assert cfg.train.batch_size == 64
+    assert cfg.train.seed == 0
+    assert cfg.train.device == "auto"
+    assert cfg.eval.every == 5
+    assert cfg.eval.num_grid == 64
+    assert cfg.logging.wandb == "disabled"
+    assert cfg.output.run_name is None
+    assert cfg.output.logs_dir == Path("logs")
+    assert cfg.output.best_dir == Path("best_models")
+    assert cfg.output.select == "val_nelbo"
+
+
+def test_int_image_size_becomes_square(tmp_path):
+    cfg = load(tmp_path, "data:\n  root: x\n  image_size: 96\n")
+    assert cfg.data.image_size == (96, 96)
+
+
+def test_list_image_size_is_height_width(tmp_path):
+    cfg = load(tmp_path, "data:\n  root: x\n  image_size: [64, 48]\n")
+    assert cfg.data.image_size == (64, 48)
+
+
+def test_exponent_without_dot_is_accepted_as_float(tmp_path):
+    # PyYAML reads `2e-4` (no dot) as the string "2e-4"; it must still be a valid lr.
+    cfg = load(tmp_path, "data:\n  root: x\noptim:\n  lr: 2e-4\n")
+    assert isinstance(cfg.optim.lr, float)
+    assert cfg.optim.lr == pytest.approx(0.0002)
+    cfg = load(tmp_path, MINIMAL, ["optim.lr=2e-4"])
+    assert cfg.optim.lr == pytest.approx(0.0002)
+
+
+# --- unknown keys -------------------------------------------------------------------------
+
+
+def test_misspelt_key_names_path_and_suggests_closest(tmp_path):
+    message = error(tmp_path, MINIMAL + "model:\n  latnt_dim: 64\n")
+    assert "unknown key `model.latnt_dim`" in message
+    assert "did you mean `latent_dim`?" in message
+
+
+def test_misspelt_section_suggests_section(tmp_path):
+    message = error(tmp_path, MINIMAL + "trian:\n  epochs: 3\n")
+    assert "unknown key `trian`" in message
+    assert "did you mean `train`?" in message
+
+
+def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
+    message = error(tmp_path, MINIMAL + "model:\n  zzz: 1\n")
+    assert "unknown key `model.zzz`" in message
+    assert "did you mean" not in message
+    assert "valid keys in `model`: name, latent_dim, widths, conditional" in message
+
+
+# --- wrong types and ranges ---------------------------------------------------------------
+
+
+def test_wrong_type_names_key_value_and_expected_type(tmp_path):
+    message = error(tmp_path, MINIMAL + "optim:\n  lr: abc\n")
+    assert "`optim.lr`" in message
+    assert "'abc'" in message
+    assert "valid number" in message
+
+
+def test_out_of_range_names_key_and_bound(tmp_path):
+    message = error(tmp_path, MINIMAL + "train:\n  epochs: 0\n")
+    assert "`train.epochs`" in message
+    assert "greater than or equal to 1" in message
+
+
+def test_bad_choice_names_allowed_values(tmp_path):
+    message = error(tmp_path, MINIMAL + "loss:\n  recon: l1\n")
+    assert "`loss.recon`" in message
+    assert "'l1'" in message
+    assert "'mse' or 'bce'" in message
+
+
+def test_image_size_not_divisible_suggests_neighbours(tmp_path):
+    message = error(tmp_path, "data:\n  root: x\n  image_size: 100\n")
+    assert "not divisible by 16" in message
+    assert "96 or 112" in message
+
+
+def test_image_size_divisor_follows_number_of_widths(tmp_path):
+    message = error(tmp_path, "data:\n  root: x\n  image_size: 30\nmodel:\n  widths: [32, 64]\n")
+    assert "not divisible by 4" in message
+    assert "28 or 32" in message
+    # and a size divisible by 4 (but not by 16) is then fine
+    cfg = load(tmp_path, "data:\n  root: x\n  image_size: 28\nmodel:\n  widths: [32, 64]\n")
+    assert cfg.data.image_size == (28, 28)
+
+
+def test_image_size_width_axis_is_checked_too(tmp_path):
+    message = error(tmp_path, "data:\n  root: x\n  image_size: [64, 50]\n")
+    assert "width 50 is not divisible by 16" in message
+    assert "48 or 64" in message
+
+
+def test_missing_root(tmp_path):
+    message = error(tmp_path, "data:\n  image_size: 64\n")
+    assert "missing required key `data.root`" in message
+
+
+def test_unknown_model_name_lists_registered_models(tmp_path):
+    message = error(tmp_path, MINIMAL + "model:\n  name: transformer\n")
+    assert "`model.name`" in message
+    assert "registered models: conv_vae" in message
+
+
+def test_cyclic_warmup_longer_than_cycle_rejected(tmp_path):
+    message = error(tmp_path, MINIMAL + "beta:\n  schedule: cyclic\n  warmup: 30\n  cycle: 20\n")
+    assert "beta.warmup (30) must be at most beta.cycle (20)" in message
+    # the same numbers are fine for a non-cyclic schedule
+    cfg = load(tmp_path, MINIMAL + "beta:\n  schedule: warmup\n  warmup: 30\n  cycle: 20\n")
+    assert cfg.beta.warmup == 30
+
+
+def test_val_loss_selection_without_validation_split_rejected(tmp_path):
+    message = error(tmp_path, "data:\n  root: x\n  val_fraction: 0\n")
+    assert "output.select is val_nelbo" in message
+    assert "data.val_fraction is 0" in message
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def test_yaml_syntax_error_names_line(tmp_path):
+    message = error(tmp_path, "data:\n  root: x\n   bad: 3\n")
+    assert "is not valid YAML" in message
+    assert "line 3" in message
+
+
+def test_top_level_list_rejected(tmp_path):
+    message = error(tmp_path, "- data\n- model\n")
+    assert "must hold a mapping" in message
+    assert "not a list" in message
+
+
+def test_nonexistent_file_rejected(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert "does not exist" in str(info.value)
+    assert str(missing) in str(info.value)
+
+
+# --- overrides ----------------------------------------------------------------------------
+
+
+def test_overrides_are_yaml_typed_and_applied(tmp_path):
+    cfg = load(
+        tmp_path,
+        MINIMAL + "train:\n  epochs: 50\n",
+        ["train.epochs=5", "model.latent_dim=64", "optim.lr=1e-3", "data.image_size=[32, 32]"],
+    )
+    assert cfg.train.epochs == 5
+    assert cfg.model.latent_dim == 64
+    assert cfg.optim.lr == pytest.approx(1e-3)
+    assert cfg.data.image_size == (32, 32)
+    # untouched keys in the overridden sections keep their values
+    assert cfg.data.root == Path("some/images")
+    assert cfg.model.widths == (64, 128, 256, 512)
+
+
+def test_later_override_wins(tmp_path):
+    cfg = load(tmp_path, MINIMAL, ["train.epochs=5", "train.epochs=7"])
+    assert cfg.train.epochs == 7
+
+
+def test_override_of_unknown_key_suggests_closest(tmp_path):
+    message = error(tmp_path, MINIMAL, ["model.latnt_dim=3"])
+    assert "unknown key `model.latnt_dim`" in message
+    assert "did you mean `latent_dim`?" in message
+
+
+def test_override_without_equals_rejected(tmp_path):
+    message = error(tmp_path, MINIMAL, ["train.epochs5"])
+    assert "not of the form key.path=value" in message
+
+
+def test_override_below_a_scalar_rejected(tmp_path):
+    message = error(tmp_path, MINIMAL + "train:\n  epochs: 3\n", ["train.epochs.x=1"])
+    assert "`train.epochs` is a value, not a section" in message
+    # without the key in the file it is still an error, not a silently accepted value
+    with pytest.raises(ConfigError):
+        load(tmp_path, MINIMAL, ["train.epochs.x=1"])
+
+
+def test_override_can_build_config_from_base(tmp_path):
+    cfg = load_config(None, ["data.root=imgs", "train.epochs=2"])
+    assert cfg.data.root == Path("imgs")
+    assert cfg.train.epochs == 2
+
+
+# --- round trip and error type ------------------------------------------------------------
+
+
+def test_to_yaml_round_trips(tmp_path):
+    text = (
+        "data:\n  root: some/images\n  image_size: [64, 48]\n  channels: 1\n  cache_dir: /tmp/cache\n"
+        "model:\n  latent_dim: 32\n  widths: [16, 32, 64, 128]\n  conditional: onehot\n"
+        "beta:\n  schedule: cyclic\n  max: 4.0\n  warmup: 5\n  cycle: 10\n"
+        "optim:\n  name: adamw\n  lr: 2e-4\n  grad_clip: 1.5\n"
+        "train:\n  epochs: 3\n  device: cpu\n"
+        "output:\n  run_name: my-run\n"
+    )
+    cfg = load(tmp_path, text)
+    dumped = cfg.to_yaml()
+    again = load_config(write(tmp_path, dumped, "dumped.yaml"))
+    assert again == cfg
+    assert again.to_yaml() == dumped
+    # and the defaults survive the round trip as well
+    default = load(tmp_path, MINIMAL)
+    assert load_config(write(tmp_path, default.to_yaml(), "default.yaml")) == default
+
+
+def test_config_error_exit_code():
+    assert ConfigError.exit_code == 2
+    assert issubclass(ConfigError, VaegenError)
+    assert ConfigError("x").exit_code == 2

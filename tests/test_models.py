@@ -1,0 +1,284 @@
+"""ConvVAE: shapes, the reference architecture, conditioning, sampling and the registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from vaegen.config import ConfigError, ModelConfig, load_config
+from vaegen.models import MODELS, ConvVAE, build_model, count_parameters
+
+SMALL = (8, 16, 32, 64)
+
+
+def make(image_size=(32, 32), channels=3, num_classes=1, latent_dim=8, widths=SMALL, conditional="none"):
+    cfg = ModelConfig(latent_dim=latent_dim, widths=widths, conditional=conditional)
+    model = build_model(cfg, image_size=image_size, channels=channels, num_classes=num_classes)
+    return model
+
+
+def conv_params(in_ch, out_ch, k=4, bias=True):
+    # a conv that feeds a BatchNorm has no bias (the BatchNorm shift makes it redundant)
+    return in_ch * out_ch * k * k + (out_ch if bias else 0)
+
+
+def linear_params(in_f, out_f):
+    return in_f * out_f + out_f
+
+
+def bn_params(ch):
+    return 2 * ch
+
+
+# --- shapes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [32, 64, 96, (64, 48)])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_forward_shapes(size, channels):
+    image_size = (size, size) if isinstance(size, int) else size
+    torch.manual_seed(0)
+    model = make(image_size=image_size, channels=channels, latent_dim=12)
+    x = torch.rand(2, channels, *image_size)
+    logits, mu, logvar = model(x)
+    assert logits.shape == x.shape
+    assert mu.shape == (2, 12)
+    assert logvar.shape == (2, 12)
+    assert model.bottleneck_shape == (SMALL[-1], image_size[0] // 16, image_size[1] // 16)
+
+
+def test_two_width_model_downsamples_by_four():
+    model = make(image_size=(12, 20), widths=(4, 8))
+    logits, mu, _ = model(torch.rand(2, 3, 12, 20))
+    assert logits.shape == (2, 3, 12, 20)
+    assert model.bottleneck_shape == (8, 3, 5)
+
+
+def test_indivisible_image_size_rejected():
+    with pytest.raises(ValueError, match="not divisible by 16"):
+        make(image_size=(40, 40))
+
+
+# --- the reference architecture ----------------------------------------------------------
+
+
+def test_default_widths_are_reference_architecture():
+    model = make(image_size=(64, 64), channels=3, latent_dim=128, widths=(64, 128, 256, 512))
+    assert isinstance(model, ConvVAE)
+
+    blocks = [b for b in model.encoder if isinstance(b, nn.Sequential)]
+    assert isinstance(model.encoder[-1], nn.Flatten)
+    assert len(blocks) == 4
+    expected = [(3, 64, False), (64, 128, True), (128, 256, True), (256, 512, True)]
+    for block, (cin, cout, has_bn) in zip(blocks, expected):
+        conv = block[0]
+        assert isinstance(conv, nn.Conv2d)
+        assert (conv.in_channels, conv.out_channels) == (cin, cout)
+        assert (conv.bias is not None) == (not has_bn)
+        assert conv.kernel_size == (4, 4) and conv.stride == (2, 2) and conv.padding == (1, 1)
+        bns = [m for m in block if isinstance(m, nn.BatchNorm2d)]
+        if has_bn:
+            assert len(bns) == 1 and bns[0].num_features == cout
+            assert isinstance(block[1], nn.BatchNorm2d)
+        else:
+            assert bns == []
+        assert isinstance(block[-1], nn.ReLU)
+
+    flat = 512 * 4 * 4
+    assert (model.to_mu.in_features, model.to_mu.out_features) == (flat, 128)
+    assert (model.to_logvar.in_features, model.to_logvar.out_features) == (flat, 128)
+    assert (model.from_latent.in_features, model.from_latent.out_features) == (128, flat)
+    assert model.label_embedding is None
+
+    up = list(model.decoder)
+    assert len(up) == 4
+    for block, (cin, cout) in zip(up[:3], [(512, 256), (256, 128), (128, 64)]):
+        convt, bn, act = block
+        assert isinstance(convt, nn.ConvTranspose2d)
+        assert (convt.in_channels, convt.out_channels) == (cin, cout)
+        assert convt.bias is None
+        assert convt.kernel_size == (4, 4) and convt.stride == (2, 2) and convt.padding == (1, 1)
+        assert isinstance(bn, nn.BatchNorm2d) and bn.num_features == cout
+        assert isinstance(act, nn.ReLU)
+    last = up[3]
+    assert isinstance(last, nn.ConvTranspose2d)
+    assert (last.in_channels, last.out_channels) == (64, 3)
+    assert last.bias is not None
+    assert last.kernel_size == (4, 4) and last.stride == (2, 2) and last.padding == (1, 1)
+
+
+def test_reference_parameter_count_at_96px():
+    model = make(image_size=(96, 96), channels=3, latent_dim=128, widths=(64, 128, 256, 512))
+    latent, flat = 128, 512 * (96 // 16) * (96 // 16)
+    encoder = (
+        conv_params(3, 64)
+        + conv_params(64, 128, bias=False) + bn_params(128)
+        + conv_params(128, 256, bias=False) + bn_params(256)
+        + conv_params(256, 512, bias=False) + bn_params(512)
+    )
+    heads = 2 * linear_params(flat, latent)
+    decoder = (
+        linear_params(latent, flat)
+        + conv_params(512, 256, bias=False) + bn_params(256)
+        + conv_params(256, 128, bias=False) + bn_params(128)
+        + conv_params(128, 64, bias=False) + bn_params(64)
+        + conv_params(64, 3)
+    )
+    assert count_parameters(model) == encoder + heads + decoder
+
+
+# --- conditioning -------------------------------------------------------------------------
+
+
+def test_onehot_adds_label_planes_and_decoder_inputs():
+    plain = make(channels=3, latent_dim=8)
+    cond = make(channels=3, latent_dim=8, num_classes=5, conditional="onehot")
+    assert plain.encoder[0][0].in_channels == 3
+    assert cond.encoder[0][0].in_channels == 3 + 5
+    assert plain.from_latent.in_features == 8
+    assert cond.from_latent.in_features == 8 + 5
+    assert cond.label_embedding is None
+    x = torch.rand(3, 3, 32, 32)
+    logits, mu, logvar = cond(x, torch.tensor([0, 4, 2]))
+    assert logits.shape == x.shape and mu.shape == (3, 8)
+
+
+def test_onehot_label_changes_decoding():
+    torch.manual_seed(0)
+    cond = make(num_classes=4, conditional="onehot").eval()
+    z = torch.zeros(1, 8)
+    assert not torch.allclose(cond.decode(z, torch.tensor([0])), cond.decode(z, torch.tensor([3])))
+
+
+def test_embedding_has_per_class_vectors():
+    cond = make(channels=3, latent_dim=8, num_classes=6, conditional="embedding")
+    assert isinstance(cond.label_embedding, nn.Embedding)
+    assert cond.label_embedding.num_embeddings == 6
+    assert cond.label_embedding.embedding_dim == 8
+    assert cond.encoder[0][0].in_channels == 3
+    assert cond.from_latent.in_features == 8
+    x = torch.rand(2, 3, 32, 32)
+    logits, mu, _ = cond(x, torch.tensor([5, 0]))
+    assert logits.shape == x.shape and mu.shape == (2, 8)
+
+
+@pytest.mark.parametrize("conditional", ["onehot", "embedding"])
+def test_conditional_requires_labels(conditional):
+    cond = make(num_classes=3, conditional=conditional)
+    x = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="pass labels"):
+        cond(x)
+    with pytest.raises(ValueError, match="pass labels"):
+        cond.sample(2, seed=0)
+
+
+@pytest.mark.parametrize("conditional", ["onehot", "embedding"])
+@pytest.mark.parametrize("bad", [[0, 3], [-1, 0]])
+def test_conditional_rejects_out_of_range_labels(conditional, bad):
+    cond = make(num_classes=3, conditional=conditional)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
+        cond(torch.rand(2, 3, 32, 32), torch.tensor(bad))
+
+
+def test_conditional_rejects_label_count_mismatch():
+    cond = make(num_classes=3, conditional="onehot")
+    with pytest.raises(ValueError, match="3 labels for a batch of 2"):
+        cond(torch.rand(2, 3, 32, 32), torch.tensor([0, 1, 2]))
+
+
+def test_single_label_is_broadcast_for_sampling():
+    torch.manual_seed(0)
+    cond = make(num_classes=3, conditional="onehot").eval()
+    a = cond.sample(4, labels=2, seed=1)
+    b = cond.sample(4, labels=[2, 2, 2, 2], seed=1)
+    assert a.shape == (4, 3, 32, 32)
+    assert torch.equal(a, b)
+
+
+# --- decoding and sampling ----------------------------------------------------------------
+
+
+def test_decode_is_in_unit_interval():
+    torch.manual_seed(0)
+    model = make().eval()
+    images = model.decode(torch.randn(4, 8) * 10)
+    assert images.shape == (4, 3, 32, 32)
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    # extreme latents saturate but never leave [0, 1]
+    extreme = model.decode(torch.randn(4, 8) * 1e4)
+    assert extreme.min() >= 0.0 and extreme.max() <= 1.0
+
+
+def test_decode_is_sigmoid_of_logits():
+    torch.manual_seed(0)
+    model = make().eval()
+    z = torch.randn(3, 8) * 5
+    assert torch.allclose(model.decode(z), torch.sigmoid(model.decode_logits(z)))
+
+
+def test_sample_is_reproducible_by_seed():
+    torch.manual_seed(0)
+    model = make().eval()
+    a = model.sample(4, seed=123)
+    b = model.sample(4, seed=123)
+    c = model.sample(4, seed=124)
+    assert a.shape == (4, 3, 32, 32)
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    # the images within one batch differ from each other
+    assert not torch.allclose(a[0], a[1])
+
+
+def test_sample_temperature_zero_gives_identical_images():
+    torch.manual_seed(0)
+    model = make().eval()
+    images = model.sample(5, temperature=0.0, seed=7)
+    assert images.shape == (5, 3, 32, 32)
+    for image in images[1:]:
+        assert torch.equal(image, images[0])
+    # temperature 0 decodes z = 0 regardless of the seed
+    assert torch.equal(images, model.sample(5, temperature=0.0, seed=8))
+    assert torch.allclose(images[0], model.decode(torch.zeros(1, 8))[0])
+
+
+def test_reconstruct_returns_input_shaped_mean_decoding():
+    torch.manual_seed(0)
+    model = make(image_size=(64, 48), channels=1).eval()
+    x = torch.rand(3, 1, 64, 48)
+    out = model.reconstruct(x)
+    assert out.shape == x.shape
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    mu, _ = model.encode(x)
+    assert torch.allclose(out, model.decode(mu))
+    assert torch.equal(out, model.reconstruct(x))  # deterministic: decodes the mean
+
+
+def test_forward_noise_follows_generator():
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.rand(2, 3, 32, 32)
+    a = model(x, generator=torch.Generator().manual_seed(1))[0]
+    b = model(x, generator=torch.Generator().manual_seed(1))[0]
+    c = model(x, generator=torch.Generator().manual_seed(2))[0]
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+# --- registry -----------------------------------------------------------------------------
+
+
+def test_registry_contains_conv_vae():
+    assert "conv_vae" in MODELS
+    assert MODELS["conv_vae"] is ConvVAE
+    assert isinstance(make(), ConvVAE)
+
+
+def test_unknown_model_name_rejected_with_registered_list(tmp_path):
+    with pytest.raises(ValueError, match="registered models: conv_vae"):
+        ModelConfig(name="resnet_vae")
+    path = tmp_path / "run.yaml"
+    path.write_text("data:\n  root: x\nmodel:\n  name: resnet_vae\n")
+    with pytest.raises(ConfigError, match="registered models: conv_vae"):
+        load_config(path)
