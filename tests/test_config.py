@@ -62,11 +62,18 @@ def test_minimal_yaml_gives_documented_defaults(tmp_path):
     assert cfg.train.device == "auto"
     assert cfg.eval.every == 5
     assert cfg.eval.num_grid == 64
+    assert cfg.eval.backbone == "auto"
+    assert cfg.eval.inception_weights is None
+    assert cfg.eval.num_samples == 5000
+    assert cfg.eval.reference == "train"
+    assert cfg.eval.batch_size == 100
+    assert cfg.eval.kid_subset_size == 1000
+    assert cfg.eval.temperature == 1.0
     assert cfg.logging.wandb == "disabled"
     assert cfg.output.run_name is None
     assert cfg.output.logs_dir == Path("logs")
     assert cfg.output.best_dir == Path("best_models")
-    assert cfg.output.select == "val_nelbo"
+    assert cfg.output.select == "fid"
 
 
 def test_int_image_size_becomes_square(tmp_path):
@@ -173,10 +180,35 @@ def test_cyclic_warmup_longer_than_cycle_rejected(tmp_path):
     assert cfg.beta.warmup == 30
 
 
-def test_val_loss_selection_without_validation_split_rejected(tmp_path):
-    message = error(tmp_path, "data:\n  root: x\n  val_fraction: 0\n")
-    assert "output.select is val_nelbo" in message
+@pytest.mark.parametrize("select", ["val_loss", "val_nelbo", "val_recon"])
+def test_validation_selection_without_validation_split_rejected(tmp_path, select):
+    message = error(tmp_path, f"data:\n  root: x\n  val_fraction: 0\noutput:\n  select: {select}\n")
+    assert f"output.select is {select}" in message
     assert "data.val_fraction is 0" in message
+
+
+def test_fid_selection_needs_no_validation_split(tmp_path):
+    cfg = load(tmp_path, "data:\n  root: x\n  val_fraction: 0\noutput:\n  select: fid\n")
+    assert cfg.output.select == "fid"
+    assert cfg.data.val_fraction == 0
+
+
+def test_fid_selection_without_backbone_rejected(tmp_path):
+    message = error(tmp_path, MINIMAL + "eval:\n  backbone: none\n")
+    assert "output.select is fid but eval.backbone is none" in message
+    cfg = load(tmp_path, MINIMAL + "eval:\n  backbone: none\noutput:\n  select: val_nelbo\n")
+    assert cfg.eval.backbone == "none"
+
+
+def test_val_reference_without_validation_split_rejected(tmp_path):
+    message = error(tmp_path, "data:\n  root: x\n  val_fraction: 0\neval:\n  reference: val\n")
+    assert "eval.reference is val but data.val_fraction is 0" in message
+
+
+def test_unknown_backbone_names_allowed_ones(tmp_path):
+    message = error(tmp_path, MINIMAL + "eval:\n  backbone: resnet\n")
+    assert "`eval.backbone`" in message
+    assert "'efficientnet-lite0'" in message
 
 
 # --- files --------------------------------------------------------------------------------
@@ -260,7 +292,8 @@ def test_to_yaml_round_trips(tmp_path):
         "beta:\n  schedule: cyclic\n  max: 4.0\n  warmup: 5\n  cycle: 10\n"
         "optim:\n  name: adamw\n  lr: 2e-4\n  grad_clip: 1.5\n"
         "train:\n  epochs: 3\n  device: cpu\n"
-        "output:\n  run_name: my-run\n"
+        "eval:\n  backbone: inception\n  inception_weights: /tmp/w.pth\n  num_samples: 64\n  temperature: 0.8\n"
+        "output:\n  run_name: my-run\n  select: val_nelbo\n"
     )
     cfg = load(tmp_path, text)
     dumped = cfg.to_yaml()
@@ -276,3 +309,10 @@ def test_config_error_exit_code():
     assert ConfigError.exit_code == 2
     assert issubclass(ConfigError, VaegenError)
     assert ConfigError("x").exit_code == 2
+
+
+def test_empty_section_means_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  root: x\nmodel:\ntrain:\n")
+    cfg = load_config(path, ["model.latent_dim=3"])
+    assert cfg.model.latent_dim == 3 and cfg.train.epochs == 100

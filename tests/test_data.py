@@ -102,6 +102,7 @@ def synthetic(counts: list[int], channels: int = 1, hw=(2, 3)) -> DecodedImages:
         classes=[f"c{k}" for k in range(len(counts))],
         files=[f"{i}.png" for i in range(n)],
         skipped=[],
+        fingerprint="synthetic",
     )
 
 
@@ -595,10 +596,10 @@ def test_load_splits_too_small_for_validation_is_an_error(tmp_path):
         load_splits(make_cfg(tmp_path, root, val_fraction=0.2), seed=0)
 
 
-def test_load_splits_with_no_training_images_left_is_an_error(tmp_path):
+def test_load_splits_single_image_cannot_give_a_validation_split(tmp_path):
     root = tmp_path / "one"
     solid(root / "only.png")
-    with pytest.raises(DataError, match="no training images"):
+    with pytest.raises(DataError, match="too small for a validation split"):
         load_splits(make_cfg(tmp_path, root, val_fraction=0.6), seed=0)
 
 
@@ -668,7 +669,7 @@ def test_hflip_flips_some_images_and_leaves_the_others():
     n = 64
     noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (n, 3, 4, 6), dtype=np.uint8))
     images = DecodedImages(
-        images=noise, labels=torch.arange(n), classes=["x"], files=[f"{i}" for i in range(n)], skipped=[]
+        images=noise, labels=torch.arange(n), classes=["x"], files=[f"{i}" for i in range(n)], skipped=[], fingerprint="noise"
     )
     flipped = kept = 0
     seen = []
@@ -690,6 +691,20 @@ def test_hflip_flips_some_images_and_leaves_the_others():
 def test_no_hflip_leaves_every_image_untouched():
     n = 32
     noise = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (n, 1, 3, 5), dtype=np.uint8))
-    images = DecodedImages(images=noise, labels=torch.arange(n), classes=["x"], files=[""] * n, skipped=[])
+    images = DecodedImages(images=noise, labels=torch.arange(n), classes=["x"], files=[""] * n, skipped=[], fingerprint="noise")
     for x, y in batches(images, 8, generator=torch.Generator().manual_seed(0), hflip=False):
         assert torch.equal(x, noise[y])
+
+
+def test_dark_16_bit_image_is_not_brightened(tmp_path):
+    root = tmp_path / "deep"
+    root.mkdir()
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint16)).save(root / "dark.png")
+    images = load_images(DataConfig(root=root, image_size=8, channels=1, cache_dir=tmp_path / "cache"))
+    assert int(images.images.max()) == 1  # 200 / 65535 of full scale, not 200 / 255
+
+
+def test_single_image_class_stays_in_training_even_at_high_val_fraction():
+    images = synthetic([1, 10])
+    parts = split(images, 0.6, seed=0)
+    assert (parts.train.labels == 0).sum() == 1 and (parts.val.labels == 0).sum() == 0

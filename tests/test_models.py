@@ -144,9 +144,10 @@ def test_onehot_adds_label_planes_and_decoder_inputs():
     assert logits.shape == x.shape and mu.shape == (3, 8)
 
 
-def test_onehot_label_changes_decoding():
+@pytest.mark.parametrize("conditional", ["onehot", "embedding"])
+def test_label_changes_decoding(conditional):
     torch.manual_seed(0)
-    cond = make(num_classes=4, conditional="onehot").eval()
+    cond = make(num_classes=4, conditional=conditional).eval()
     z = torch.zeros(1, 8)
     assert not torch.allclose(cond.decode(z, torch.tensor([0])), cond.decode(z, torch.tensor([3])))
 

@@ -28,8 +28,8 @@ def tiny_config(tmp_path: Path, **sections) -> Path:
         "beta": {"schedule": "warmup", "max": 1.0, "warmup": 2},
         "optim": {"lr": 1e-3},
         "train": {"epochs": 3, "batch_size": 32, "device": "cpu"},
-        "eval": {"every": 2, "num_grid": 12},
-        "output": {"logs_dir": str(tmp_path / "logs"), "best_dir": str(tmp_path / "best"), "run_name": "tiny"},
+        "eval": {"every": 2, "num_grid": 12, "backbone": "none"},
+        "output": {"logs_dir": str(tmp_path / "logs"), "best_dir": str(tmp_path / "best"), "run_name": "tiny", "select": "val_nelbo"},
     }
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
@@ -200,6 +200,7 @@ def test_acceptance_command_on_shared_apples(tmp_path, monkeypatch):
         "--set", f"data.root={REPO.parent / 'shared' / 'data' / 'apples'}",
         "--set", "train.epochs=2", "--set", "data.image_size=32",
         "--set", f"data.cache_dir={tmp_path / 'cache'}",
+        "--set", "eval.num_samples=128", "--set", "eval.reference=val",
     ])
     assert code == 0
     (run,) = (tmp_path / "logs").iterdir()

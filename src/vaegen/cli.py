@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                        help="continue the latest run of --config, or the run in RUN_DIR (logs/<run>)")
 
+    test = commands.add_parser("test", help="score a trained model (FID/KID, recon, KL) and draw sample, reconstruction and interpolation grids")
+    test.add_argument("--config", type=Path, help="test YAML (see configs/test_apples.yaml)")
+    test.add_argument("--checkpoint", type=Path, help="best_models/<run> (overrides the config's checkpoint)")
+    test.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a test config value, e.g. --set num_samples=1000")
+
     show = commands.add_parser("config", help="validate a config and print it with every default filled in")
     show.add_argument("--config", type=Path, required=True)
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -63,6 +69,29 @@ def cmd_config(args) -> int:
     from vaegen.config import load_config
 
     print(load_config(args.config, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def cmd_test(args) -> int:
+    from vaegen.config import load_test_config
+    from vaegen.evaluate import run_test
+
+    overrides = list(args.overrides) + ([f"checkpoint={args.checkpoint}"] if args.checkpoint else [])
+    report = run_test(load_test_config(args.config, overrides))
+    width = max(len(key) for key in report.metrics)
+    print()
+    for key, value in report.metrics.items():
+        if key == "protocol":
+            continue
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {shown}")
+    protocol = report.metrics.get("protocol")
+    if protocol:
+        print(
+            f"  protocol: {protocol['backbone']} features ({protocol['feature_dim']}-d), {protocol['num_generated']} generated "
+            f"vs {protocol['num_real']} real {protocol['reference']} images at {protocol['image_size'][0]}x{protocol['image_size'][1]}"
+        )
+    print(f"wrote {', '.join(path.name for path in report.files)} to {report.output_dir}/")
     return 0
 
 
@@ -151,4 +180,4 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "config": cmd_config, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "test": cmd_test, "config": cmd_config, "data": cmd_data}

@@ -107,9 +107,21 @@ class TrainConfig(Section):
     log_every: int = Field(20, ge=1, description="steps between progress-bar loss updates")
 
 
+BACKBONE_NAMES = ("auto", "inception", "inception-64", "efficientnet-lite0", "none")
+
+
 class EvalConfig(Section):
-    every: int = Field(5, ge=1, description="epochs between sample/reconstruction grids")
+    every: int = Field(5, ge=1, description="epochs between evaluations (grids, FID/KID)")
     num_grid: int = Field(64, ge=1, description="images in each grid")
+    backbone: Literal[BACKBONE_NAMES] = Field(
+        "auto", description="feature network for FID/KID; auto = inception if its weights are here, else efficientnet-lite0"
+    )
+    inception_weights: Path | None = Field(None, description="weights-inception-2015-12-05-6726825d.pth, if not in the torch cache")
+    num_samples: int = Field(5000, ge=2, description="generated images per FID/KID evaluation")
+    reference: Literal["train", "val", "all"] = Field("train", description="real images the samples are compared with")
+    batch_size: int = Field(100, ge=1, description="images per decoder/backbone batch during evaluation")
+    kid_subset_size: int = Field(1000, ge=2)
+    temperature: float = Field(1.0, gt=0.0, description="prior temperature for FID samples")
 
 
 class LoggingConfig(Section):
@@ -123,7 +135,8 @@ class OutputConfig(Section):
     best_dir: Path = Path("best_models")
     # val_nelbo = recon + KL: unlike val_loss (recon + β·KL) it does not move with the β
     # schedule, so a cyclic schedule's β = 0 epochs cannot win by dropping the KL term
-    select: Literal["val_nelbo", "val_recon", "val_loss"] = "val_nelbo"
+    # fid = the Fréchet distance of eval.backbone (lower is better), measured every eval.every epochs
+    select: Literal["fid", "val_nelbo", "val_recon", "val_loss"] = "fid"
 
 
 class Config(Section):
@@ -154,10 +167,44 @@ class Config(Section):
                 f"output.select is {self.output.select} but data.val_fraction is 0, so there is no "
                 f"validation split to select on; set data.val_fraction to e.g. 0.1"
             )
+        if self.output.select == "fid" and self.eval.backbone == "none":
+            raise ValueError(
+                "output.select is fid but eval.backbone is none, so no FID is measured; choose a backbone "
+                "(auto, efficientnet-lite0, inception) or select on val_nelbo"
+            )
+        if self.eval.reference == "val" and self.data.val_fraction == 0:
+            raise ValueError("eval.reference is val but data.val_fraction is 0; use eval.reference: train or all")
         return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+class InterpolationConfig(Section):
+    rows: int = Field(6, ge=1, description="pairs of validation images")
+    steps: int = Field(10, ge=2, description="images per row, both ends included")
+
+
+class TestConfig(Section):
+    """`vaegen test`: what to load, what to compare it with, what to draw."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    checkpoint: Path | None = Field(None, description="best_models/<run> (or --checkpoint)")
+    data_root: Path | None = Field(None, description="default: the data.root the model was trained on")
+    cache_dir: Path | None = None
+    split: Literal["train", "val", "all"] = "val"
+    backbone: Literal[BACKBONE_NAMES] = "auto"
+    inception_weights: Path | None = None
+    num_samples: int = Field(5000, ge=2)
+    batch_size: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+    grid: int = Field(8, ge=1, description="samples.png is grid x grid")
+    seed: int = 0
+    temperature: float = Field(1.0, gt=0.0)
+    interpolation: InterpolationConfig = InterpolationConfig()
+    output_dir: Path | None = Field(None, description="default: <checkpoint>/test")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 # ---------------------------------------------------------------------------------------
@@ -216,7 +263,9 @@ def apply_override(raw: dict, item: str) -> None:
     keys = key_path.strip().split(".")
     node = raw
     for depth, key in enumerate(keys[:-1]):
-        child = node.setdefault(key, {})
+        if node.get(key) is None:  # `model:` with nothing under it is an empty section in YAML
+            node[key] = {}
+        child = node[key]
         if not isinstance(child, dict):
             done = ".".join(keys[: depth + 1])
             raise ConfigError(f"--set {item!r}: `{done}` is a value, not a section, so it has no `{keys[depth + 1]}`.")
@@ -224,11 +273,20 @@ def apply_override(raw: dict, item: str) -> None:
     node[keys[-1]] = value
 
 
-def config_from_dict(raw: dict, source: str = "the config") -> Config:
+def load_test_config(path: str | Path | None, overrides: list[str] = ()) -> TestConfig:
+    raw = read_yaml(path) if path is not None else {}
+    for item in overrides:
+        apply_override(raw, item)
+    return config_from_dict(raw, str(path) if path else "the test config", schema=TestConfig)
+
+
+def config_from_dict(raw: dict, source: str = "the config", schema: type[Section] = Config) -> Config:
+    # an empty section (`model:` with nothing under it) reads as null: treat it as {}
+    raw = {key: ({} if value is None and _section_at([key], schema) else value) for key, value in raw.items()}
     try:
-        return Config.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
-        problems = [_describe(error) for error in exc.errors()]
+        problems = [_describe(error, schema) for error in exc.errors()]
         raise ConfigError(f"{source} has {_count(len(problems), 'problem')}: " + " ".join(problems)) from None
 
 
@@ -236,12 +294,12 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _describe(error: dict) -> str:
+def _describe(error: dict, schema: type[BaseModel] = None) -> str:
     loc = [str(part) for part in error["loc"] if not isinstance(part, int)]
     key = ".".join(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
-        section = _section_at(loc[:-1])
+        section = _section_at(loc[:-1], schema or Config)
         valid = list(section.model_fields) if section else []
         where = f"`{'.'.join(loc[:-1])}`" if loc[:-1] else "the top level"
         close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
@@ -259,8 +317,7 @@ def _clean(message: str) -> str:
     return message.removeprefix("Value error, ").rstrip(".")
 
 
-def _section_at(loc: list[str]) -> type[BaseModel] | None:
-    model: type[BaseModel] = Config
+def _section_at(loc: list[str], model: type[BaseModel]) -> type[BaseModel] | None:
     for key in loc:
         field = model.model_fields.get(key)
         annotation = field.annotation if field else None

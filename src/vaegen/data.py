@@ -51,6 +51,7 @@ class DecodedImages:
     classes: list[str]
     files: list[str]
     skipped: list[str]
+    fingerprint: str  # identifies the files and the transform (the decode cache key)
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,12 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if array.max() > 255 else 255.0
+        if image.mode.startswith("I;16"):
+            top = 65535.0
+        elif image.mode == "F" and array.max() <= 1.0:
+            top = 1.0
+        else:  # 32-bit "I" or "F" carry no range: take 8 bits unless values exceed it
+            top = 65535.0 if array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # transparent pixels become white, the background of product photos like Fruit-360's
@@ -157,9 +163,10 @@ def load_images(cfg: DataConfig, workers: int = 4) -> DecodedImages:
     index = scan_folder(cfg.root)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     height, width = cfg.image_size
-    cache_file = cache_dir / f"{index.root.name}-{height}x{width}x{cfg.channels}-{cache_key(index, cfg)}.safetensors"
+    fingerprint = cache_key(index, cfg)
+    cache_file = cache_dir / f"{index.root.name}-{height}x{width}x{cfg.channels}-{fingerprint}.safetensors"
     if cache_file.is_file():
-        cached = _read_cache(cache_file)
+        cached = _read_cache(cache_file, fingerprint)
         if cached is not None:
             return _report_skipped(cached, cfg)
 
@@ -185,6 +192,7 @@ def load_images(cfg: DataConfig, workers: int = 4) -> DecodedImages:
         classes=index.classes,
         files=[str(index.files[i].relative_to(index.root)) for i in keep],
         skipped=bad,
+        fingerprint=fingerprint,
     )
     _write_cache(cache_file, result)
     return _report_skipped(result, cfg)
@@ -224,7 +232,7 @@ def _write_cache(path: Path, images: DecodedImages) -> None:
         warnings.warn(f"could not write the data cache {path} ({exc}); the next run decodes again.", stacklevel=3)
 
 
-def _read_cache(path: Path) -> DecodedImages | None:
+def _read_cache(path: Path, fingerprint: str) -> DecodedImages | None:
     try:
         from safetensors import safe_open
 
@@ -237,6 +245,7 @@ def _read_cache(path: Path) -> DecodedImages | None:
             classes=json.loads(metadata["classes"]),
             files=json.loads(metadata["files"]),
             skipped=json.loads(metadata["skipped"]),
+            fingerprint=fingerprint,
         )
     except Exception as exc:  # a damaged cache is rebuilt, never trusted
         warnings.warn(f"ignoring unreadable data cache {path} ({exc}); decoding again.", stacklevel=3)
@@ -252,7 +261,8 @@ def split(images: DecodedImages, val_fraction: float, seed: int) -> Splits:
         members = members[torch.randperm(len(members), generator=generator)]
         n_val = round(len(members) * val_fraction)
         if val_fraction > 0 and len(members) > 1:
-            n_val = min(max(n_val, 1), len(members) - 1)
+            n_val = max(n_val, 1)
+        n_val = min(n_val, len(members) - 1)  # every class keeps at least one training image
         val_idx.append(members[:n_val])
         train_idx.append(members[n_val:])
     train_idx = torch.cat(train_idx).sort().values
@@ -267,6 +277,7 @@ def _subset(images: DecodedImages, idx: torch.Tensor) -> DecodedImages:
         classes=images.classes,
         files=[images.files[i] for i in idx.tolist()],
         skipped=images.skipped,
+        fingerprint=images.fingerprint,
     )
 
 

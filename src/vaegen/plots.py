@@ -46,7 +46,6 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [row["epoch"] for row in rows]
     panels = [
         ("loss (recon + β·KL)", ["train_loss", "val_loss"]),
         ("recon + KL (β = 1)", ["train_nelbo", "val_nelbo"]),
@@ -54,16 +53,20 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
         ("KL", ["train_kl", "val_kl"]),
         ("β", ["beta"]),
     ]
+    distances = sorted({key for row in rows for key in row if key.startswith(("fd_", "fid_"))})
+    if distances:
+        panels.append(("Fréchet distance", distances))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), constrained_layout=True)
     for ax, (name, keys) in zip(axes, panels):
         for key in keys:
-            values = [row.get(key) for row in rows]
-            if any(v is not None for v in values):
-                ax.plot(epochs, values, marker="o" if len(epochs) < 30 else None, label=key.split("_")[0])
+            points = [(row["epoch"], row[key]) for row in rows if row.get(key) is not None]
+            if points:
+                label = key if key in distances else key.split("_")[0]
+                ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=label)
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        if len(keys) > 1:
+        if len(keys) > 1 or keys == distances:
             ax.legend()
     if title:
         fig.suptitle(title)

@@ -31,9 +31,11 @@ from vaegen.checkpoint import (
 from vaegen.config import Config
 from vaegen.data import DecodedImages, batches, load_splits, steps_per_epoch
 from vaegen.errors import CheckpointError, ConfigError, TrainingDiverged
+from vaegen.fid import build_evaluator, metric_names
 from vaegen.losses import vae_loss
 from vaegen.models import build_model, count_parameters
 from vaegen.plots import image_grid, plot_curves, reconstruction_grid, save_png
+from vaegen.samplers import prior_sampler
 from vaegen.schedules import build_beta_schedule
 from vaegen.tracking import Tracker, read_metrics
 
@@ -266,6 +268,28 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
     shuffle = torch.Generator().manual_seed(config.train.seed)
     say(f"model: {config.model.name} ({config.model.conditional} conditioning), {count_parameters(model):,} parameters, on {device}")
 
+    # FID/KID: the backbone and the real features are set up once; the features are cached on disk
+    evaluator = build_evaluator(
+        backbone=config.eval.backbone,
+        inception_weights=config.eval.inception_weights,
+        reference=config.eval.reference,
+        num_samples=config.eval.num_samples,
+        batch_size=config.eval.batch_size,
+        kid_subset_size=config.eval.kid_subset_size,
+        data_cfg=config.data,
+        splits=splits,
+        seed=config.train.seed,
+        device=device,
+    )
+    class_weights = torch.bincount(splits.train.labels, minlength=len(classes)).float()
+    criterion = metric_names(evaluator.backbone.name)[0] if config.output.select == "fid" else config.output.select
+    if evaluator is not None:
+        say(
+            f"evaluation every {config.eval.every} epoch(s): {', '.join(metric_names(evaluator.backbone.name))} of "
+            f"{config.eval.num_samples} samples against {len(evaluator.real)} real {config.eval.reference} images "
+            f"({evaluator.backbone.name} features); best checkpoint by {criterion}"
+        )
+
     start_epoch, best_epoch, best_value = 0, None, None
     if resume:
         state = load_training_state(paths.last_checkpoint)
@@ -276,9 +300,9 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
             group.update(lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay)
         restore_rng_state(state["rng"], shuffle)
         start_epoch = state["epoch"]
-        if state.get("best_criterion") == config.output.select:
+        if state.get("best_criterion") == criterion:
             best_epoch, best_value = state["best_epoch"], state["best_value"]
-        say(f"resumed {paths.run_dir} at epoch {start_epoch} (best {config.output.select} {best_value} at epoch {best_epoch})")
+        say(f"resumed {paths.run_dir} at epoch {start_epoch} (best {criterion} {best_value} at epoch {best_epoch})")
         if start_epoch >= config.train.epochs:
             say(f"nothing to do: the run already has {start_epoch} of train.epochs={config.train.epochs}; raise it with --set train.epochs=N")
 
@@ -294,27 +318,32 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
             train_stats = train_one_epoch(model, optimizer, splits.train, config, beta, epoch, device, shuffle)
             val_stats = evaluate(model, splits.val, config, beta, device)
             row = {"epoch": epoch, "beta": beta, "lr": optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
-            tracker.log_epoch(row)
-            say(
-                f"epoch {epoch:>3}/{config.train.epochs}  β {beta:.3g}  train {train_stats['train_loss']:.2f} "
-                f"(recon {train_stats['train_recon']:.2f}, KL {train_stats['train_kl']:.2f})  val {val_stats['val_loss']:.2f} "
-                f"(recon + KL {val_stats['val_nelbo']:.2f})  "
-                f"{train_stats['images_per_s']:.0f} img/s"
-            )
-
+            protocol = None
             if epoch % config.eval.every == 0 or epoch == config.train.epochs:
+                model.eval()
                 samples = sample_grid(model, fixed_z, device)
-                last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
                 reconstructions = reconstruction_grid_for(model, splits.val, min(32, config.eval.num_grid), device)
+                last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
                 save_png(samples, last_samples)
                 save_png(reconstructions, paths.run_dir / f"recon_epoch{epoch:04d}.png")
                 tracker.log_image("samples", samples, epoch)
                 tracker.log_image("reconstructions", reconstructions, epoch)
+                if evaluator is not None:
+                    scores = evaluator.score(prior_sampler(model, config.eval.temperature, class_weights), "prior", config.eval.temperature)
+                    protocol = scores.pop("protocol")
+                    row.update(scores)
+            tracker.log_epoch(row)
+            say(
+                f"epoch {epoch:>3}/{config.train.epochs}  β {beta:.3g}  train {train_stats['train_loss']:.2f} "
+                f"(recon {train_stats['train_recon']:.2f}, KL {train_stats['train_kl']:.2f})  val {val_stats['val_loss']:.2f} "
+                f"(recon + KL {val_stats['val_nelbo']:.2f})  {train_stats['images_per_s']:.0f} img/s"
+                + "".join(f"  {key} {value:.4g}" for key, value in row.items() if key.startswith(("fd_", "fid_", "kd_", "kid_")) and not key.endswith("_std"))
+            )
 
-            value = row[config.output.select]
-            if best_value is None or value < best_value:  # ties keep the earlier epoch
+            value = row.get(criterion)  # FID exists only in evaluation epochs
+            if value is not None and (best_value is None or value < best_value):  # ties keep the earlier epoch
                 best_epoch, best_value = epoch, value
-                export_best(paths, model, config, classes, epoch, value, sample_grid(model, fixed_z, device))
+                export_best(paths, model, config, classes, row, criterion, protocol, sample_grid(model, fixed_z, device))
 
             save_training_state(
                 paths.last_checkpoint,
@@ -324,7 +353,7 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "rng": rng_state(shuffle),
-                    "best_criterion": config.output.select,
+                    "best_criterion": criterion,
                     "best_epoch": best_epoch,
                     "best_value": best_value,
                     "classes": classes,
@@ -339,24 +368,35 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
     return TrainResult(paths, config.train.epochs - start_epoch, best_epoch, best_value, last_samples)
 
 
-def export_best(paths: RunPaths, model, config: Config, classes: list[str], epoch: int, value: float, samples: torch.Tensor) -> None:
+def export_best(
+    paths: RunPaths, model, config: Config, classes: list[str], row: dict, criterion: str, protocol: dict | None, samples: torch.Tensor
+) -> None:
     """best_models/<run>/: weights first, metrics.json last, so metrics never describe missing weights."""
     import json
 
-    criterion = config.output.select
     metadata = {
         "vaegen_version": vaegen.__version__,
         "model": config.model.name,
         "image_size": list(config.data.image_size),
         "channels": config.data.channels,
         "classes": classes,
-        "epoch": epoch,
-        criterion: value,
+        "epoch": row["epoch"],
+        criterion: row[criterion],
     }
     save_model(paths.best_dir / "model.safetensors", model, metadata)
     write_text_atomic(paths.best_dir / "config.yaml", config.to_yaml())
     save_png(samples, paths.best_dir / "samples.png")
-    metrics = {"epoch": epoch, "criterion": criterion, "value": value, "mode": "min", "classes": classes, "run_dir": str(paths.run_dir)}
+    metrics = {
+        "epoch": row["epoch"],
+        "criterion": criterion,
+        "value": row[criterion],
+        "mode": "min",
+        "classes": classes,
+        "run_dir": str(paths.run_dir),
+        "metrics": {key: value for key, value in row.items() if key != "epoch"},
+    }
+    if protocol is not None:
+        metrics["protocol"] = protocol
     write_text_atomic(paths.best_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
 

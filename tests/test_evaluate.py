@@ -1,0 +1,69 @@
+"""`vaegen test` on checkpoints written by `vaegen train`: every file, the numbers, the errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from test_train import tiny_config
+from vaegen.cli import main
+
+
+@pytest.fixture(scope="module", params=["none", "onehot"])
+def trained(request, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp(f"model-{request.param}")
+    config = tiny_config(tmp_path, model={"conditional": request.param}, train={"epochs": 2})
+    assert main(["train", "--config", str(config)]) == 0
+    return tmp_path, request.param
+
+
+def test_vaegen_test_writes_every_file(trained, capsys):
+    tmp_path, conditional = trained
+    out = tmp_path / "test-out"
+    code = main([
+        "test", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "test_apples.yaml"),
+        "--checkpoint", str(tmp_path / "best" / "tiny"),
+        "--set", f"output_dir={out}", "--set", "num_samples=24", "--set", "kid_subset_size=10",
+        "--set", "backbone=efficientnet-lite0", "--set", "grid=4", "--set", "interpolation.rows=3",
+        "--set", "interpolation.steps=5",
+    ])
+    assert code == 0
+    expected = {"samples.png", "reconstructions.png", "interpolation.png", "metrics.json"}
+    if conditional == "onehot":
+        expected.add("per_class.png")
+    assert expected == {p.name for p in out.iterdir()}
+
+    with Image.open(out / "samples.png") as grid:
+        assert grid.size == (4 * 18 + 2, 4 * 18 + 2)
+    with Image.open(out / "interpolation.png") as grid:
+        assert grid.size == (7 * 18 + 2, 3 * 18 + 2)  # original, 5 steps, original; 3 rows
+    if conditional == "onehot":
+        with Image.open(out / "per_class.png") as grid:
+            assert grid.height == 3 * 18 + 2 and grid.width > 4 * 18 + 2  # one row per class plus labels
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["num_images"] == 60
+    assert metrics["nelbo"] == pytest.approx(metrics["recon"] + metrics["kl"])
+    assert metrics["fd_efficientnet_lite0"] > 0 and "kd_efficientnet_lite0" in metrics
+    assert metrics["protocol"]["num_generated"] == 24 and metrics["protocol"]["num_real"] == 60
+    assert metrics["protocol"]["backbone"] == "efficientnet-lite0" and metrics["protocol"]["feature_dim"] == 1280
+    printed = capsys.readouterr().out
+    assert "fd_efficientnet_lite0" in printed and f"to {out}/" in printed
+
+
+def test_vaegen_test_needs_a_checkpoint(capsys):
+    assert main(["test"]) == 2
+    assert "needs a checkpoint" in capsys.readouterr().err
+
+
+def test_vaegen_test_rejects_a_folder_that_is_not_a_model(tmp_path, capsys):
+    assert main(["test", "--checkpoint", str(tmp_path)]) == 2
+    assert "not a vaegen model folder" in capsys.readouterr().err
+
+
+def test_vaegen_test_unknown_key(tmp_path, capsys):
+    assert main(["test", "--checkpoint", str(tmp_path), "--set", "num_sample=3"]) == 2
+    assert "did you mean `num_samples`?" in capsys.readouterr().err

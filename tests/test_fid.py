@@ -1,0 +1,149 @@
+"""Fréchet/kernel distances, the real-feature cache, and FID-driven checkpoint selection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vaegen.backbones
+from vaegen.checkpoint import load_training_state
+from vaegen.cli import main
+from vaegen.fid import frechet_distance, kernel_distance, metric_names
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_APPLES = REPO.parent / "shared" / "data" / "apples"
+
+
+def reference_fd(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """The textbook formula in NumPy, independently of torchmetrics.
+
+    tr sqrt(A B) = sum of sqrt(eigenvalues of sqrt(A) B sqrt(A)), a symmetric PSD matrix.
+    """
+    a, b = real.double().numpy(), fake.double().numpy()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = vectors @ np.diag(np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    trace_root = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_root)
+
+
+def test_frechet_distance_matches_the_formula():
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(400, 12, generator=generator)
+    fake = torch.randn(300, 12, generator=generator) * 1.5 + 0.3
+    assert frechet_distance(real, fake) == pytest.approx(reference_fd(real, fake), rel=1e-4)
+
+
+def test_frechet_distance_of_a_set_with_itself_is_zero_and_with_noise_large():
+    real = torch.randn(500, 16, generator=torch.Generator().manual_seed(1))
+    assert abs(frechet_distance(real, real)) < 1e-3
+    noise = torch.rand(500, 16, generator=torch.Generator().manual_seed(2)) * 10
+    assert frechet_distance(real, noise) > 100
+
+
+def test_kernel_distance_small_for_same_distribution_large_for_shift():
+    generator = torch.Generator().manual_seed(3)
+    real, same, shifted = (torch.randn(300, 8, generator=generator) for _ in range(3))
+    same_mean, _ = kernel_distance(real, same, subset_size=100, seed=0)
+    far_mean, _ = kernel_distance(real, shifted + 3, subset_size=100, seed=0)
+    assert abs(same_mean) < 0.05 < far_mean
+    assert kernel_distance(real, shifted + 3, subset_size=100, seed=0)[0] == far_mean  # seeded subsets
+
+
+def test_metric_names_say_which_network():
+    assert metric_names("inception") == ("fid_inception", "kid_inception")
+    assert metric_names("inception-64") == ("fd_inception64", "kd_inception64")
+    assert metric_names("efficientnet-lite0") == ("fd_efficientnet_lite0", "kd_efficientnet_lite0")
+
+
+class CountingBackbone(nn.Module):
+    """A fixed random feature map standing in for a real network; counts every image it sees."""
+
+    name = "efficientnet-lite0"
+    num_features = 8
+    input_size = 16
+    resize = "none (test backbone)"
+    images_seen = 0
+
+    def __init__(self):
+        super().__init__()
+        self.project = nn.Conv2d(3, 8, 4, stride=4)
+        torch.nn.init.normal_(self.project.weight, generator=torch.Generator().manual_seed(0))
+        self.requires_grad_(False)
+
+    def forward(self, images):
+        CountingBackbone.images_seen += len(images)
+        return self.project(images).mean((2, 3))
+
+
+@pytest.fixture
+def counting_backbone(monkeypatch):
+    CountingBackbone.images_seen = 0
+    monkeypatch.setattr(vaegen.backbones, "load_backbone", lambda name, device="cpu", weights=None: CountingBackbone())
+    monkeypatch.setattr(vaegen.backbones, "resolve_backbone_name", lambda name, weights=None: "efficientnet-lite0")
+    return CountingBackbone
+
+
+def fid_config(tmp_path: Path, **sections) -> Path:
+    from test_train import tiny_config
+
+    return tiny_config(
+        tmp_path,
+        eval={"every": 1, "backbone": "efficientnet-lite0", "num_samples": 40, "batch_size": 20, "kid_subset_size": 20},
+        output={"select": "fid"},
+        **sections,
+    )
+
+
+def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_path, counting_backbone):
+    assert main(["train", "--config", str(fid_config(tmp_path, train={"epochs": 4}))]) == 0
+    # 240 real training images once, then 40 samples per evaluation
+    assert counting_backbone.images_seen == 240 + 4 * 40
+    rows = [json.loads(line) for line in (tmp_path / "logs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    fds = [row["fd_efficientnet_lite0"] for row in rows]
+    assert all("kd_efficientnet_lite0" in row and "kd_efficientnet_lite0_std" in row for row in rows)
+    metrics = json.loads((tmp_path / "best" / "tiny" / "metrics.json").read_text())
+    assert metrics["criterion"] == "fd_efficientnet_lite0"
+    assert metrics["value"] == min(fds) and metrics["epoch"] == 1 + fds.index(min(fds))
+    protocol = metrics["protocol"]
+    assert protocol["backbone"] == "efficientnet-lite0" and protocol["feature_dim"] == 8
+    assert protocol["num_generated"] == 40 and protocol["num_real"] == 240 and protocol["reference"] == "train"
+    assert protocol["image_size"] == [16, 16] and protocol["sampler"] == "prior"
+    assert {"torch", "torchmetrics", "vaegen"} <= set(protocol["libraries"])
+
+    # a second run on the same data passes no real image through the backbone
+    counting_backbone.images_seen = 0
+    assert main(["train", "--config", str(fid_config(tmp_path / "again", train={"epochs": 1}, data={"cache_dir": str(tmp_path / "cache")}))]) == 0
+    assert counting_backbone.images_seen == 40
+
+
+def test_resume_stays_exact_with_fid_evaluations(tmp_path, counting_backbone):
+    assert main(["train", "--config", str(fid_config(tmp_path / "a", train={"epochs": 3}))]) == 0
+    assert main(["train", "--config", str(fid_config(tmp_path / "b", train={"epochs": 2}))]) == 0
+    assert main(["train", "--resume", str(tmp_path / "b" / "logs" / "tiny"), "--set", "train.epochs=3"]) == 0
+    a = load_training_state(tmp_path / "a" / "logs" / "tiny" / "checkpoints" / "last.pt")["model"]
+    b = load_training_state(tmp_path / "b" / "logs" / "tiny" / "checkpoints" / "last.pt")["model"]
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-6
+
+
+@pytest.mark.skipif(not SHARED_APPLES.is_dir(), reason="../shared/data/apples is absent")
+def test_two_halves_of_real_apples_are_close_with_efficientnet(tmp_path):
+    from vaegen.config import DataConfig
+    from vaegen.data import load_images
+    from vaegen.fid import extract_features
+
+    images = load_images(DataConfig(root=SHARED_APPLES, image_size=32, cache_dir=tmp_path / "cache")).images
+    picks = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:600]
+    backbone = vaegen.backbones.load_backbone("efficientnet-lite0")
+    features = extract_features(backbone, images[picks], 50, torch.device("cpu"), desc="apples")
+    halves = frechet_distance(features[:300], features[300:])
+    noise = extract_features(backbone, torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8), 50, torch.device("cpu"), desc="noise")
+    against_noise = frechet_distance(features[:300], noise)
+    assert halves < 0.1 * against_noise
+    assert halves < 30  # 300 vs 300 images: mostly the small-sample bias (all 4495 images give about 1)
