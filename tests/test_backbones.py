@@ -239,3 +239,21 @@ def test_inception_download_checks_hash_times_out_and_lands_atomically(no_incept
     assert backbones._download_inception() == no_inception / INCEPTION_FILE
     assert [p.name for p in no_inception.iterdir()] == [INCEPTION_FILE]
     assert (no_inception / INCEPTION_FILE).read_bytes() == _WeightsServer.body
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned",))
+
+
+def test_inception_weights_carrying_a_pickle_payload_are_refused(tmp_path, monkeypatch):
+    from vaegen.errors import CheckpointError
+
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "weights.pth"
+    torch.save({"conv.weight": torch.zeros(1), "x": _Payload()}, evil)
+    with pytest.raises(CheckpointError, match="not a plain tensor file"):
+        load_backbone("inception", inception_weights=evil)
+    assert not (tmp_path / "pwned").exists()

@@ -223,6 +223,14 @@ class InceptionFID(Backbone):
                 "the inception backbone needs torchmetrics and torch-fidelity: pip install torchmetrics torch-fidelity"
             ) from None
         path = inception_weights_path(weights) or _download_inception()
+        # torch-fidelity unpickles the file without restriction; refuse anything that is not plain tensors
+        try:
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"{path} is not a plain tensor file ({type(exc).__name__}); vaegen does not load weights that "
+                f"could run code. Download {INCEPTION_FILE} again from {INCEPTION_URL}."
+            ) from None
         # always pass a path: with None, torch-fidelity starts its own download without a timeout
         self.net = NoTrainInceptionV3(
             name="inception-v3-compat", features_list=[feature], feature_extractor_weights_path=str(path)
