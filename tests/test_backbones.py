@@ -241,19 +241,10 @@ def test_inception_download_checks_hash_times_out_and_lands_atomically(no_incept
     assert (no_inception / INCEPTION_FILE).read_bytes() == _WeightsServer.body
 
 
-class _Payload:
-    def __reduce__(self):
-        import os
-
-        return (os.system, ("touch pwned",))
-
-
-def test_inception_weights_carrying_a_pickle_payload_are_refused(tmp_path, monkeypatch):
+def test_inception_weights_carrying_a_pickle_payload_are_refused(tmp_path, pickle_bomb):
     from vaegen.errors import CheckpointError
 
-    monkeypatch.chdir(tmp_path)
-    evil = tmp_path / "weights.pth"
-    torch.save({"conv.weight": torch.zeros(1), "x": _Payload()}, evil)
+    evil = pickle_bomb(tmp_path / "weights.pth")
     with pytest.raises(CheckpointError, match="not a plain tensor file"):
         load_backbone("inception", inception_weights=evil)
-    assert not (tmp_path / "pwned").exists()
+    assert not pickle_bomb.marker.exists()

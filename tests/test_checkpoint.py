@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -49,18 +48,11 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     assert state["epoch"] == 2 and state["big"].shape == (1000,)
 
 
-class Payload:
-    def __reduce__(self):
-        return (os.system, ("touch pwned",))
-
-
-def test_pickle_payload_is_refused_and_never_runs(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "last.pt"
-    torch.save({"epoch": 1, "evil": Payload()}, path)
+def test_pickle_payload_is_refused_and_never_runs(tmp_path, pickle_bomb):
+    path = pickle_bomb(tmp_path / "last.pt")
     with pytest.raises(CheckpointError, match="pickled objects"):
         load_training_state(path)
-    assert not (tmp_path / "pwned").exists()
+    assert not pickle_bomb.marker.exists()
 
 
 def test_truncated_safetensors_names_the_file(tmp_path):

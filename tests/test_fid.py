@@ -147,3 +147,23 @@ def test_two_halves_of_real_apples_are_close_with_efficientnet(tmp_path):
     against_noise = frechet_distance(features[:300], noise)
     assert halves < 0.1 * against_noise
     assert halves < 30  # 300 vs 300 images: mostly the small-sample bias (all 4495 images give about 1)
+
+
+def test_pipeline_equals_torchmetrics_fed_images_directly():
+    """Our features-then-distance path gives what torchmetrics computes when it runs the network itself."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from vaegen.fid import extract_features
+
+    backbone = CountingBackbone()
+    generator = torch.Generator().manual_seed(5)
+    real = torch.randint(0, 256, (120, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    fake = (real.float() * 0.7).to(torch.uint8)
+    ours = frechet_distance(
+        extract_features(backbone, real, 32, torch.device("cpu"), "real"),
+        extract_features(backbone, fake, 32, torch.device("cpu"), "fake"),
+    )
+    theirs = FrechetInceptionDistance(feature=backbone)
+    theirs.update(real.float() / 255, real=True)
+    theirs.update(fake.float() / 255, real=False)
+    assert ours == pytest.approx(float(theirs.compute()), rel=1e-6)

@@ -104,7 +104,7 @@ def cmd_train(args) -> int:
     seconds = time.perf_counter() - started
     print(f"\ndone: {result.epochs_run} epoch(s) in {seconds:.0f} s")
     if result.best_epoch is not None:
-        print(f"  best checkpoint  {paths.best_dir}/  (epoch {result.best_epoch}, {config.output.select} {result.best_value:.4f})")
+        print(f"  best checkpoint  {paths.best_dir}/  (epoch {result.best_epoch}, {result.criterion} {result.best_value:.4f})")
         print(f"  best samples     {paths.best_dir / 'samples.png'}")
     if result.last_samples:
         print(f"  latest samples   {result.last_samples}")

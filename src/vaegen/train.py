@@ -69,6 +69,7 @@ def new_run_name(config: Config, config_path: Path | None) -> str:
 class TrainResult:
     paths: RunPaths
     epochs_run: int
+    criterion: str
     best_epoch: int | None
     best_value: float | None
     last_samples: Path | None
@@ -365,7 +366,7 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
         rows = read_metrics(paths.run_dir / "metrics.jsonl")
         if rows:
             plot_curves(rows, paths.run_dir / "curves.png", title=paths.name)
-    return TrainResult(paths, config.train.epochs - start_epoch, best_epoch, best_value, last_samples)
+    return TrainResult(paths, config.train.epochs - start_epoch, criterion, best_epoch, best_value, last_samples)
 
 
 def export_best(
