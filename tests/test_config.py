@@ -66,7 +66,7 @@ def test_minimal_yaml_gives_documented_defaults(tmp_path):
     assert cfg.eval.inception_weights is None
     assert cfg.eval.num_samples == 5000
     assert cfg.eval.reference == "train"
-    assert cfg.eval.batch_size == 100
+    assert cfg.eval.batch_size == "auto"
     assert cfg.eval.kid_subset_size == 1000
     assert cfg.eval.temperature == 1.0
     assert cfg.logging.wandb == "disabled"

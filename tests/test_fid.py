@@ -167,3 +167,11 @@ def test_pipeline_equals_torchmetrics_fed_images_directly():
     theirs.update(real.float() / 255, real=True)
     theirs.update(fake.float() / 255, real=False)
     assert ours == pytest.approx(float(theirs.compute()), rel=1e-6)
+
+
+def test_eval_batch_size_auto_depends_on_the_device():
+    from vaegen.fid import eval_batch_size
+
+    assert eval_batch_size("auto", torch.device("cpu")) == 64
+    assert eval_batch_size("auto", torch.device("cuda")) == 1000
+    assert eval_batch_size(7, torch.device("cuda")) == 7

@@ -69,7 +69,16 @@ class Backbone(nn.Module):
             x = x / 255
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
+        if self.precision == "bf16":
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                return self.features(x).float()
         return self.features(x).float()
+
+    @property
+    def precision(self) -> str:
+        """bf16 on CUDA, except for the standard FID network, whose published numbers are fp32."""
+        on_cuda = next(self.parameters()).device.type == "cuda"
+        return "bf16" if on_cuda and not self.name.startswith("inception") else "fp32"
 
     def features(self, x: Tensor) -> Tensor:
         raise NotImplementedError

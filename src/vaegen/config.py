@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from vaegen.errors import ConfigError
 
@@ -32,6 +32,9 @@ class DataConfig(Section):
     hflip: bool = False
     skip_bad: bool = False
     cache_dir: Path | None = Field(None, description="default: $VAEGEN_CACHE or ~/.cache/vaegen")
+    on_device: Literal["auto"] | bool = Field(
+        "auto", description="keep the decoded uint8 images on the accelerator; auto = when they fit in half its free memory"
+    )
 
     @field_validator("image_size", mode="before")
     @classmethod
@@ -104,7 +107,10 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1)
     seed: int = 0
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
-    log_every: int = Field(20, ge=1, description="steps between progress-bar loss updates")
+    log_every: int = Field(20, ge=1, description="steps between progress-bar loss updates (the only host syncs)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere")
+    channels_last: Literal["auto"] | bool = Field("auto", description="auto = on for CUDA")
+    compile: Literal["auto"] | bool = Field("auto", description="torch.compile the training step; auto = on for CUDA")
 
 
 BACKBONE_NAMES = ("auto", "inception", "inception-64", "efficientnet-lite0", "none")
@@ -119,7 +125,7 @@ class EvalConfig(Section):
     inception_weights: Path | None = Field(None, description="weights-inception-2015-12-05-6726825d.pth, if not in the torch cache")
     num_samples: int = Field(5000, ge=2, description="generated images per FID/KID evaluation")
     reference: Literal["train", "val", "all"] = Field("train", description="real images the samples are compared with")
-    batch_size: int = Field(100, ge=1, description="images per decoder/backbone batch during evaluation")
+    batch_size: Literal["auto"] | PositiveInt = Field("auto", description="images per decoder/backbone batch; auto = 1000 on CUDA, 64 elsewhere")
     kid_subset_size: int = Field(1000, ge=2)
     temperature: float = Field(1.0, gt=0.0, description="prior temperature for FID samples")
 
@@ -197,7 +203,7 @@ class TestConfig(Section):
     backbone: Literal[BACKBONE_NAMES] = "auto"
     inception_weights: Path | None = None
     num_samples: int = Field(5000, ge=2)
-    batch_size: int = Field(100, ge=1)
+    batch_size: Literal["auto"] | PositiveInt = "auto"
     kid_subset_size: int = Field(1000, ge=2)
     grid: int = Field(8, ge=1, description="samples.png is grid x grid")
     seed: int = 0

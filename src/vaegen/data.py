@@ -10,6 +10,7 @@ a function of the seed and the generator state, which the training checkpoint st
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -281,6 +282,12 @@ def _subset(images: DecodedImages, idx: torch.Tensor) -> DecodedImages:
     )
 
 
+def to_device(splits: Splits, device: torch.device) -> Splits:
+    """Both splits' uint8 images and labels on `device` (decoded once, copied once)."""
+    move = lambda part: dataclasses.replace(part, images=part.images.to(device), labels=part.labels.to(device))  # noqa: E731
+    return Splits(move(splits.train), move(splits.val))
+
+
 def load_splits(cfg: DataConfig, seed: int) -> Splits:
     splits = split(load_images(cfg), cfg.val_fraction, seed)
     if len(splits.train.images) == 0:
@@ -309,8 +316,10 @@ def batches(
         for start in range(0, n, batch_size):
             yield images.images[start : start + batch_size], images.labels[start : start + batch_size]
         return
-    order = torch.randperm(n, generator=generator)
-    flips = torch.rand(n, generator=generator) < 0.5 if hflip else None
+    # drawn on the host from the seeded generator, whatever the device, so every placement of the
+    # data sees the same batches; moved to the data's device once per epoch, not once per step
+    order = torch.randperm(n, generator=generator).to(images.images.device)
+    flips = (torch.rand(n, generator=generator) < 0.5).to(images.images.device) if hflip else None
     size = min(batch_size, n)
     for start in range(0, n - size + 1, size):
         idx = order[start : start + size]

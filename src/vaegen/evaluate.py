@@ -19,7 +19,7 @@ from vaegen.checkpoint import write_text_atomic
 from vaegen.config import TestConfig
 from vaegen.data import load_splits
 from vaegen.errors import ConfigError
-from vaegen.fid import build_evaluator
+from vaegen.fid import build_evaluator, eval_batch_size
 from vaegen.losses import kl_divergence, reconstruction_loss
 from vaegen.plots import image_grid, reconstruction_grid, save_png
 from vaegen.samplers import prior_sampler
@@ -65,7 +65,7 @@ def run_test(cfg: TestConfig) -> TestReport:
     files.append(_interpolation(model, split, cfg, device, out / "interpolation.png"))
 
     metrics = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "num_images": len(split.images)}
-    metrics.update(_likelihood_terms(model, split, train_cfg.loss.recon, cfg.batch_size, device))
+    metrics.update(_likelihood_terms(model, split, train_cfg.loss.recon, eval_batch_size(cfg.batch_size, device), device))
     if cfg.backbone != "none":
         metrics.update(_distances(model, splits, data_cfg, train_cfg.train.seed, cfg, device))
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

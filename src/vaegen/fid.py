@@ -50,6 +50,7 @@ class Protocol:
     reference: str
     image_size: tuple[int, int]
     resize: str
+    backbone_precision: str
     sampler: str
     temperature: float
     kid_subset_size: int
@@ -187,6 +188,7 @@ class Evaluator:
             reference=self.reference,
             image_size=self.image_size,
             resize=self.backbone.resize,
+            backbone_precision=getattr(self.backbone, "precision", "fp32"),
             sampler=sampler,
             temperature=temperature,
             kid_subset_size=min(self.kid_subset_size, len(self.real), len(fake)),
@@ -208,13 +210,20 @@ def reference_images(splits, reference: str, seed: int, val_fraction: float) -> 
     return images, f"{reference}-seed{seed}-val{val_fraction}"
 
 
+def eval_batch_size(value: int | str, device: torch.device) -> int:
+    """`auto`: large batches feed a GPU; small ones suit the CPU's depthwise convolutions."""
+    if value != "auto":
+        return int(value)
+    return 1000 if device.type == "cuda" else 64
+
+
 def build_evaluator(
     *,
     backbone: str,
     inception_weights: Path | None,
     reference: str,
     num_samples: int,
-    batch_size: int,
+    batch_size: int | str,
     kid_subset_size: int,
     data_cfg,
     splits,
@@ -231,6 +240,8 @@ def build_evaluator(
     network = load_backbone(name, device, inception_weights)
     images, split_name = reference_images(splits, reference, seed, data_cfg.val_fraction)
     cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
-    cache_file = real_cache_file(cache_dir, splits.train.fingerprint, split_name, name)
+    # features differ (slightly) between precisions, so each precision has its own cache entry
+    cache_file = real_cache_file(cache_dir, splits.train.fingerprint, split_name, f"{name}-{getattr(network, 'precision', 'fp32')}")
+    batch_size = eval_batch_size(batch_size, device)
     real = real_features(network, images, cache_file, batch_size, device)
     return Evaluator(network, real, reference, data_cfg.image_size, num_samples, batch_size, kid_subset_size, device, seed)

@@ -144,7 +144,10 @@ class ConvVAE(nn.Module):
         self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.encode(x, labels)
-        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+        if generator is None:  # randn_like keeps the batch dimension symbolic under torch.compile
+            noise = torch.randn_like(mu)
+        else:
+            noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + noise * torch.exp(0.5 * logvar)
         return self.decode_logits(z, labels), mu, logvar
 

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 import vaegen
+from vaegen.accel import StepOptions, autocast, compile_step, resolve_step_options
 from vaegen.checkpoint import (
     load_state_checked,
     load_training_state,
@@ -29,7 +30,7 @@ from vaegen.checkpoint import (
     write_text_atomic,
 )
 from vaegen.config import Config
-from vaegen.data import DecodedImages, batches, load_splits, steps_per_epoch
+from vaegen.data import DecodedImages, batches, load_splits, steps_per_epoch, to_device
 from vaegen.errors import CheckpointError, ConfigError, TrainingDiverged
 from vaegen.fid import build_evaluator, metric_names
 from vaegen.losses import vae_loss
@@ -100,9 +101,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: Config, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.optim.name]
-    return cls(model.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay)
+    kwargs = {"fused": True} if fused else {}
+    return cls(model.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay, **kwargs)
 
 
 def rng_state(shuffle: torch.Generator) -> dict:
@@ -136,20 +138,51 @@ class Console:
 # One epoch of training, one pass of evaluation
 
 
-def to_input(images_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return images_u8.to(device, non_blocking=True).float().div_(255.0)
+def to_input(images_u8: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    x = images_u8.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_step(
+    model: torch.nn.Module,
+    step_model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    config: Config,
+    options: StepOptions,
+    beta: float,
+    device: torch.device,
+) -> torch.Tensor:
+    """One optimizer step on batch x in [0, 1]; returns (total, recon, KL) on the device, never synced."""
+    with autocast(options, device):
+        logits, mu, logvar = step_model(x, y)
+    terms = vae_loss(logits.float(), x, mu.float(), logvar.float(), beta, config.loss.recon)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms.total).backward()  # the scaler is a no-op unless precision is fp16
+    if config.optim.grad_clip is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return torch.stack([t.detach() for t in terms])
 
 
 def train_one_epoch(
     model: torch.nn.Module,
+    step_model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     data: DecodedImages,
     config: Config,
+    options: StepOptions,
     beta: float,
     epoch: int,
     device: torch.device,
     shuffle: torch.Generator,
 ) -> dict[str, float]:
+    """One pass over the training split. `step_model` is `model`, compiled when options.compile."""
     model.train()
     conditional = model.is_conditional
     total_steps = steps_per_epoch(len(data.images), config.train.batch_size)
@@ -162,18 +195,9 @@ def train_one_epoch(
     for step, (images_u8, labels) in enumerate(
         batches(data, config.train.batch_size, generator=shuffle, hflip=config.data.hflip), start=1
     ):
-        x = to_input(images_u8, device)
+        x = to_input(images_u8, device, options.channels_last)
         y = labels.to(device) if conditional else None
-
-        logits, mu, logvar = model(x, y)
-        terms = vae_loss(logits, x, mu, logvar, beta, config.loss.recon)
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        if config.optim.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        optimizer.step()
-
-        terms = torch.stack([t.detach() for t in terms])
+        terms = train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device)
         sums += terms * len(x)
         seen += len(x)
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(terms[0]), step, first_bad_step)
@@ -262,12 +286,21 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
         f"{len(classes)} class(es) {classes}, {config.data.image_size[0]}x{config.data.image_size[1]}x{config.data.channels}"
     )
 
+    # how the step uses the hardware (precision, layout, compile, data placement)
+    options = resolve_step_options(config.train, config.data, device, splits.train.images.nbytes + splits.val.images.nbytes)
+    if options.on_device:
+        splits = to_device(splits, device)
+
     # model and optimizer
     model = build_model(config.model, config.data.image_size, config.data.channels, len(classes)).to(device)
-    optimizer = build_optimizer(config, model)
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config, model, fused=options.fused_optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
+    step_model = compile_step(model, options)
     beta_at = build_beta_schedule(config.beta)
     shuffle = torch.Generator().manual_seed(config.train.seed)
-    say(f"model: {config.model.name} ({config.model.conditional} conditioning), {count_parameters(model):,} parameters, on {device}")
+    say(f"model: {config.model.name} ({config.model.conditional} conditioning), {count_parameters(model):,} parameters, on {device} ({options.describe()})")
 
     # FID/KID: the backbone and the real features are set up once; the features are cached on disk
     evaluator = build_evaluator(
@@ -300,6 +333,8 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
         for group in optimizer.param_groups:  # the config wins, so `--resume --set optim.lr=...` takes effect
             group.update(lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay)
         restore_rng_state(state["rng"], shuffle)
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start_epoch = state["epoch"]
         if state.get("best_criterion") == criterion:
             best_epoch, best_value = state["best_epoch"], state["best_value"]
@@ -316,7 +351,7 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
     try:
         for epoch in range(start_epoch + 1, config.train.epochs + 1):
             beta = beta_at(epoch)
-            train_stats = train_one_epoch(model, optimizer, splits.train, config, beta, epoch, device, shuffle)
+            train_stats = train_one_epoch(model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle)
             val_stats = evaluate(model, splits.val, config, beta, device)
             row = {"epoch": epoch, "beta": beta, "lr": optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
             protocol = None
@@ -353,6 +388,7 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
                     "epoch": epoch,
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
                     "rng": rng_state(shuffle),
                     "best_criterion": criterion,
                     "best_epoch": best_epoch,

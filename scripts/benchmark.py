@@ -1,0 +1,224 @@
+"""Training throughput of vaegen against the reference-style loop and against the model-step ceiling.
+
+    python scripts/benchmark.py                       # CPU, 32 px, batch 64
+    python scripts/benchmark.py --device cuda --size 96 --batch 256
+    python scripts/benchmark.py --device cuda --full  # also time a whole configs/train_apples.yaml run
+
+Rows, all with the same model, data and batch size, images/s in steady state:
+  (a) reference: torchvision ImageFolder + PIL transforms in a DataLoader, fp32, `.item()` every step;
+  (b) ceiling:   synthetic batches already on the device, the same step and options as (c);
+  (c) vaegen:    `vaegen.train.train_one_epoch` on the decoded data cache, as `vaegen train` runs it.
+The table is printed and a dated row is appended to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from vaegen.accel import compile_step, resolve_step_options  # noqa: E402
+from vaegen.config import config_from_dict  # noqa: E402
+from vaegen.data import load_splits, to_device  # noqa: E402
+from vaegen.models import build_model  # noqa: E402
+from vaegen.train import build_optimizer, resolve_device, train_one_epoch, train_step  # noqa: E402
+
+
+def default_data() -> Path:
+    shared = REPO.parent / "shared" / "data" / "apples"
+    return shared if shared.is_dir() else REPO / "data" / "apples_sample"
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:  # Linux: writing 5 resets the process's peak RSS (VmHWM)
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reference_loop(config, device, steps: int, warmup: int) -> float:
+    """(a) The typical script: ImageFolder + PIL transforms, fp32, a host sync (`.item()`) every step."""
+    from torchvision import datasets, transforms
+
+    from vaegen.losses import vae_loss
+
+    size = config.data.image_size
+    dataset = datasets.ImageFolder(str(config.data.root), transforms.Compose([transforms.Resize(size), transforms.ToTensor()]))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.train.batch_size, shuffle=True, drop_last=True,
+        num_workers=min(4, os.cpu_count() or 1), pin_memory=device.type == "cuda", persistent_workers=True,
+    )
+    model = build_model(config.model, size, 3, len(dataset.classes)).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr)
+    done, timed_images, start = 0, 0, None
+    while done < warmup + steps:
+        for x, _ in loader:
+            if done == warmup:
+                sync(device)
+                start = time.perf_counter()
+            x = x.to(device)
+            logits, mu, logvar = model(x)
+            loss = vae_loss(logits, x, mu, logvar, 1.0, "mse")
+            optimizer.zero_grad()
+            loss.total.backward()
+            optimizer.step()
+            loss.total.item()
+            if done >= warmup:
+                timed_images += len(x)
+            done += 1
+            if done == warmup + steps:
+                break
+    sync(device)
+    return timed_images / (time.perf_counter() - start)
+
+
+def ceiling_loop(config, options, device, steps: int, warmup: int, num_classes: int) -> float:
+    """(b) The same step on one synthetic batch that never leaves the device: the model's speed limit."""
+    model = build_model(config.model, config.data.image_size, 3, num_classes).to(device)
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config, model, fused=options.fused_optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
+    step_model = compile_step(model, options)
+    x = torch.rand(config.train.batch_size, 3, *config.data.image_size, device=device)
+    if options.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+    for step in range(warmup + steps):
+        if step == warmup:
+            sync(device)
+            start = time.perf_counter()
+        train_step(model, step_model, optimizer, scaler, x, None, config, options, 1.0, device)
+    sync(device)
+    return steps * len(x) / (time.perf_counter() - start)
+
+
+def vaegen_loop(config, options, device, min_steps: int, splits) -> float:
+    """(c) vaegen's own epoch function on the decoded cache; the first epoch (compile, warm-up) is not timed."""
+    model = build_model(config.model, config.data.image_size, 3, len(splits.train.classes)).to(device)
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config, model, fused=options.fused_optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
+    step_model = compile_step(model, options)
+    shuffle = torch.Generator().manual_seed(0)
+    steps_per_epoch = max(1, len(splits.train.images) // config.train.batch_size)
+    epochs = 1 + max(2, -(-min_steps // steps_per_epoch))
+    rates = [
+        train_one_epoch(model, step_model, optimizer, scaler, splits.train, config, options, 1.0, epoch, device, shuffle)["images_per_s"]
+        for epoch in range(1, epochs + 1)
+    ]
+    return statistics.median(rates[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per row")
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
+    parser.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"])
+    parser.add_argument("--full", action="store_true", help="also time a whole configs/train_apples.yaml run")
+    parser.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
+    args = parser.parse_args()
+
+    data_root = args.data or default_data()
+    flag = {"auto": "auto", "true": True, "false": False}
+    config = config_from_dict({
+        "data": {"root": str(data_root), "image_size": args.size, "val_fraction": 0.1},
+        "train": {"batch_size": args.batch, "device": args.device, "precision": args.precision, "compile": flag[args.compile],
+                  "channels_last": flag[args.channels_last], "log_every": 10**9},
+        "eval": {"backbone": "none"},
+        "output": {"select": "val_nelbo"},
+    })
+    device = resolve_device(config.train.device)
+    splits = load_splits(config.data, config.train.seed)
+    options = resolve_step_options(config.train, config.data, device, splits.train.images.nbytes)
+    if options.on_device:
+        splits = to_device(splits, device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU x{os.cpu_count()}"
+    print(f"{name}, torch {torch.__version__}, {args.size} px, batch {args.batch}, {len(splits.train.images)} images from {data_root}")
+    print(f"step options for (b) and (c): {options.describe()}\n")
+
+    rows = {}
+    for label, run in [
+        ("a reference loop", lambda: reference_loop(config, device, args.steps, warmup=5)),
+        ("b model-step ceiling", lambda: ceiling_loop(config, options, device, args.steps, 5, len(splits.train.classes))),
+        ("c vaegen train loop", lambda: vaegen_loop(config, options, device, args.steps, splits)),
+    ]:
+        reset_peak(device)
+        rate = run()
+        rows[label[0]] = (rate, peak_mib(device))
+        print(f"  {label:<22} {rate:>10,.0f} images/s   peak {'GPU' if device.type == 'cuda' else 'RSS'} {rows[label[0]][1]:,.0f} MiB")
+    c_over_a, c_over_b = rows["c"][0] / rows["a"][0], rows["c"][0] / rows["b"][0]
+    print(f"\n  c/a = {c_over_a:.2f}   c/b = {c_over_b:.2f}")
+
+    full = ""
+    if args.full:
+        from vaegen.cli import main as vaegen_main
+
+        start = time.perf_counter()
+        vaegen_main(["train", "--config", str(REPO / "configs" / "train_apples.yaml"), "--set", f"data.root={data_root}",
+                     "--set", f"train.device={args.device}", "--set", "output.run_name=benchmark-full",
+                     "--set", "output.logs_dir=/tmp/vaegen-benchmark/logs", "--set", "output.best_dir=/tmp/vaegen-benchmark/best"])
+        full = f"{time.perf_counter() - start:.0f} s"
+        print(f"  full train_apples.yaml run (100 epochs, FID every 5): {full}")
+
+    if not args.no_record:
+        record(name, args, options, rows, c_over_a, c_over_b, full)
+
+
+def record(name, args, options, rows, c_over_a, c_over_b, full) -> None:
+    path = REPO / "docs" / "benchmarks.md"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "# Benchmarks\n\nRows appended by `python scripts/benchmark.py` (see its docstring). Images/s in steady state; "
+            "(a) reference-style loop, (b) model-step ceiling, (c) vaegen's loop; peak memory = GPU max allocated or "
+            "process peak RSS per row.\n\n"
+            "| date | device | torch | px | batch | step options | a img/s | b img/s | c img/s | c/a | c/b | peak MiB a/b/c | full run | command |\n"
+            "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|\n"
+        )
+    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
+    peaks = "/".join(f"{rows[k][1]:.0f}" for k in "abc")
+    with path.open("a") as handle:
+        handle.write(
+            f"| {date.today()} | {name} | {torch.__version__} | {args.size} | {args.batch} | {options.describe()} | "
+            f"{rows['a'][0]:,.0f} | {rows['b'][0]:,.0f} | {rows['c'][0]:,.0f} | {c_over_a:.2f} | {c_over_b:.2f} | {peaks} | "
+            f"{full or '-'} | `{command.strip()}` |\n"
+        )
+    print(f"appended a row to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""How the training step uses the hardware: precision, memory layout, compilation, data placement.
+
+Each option is `auto` by default and resolves once per run, for the device at hand, into a
+`StepOptions`; the training loop reads only that. The rules (measured, see docs/benchmarks.md):
+bf16 autocast, channels_last and torch.compile on CUDA; plain fp32 NCHW eager on CPU, where
+channels_last helped at 32 px and hurt at 64 px and compile costs more than it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from vaegen.config import DataConfig, TrainConfig
+from vaegen.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    precision: str  # fp32 | bf16 | fp16
+    channels_last: bool
+    compile: bool
+    on_device: bool
+    fused_optimizer: bool
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def describe(self) -> str:
+        return (
+            f"{self.precision}, {'channels_last' if self.channels_last else 'NCHW'}, "
+            f"{'compiled' if self.compile else 'eager'}, data {'on the device' if self.on_device else 'streamed from host'}"
+        )
+
+
+def resolve_step_options(train: TrainConfig, data: DataConfig, device: torch.device, data_bytes: int) -> StepOptions:
+    cuda = device.type == "cuda"
+    precision = train.precision
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ConfigError(f"train.precision fp16 needs CUDA (its loss scaling is CUDA-only); on {device} use fp32 or bf16.")
+    on_device = data.on_device
+    if on_device == "auto":
+        on_device = not cuda or data_bytes < 0.5 * torch.cuda.mem_get_info(device)[0]
+    return StepOptions(
+        precision=precision,
+        channels_last=cuda if train.channels_last == "auto" else bool(train.channels_last),
+        compile=cuda if train.compile == "auto" else bool(train.compile),
+        on_device=bool(on_device),
+        fused_optimizer=cuda,
+    )
+
+
+def autocast(options: StepOptions, device: torch.device):
+    if options.autocast_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=options.autocast_dtype)
+
+
+def compile_step(model: torch.nn.Module, options: StepOptions) -> torch.nn.Module:
+    """The module the training step calls: compiled when asked, the model itself otherwise.
+
+    Weights stay shared, so checkpoints keep using `model.state_dict()` (no `_orig_mod.` prefixes).
+    """
+    if not options.compile:
+        return model
+    import torch._dynamo
+
+    # where a graph fails to compile, dynamo runs it eagerly and logs why instead of stopping training
+    torch._dynamo.config.suppress_errors = True
+    try:
+        # every training batch has the same shape (the last partial one is dropped): no dynamic shapes
+        return torch.compile(model, dynamic=False)
+    except Exception as exc:  # e.g. no compiler toolchain on this platform
+        warnings.warn(f"torch.compile is unavailable here ({exc}); training eagerly.", stacklevel=2)
+        return model

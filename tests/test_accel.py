@@ -1,0 +1,93 @@
+"""Step options (precision, layout, compile, data placement): how `auto` resolves, and that speed costs no correctness."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from test_train import SAMPLE, tiny_config
+from vaegen.accel import resolve_step_options
+from vaegen.cli import main
+from vaegen.config import DataConfig, TrainConfig, config_from_dict
+from vaegen.data import batches, load_splits, to_device
+from vaegen.errors import ConfigError
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_auto_on_cpu_is_plain_fp32_eager_with_data_in_memory():
+    options = resolve_step_options(TrainConfig(), DataConfig(root="x"), torch.device("cpu"), data_bytes=10**9)
+    assert (options.precision, options.channels_last, options.compile, options.on_device, options.fused_optimizer) == (
+        "fp32", False, False, True, False,
+    )
+    assert options.autocast_dtype is None
+
+
+def test_explicit_options_are_honoured():
+    train = TrainConfig(precision="bf16", channels_last=True, compile=True)
+    options = resolve_step_options(train, DataConfig(root="x", on_device=False), torch.device("cpu"), data_bytes=1)
+    assert (options.precision, options.channels_last, options.compile, options.on_device) == ("bf16", True, True, False)
+    assert options.autocast_dtype == torch.bfloat16
+
+
+def test_fp16_on_cpu_is_refused():
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        resolve_step_options(TrainConfig(precision="fp16"), DataConfig(root="x"), torch.device("cpu"), 1)
+
+
+def test_yaml_values_for_the_options():
+    config = config_from_dict({"data": {"root": "x", "on_device": False}, "train": {"compile": True, "channels_last": "auto"}})
+    assert config.data.on_device is False and config.train.compile is True and config.train.channels_last == "auto"
+    with pytest.raises(ConfigError, match="train.precision"):
+        config_from_dict({"data": {"root": "x"}, "train": {"precision": "fp8"}})
+
+
+@cuda
+def test_device_cache_gives_the_same_batches_as_the_host_path(tmp_path):
+    splits = load_splits(DataConfig(root=SAMPLE, image_size=16, cache_dir=tmp_path), seed=0)
+    on_gpu = to_device(splits, torch.device("cuda"))
+    host = batches(splits.train, 32, generator=torch.Generator().manual_seed(3), hflip=True)
+    device = batches(on_gpu.train, 32, generator=torch.Generator().manual_seed(3), hflip=True)
+    for (x_host, y_host), (x_dev, y_dev) in zip(host, device, strict=True):
+        assert torch.equal(x_host, x_dev.cpu()) and torch.equal(y_host, y_dev.cpu())
+
+
+def test_bf16_training_reaches_the_fp32_loss(tmp_path):
+    finals = {}
+    for precision in ["fp32", "bf16"]:
+        config = tiny_config(tmp_path / precision, train={"epochs": 3, "precision": precision})
+        assert main(["train", "--config", str(config)]) == 0
+        rows = [json.loads(line) for line in (tmp_path / precision / "logs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+        finals[precision] = rows[-1]["train_loss"]
+    assert finals["bf16"] == pytest.approx(finals["fp32"], rel=0.05)
+
+
+@cuda
+def test_training_step_never_syncs_with_the_host(tmp_path):
+    """Every step of an epoch but the logging ones runs under sync-debug 'error': no hidden .item()."""
+    from vaegen.accel import compile_step
+    from vaegen.models import build_model
+    from vaegen.train import build_optimizer, to_input, train_step
+
+    config = config_from_dict(
+        {"data": {"root": str(SAMPLE), "image_size": 32}, "model": {"widths": [8, 16]}, "eval": {"backbone": "none"},
+         "output": {"select": "val_nelbo"}, "train": {"compile": False}}
+    )
+    device = torch.device("cuda")
+    options = resolve_step_options(config.train, config.data, device, 1)
+    model = build_model(config.model, (32, 32), 3, 3).to(device).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config, model, fused=options.fused_optimizer)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=device)
+    train_step(model, model, optimizer, scaler, to_input(images, device, True), None, config, options, 1.0, device)  # warm-up
+    torch.cuda.synchronize()
+    sums = torch.zeros(3, device=device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            sums += train_step(model, model, optimizer, scaler, to_input(images, device, True), None, config, options, 1.0, device)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(sums).all()
