@@ -211,12 +211,18 @@ def record(name, args, options, rows, c_over_a, c_over_b, full) -> None:
         )
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:])
     peaks = "/".join(f"{rows[k][1]:.0f}" for k in "abc")
-    with path.open("a") as handle:
-        handle.write(
-            f"| {date.today()} | {name} | {torch.__version__} | {args.size} | {args.batch} | {options.describe()} | "
-            f"{rows['a'][0]:,.0f} | {rows['b'][0]:,.0f} | {rows['c'][0]:,.0f} | {c_over_a:.2f} | {c_over_b:.2f} | {peaks} | "
-            f"{full or '-'} | `{command.strip()}` |\n"
-        )
+    row = (
+        f"| {date.today()} | {name} | {torch.__version__} | {args.size} | {args.batch} | {options.describe()} | "
+        f"{rows['a'][0]:,.0f} | {rows['b'][0]:,.0f} | {rows['c'][0]:,.0f} | {c_over_a:.2f} | {c_over_b:.2f} | {peaks} | "
+        f"{full or '-'} | `{command.strip()}` |"
+    )
+    lines = path.read_text().splitlines()
+    # below the last row of the first table, so prose after the table stays after it
+    table_end = next(i for i, line in enumerate(lines) if line.startswith("|---"))
+    while table_end + 1 < len(lines) and lines[table_end + 1].startswith("|"):
+        table_end += 1
+    lines.insert(table_end + 1, row)
+    path.write_text("\n".join(lines) + "\n")
     print(f"appended a row to {path}")
 
 

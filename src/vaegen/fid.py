@@ -121,7 +121,7 @@ def real_features(
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=_Features(real.shape[1]))
+    metric = FrechetInceptionDistance(feature=_Features(real.shape[1])).to(real.device)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     return float(metric.compute())
@@ -134,7 +134,7 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subset_size: int, se
     size = min(subset_size, len(real), len(fake))
     with warnings.catch_warnings():  # its memory warning is about images; we hold only features
         warnings.filterwarnings("ignore", message=".*will save all extracted features")
-        metric = KernelInceptionDistance(feature=_Features(real.shape[1]), subset_size=size, subsets=50)
+        metric = KernelInceptionDistance(feature=_Features(real.shape[1]), subset_size=size, subsets=50).to(real.device)
     metric.update(real, real=True)
     metric.update(fake, real=False)
     with torch.random.fork_rng(devices=[]):
@@ -159,7 +159,7 @@ class Evaluator:
         seed: int = 0,
     ):
         self.backbone = backbone
-        self.real = real
+        self.real = real.to(device)  # the distance math runs where the features are made
         self.reference = reference
         self.image_size = tuple(image_size)
         self.num_samples = num_samples
@@ -176,7 +176,7 @@ class Evaluator:
         for start in tqdm(range(0, self.num_samples, self.batch_size), desc="scoring samples", unit="batch", leave=False, disable=None):
             n = min(self.batch_size, self.num_samples - start)
             images = generate(n, generator).to(self.device).float()
-            chunks.append(self.backbone(images).float().cpu())
+            chunks.append(self.backbone(images).float())
         fake = torch.cat(chunks)
         fd_name, kd_name = metric_names(self.backbone.name)
         kid_mean, kid_std = kernel_distance(self.real, fake, self.kid_subset_size, self.seed)
