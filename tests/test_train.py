@@ -219,3 +219,13 @@ def test_resume_applies_new_learning_rate(tmp_path):
     assert [row["lr"] for row in _rows(run)] == [1e-3, 1e-5]
     assert load_training_state(run / "checkpoints" / "last.pt")["optimizer"]["param_groups"][0]["lr"] == 1e-5
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 1e-5
+
+
+def test_checkpoint_every_writes_the_training_state_less_often(tmp_path, monkeypatch):
+    saved_epochs = []
+    real_save = vaegen.train.save_training_state
+    monkeypatch.setattr(vaegen.train, "save_training_state", lambda path, state: (saved_epochs.append(state["epoch"]), real_save(path, state)))
+    config = tiny_config(tmp_path, train={"epochs": 5}, output={"checkpoint_every": 2})
+    assert main(["train", "--config", str(config)]) == 0
+    assert saved_epochs == [2, 4, 5]  # every second epoch, and always the last
+    assert len(_rows(tmp_path / "logs" / "tiny")) == 5

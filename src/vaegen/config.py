@@ -143,6 +143,7 @@ class OutputConfig(Section):
     # schedule, so a cyclic schedule's β = 0 epochs cannot win by dropping the KL term
     # fid = the Fréchet distance of eval.backbone (lower is better), measured every eval.every epochs
     select: Literal["fid", "val_nelbo", "val_recon", "val_loss"] = "fid"
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints/last.pt writes (the last epoch always writes)")
 
 
 class Config(Section):

@@ -63,6 +63,9 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
             if points:
                 label = key if key in distances else key.split("_")[0]
                 ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=label)
+        values = [row[key] for row in rows for key in keys if row.get(key) is not None]
+        if name != "β" and values and min(values) > 0 and max(values) > 10 * min(values):
+            ax.set_yscale("log")  # the first epochs' losses would otherwise flatten the rest
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

@@ -381,6 +381,8 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
                 best_epoch, best_value = epoch, value
                 export_best(paths, model, config, classes, row, criterion, protocol, sample_grid(model, fixed_z, device))
 
+            if epoch % config.output.checkpoint_every and epoch != config.train.epochs:
+                continue  # a large model's state is hundreds of MB: fast runs may write it less often
             save_training_state(
                 paths.last_checkpoint,
                 {
