@@ -275,8 +275,8 @@ def resolve_backbone_name(name: str, inception_weights: str | Path | None = None
         if inception_weights_path(inception_weights) is not None:
             return "inception"
         warnings.warn(
-            f"eval.backbone auto: no {INCEPTION_FILE} in {_hub_checkpoints()} (nor ${INCEPTION_ENV} or "
-            "eval.inception_weights), so Fréchet distances use efficientnet-lite0; they are not FID values.",
+            f"backbone auto: no {INCEPTION_FILE} in {_hub_checkpoints()} (nor ${INCEPTION_ENV} or an "
+            "inception_weights setting), so Fréchet distances use efficientnet-lite0; they are not FID values.",
             stacklevel=2,
         )
         return "efficientnet-lite0"
