@@ -708,3 +708,12 @@ def test_single_image_class_stays_in_training_even_at_high_val_fraction():
     images = synthetic([1, 10])
     parts = split(images, 0.6, seed=0)
     assert (parts.train.labels == 0).sum() == 1 and (parts.val.labels == 0).sum() == 0
+
+
+def test_splits_select_all_is_train_then_val():
+    parts = split(synthetic([10, 6]), 0.25, seed=0)
+    everything = parts.select("all")
+    assert torch.equal(everything.images, torch.cat([parts.train.images, parts.val.images]))
+    assert everything.files == parts.train.files + parts.val.files
+    assert sorted(ids(everything)) == list(range(16))
+    assert parts.select("val") is parts.val and parts.select("train") is parts.train

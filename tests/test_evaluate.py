@@ -67,3 +67,11 @@ def test_vaegen_test_rejects_a_folder_that_is_not_a_model(tmp_path, capsys):
 def test_vaegen_test_unknown_key(tmp_path, capsys):
     assert main(["test", "--checkpoint", str(tmp_path), "--set", "num_sample=3"]) == 2
     assert "did you mean `num_samples`?" in capsys.readouterr().err
+
+
+def test_vaegen_test_on_all_images_scores_train_and_val(trained, tmp_path):
+    model_dir, _ = trained
+    out = tmp_path / "all"
+    assert main(["test", "--checkpoint", str(model_dir / "best" / "tiny"), "--set", "split=all", "--set", "backbone=none",
+                 "--set", f"output_dir={out}", "--set", "grid=2"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 300

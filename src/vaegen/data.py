@@ -60,6 +60,17 @@ class Splits:
     train: DecodedImages
     val: DecodedImages
 
+    def select(self, name: str) -> DecodedImages:
+        """"train", "val", or "all" (both, train first)."""
+        if name != "all":
+            return self.train if name == "train" else self.val
+        return dataclasses.replace(
+            self.train,
+            images=torch.cat([self.train.images, self.val.images]),
+            labels=torch.cat([self.train.labels, self.val.labels]),
+            files=self.train.files + self.val.files,
+        )
+
 
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")

@@ -21,7 +21,7 @@ from vaegen.data import load_splits
 from vaegen.errors import ConfigError
 from vaegen.fid import build_evaluator, eval_batch_size
 from vaegen.losses import kl_divergence, reconstruction_loss
-from vaegen.plots import image_grid, reconstruction_grid, save_png
+from vaegen.plots import image_grid, reconstruction_grid, save_png, to_pil
 from vaegen.samplers import prior_sampler
 from vaegen.train import resolve_device, to_input
 
@@ -52,7 +52,7 @@ def run_test(cfg: TestConfig) -> TestReport:
         )
     out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint) / "test"
     out.mkdir(parents=True, exist_ok=True)
-    split = splits.val if cfg.split == "val" else splits.train
+    split = splits.select(cfg.split)
     files = []
 
     samples = model.sample(cfg.grid * cfg.grid, labels=_grid_labels(model, cfg.grid * cfg.grid), temperature=cfg.temperature, seed=cfg.seed)
@@ -88,9 +88,7 @@ def _per_class(model, cfg: TestConfig, path: Path) -> Path:
     z = torch.randn(per_row, model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)) * cfg.temperature
     device = next(model.parameters()).device
     rows = [model.decode(z.to(device), torch.full((per_row,), k, device=device)) for k in range(model.num_classes)]
-    grid = image_grid(torch.cat(rows), nrow=per_row)
-    array = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    body = Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).convert("RGB")
+    body = to_pil(image_grid(torch.cat(rows), nrow=per_row)).convert("RGB")
     margin = 8 + 7 * max(len(name) for name in model.classes)
     page = Image.new("RGB", (body.width + margin, body.height), "white")
     page.paste(body, (margin, 0))
@@ -98,7 +96,7 @@ def _per_class(model, cfg: TestConfig, path: Path) -> Path:
     row_height = (body.height - 2) / model.num_classes
     for k, name in enumerate(model.classes):
         draw.text((4, 2 + row_height * (k + 0.5) - 5), name, fill="black")
-    page.save(path)
+    save_png(page, path)
     return path
 
 

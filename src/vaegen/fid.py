@@ -204,10 +204,8 @@ class Evaluator:
 
 def reference_images(splits, reference: str, seed: int, val_fraction: float) -> tuple[torch.Tensor, str]:
     """The real images FID compares against, and the split's name in the cache key."""
-    if reference == "all":
-        return torch.cat([splits.train.images, splits.val.images]), "all"
-    images = splits.train.images if reference == "train" else splits.val.images
-    return images, f"{reference}-seed{seed}-val{val_fraction}"
+    key = "all" if reference == "all" else f"{reference}-seed{seed}-val{val_fraction}"
+    return splits.select(reference).images, key
 
 
 def eval_batch_size(value: int | str, device: torch.device) -> int:

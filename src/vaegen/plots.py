@@ -19,11 +19,17 @@ def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     return grid[:1] if images.shape[1] == 1 else grid
 
 
-def save_png(grid: torch.Tensor, path: Path) -> None:
+def to_pil(grid: torch.Tensor):
+    """A [C, H, W] grid in [0, 1] as an 8-bit PIL image (L for one channel, else RGB)."""
     from PIL import Image
 
     array = grid.mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    image = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def save_png(image, path: Path) -> None:
+    """Atomically write a grid tensor (or a PIL image) as PNG."""
+    image = to_pil(image) if isinstance(image, torch.Tensor) else image
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
