@@ -1,4 +1,4 @@
-"""`vaegen` on the command line: train, data. Bad input exits non-zero with one readable paragraph."""
+"""`vaegen` on the command line: train, test, tune, config, data. Bad input exits non-zero with one readable paragraph."""
 
 from __future__ import annotations
 
@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--checkpoint", type=Path, help="best_models/<run> (overrides the config's checkpoint)")
     test.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a test config value, e.g. --set num_samples=1000")
+
+    tune = commands.add_parser("tune", help="search hyper-parameters with Ray Tune + Optuna (ASHA early stopping)")
+    tune.add_argument("--config", type=Path, required=True, help="sweep YAML (see configs/tune_apples.yaml)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a sweep value, e.g. --set tune.num_samples=4 or --set overrides.train.epochs=5")
+    tune.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are not rerun")
+    tune.add_argument("--address", metavar="HOST:PORT", help="join a running Ray cluster (`ray start --head` prints it)")
 
     show = commands.add_parser("config", help="validate a config and print it with every default filled in")
     show.add_argument("--config", type=Path, required=True)
@@ -63,6 +70,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted. Continue with `vaegen train --resume logs/<run>`; the last checkpoint is intact.", file=sys.stderr)
         return 130
+
+
+def cmd_tune(args) -> int:
+    from vaegen.tune import format_table, load_sweep, run_sweep
+
+    sweep = load_sweep(args.config, args.overrides)
+    started = time.perf_counter()
+    result = run_sweep(sweep, resume=args.resume, address=args.address)
+    print(f"\n{format_table(result.trials, sweep)}\n")
+    print(f"sweep {sweep.name}: {len(result.trials)} trial(s) in {time.perf_counter() - started:.0f} s, optimising {sweep.metric}")
+    print(f"  summary          {result.summary_csv}")
+    if result.plot:
+        print(f"  plot             {result.plot}")
+    if result.best_dir:
+        print(f"  best model       {result.best_dir}/  (vaegen test --checkpoint {result.best_dir})")
+    print(f"  trial runs       {sweep.trials_dir}/<trial>/  (TensorBoard: tensorboard --logdir {sweep.trials_dir})")
+    if not result.complete:
+        print(f"interrupted: continue with `vaegen tune --config {args.config} --resume`; finished trials are kept.", file=sys.stderr)
+        return 130
+    return 0
 
 
 def cmd_config(args) -> int:
@@ -180,4 +207,4 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "test": cmd_test, "config": cmd_config, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "test": cmd_test, "tune": cmd_tune, "config": cmd_config, "data": cmd_data}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -267,7 +267,12 @@ def apply_override(raw: dict, item: str) -> None:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: the value {text!r} is not valid YAML ({exc}).") from exc
-    keys = key_path.strip().split(".")
+    set_key_path(raw, key_path.strip(), value, where=f"--set {item!r}")
+
+
+def set_key_path(raw: dict, key_path: str, value: Any, where: str = "") -> None:
+    """raw["a"]["b"] = value for key_path "a.b", creating sections on the way."""
+    keys = key_path.split(".")
     node = raw
     for depth, key in enumerate(keys[:-1]):
         if node.get(key) is None:  # `model:` with nothing under it is an empty section in YAML
@@ -275,9 +280,23 @@ def apply_override(raw: dict, item: str) -> None:
         child = node[key]
         if not isinstance(child, dict):
             done = ".".join(keys[: depth + 1])
-            raise ConfigError(f"--set {item!r}: `{done}` is a value, not a section, so it has no `{keys[depth + 1]}`.")
+            raise ConfigError(f"{where or key_path}: `{done}` is a value, not a section, so it has no `{keys[depth + 1]}`.")
         node = child
     node[keys[-1]] = value
+
+
+def check_key_path(key_path: str, source: str, schema: type[Section] = Config) -> None:
+    """Raise the train config's unknown-key error for a key path that names no setting of `schema`."""
+    keys = key_path.split(".")
+    for depth, key in enumerate(keys):
+        section = _section_at(keys[:depth], schema)
+        if section is None:
+            raise ConfigError(f"{source}: `{'.'.join(keys[:depth])}` is a value, not a section, so it has no `{key}`.")
+        if key not in section.model_fields:
+            raise ConfigError(f"{source}: " + _describe({"type": "extra_forbidden", "loc": tuple(keys[: depth + 1])}, schema))
+    if _section_at(keys, schema) is not None:
+        fields = ", ".join(f"{key_path}.{name}" for name in _section_at(keys, schema).model_fields)
+        raise ConfigError(f"{source}: `{key_path}` is a whole section; name one setting in it ({fields}).")
 
 
 def load_test_config(path: str | Path | None, overrides: list[str] = ()) -> TestConfig:
@@ -325,10 +344,22 @@ def _clean(message: str) -> str:
 
 
 def _section_at(loc: list[str], model: type[BaseModel]) -> type[BaseModel] | None:
+    """The section (pydantic model) at key path `loc`, through `dict[str, Section]` fields too."""
+    node: Any = model
     for key in loc:
-        field = model.model_fields.get(key)
+        if isinstance(node, tuple):  # a free-form key of a dict[str, Section] field
+            node = node[0]
+            continue
+        field = node.model_fields.get(key)
         annotation = field.annotation if field else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        if get_origin(annotation) is dict and _is_section(get_args(annotation)[1]):
+            node = (get_args(annotation)[1],)
+        elif _is_section(annotation):
+            node = annotation
+        else:
             return None
-        model = annotation
-    return model
+    return node if _is_section(node) else None
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)

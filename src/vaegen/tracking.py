@@ -52,6 +52,9 @@ class Tracker:
 
             self.wandb_run.log({tag: wandb.Image(grid.permute(1, 2, 0).cpu().numpy())}, step=epoch)
 
+    def flush(self) -> None:
+        self.tensorboard.flush()
+
     def close(self) -> None:
         self.tensorboard.close()
         if self.wandb_run is not None:

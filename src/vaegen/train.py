@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -124,12 +125,14 @@ def restore_rng_state(state: dict, shuffle: torch.Generator) -> None:
 class Console:
     """Prints above the progress bar and keeps a copy in logs/<run>/train.log."""
 
-    def __init__(self, log_file: Path):
+    def __init__(self, log_file: Path, echo: bool = True):
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file = log_file
+        self.echo = echo
 
     def __call__(self, message: str) -> None:
-        tqdm.write(message)
+        if self.echo:
+            tqdm.write(message)
         with self.log_file.open("a") as handle:
             handle.write(message + "\n")
 
@@ -272,10 +275,22 @@ def reconstruction_grid_for(model, data: DecodedImages, count: int, device: torc
 # The run
 
 
-def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
+def train(
+    config: Config,
+    paths: RunPaths,
+    resume: bool = False,
+    on_epoch: Callable[[dict, bool], None] | None = None,
+    echo: bool = True,
+) -> TrainResult:
+    """Run (or with `resume`, continue) one training run into `paths`.
+
+    `on_epoch(row, improved)` is called after each epoch is logged and checkpointed, with the
+    epoch's metrics row and whether it just became the best model (a sweep reports to Ray
+    Tune through it). `echo=False` keeps the per-epoch lines out of stdout (train.log has them).
+    """
     device = resolve_device(config.train.device)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
-    say = Console(paths.run_dir / "train.log")
+    say = Console(paths.run_dir / "train.log", echo)
     seed_everything(config.train.seed)
 
     # data: decoded once (cached), split deterministically
@@ -377,34 +392,46 @@ def train(config: Config, paths: RunPaths, resume: bool = False) -> TrainResult:
             )
 
             value = row.get(criterion)  # FID exists only in evaluation epochs
-            if value is not None and (best_value is None or value < best_value):  # ties keep the earlier epoch
+            improved = value is not None and (best_value is None or value < best_value)  # ties keep the earlier epoch
+            if improved:
                 best_epoch, best_value = epoch, value
                 export_best(paths, model, config, classes, row, criterion, protocol, sample_grid(model, fixed_z, device))
 
-            if epoch % config.output.checkpoint_every and epoch != config.train.epochs:
-                continue  # a large model's state is hundreds of MB: fast runs may write it less often
-            save_training_state(
-                paths.last_checkpoint,
-                {
-                    "format": 1,
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "rng": rng_state(shuffle),
-                    "best_criterion": criterion,
-                    "best_epoch": best_epoch,
-                    "best_value": best_value,
-                    "classes": classes,
-                },
-            )
-            write_text_atomic(paths.last_checkpoint.parent / "config.yaml", config_yaml)
+            # a large model's state is hundreds of MB: fast runs may write it less often
+            if epoch % config.output.checkpoint_every == 0 or epoch == config.train.epochs:
+                save_checkpoint(paths, config_yaml, epoch, model, optimizer, scaler, shuffle, criterion, best_epoch, best_value, classes)
+            if on_epoch is not None:
+                tracker.flush()  # a sweep's scheduler may end this process inside the callback
+                on_epoch(row, improved)
     finally:
         tracker.close()
         rows = read_metrics(paths.run_dir / "metrics.jsonl")
         if rows:
             plot_curves(rows, paths.run_dir / "curves.png", title=paths.name)
     return TrainResult(paths, config.train.epochs - start_epoch, criterion, best_epoch, best_value, last_samples)
+
+
+def save_checkpoint(
+    paths: RunPaths, config_yaml: str, epoch: int, model, optimizer, scaler, shuffle: torch.Generator,
+    criterion: str, best_epoch: int | None, best_value: float | None, classes: list[str],
+) -> None:
+    """checkpoints/last.pt: everything `--resume` needs to continue exactly."""
+    save_training_state(
+        paths.last_checkpoint,
+        {
+            "format": 1,
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(shuffle),
+            "best_criterion": criterion,
+            "best_epoch": best_epoch,
+            "best_value": best_value,
+            "classes": classes,
+        },
+    )
+    write_text_atomic(paths.last_checkpoint.parent / "config.yaml", config_yaml)
 
 
 def export_best(

@@ -1,0 +1,620 @@
+"""`vaegen tune`: hyper-parameter sweeps with Ray Tune (scheduling, fault tolerance, clusters) and
+Optuna (TPE search), each trial an ordinary `vaegen.train.train` run.
+
+A sweep YAML names a base train config, fixed overrides and a search space over config key paths:
+
+    base: train_apples.yaml                  # relative to this file, or a mapping (the config itself)
+    overrides: {train.epochs: 30}            # applied to every trial
+    space:
+      optim.lr: {loguniform: [1.0e-4, 1.0e-2]}
+      model.latent_dim: {choice: [64, 96, 128, 192]}
+    tune: {name: apples-lr-latent, num_samples: 16, max_concurrent: 4, resources: {cpu: 4, gpu: 0.25}}
+
+The trials report the trainer's selection metric (FID by default) after every evaluation; ASHA stops
+the weak ones early and Optuna proposes the next. Everything a sweep writes sits in
+`<logs_dir>/<name>/`: one run folder per trial under `trials/`, `summary.csv`, the metric-vs-parameter
+plot and Ray's experiment state (or `tune.storage`). The best trial's model is copied to
+`<best_dir>/<name>-best/`, the folder layout `vaegen train` writes, so `vaegen test` and the gallery
+load it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import csv
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, PositiveInt, model_validator
+
+from vaegen.config import (
+    Config,
+    Section,
+    check_key_path,
+    config_from_dict,
+    read_yaml,
+    set_key_path,
+)
+from vaegen.errors import ConfigError, VaegenError
+
+# ---------------------------------------------------------------------------------------
+# The sweep file
+
+
+class Distribution(Section):
+    """Exactly one of: loguniform [low, high], uniform [low, high], int [low, high] (both ends
+    included), choice [values...]."""
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    int: tuple[builtins.int, builtins.int] | None = None  # `int` is the YAML's word; the field shadows the type here
+    choice: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Distribution:
+        given = [name for name in sorted(DISTRIBUTIONS) if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of loguniform: [low, high], uniform: [low, high], int: [low, high] or "
+                f"choice: [a, b, ...] (got {', '.join(given) or 'none'})"
+            )
+        bounds = self.loguniform or self.uniform or self.int
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise ValueError(f"the low end must be below the high end (got {list(bounds)})")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be positive")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in sorted(DISTRIBUTIONS) if getattr(self, name) is not None)
+
+
+class Resources(Section):
+    cpu: float = Field(1.0, gt=0.0, description="CPU cores per trial (also torch's thread count)")
+    gpu: float = Field(0.0, ge=0.0, description="GPUs per trial; a fraction (0.25) lets trials share one GPU")
+
+
+class TuneSection(Section):
+    name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the sweep's folder name")
+    num_samples: PositiveInt = Field(12, description="trials in all, points_to_evaluate included")
+    max_concurrent: PositiveInt = 2
+    seed: int = Field(0, description="seeds the TPE sampler; trials keep their own train.seed")
+    startup_trials: PositiveInt = Field(5, description="random trials before TPE starts modelling the results")
+    points_to_evaluate: list[dict[str, Any]] = Field(
+        default_factory=list, description="configurations tried first, e.g. the reference recipe"
+    )
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: PositiveInt = Field(10, description="ASHA: epochs every trial runs before it may be stopped")
+    reduction_factor: float = Field(3.0, gt=1.0, description="ASHA: keep the best 1/reduction_factor at each rung")
+    resources: Resources = Resources()
+    storage: str | None = Field(None, description="Ray's results: a folder or a URI (s3://...); default <logs_dir>/<name>/ray")
+
+
+class SweepConfig(Section):
+    base: Path | dict[str, Any] = Field(description="train config file (relative to the sweep file) or the config itself")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="key.path: value, the same for every trial")
+    space: dict[str, Distribution] = Field(min_length=1)
+    tune: TuneSection = TuneSection()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten_key_paths(cls, raw: Any) -> Any:
+        """`train: {epochs: 5}` and `train.epochs: 5` mean the same (`--set overrides.train.epochs=5` makes the first)."""
+        if isinstance(raw, dict):
+            raw = dict(raw)
+            if isinstance(raw.get("overrides"), dict):
+                raw["overrides"] = _flatten(raw["overrides"], is_leaf=lambda value: not isinstance(value, dict))
+            if isinstance(raw.get("space"), dict):
+                # a distribution is the first mapping that holds a non-mapping (its bounds or choices)
+                raw["space"] = _flatten(raw["space"], is_leaf=lambda value: not isinstance(value, dict) or not all(
+                    isinstance(inner, dict) for inner in value.values()))
+        return raw
+
+
+DISTRIBUTIONS = {"loguniform", "uniform", "int", "choice"}
+
+
+def _flatten(mapping: dict, is_leaf, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in mapping.items():
+        path = f"{prefix}{key}"
+        if is_leaf(value):
+            flat[path] = value
+        else:
+            flat.update(_flatten(value, is_leaf, f"{path}."))
+    return flat
+
+
+# the trial's own bookkeeping; a sweep that searched these would compare unlike numbers or lose runs
+FIXED_BY_THE_SWEEP = ("output.select", "eval.backbone", "output.logs_dir", "output.best_dir", "output.run_name")
+# paths in a train config, made absolute because trials run in Ray's workers with another cwd
+PATH_KEYS = ("data.root", "data.cache_dir", "eval.inception_weights", "output.logs_dir", "output.best_dir")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: its settings, the base train config every trial starts from, and where it writes."""
+
+    settings: SweepConfig
+    source: Path
+    base_raw: dict[str, Any]  # the train config as a mapping, overrides applied, paths absolute
+    base: Config
+    metric: str  # what the trials report and ASHA/Optuna minimise
+
+    @property
+    def name(self) -> str:
+        return self.settings.tune.name
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.base.output.logs_dir / self.name
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.sweep_dir / "trials"
+
+    @property
+    def storage(self) -> str:
+        return self.settings.tune.storage or str(self.sweep_dir / "ray")
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    @property
+    def best_dir(self) -> Path:
+        return self.base.output.best_dir / f"{self.name}-best"
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """Read and check a sweep file; every key path is checked here, before Ray starts."""
+    from vaegen.config import apply_override
+
+    path = Path(path)
+    raw = read_yaml(path)
+    for item in overrides:
+        apply_override(raw, item)
+    settings = config_from_dict(raw, str(path), schema=SweepConfig)
+
+    if isinstance(settings.base, dict):
+        base_raw = json.loads(json.dumps(settings.base))
+    else:
+        base_file = settings.base if settings.base.is_absolute() else path.parent / settings.base
+        base_raw = read_yaml(base_file)
+    for key_path, value in settings.overrides.items():
+        check_key_path(key_path, f"{path}: overrides")
+        set_key_path(base_raw, key_path, value)
+    for key_path in settings.space:
+        check_key_path(key_path, f"{path}: space")
+        if key_path in FIXED_BY_THE_SWEEP:
+            raise ConfigError(
+                f"{path}: space searches `{key_path}`, which the sweep fixes for every trial (it decides what is "
+                f"measured or where runs go). Set it once under `overrides:` instead."
+            )
+    for index, point in enumerate(settings.tune.points_to_evaluate):
+        unknown = sorted(set(point) - set(settings.space))
+        if unknown:
+            raise ConfigError(
+                f"{path}: tune.points_to_evaluate[{index}] sets {', '.join(unknown)}, which the space does not search; "
+                f"a point names only keys of `space:` ({', '.join(settings.space)})."
+            )
+    for key_path in PATH_KEYS:
+        value = _get(base_raw, key_path)
+        if value is not None:
+            set_key_path(base_raw, key_path, str(Path(value).expanduser().resolve()))
+    if _get(base_raw, "output.logs_dir") is None:
+        set_key_path(base_raw, "output.logs_dir", str(Path("logs").resolve()))
+    if _get(base_raw, "output.best_dir") is None:
+        set_key_path(base_raw, "output.best_dir", str(Path("best_models").resolve()))
+    base = config_from_dict(base_raw, f"{path} (base train config)")
+    sweep = Sweep(settings, path, base_raw, base, selection_metric(base))
+    if settings.tune.scheduler == "asha" and settings.tune.grace_period > max_epochs(sweep):
+        raise ConfigError(
+            f"{path}: tune.grace_period is {settings.tune.grace_period} epochs but the trials train for at most "
+            f"{max_epochs(sweep)}, so ASHA could never stop one. Lower tune.grace_period (e.g. to a quarter of the "
+            f"epochs), or set tune.scheduler: fifo to run every trial to the end."
+        )
+    return sweep
+
+
+def selection_metric(config: Config) -> str:
+    from vaegen.backbones import resolve_backbone_name
+    from vaegen.fid import metric_names
+
+    if config.output.select != "fid":
+        return config.output.select
+    return metric_names(resolve_backbone_name(config.eval.backbone, config.eval.inception_weights))[0]
+
+
+def _get(raw: dict, key_path: str) -> Any:
+    node: Any = raw
+    for key in key_path.split("."):
+        if not isinstance(node, dict) or node.get(key) is None:
+            return None
+        node = node[key]
+    return node
+
+
+# ---------------------------------------------------------------------------------------
+# Search space: YAML distributions as Ray Tune domains (OptunaSearch turns them into Optuna's)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def to_domain(distribution: Distribution):
+    from ray import tune
+
+    kind = distribution.kind
+    if kind == "loguniform":
+        return tune.loguniform(*distribution.loguniform)
+    if kind == "uniform":
+        return tune.uniform(*distribution.uniform)
+    if kind == "int":
+        low, high = distribution.int
+        return tune.randint(low, high + 1)  # Ray's upper end is exclusive; the YAML's is inclusive
+    # Optuna's categorical takes scalars only: a list choice (e.g. model.widths) travels as its YAML text
+    return tune.choice([value if _is_scalar(value) else yaml.safe_dump(value, default_flow_style=True).strip()
+                        for value in distribution.choice])
+
+
+def from_sampled(key_path: str, value: Any, distribution: Distribution) -> Any:
+    if distribution.kind == "choice" and isinstance(value, str) and not all(_is_scalar(v) for v in distribution.choice):
+        return yaml.safe_load(value)
+    if distribution.kind == "int":
+        return int(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# One trial: an ordinary training run that reports to Ray Tune after every evaluation
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    base_raw: dict[str, Any]
+    space: dict[str, Distribution]
+    trials_dir: Path
+    metric: str
+    cpus: float
+
+
+def trial_config(context: TrialContext, params: dict[str, Any], trial_id: str) -> Config:
+    raw = json.loads(json.dumps(context.base_raw))
+    for key_path, value in params.items():
+        set_key_path(raw, key_path, from_sampled(key_path, value, context.space[key_path]))
+    set_key_path(raw, "output.run_name", trial_id)
+    return config_from_dict(raw, f"trial {trial_id} ({format_params(params)})")
+
+
+def run_trial(params: dict[str, Any], context: TrialContext) -> None:
+    """Ray Tune's function trainable. A restored sweep continues a trial from its own last.pt."""
+    import torch
+    from ray import tune
+
+    from vaegen.plots import plot_curves
+    from vaegen.tracking import read_metrics
+    from vaegen.train import RunPaths, train
+
+    torch.set_num_threads(max(1, int(context.cpus)))
+    trial_id = tune.get_context().get_trial_id()
+    config = trial_config(context, params, trial_id)
+    run_dir = context.trials_dir / trial_id
+    paths = RunPaths(trial_id, run_dir, run_dir / "best")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "params.json").write_text(json.dumps(params, indent=2) + "\n")
+
+    def report(row: dict, improved: bool) -> None:
+        if row.get(context.metric) is None:
+            return  # epochs without an evaluation have no FID to report
+        # ASHA may stop this trial inside tune.report, before train() draws its curves
+        plot_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png", title=f"trial {trial_id}")
+        metrics = {"epoch": row["epoch"], context.metric: row[context.metric], "val_nelbo": row["val_nelbo"]}
+        if improved:  # Ray keeps the checkpoint beside the trial's results, so the sweep's best outlives this node
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(paths.best_dir)))
+        else:
+            tune.report(metrics)
+
+    train(config, paths, resume=paths.last_checkpoint.is_file(), on_epoch=report, echo=False)
+
+
+def format_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={_short(value)}" for key, value in params.items())
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------------------
+# The sweep
+
+
+@dataclass(frozen=True)
+class TrialSummary:
+    trial: str
+    params: dict[str, Any]
+    best: float | None
+    epoch: int | None
+    status: str  # finished | stopped early | failed | not finished
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    trials: list[TrialSummary]
+    complete: bool
+    summary_csv: Path
+    plot: Path | None
+    best_dir: Path | None
+
+
+def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) -> SweepResult:
+    ray, tune = _import_ray()
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from vaegen.data import load_splits
+
+    settings = sweep.settings.tune
+    # keeping only the best checkpoint makes Ray snapshot its state at each improvement, and warn that it does
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    can_restore = tune.Tuner.can_restore(sweep.experiment_path)
+    if resume and not can_restore:
+        raise ConfigError(
+            f"--resume: there is no sweep {sweep.name!r} to continue at {sweep.experiment_path}. Start it without --resume."
+        )
+    if not resume and can_restore:
+        raise ConfigError(
+            f"a sweep named {sweep.name!r} already exists at {sweep.experiment_path}. Continue it with --resume, "
+            f"or start another with --set tune.name=NEW_NAME."
+        )
+    # decode the images into the shared cache once, here, instead of in every trial at the same time
+    load_splits(sweep.base.data, sweep.base.train.seed)
+    sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
+    settings_yaml = yaml.safe_dump(sweep.settings.model_dump(mode="json"), sort_keys=False)
+    started_with = sweep.sweep_dir / "sweep.yaml"
+    if not resume:
+        started_with.write_text(settings_yaml)
+    elif started_with.is_file() and started_with.read_text() != settings_yaml:
+        warnings.warn(
+            f"the sweep file changed since this sweep started; --resume continues with the search it started with "
+            f"({started_with}). Start a new sweep (--set tune.name=NEW_NAME) to search something else.",
+            stacklevel=2,
+        )
+
+    context = TrialContext(sweep.base_raw, dict(sweep.settings.space), sweep.trials_dir, sweep.metric, settings.resources.cpu)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, context=context),
+        {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu},
+    )
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        if resume:
+            tuner = tune.Tuner.restore(sweep.experiment_path, trainable, resume_unfinished=True, resume_errored=False)
+        else:
+            searcher = OptunaSearch(
+                metric=sweep.metric,
+                mode="min",
+                sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=settings.startup_trials),
+                points_to_evaluate=[{key: _to_searched(sweep, key, value) for key, value in point.items()}
+                                    for point in settings.points_to_evaluate] or None,
+            )
+            scheduler = None
+            if settings.scheduler == "asha":
+                scheduler = ASHAScheduler(
+                    time_attr="epoch",
+                    max_t=sweep.base.train.epochs,
+                    grace_period=settings.grace_period,
+                    reduction_factor=settings.reduction_factor,
+                )
+            tuner = tune.Tuner(
+                trainable,
+                param_space={key: to_domain(distribution) for key, distribution in sweep.settings.space.items()},
+                tune_config=tune.TuneConfig(
+                    metric=sweep.metric,
+                    mode="min",
+                    search_alg=searcher,
+                    scheduler=scheduler,
+                    num_samples=settings.num_samples,
+                    max_concurrent_trials=settings.max_concurrent,
+                    # Ray's folder for a trial is named like vaegen's run folder for it: trials/<trial id>
+                    trial_name_creator=_trial_id,
+                    trial_dirname_creator=_trial_id,
+                ),
+                run_config=tune.RunConfig(
+                    name=sweep.name,
+                    storage_path=sweep.storage,
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=1, checkpoint_score_attribute=sweep.metric, checkpoint_score_order="min"
+                    ),
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                    verbose=1,
+                ),
+            )
+        grid = tuner.fit()
+        trials = summarize(grid, sweep)
+        complete = len(trials) >= settings.num_samples and all(t.status != "not finished" for t in trials)
+        summary_csv = write_summary(trials, sweep)
+        plot = plot_sweep(trials, sweep)
+        best_dir = copy_best(grid, trials, sweep)
+    finally:
+        ray.shutdown()
+    return SweepResult(trials, complete, summary_csv, plot, best_dir)
+
+
+def max_epochs(sweep: Sweep) -> int:
+    searched = sweep.settings.space.get("train.epochs")
+    if searched is None:
+        return sweep.base.train.epochs
+    return int(max(searched.choice) if searched.kind == "choice" else (searched.int or searched.uniform)[1])
+
+
+def _trial_id(trial) -> str:
+    return trial.trial_id
+
+
+def _to_searched(sweep: Sweep, key: str, value: Any) -> Any:
+    """A points_to_evaluate value in the form the searcher holds it (list choices as YAML text)."""
+    distribution = sweep.settings.space[key]
+    if distribution.kind == "choice" and not _is_scalar(value):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return value
+
+
+def _import_ray():
+    try:
+        import optuna  # noqa: F401
+        import ray
+        from ray import tune
+    except ImportError as exc:
+        raise VaegenError(
+            f"vaegen tune needs Ray Tune and Optuna ({exc.name} is not installed). Install them with "
+            f"`pip install 'vaegen[tune]'` (or `pip install 'ray[tune]' optuna`)."
+        ) from None
+    return ray, tune
+
+
+# ---------------------------------------------------------------------------------------
+# Summary: table, CSV, plot, best model
+
+
+def summarize(grid, sweep: Sweep) -> list[TrialSummary]:
+    # Ray exposes no per-trial status publicly, only counts; with every trial ended (not paused or
+    # interrupted), a trial that stopped before train.epochs without an error was stopped by ASHA
+    all_ended = len(grid) >= sweep.settings.tune.num_samples and grid.num_terminated + grid.num_errors == len(grid)
+    trials = []
+    for result in grid:
+        params = {key: result.config.get(key) for key in sweep.settings.space}
+        history = result.metrics_dataframe
+        best = epoch = None
+        if history is not None and sweep.metric in history.columns:
+            scored = history.dropna(subset=[sweep.metric])
+            if len(scored):
+                row = scored.loc[scored[sweep.metric].idxmin()]
+                best, epoch = float(row[sweep.metric]), int(row["epoch"])
+        last_epoch = (result.metrics or {}).get("epoch") or 0
+        if result.error is not None:
+            status, error = "failed", _first_line(result.error)
+        elif last_epoch >= int(params.get("train.epochs") or sweep.base.train.epochs):
+            status, error = "finished", ""
+        else:
+            status, error = ("stopped early" if all_ended else "not finished"), ""
+        trials.append(TrialSummary(Path(result.path).name, params, best, epoch, status, error))
+    # best first; unscored (failed, or interrupted before an evaluation) last
+    return sorted(trials, key=lambda t: (t.best is None, t.best if t.best is not None else 0.0, t.trial))
+
+
+def _first_line(error: BaseException) -> str:
+    """The vaegen message (or the exception's last line) from Ray's wrapped traceback."""
+    cause = getattr(error, "cause", None) or error
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(cause).__name__
+
+
+def write_summary(trials: list[TrialSummary], sweep: Sweep) -> Path:
+    path = sweep.sweep_dir / "summary.csv"
+    keys = list(sweep.settings.space)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial", *keys, f"best_{sweep.metric}", "epoch", "status", "error"])
+        for t in trials:
+            writer.writerow([t.trial, *(t.params.get(k) for k in keys), "" if t.best is None else t.best,
+                             "" if t.epoch is None else t.epoch, t.status, t.error])
+    return path
+
+
+def format_table(trials: list[TrialSummary], sweep: Sweep) -> str:
+    keys = list(sweep.settings.space)
+    header = ["trial", *keys, sweep.metric, "epoch", "status"]
+    rows = [[t.trial, *(_short(t.params.get(k)) for k in keys), "-" if t.best is None else f"{t.best:.4g}",
+             "-" if t.epoch is None else str(t.epoch), t.status + (f": {t.error}" if t.error else "")] for t in trials]
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    widths[-1] = 0  # the status column may hold a long error: never pad it
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *rows]]
+    return "\n".join(lines)
+
+
+def plot_sweep(trials: list[TrialSummary], sweep: Sweep) -> Path | None:
+    """One panel per searched key: the metric of every scored trial against the value it tried."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    scored = [t for t in trials if t.best is not None]
+    if not scored:
+        return None
+    keys = list(sweep.settings.space)
+    best = min(scored, key=lambda t: t.best)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), squeeze=False, sharey=True)
+    for ax, key in zip(axes[0], keys):
+        distribution = sweep.settings.space[key]
+        if distribution.kind == "choice":
+            labels = [str(value) for value in to_domain(distribution).categories]
+            position = {label: index for index, label in enumerate(labels)}
+            xs = [position[str(t.params[key])] for t in scored]
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if max(map(len, labels)) > 4 else 0)
+            best_x = position[str(best.params[key])]
+        else:
+            xs = [t.params[key] for t in scored]
+            best_x = best.params[key]
+            if distribution.kind == "loguniform":
+                ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on short ranges
+        colors = ["tab:blue" if t.status == "finished" else "tab:gray" for t in scored]
+        ax.scatter(xs, [t.best for t in scored], c=colors, s=30)
+        ax.scatter([best_x], [best.best], marker="*", s=220, c="tab:orange", zorder=3, label=f"best ({best.trial})")
+        ax.set_xlabel(key)
+        ax.margins(x=0.12, y=0.12)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"best {sweep.metric} (lower is better)")
+    axes[0][0].legend(fontsize=8)
+    failed = sum(t.status == "failed" for t in trials)
+    fig.suptitle(f"{sweep.name}: {len(scored)} scored trials (gray: stopped early)" + (f", {failed} failed" if failed else ""))
+    fig.tight_layout()
+    name = "fid_vs_params.png" if sweep.base.output.select == "fid" else f"{sweep.metric}_vs_params.png"
+    path = sweep.sweep_dir / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def copy_best(grid, trials: list[TrialSummary], sweep: Sweep) -> Path | None:
+    """The best trial's best checkpoint (kept by Ray in its storage) into <best_dir>/<sweep>-best/."""
+    scored = [t for t in trials if t.best is not None]
+    if not scored:
+        return None
+    best = min(scored, key=lambda t: t.best)
+    result = next(r for r in grid if Path(r.path).name == best.trial)
+    checkpoints = result.best_checkpoints or ([(result.checkpoint, {})] if result.checkpoint else [])
+    if not checkpoints:
+        return None
+    target = sweep.best_dir
+    staging = target.with_name(f".{target.name}.incoming")
+    shutil.rmtree(staging, ignore_errors=True)
+    checkpoints[0][0].to_directory(str(staging))
+    (staging / "sweep.json").write_text(json.dumps(
+        {"sweep": sweep.name, "trial": best.trial, "params": best.params, sweep.metric: best.best, "epoch": best.epoch,
+         "summary": str(sweep.sweep_dir / "summary.csv")}, indent=2) + "\n")
+    # swap whole folders, so a reader never sees half of an old model and half of a new one
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -1,0 +1,212 @@
+"""`vaegen tune`: sweeps through Ray Tune + Optuna on a tiny dataset, failed trials, resume, config errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+import vaegen
+from test_train import SAMPLE
+from vaegen.cli import main
+
+pytest.importorskip("ray.tune", reason="vaegen tune needs ray[tune] (pip install 'vaegen[tune]')")
+pytest.importorskip("optuna", reason="vaegen tune needs optuna (pip install 'vaegen[tune]')")
+
+# Ray's token file under ~/.ray is shared by everything on the machine; a test cluster needs none
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
+
+def tiny_sweep(tmp_path: Path, space: dict, **tune) -> Path:
+    """A sweep over a base config that trains in seconds: 16 px, a small network, 2 epochs, FD every epoch."""
+    base = {
+        "data": {"root": str(SAMPLE), "image_size": 16, "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.2},
+        "model": {"latent_dim": 8, "widths": [8, 16]},
+        "optim": {"lr": 1e-3},
+        "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
+        "eval": {"every": 1, "num_grid": 12, "backbone": "efficientnet-lite0", "num_samples": 32, "reference": "val"},
+        "output": {"logs_dir": str(tmp_path / "logs"), "best_dir": str(tmp_path / "best"), "select": "fid"},
+    }
+    sweep = {
+        "base": base,
+        "space": space,
+        "tune": {"name": "tiny", "num_samples": 3, "max_concurrent": 2, "grace_period": 1, "startup_trials": 2,
+                 "resources": {"cpu": 1}, **tune},
+    }
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def read_summary(tmp_path: Path) -> list[dict]:
+    with (tmp_path / "logs" / "tiny" / "summary.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsys):
+    # the three trials are pinned, so the test knows which one must fail: batch size 0 is a bad sample
+    config = tiny_sweep(
+        tmp_path,
+        {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "train.batch_size": {"choice": [16, 32, 0]}},
+        points_to_evaluate=[
+            {"optim.lr": 3e-3, "train.batch_size": 16},
+            {"optim.lr": 1e-3, "train.batch_size": 0},
+            {"optim.lr": 1e-3, "train.batch_size": 32},
+        ],
+    )
+    assert main(["tune", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+
+    rows = read_summary(tmp_path)
+    assert len(rows) == 3
+    assert list(rows[0]) == ["trial", "optim.lr", "train.batch_size", "best_fd_efficientnet_lite0", "epoch", "status", "error"]
+    failed = [row for row in rows if row["status"] == "failed"]
+    finished = [row for row in rows if row["status"] != "failed"]
+    # ASHA (grace period 1 epoch, keep the best third) may stop the weaker trial after its first epoch
+    assert len(failed) == 1 and {row["status"] for row in finished} <= {"finished", "stopped early"}
+    assert "finished" in {row["status"] for row in finished}
+    assert failed[0]["train.batch_size"] == "0"
+    assert "train.batch_size" in failed[0]["error"] and failed[0]["best_fd_efficientnet_lite0"] == ""
+    assert sorted(row["train.batch_size"] for row in finished) == ["16", "32"]
+    scores = [float(row["best_fd_efficientnet_lite0"]) for row in finished]
+    assert all(0 < score < 1000 for score in scores)
+    assert "failed" in out and "fd_efficientnet_lite0" in out
+
+    with Image.open(tmp_path / "logs" / "tiny" / "fid_vs_params.png") as plot:
+        assert plot.size[0] > 400
+
+    best = tmp_path / "best" / "tiny-best"
+    metrics = json.loads((best / "metrics.json").read_text())
+    assert metrics["criterion"] == "fd_efficientnet_lite0"
+    assert metrics["value"] == pytest.approx(min(scores))
+    winner = next(row for row in finished if float(row["best_fd_efficientnet_lite0"]) == min(scores))
+    sweep_info = json.loads((best / "sweep.json").read_text())
+    assert sweep_info["trial"] == winner["trial"]
+    # the same folder layout `vaegen train` writes: loadable by the API, `vaegen test` and the gallery
+    model = vaegen.load(best)
+    assert model.config.train.batch_size == int(winner["train.batch_size"])
+    assert model.sample(2, seed=0).shape == (2, 3, 16, 16)
+
+    # every trial is an ordinary run folder: its config, metrics per epoch, curves
+    for row in finished:
+        run = tmp_path / "logs" / "tiny" / "trials" / row["trial"]
+        epochs = [1, 2] if row["status"] == "finished" else [1]
+        assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == epochs
+        assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == pytest.approx(float(row["optim.lr"]))
+        assert (run / "curves.png").is_file()
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}}, max_concurrent=1, scheduler="fifo")
+    trials = tmp_path / "logs" / "tiny" / "trials"
+    command = [sys.executable, "-m", "vaegen", "tune", "--config", str(config)]
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        # interrupt once the first trial has finished and the second has begun
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and len(list(trials.glob("*/metrics.jsonl"))) < 2:
+            time.sleep(0.5)
+        assert len(list(trials.glob("*/metrics.jsonl"))) >= 2, "the sweep never reached its second trial"
+        sweep.send_signal(signal.SIGINT)
+        output, _ = sweep.communicate(timeout=120)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 130, output
+    assert "--resume" in output
+
+    starts_before = {run.name: (run / "train.log").read_text().count("\nmodel:") for run in trials.iterdir()}
+    first = min(trials.iterdir(), key=lambda run: (run / "params.json").stat().st_mtime)
+    assert len((first / "metrics.jsonl").read_text().splitlines()) == 2  # it had finished
+
+    assert main(["tune", "--config", str(config), "--resume"]) == 0
+    rows = read_summary(tmp_path)
+    assert len(rows) == 3 and {row["status"] for row in rows} == {"finished"}
+    starts_after = {run.name: (run / "train.log").read_text().count("\nmodel:") for run in trials.iterdir()}
+    assert starts_after[first.name] == starts_before[first.name] == 1  # not run again
+    assert sum(starts_after.values()) <= 4  # the interrupted trial continued once, nothing else repeated
+
+
+def test_resume_of_a_sweep_that_never_ran_is_refused(tmp_path, capsys):
+    config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}})
+    assert main(["tune", "--config", str(config), "--resume"]) == 2
+    assert "no sweep 'tiny' to continue" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("space", "tune", "message"),
+    [
+        ({"optim.lrr": {"loguniform": [1e-4, 1e-2]}}, {}, "unknown key `optim.lrr`; did you mean `lr`?"),
+        ({"modell.latent_dim": {"choice": [8, 16]}}, {}, "unknown key `modell`; did you mean `model`?"),
+        ({"model": {"choice": [8, 16]}}, {}, "`model` is a whole section"),
+        ({"optim.lr": {"loguniform": [1e-2, 1e-4]}}, {}, "the low end must be below the high end"),
+        ({"optim.lr": {"loguniform": [1e-4, 1e-2], "choice": [1]}}, {}, "give exactly one of"),
+        ({"optim.lr": {"logunifrom": [1e-4, 1e-2]}}, {}, "unknown key `space.optim.lr.logunifrom`; did you mean `loguniform`?"),
+        ({"eval.backbone": {"choice": ["none", "inception"]}}, {}, "the sweep fixes for every trial"),
+        ({"optim.lr": {"uniform": [0.1, 0.2]}}, {"points_to_evaluate": [{"optim.beta": 1}]}, "does not search"),
+        ({"optim.lr": {"uniform": [0.1, 0.2]}}, {"num_sample": 4}, "unknown key `tune.num_sample`; did you mean `num_samples`?"),
+        ({"optim.lr": {"uniform": [0.1, 0.2]}}, {"grace_period": 3}, "tune.grace_period is 3 epochs but the trials train for at most 2"),
+    ],
+)
+def test_bad_sweep_files_are_named_before_ray_starts(tmp_path, capsys, monkeypatch, space, tune, message):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started although the sweep file is wrong"))
+    config = tiny_sweep(tmp_path, space, **tune)
+    assert main(["tune", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_overrides_are_checked_like_the_space_and_nested_forms_are_accepted(tmp_path, capsys):
+    from vaegen.tune import load_sweep
+
+    config = tiny_sweep(tmp_path, {"optim": {"lr": {"loguniform": [1e-4, 1e-2]}}})
+    sweep = load_sweep(config, ["overrides.train.epochs=5", "tune.num_samples=7"])
+    assert list(sweep.settings.space) == ["optim.lr"]
+    assert sweep.base.train.epochs == 5 and sweep.settings.tune.num_samples == 7
+    assert sweep.metric == "fd_efficientnet_lite0"
+    assert sweep.base.data.root.is_absolute()
+
+    assert main(["tune", "--config", str(config), "--set", "overrides.train.epochz=5"]) == 2
+    assert "unknown key `train.epochz`; did you mean `epochs`?" in capsys.readouterr().err
+
+
+def test_list_choices_travel_through_optuna_as_text(tmp_path):
+    from vaegen.tune import Distribution, from_sampled, to_domain
+
+    widths = Distribution(choice=[[8, 16], [16, 32]])
+    assert to_domain(widths).categories == ["[8, 16]", "[16, 32]"]
+    assert from_sampled("model.widths", "[16, 32]", widths) == [16, 32]
+    assert from_sampled("train.batch_size", 31.0, Distribution(int=(16, 64))) == 31
+    assert to_domain(Distribution(int=(16, 64))).upper == 65  # the YAML's high end is included
+
+
+def test_sweep_joins_a_running_cluster_with_address(tmp_path):
+    import socket
+
+    ray_cli = Path(sys.executable).with_name("ray")
+    with socket.socket() as probe:  # a free port for the head node
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = subprocess.run([str(ray_cli), "start", "--head", "--num-cpus", "2", "--port", str(port),
+                              "--include-dashboard", "false"], capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr
+    try:
+        config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}}, num_samples=1, scheduler="fifo")
+        assert main(["tune", "--config", str(config), "--address", f"127.0.0.1:{port}"]) == 0
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, timeout=120)
+    (row,) = read_summary(tmp_path)
+    assert row["status"] == "finished" and float(row["best_fd_efficientnet_lite0"]) > 0
+    assert (tmp_path / "best" / "tiny-best" / "model.safetensors").is_file()
