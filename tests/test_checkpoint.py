@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import vaegen
 from vaegen.checkpoint import (
     atomic_write,
     load_model_weights,
     load_training_state,
+    read_model_metadata,
     save_model,
     save_training_state,
 )
@@ -98,3 +100,11 @@ def test_load_folder_without_config_is_a_clear_error(tmp_path):
 def test_missing_training_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="no training checkpoint"):
         load_training_state(tmp_path / "nope.pt")
+
+
+def test_safetensors_from_another_tool_is_a_checkpoint_error(tmp_path):
+    # torch/transformers write plain strings such as {"format": "pt"}, which are not JSON
+    path = tmp_path / "model.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="safetensors file but not a vaegen model"):
+        read_model_metadata(path)

@@ -5,6 +5,7 @@
     mu, logvar = model.encode(images)
     again = model.reconstruct(images)
     model.classes                               # class names, index = label
+    model.latent_density                        # the fitted latent mixture sample() uses, or None (prior)
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from pathlib import Path
 import torch
 
 from vaegen.checkpoint import load_model_weights, read_model_metadata
-from vaegen.config import load_config
+from vaegen.config import Config, load_config
+from vaegen.density import SAMPLER_FILE, LatentGMM
 from vaegen.errors import CheckpointError
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build the model described by <path>/config.yaml and load <path>/model.safetensors (no code runs)."""
-    from vaegen.models import build_model
-
+def read_model_folder(path: str | Path) -> tuple[Path, Config, dict[str, object]]:
+    """The weights file, validated config and weights metadata of a model folder, checked without building the model."""
     folder = Path(path)
     weights = folder / "model.safetensors" if folder.is_dir() else folder
     folder = weights.parent
@@ -32,12 +32,23 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
         )
     config = load_config(folder / "config.yaml")
     metadata = read_model_metadata(weights)
-    classes = metadata.get("classes")
-    if not isinstance(classes, list):
+    if not isinstance(metadata.get("classes"), list):
         raise CheckpointError(f"{weights} has no class list in its metadata; it was not written by vaegen train.")
+    return weights, config, metadata
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Build the model described by <path>/config.yaml and load <path>/model.safetensors (no code runs)."""
+    from vaegen.models import build_model
+
+    weights, config, metadata = read_model_folder(path)
+    classes = metadata["classes"]
     model = build_model(config.model, config.data.image_size, config.data.channels, len(classes))
     load_model_weights(model, weights)
     model.classes = classes
     model.config = config
     model.metadata = metadata
+    # `sample()` draws codes from the latent mixture the run fitted (sampler.name: gmm); set it to None for the prior
+    sampler_file = weights.parent / SAMPLER_FILE
+    model.latent_density = LatentGMM.load(sampler_file) if sampler_file.is_file() else None
     return model.to(device).eval()

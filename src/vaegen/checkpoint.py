@@ -2,6 +2,8 @@
 
 - Every write goes to a temporary file in the target folder, is fsynced, then renamed
   over the target: a kill at any moment leaves either the old file or the new one.
+- A write the disk refuses (full, over quota, read-only, no permission) removes its partial
+  file and raises `StorageError`: one paragraph naming the file, the reason and the fix.
 - Model weights are safetensors (no code inside, by construction). The training state
   (optimizer, RNG states, epoch) is a `torch.save` of plain tensors and numbers, read back
   with `weights_only=True`, which refuses pickled objects.
@@ -11,8 +13,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,20 +29,79 @@ from torch import nn
 from vaegen.errors import CheckpointError
 
 
+class StorageError(CheckpointError, OSError):
+    """The disk refused a write (full, over quota, read-only, no permission); nothing was replaced.
+
+    Also an OSError, so callers that treat a failed write as optional (the data cache) still catch it.
+    """
+
+
+# errno -> what the disk said, in words (EDQUOT does not exist on Windows)
+_REFUSALS = {
+    getattr(errno, name): words
+    for name, words in [
+        ("ENOSPC", "the disk is full"),
+        ("EDQUOT", "the disk quota is exceeded"),
+        ("EFBIG", "the file is larger than this file system or the process's file-size limit allows"),
+        ("EROFS", "the file system is read-only"),
+        ("EACCES", "permission is denied"),
+        ("EPERM", "permission is denied"),
+    ]
+    if hasattr(errno, name)
+}
+
+
+def storage_error(path: Path, exc: BaseException) -> StorageError | None:
+    """A StorageError for `path` if `exc` (or an exception it was raised from) is the disk refusing a write."""
+    code = _refusal_errno(exc)
+    if code is None:
+        return None
+    error = StorageError(
+        f"could not write {path}: {_REFUSALS[code]} ([Errno {code}] {os.strerror(code)}). Nothing was replaced: "
+        f"any earlier version of the file (and every earlier checkpoint) is intact, and no partial file is left. "
+        f"Free space on (or fix) the disk holding {Path(path).parent}, or write elsewhere (output.logs_dir and "
+        f"output.best_dir for runs, data.cache_dir for decoded images); then continue a training run with "
+        f"`vaegen train --resume RUN_DIR`."
+    )
+    error.errno = code
+    return error
+
+
+def _refusal_errno(exc: BaseException) -> int | None:
+    # torch.save reports a failed write as a RuntimeError raised while handling the OSError, and
+    # safetensors as a SafetensorError whose text ends in "(os error 28)": follow the chain, read the text
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+        if code is None:
+            match = re.search(r"\(os error (\d+)\)", str(exc))
+            code = int(match.group(1)) if match else None
+        if code in _REFUSALS:
+            return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) and rename tmp over path only once it is complete and on disk."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        refused = storage_error(path, exc) if isinstance(exc, Exception) else None
+        if refused is not None:
+            raise refused from exc
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -55,7 +118,36 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def save_training_state(path: Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    path = Path(path)
+    # a process killed while saving leaves its temporary file behind (the checkpoint itself is intact);
+    # one run writes one last.pt, so the next save of it clears them
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: _torch_save(state, tmp))
+
+
+def _torch_save(state: dict, tmp: Path) -> None:
+    """torch.save through os.write: given a path, torch reports a full disk as "unexpected pos" without the errno."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_BINARY", 0))
+    try:
+        torch.save(state, _FdWriter(fd))
+    finally:
+        os.close(fd)
+
+
+class _FdWriter:
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):  # a short write is followed by the call that raises the OSError
+            done += os.write(self.fd, view[done:])
+        return done
+
+    def flush(self) -> None:  # nothing is buffered here; atomic_write fsyncs the file
+        pass
 
 
 def load_training_state(path: Path) -> dict:
@@ -84,7 +176,13 @@ def read_model_metadata(path: Path) -> dict[str, object]:
             raw = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(_unreadable(path, exc)) from exc
-    return {key: json.loads(value) for key, value in raw.items()}
+    try:
+        return {key: json.loads(value) for key, value in raw.items()}
+    except json.JSONDecodeError as exc:  # other tools store plain strings (e.g. {"format": "pt"})
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a vaegen model: its metadata is not vaegen's JSON ({exc}). "
+            f"Open a folder that `vaegen train` wrote to best_models/<run>/."
+        ) from exc
 
 
 def load_model_weights(model: nn.Module, path: Path) -> None:

@@ -113,6 +113,16 @@ class TrainConfig(Section):
     compile: Literal["auto"] | bool = Field("auto", description="torch.compile the training step; auto = on for CUDA")
 
 
+class SamplerConfig(Section):
+    """Where generated images' latent codes come from."""
+
+    # gmm: a Gaussian mixture fitted on the training images' posterior means at every evaluation
+    # (Ghosh et al. 2020); FID is then reported for it and for the prior
+    name: Literal["prior", "gmm"] = "prior"
+    components: int = Field(10, ge=1, description="mixture components (per class for conditional models)")
+    covariance: Literal["full", "diag"] = "full"
+
+
 BACKBONE_NAMES = ("auto", "inception", "inception-64", "efficientnet-lite0", "none")
 
 
@@ -154,6 +164,7 @@ class Config(Section):
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    sampler: SamplerConfig = SamplerConfig()
     logging: LoggingConfig = LoggingConfig()
     output: OutputConfig = OutputConfig()
 
@@ -209,6 +220,9 @@ class TestConfig(Section):
     grid: int = Field(8, ge=1, description="samples.png is grid x grid")
     seed: int = 0
     temperature: float = Field(1.0, gt=0.0)
+    sampler: Literal["auto", "prior", "gmm"] = Field(
+        "auto", description="auto = the checkpoint's latent mixture if it has one; gmm fits one now if it has none"
+    )
     interpolation: InterpolationConfig = InterpolationConfig()
     output_dir: Path | None = Field(None, description="default: <checkpoint>/test")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -136,8 +137,9 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("RGB" if channels == 3 else "L")
 
 
-def decode_image(path: Path, cfg: DataConfig) -> np.ndarray:
-    """One image file to a uint8 [C, H, W] array of the configured size and channels."""
+def decode_image(path: Path | BinaryIO, cfg: DataConfig) -> np.ndarray:
+    """One image file (a path, or an open binary file such as an upload) to a uint8 [C, H, W] array
+    of the configured size and channels."""
     height, width = cfg.image_size
     with Image.open(path) as image:
         image.load()
@@ -240,8 +242,9 @@ def _write_cache(path: Path, images: DecodedImages) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    except OSError as exc:
-        warnings.warn(f"could not write the data cache {path} ({exc}); the next run decodes again.", stacklevel=3)
+    except OSError as exc:  # a full or read-only disk included (checkpoint.StorageError): the cache is optional
+        reason = os.strerror(exc.errno) if exc.errno else exc
+        warnings.warn(f"could not write the data cache {path} ({reason}); the next run decodes again.", stacklevel=3)
 
 
 def _read_cache(path: Path, fingerprint: str) -> DecodedImages | None:

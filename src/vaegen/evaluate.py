@@ -12,17 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 
 from vaegen.api import load
 from vaegen.checkpoint import write_text_atomic
-from vaegen.config import TestConfig
+from vaegen.config import SamplerConfig, TestConfig
 from vaegen.data import load_splits
 from vaegen.errors import ConfigError
-from vaegen.fid import build_evaluator, eval_batch_size
+from vaegen.density import fit_model_density
+from vaegen.fid import build_evaluator, eval_batch_size, score_model
 from vaegen.losses import kl_divergence, reconstruction_loss
-from vaegen.plots import image_grid, reconstruction_grid, save_png, to_pil
-from vaegen.samplers import prior_sampler
+from vaegen.plots import image_grid, labelled_rows, reconstruction_grid, save_png
+from vaegen.samplers import per_class_samples
 from vaegen.train import resolve_device, to_input
 
 
@@ -50,6 +50,13 @@ def run_test(cfg: TestConfig) -> TestReport:
             f"the model was trained on classes {model.classes} but {data_cfg.root} has {splits.train.classes}; "
             f"pass the data it was trained on with data_root (or --set data_root=...)."
         )
+    if cfg.sampler == "prior":
+        model.latent_density = None
+    elif cfg.sampler == "gmm" and model.latent_density is None:
+        sampler_cfg = train_cfg.sampler if train_cfg.sampler.name == "gmm" else SamplerConfig(name="gmm")
+        model.latent_density = fit_model_density(
+            model, splits.train, sampler_cfg, train_cfg.train.seed, eval_batch_size(cfg.batch_size, device), device
+        )
     out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint) / "test"
     out.mkdir(parents=True, exist_ok=True)
     split = splits.select(cfg.split)
@@ -64,7 +71,8 @@ def run_test(cfg: TestConfig) -> TestReport:
     files.append(_save(reconstruction_grid(x, model.reconstruct(x, y)), out / "reconstructions.png"))
     files.append(_interpolation(model, split, cfg, device, out / "interpolation.png"))
 
-    metrics = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "num_images": len(split.images)}
+    metrics = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "num_images": len(split.images),
+               "sampler": "prior" if model.latent_density is None else "gmm"}
     metrics.update(_likelihood_terms(model, split, train_cfg.loss.recon, eval_batch_size(cfg.batch_size, device), device))
     if cfg.backbone != "none":
         metrics.update(_distances(model, splits, data_cfg, train_cfg.train.seed, cfg, device))
@@ -84,19 +92,7 @@ def _grid_labels(model, n: int) -> torch.Tensor | None:
 
 def _per_class(model, cfg: TestConfig, path: Path) -> Path:
     """One labelled row per class, the same latent codes in every row."""
-    per_row = cfg.grid
-    z = torch.randn(per_row, model.latent_dim, generator=torch.Generator().manual_seed(cfg.seed)) * cfg.temperature
-    device = next(model.parameters()).device
-    rows = [model.decode(z.to(device), torch.full((per_row,), k, device=device)) for k in range(model.num_classes)]
-    body = to_pil(image_grid(torch.cat(rows), nrow=per_row)).convert("RGB")
-    margin = 8 + 7 * max(len(name) for name in model.classes)
-    page = Image.new("RGB", (body.width + margin, body.height), "white")
-    page.paste(body, (margin, 0))
-    draw = ImageDraw.Draw(page)
-    row_height = (body.height - 2) / model.num_classes
-    for k, name in enumerate(model.classes):
-        draw.text((4, 2 + row_height * (k + 0.5) - 5), name, fill="black")
-    save_png(page, path)
+    save_png(labelled_rows(per_class_samples(model, cfg.grid, cfg.seed, cfg.temperature), model.classes), path)
     return path
 
 
@@ -149,4 +145,4 @@ def _distances(model, splits, data_cfg, seed: int, cfg: TestConfig, device) -> d
         device=device,
     )
     class_weights = torch.bincount(splits.train.labels, minlength=model.num_classes).float()
-    return evaluator.score(prior_sampler(model, cfg.temperature, class_weights), "prior", cfg.temperature)
+    return score_model(evaluator, model, cfg.temperature, class_weights, model.latent_density)

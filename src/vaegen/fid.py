@@ -202,6 +202,23 @@ class Evaluator:
         }
 
 
+def score_model(evaluator: Evaluator, model: nn.Module, temperature: float, class_weights: torch.Tensor | None, density=None) -> dict:
+    """Scores of the model's samples from the prior; with a fitted latent mixture, the mixture's scores
+    under the plain names (fd_x, ...) and the prior's beside them (fd_x_prior, ...), so the gain shows."""
+    from vaegen.samplers import gmm_sampler, prior_sampler
+
+    scores = evaluator.score(prior_sampler(model, temperature, class_weights), "prior", temperature)
+    if density is None:
+        return scores
+    prior_scores = {prior_name(key): value for key, value in scores.items() if key != "protocol"}
+    return {**evaluator.score(gmm_sampler(model, density, temperature, class_weights), "gmm", temperature), **prior_scores}
+
+
+def prior_name(metric: str) -> str:
+    """fd_x -> fd_x_prior, kd_x_std -> kd_x_prior_std."""
+    return f"{metric[:-4]}_prior_std" if metric.endswith("_std") else f"{metric}_prior"
+
+
 def reference_images(splits, reference: str, seed: int, val_fraction: float) -> tuple[torch.Tensor, str]:
     """The real images FID compares against, and the split's name in the cache key."""
     key = "all" if reference == "all" else f"{reference}-seed{seed}-val{val_fraction}"

@@ -159,14 +159,21 @@ class ConvVAE(nn.Module):
         temperature: float = 1.0,
         seed: int | None = None,
     ) -> torch.Tensor:
-        """`n` images in [0, 1] decoded from z ~ N(0, temperature² I); same seed, same images."""
+        """`n` images in [0, 1]; same seed, same images. Codes come from `self.latent_density` (a fitted
+        `vaegen.density.LatentGMM`, set by `vaegen.load` when the checkpoint has one), else z ~ N(0, T² I)."""
         device = self.to_mu.weight.device
         generator = torch.Generator(device="cpu")
         if seed is None:
             generator.seed()
         else:
             generator.manual_seed(seed)
-        z = torch.randn(n, self.latent_dim, generator=generator).to(device) * temperature
+        density = getattr(self, "latent_density", None)
+        if density is not None:
+            if self.is_conditional and labels is None:
+                self._check_labels(None, n)  # the same error as decoding without labels
+            z = density.to(device).sample(n, generator, labels, temperature)
+        else:
+            z = torch.randn(n, self.latent_dim, generator=generator).to(device) * temperature
         return self.decode(z, labels)
 
     @torch.no_grad()

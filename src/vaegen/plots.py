@@ -27,6 +27,21 @@ def to_pil(grid: torch.Tensor):
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
+def labelled_rows(images: torch.Tensor, names: list[str]):
+    """Equal rows of images (len(images) divisible by len(names)), each with its name in a left margin, as RGB PIL."""
+    from PIL import Image, ImageDraw
+
+    body = to_pil(image_grid(images, nrow=len(images) // len(names))).convert("RGB")
+    margin = 8 + 7 * max(len(name) for name in names)  # PIL's default bitmap font is about 6 px per character
+    page = Image.new("RGB", (body.width + margin, body.height), "white")
+    page.paste(body, (margin, 0))
+    draw = ImageDraw.Draw(page)
+    row_height = (body.height - 2) / len(names)
+    for row, name in enumerate(names):
+        draw.text((4, 2 + row_height * (row + 0.5) - 5), name, fill="black")
+    return page
+
+
 def save_png(image, path: Path) -> None:
     """Atomically write a grid tensor (or a PIL image) as PNG."""
     image = to_pil(image) if isinstance(image, torch.Tensor) else image

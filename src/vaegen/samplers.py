@@ -28,3 +28,41 @@ def prior_sampler(model: torch.nn.Module, temperature: float = 1.0, class_weight
         return model.decode(z.to(device), labels)
 
     return sample
+
+
+@torch.no_grad()
+def per_class_samples(model: torch.nn.Module, per_row: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+    """[num_classes * per_row] images, class k in row k. From the prior every row decodes the same
+    `per_row` codes, so the rows differ only by the class; a fitted latent mixture
+    (`model.latent_density`) draws each row's codes from that class's own mixture."""
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    density = getattr(model, "latent_density", None)
+    if density is None:
+        z = torch.randn(per_row, model.latent_dim, generator=generator).to(device) * temperature
+        codes = [z] * model.num_classes
+    else:
+        codes = [density.to(device).sample(per_row, generator, torch.tensor(k), temperature) for k in range(model.num_classes)]
+    rows = [model.decode(z, torch.full((per_row,), k, device=device)) for k, z in enumerate(codes)]
+    return torch.cat(rows)
+
+
+def gmm_sampler(
+    model: torch.nn.Module, density, temperature: float = 1.0, class_weights: torch.Tensor | None = None
+) -> Sampler:
+    """z from a fitted latent mixture (`vaegen.density.LatentGMM`); conditional models draw labels like
+    `prior_sampler` and then a code from that class's mixture."""
+    device = next(model.parameters()).device
+    density = density.to(device)
+    if model.is_conditional and class_weights is None:
+        class_weights = torch.ones(model.num_classes)
+
+    @torch.no_grad()
+    def sample(n: int, generator: torch.Generator) -> torch.Tensor:
+        labels = None
+        if model.is_conditional:
+            labels = torch.multinomial(class_weights.float(), n, replacement=True, generator=generator)
+        z = density.sample(n, generator, labels, temperature)
+        return model.decode(z, None if labels is None else labels.to(device))
+
+    return sample

@@ -7,13 +7,14 @@ metrics.jsonl holds one JSON row per epoch and is the source of truth (curves.pn
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from vaegen.checkpoint import write_text_atomic
+from vaegen.checkpoint import storage_error, write_text_atomic
 from vaegen.config import Config
 
 
@@ -37,8 +38,11 @@ class Tracker:
 
     def log_epoch(self, row: dict) -> None:
         epoch = row["epoch"]
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+        try:
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        except OSError as exc:  # a full disk is one paragraph, like a failed checkpoint write
+            raise storage_error(self.metrics_path, exc) or exc
         for key, value in row.items():
             if key != "epoch" and isinstance(value, (int, float)):
                 self.tensorboard.add_scalar(key.replace("_", "/", 1) if key.startswith(("train_", "val_")) else key, value, epoch)
@@ -75,11 +79,17 @@ def _start_wandb(run_dir: Path, config: Config, run_name: str):
         dir=str(run_dir),
         config=config.model_dump(mode="json"),
     )
+    # wait at most 30 s for the server (W&B's default is 90), unless $WANDB_INIT_TIMEOUT says otherwise
+    timeout = {} if os.environ.get("WANDB_INIT_TIMEOUT") else {"init_timeout": 30}
     try:
-        return wandb.init(mode=config.logging.wandb, settings=wandb.Settings(init_timeout=30), **settings)
+        return wandb.init(mode=config.logging.wandb, settings=wandb.Settings(**timeout), **settings)
     except Exception as exc:
         if config.logging.wandb != "online":
             raise
         # a run must not die because the W&B server is unreachable; sync later with `wandb sync`
-        warnings.warn(f"W&B online logging failed ({exc}); logging offline to {run_dir}/wandb instead.")
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        warnings.warn(
+            f"W&B online logging failed ({reason}); falling back to offline logging in {run_dir}/wandb. "
+            f"Upload it later with `wandb sync {run_dir}/wandb/offline-run-*`."
+        )
         return wandb.init(mode="offline", **settings)

@@ -33,11 +33,11 @@ from vaegen.checkpoint import (
 from vaegen.config import Config
 from vaegen.data import DecodedImages, batches, load_splits, steps_per_epoch, to_device
 from vaegen.errors import CheckpointError, ConfigError, TrainingDiverged
-from vaegen.fid import build_evaluator, metric_names
+from vaegen.density import SAMPLER_FILE, LatentGMM, fit_model_density
+from vaegen.fid import build_evaluator, eval_batch_size, metric_names, score_model
 from vaegen.losses import vae_loss
 from vaegen.models import build_model, count_parameters
 from vaegen.plots import image_grid, plot_curves, reconstruction_grid, save_png
-from vaegen.samplers import prior_sampler
 from vaegen.schedules import build_beta_schedule
 from vaegen.tracking import Tracker, read_metrics
 
@@ -254,13 +254,17 @@ def grid_labels(num_images: int, num_classes: int) -> tuple[torch.Tensor, int]:
 
 
 @torch.no_grad()
-def sample_grid(model, fixed_z: torch.Tensor, device: torch.device) -> torch.Tensor:
+def sample_grid(model, fixed_z: torch.Tensor, device: torch.device, density: LatentGMM | None = None) -> torch.Tensor:
+    """Prior: decodes `fixed_z`. Mixture: the same seeded draws from the mixture at every evaluation."""
     model.eval()
-    if not model.is_conditional:
-        return image_grid(model.decode(fixed_z.to(device)))
-    labels, per_row = grid_labels(len(fixed_z), model.num_classes)
-    z = fixed_z.repeat(math.ceil(len(labels) / len(fixed_z)), 1)[: len(labels)]
-    return image_grid(model.decode(z.to(device), labels.to(device)), nrow=per_row)
+    labels, per_row = grid_labels(len(fixed_z), model.num_classes) if model.is_conditional else (None, None)
+    if density is not None:
+        z = density.to(device).sample(len(fixed_z) if labels is None else len(labels), torch.Generator().manual_seed(0), labels)
+    elif labels is None:
+        z = fixed_z
+    else:
+        z = fixed_z.repeat(math.ceil(len(labels) / len(fixed_z)), 1)[: len(labels)]
+    return image_grid(model.decode(z.to(device), None if labels is None else labels.to(device)), nrow=per_row)
 
 
 @torch.no_grad()
@@ -369,10 +373,11 @@ def train(
             train_stats = train_one_epoch(model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle)
             val_stats = evaluate(model, splits.val, config, beta, device)
             row = {"epoch": epoch, "beta": beta, "lr": optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
-            protocol = None
+            protocol, density = None, None
             if epoch % config.eval.every == 0 or epoch == config.train.epochs:
                 model.eval()
-                samples = sample_grid(model, fixed_z, device)
+                density = fit_density(model, splits.train, config, device)
+                samples = sample_grid(model, fixed_z, device, density)
                 reconstructions = reconstruction_grid_for(model, splits.val, min(32, config.eval.num_grid), device)
                 last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
                 save_png(samples, last_samples)
@@ -380,7 +385,7 @@ def train(
                 tracker.log_image("samples", samples, epoch)
                 tracker.log_image("reconstructions", reconstructions, epoch)
                 if evaluator is not None:
-                    scores = evaluator.score(prior_sampler(model, config.eval.temperature, class_weights), "prior", config.eval.temperature)
+                    scores = score_model(evaluator, model, config.eval.temperature, class_weights, density)
                     protocol = scores.pop("protocol")
                     row.update(scores)
             tracker.log_epoch(row)
@@ -395,7 +400,9 @@ def train(
             improved = value is not None and (best_value is None or value < best_value)  # ties keep the earlier epoch
             if improved:
                 best_epoch, best_value = epoch, value
-                export_best(paths, model, config, classes, row, criterion, protocol, sample_grid(model, fixed_z, device))
+                if density is None:  # selecting on a validation loss can pick an epoch without an evaluation
+                    density = fit_density(model, splits.train, config, device)
+                export_best(paths, model, config, classes, row, criterion, protocol, sample_grid(model, fixed_z, device, density), density)
 
             # a large model's state is hundreds of MB: fast runs may write it less often
             if epoch % config.output.checkpoint_every == 0 or epoch == config.train.epochs:
@@ -434,8 +441,23 @@ def save_checkpoint(
     write_text_atomic(paths.last_checkpoint.parent / "config.yaml", config_yaml)
 
 
+def fit_density(model, data: DecodedImages, config: Config, device: torch.device) -> LatentGMM | None:
+    """`sampler.name: gmm`: the latent mixture, fitted on the training split's posterior means."""
+    if config.sampler.name != "gmm":
+        return None
+    return fit_model_density(model, data, config.sampler, config.train.seed, eval_batch_size(config.eval.batch_size, device), device)
+
+
 def export_best(
-    paths: RunPaths, model, config: Config, classes: list[str], row: dict, criterion: str, protocol: dict | None, samples: torch.Tensor
+    paths: RunPaths,
+    model,
+    config: Config,
+    classes: list[str],
+    row: dict,
+    criterion: str,
+    protocol: dict | None,
+    samples: torch.Tensor,
+    density: LatentGMM | None = None,
 ) -> None:
     """best_models/<run>/: weights first, metrics.json last, so metrics never describe missing weights."""
     import json
@@ -450,6 +472,11 @@ def export_best(
         criterion: row[criterion],
     }
     save_model(paths.best_dir / "model.safetensors", model, metadata)
+    sampler_path = paths.best_dir / SAMPLER_FILE
+    if density is not None:
+        density.save(sampler_path, {"epoch": row["epoch"], "components": config.sampler.components, "fitted_on": "train posterior means"})
+    else:  # a run resumed with another sampler must not leave the old mixture beside new weights
+        sampler_path.unlink(missing_ok=True)
     write_text_atomic(paths.best_dir / "config.yaml", config.to_yaml())
     save_png(samples, paths.best_dir / "samples.png")
     metrics = {
