@@ -137,7 +137,7 @@ def test_bad_choice_names_allowed_values(tmp_path):
     message = error(tmp_path, MINIMAL + "loss:\n  recon: l1\n")
     assert "`loss.recon`" in message
     assert "'l1'" in message
-    assert "'mse' or 'bce'" in message
+    assert "'mse', 'bce' or 'gaussian'" in message
 
 
 def test_image_size_not_divisible_suggests_neighbours(tmp_path):

@@ -52,14 +52,14 @@ def test_reconstruction_is_per_image_sum_averaged_over_batch():
     gen = torch.Generator().manual_seed(1)
     logits = torch.randn(1, 3, 4, 4, generator=gen)
     target = torch.rand(1, 3, 4, 4, generator=gen)
-    for kind in ("mse", "bce"):
+    for kind in ("mse", "bce", "gaussian"):
         one = reconstruction_loss(logits, target, kind)
         many = reconstruction_loss(logits.repeat(5, 1, 1, 1), target.repeat(5, 1, 1, 1), kind)
         assert many.item() == pytest.approx(one.item(), rel=1e-5)
 
 
 def test_unknown_reconstruction_kind_rejected():
-    with pytest.raises(ValueError, match="'mse' or 'bce'"):
+    with pytest.raises(ValueError, match="'mse', 'bce' or 'gaussian'"):
         reconstruction_loss(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), "l1")
 
 
@@ -86,7 +86,7 @@ def test_kl_by_hand_on_tiny_tensor():
     assert kl_divergence(mu, logvar).item() == pytest.approx(by_hand, rel=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["mse", "bce"])
+@pytest.mark.parametrize("kind", ["mse", "bce", "gaussian"])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 4.0])
 def test_vae_loss_total_is_recon_plus_beta_kl(kind, beta):
     gen = torch.Generator().manual_seed(3)
@@ -111,3 +111,27 @@ def test_vae_loss_is_differentiable():
     # d KL / d mu = mu / N for the batch-averaged KL
     assert torch.allclose(mu.grad, mu.detach() / 2)
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_calibrated_gaussian_uses_the_likelihood_maximising_sigma():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, 8, 8, generator=gen)
+    target = torch.rand(4, 3, 8, 8, generator=gen)
+    mean = torch.sigmoid(logits)
+    mse = (mean - target).pow(2).mean().item()
+    pixels = 3 * 8 * 8
+    # at σ² = MSE the NLL per image is D/2 · (1 + log 2π + log MSE)
+    expected = pixels / 2 * (1 + math.log(2 * math.pi) + math.log(mse))
+    assert reconstruction_loss(logits, target, "gaussian").item() == pytest.approx(expected, rel=1e-5)
+
+    def nll_at(sigma: float) -> float:
+        return (((mean - target) ** 2) / (2 * sigma**2) + math.log(sigma) + 0.5 * math.log(2 * math.pi)).sum().item() / 4
+
+    best = math.sqrt(mse)
+    assert expected < min(nll_at(best * 0.9), nll_at(best * 1.1))  # any other σ fits worse
+
+
+def test_calibrated_gaussian_keeps_log_sigma_above_minus_six():
+    target = torch.full((1, 1, 2, 2), 0.5)
+    value = reconstruction_loss(torch.zeros(1, 1, 2, 2), target, "gaussian")  # a perfect reconstruction
+    assert value.item() == pytest.approx(4 * (-6.0 + 0.5 * math.log(2 * math.pi)), rel=1e-6)

@@ -283,3 +283,29 @@ def test_unknown_model_name_rejected_with_registered_list(tmp_path):
     path.write_text("data:\n  root: x\nmodel:\n  name: resnet_vae\n")
     with pytest.raises(ConfigError, match="registered models: conv_vae"):
         load_config(path)
+
+
+def test_residual_blocks_start_as_the_identity():
+    from vaegen.models import ResidualBlock
+
+    block = ResidualBlock(8).train()
+    x = torch.randn(2, 8, 4, 4)
+    assert torch.equal(block(x), x)
+
+
+@pytest.mark.parametrize("conditional", ["none", "onehot", "embedding"])
+def test_res_vae_keeps_the_interface_and_adds_depth(conditional):
+    from vaegen.config import ModelConfig
+    from vaegen.models import ResVAE, build_model, count_parameters
+
+    cfg = ModelConfig(name="res_vae", latent_dim=8, widths=(8, 16), blocks=2, conditional=conditional)
+    model = build_model(cfg, (16, 24), 3, 3)
+    assert isinstance(model, ResVAE)
+    plain = build_model(cfg.model_copy(update={"name": "conv_vae"}), (16, 24), 3, 3)
+    # a block is two 3x3 convolutions and two BatchNorms; each width gets 2 blocks in the encoder and 2 in the decoder
+    per_block = {w: 2 * (9 * w * w + 2 * w) for w in (8, 16)}
+    assert count_parameters(model) - count_parameters(plain) == 2 * 2 * (per_block[8] + per_block[16])
+    labels = None if conditional == "none" else torch.tensor([0, 2])
+    logits, mu, logvar = model(torch.rand(2, 3, 16, 24), labels)
+    assert logits.shape == (2, 3, 16, 24) and mu.shape == logvar.shape == (2, 8)
+    assert model.sample(3, labels=None if conditional == "none" else 1, seed=0).shape == (3, 3, 16, 24)

@@ -53,7 +53,7 @@ def test_train_writes_every_file(tmp_path, capsys):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     assert [row["beta"] for row in rows] == [0.5, 1.0, 1.0]
-    for key in ["train_loss", "train_recon", "train_kl", "train_nelbo", "val_loss", "val_recon", "val_kl", "val_nelbo", "lr", "images_per_s"]:
+    for key in ["train_loss", "train_recon", "train_kl", "train_nelbo", "val_loss", "val_recon", "val_kl", "val_nelbo", "val_mse", "lr", "images_per_s"]:
         assert all(row[key] == row[key] and row[key] >= 0 for row in rows), key
     assert rows[0]["train_loss"] == pytest.approx(rows[0]["train_recon"] + 0.5 * rows[0]["train_kl"], rel=1e-5)
 

@@ -56,6 +56,7 @@ class ModelConfig(Section):
     latent_dim: int = Field(128, ge=1)
     widths: tuple[int, ...] = Field((64, 128, 256, 512), min_length=1)
     conditional: Literal["none", "onehot", "embedding"] = "none"
+    blocks: int = Field(2, ge=1, description="res_vae only: residual blocks after each change of resolution")
 
     @field_validator("widths")
     @classmethod
@@ -75,7 +76,8 @@ class ModelConfig(Section):
 
 
 class LossConfig(Section):
-    recon: Literal["mse", "bce"] = "mse"
+    # gaussian: σ-VAE, a Gaussian likelihood whose σ is set optimally per batch (calibrated decoder)
+    recon: Literal["mse", "bce", "gaussian"] = "mse"
 
 
 class BetaConfig(Section):
@@ -111,6 +113,9 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere")
     channels_last: Literal["auto"] | bool = Field("auto", description="auto = on for CUDA")
     compile: Literal["auto"] | bool = Field("auto", description="torch.compile the training step; auto = on for CUDA")
+    ema: float | None = Field(
+        None, gt=0.0, lt=1.0, description="decay of a moving average of the weights used to evaluate and export (e.g. 0.999); null = off"
+    )
 
 
 class SamplerConfig(Section):
@@ -121,6 +126,17 @@ class SamplerConfig(Section):
     name: Literal["prior", "gmm"] = "prior"
     components: int = Field(10, ge=1, description="mixture components (per class for conditional models)")
     covariance: Literal["full", "diag"] = "full"
+
+
+class AdversarialConfig(Section):
+    """VAE-GAN refinement: a patch discriminator trained from scratch; its term is weighted adaptively."""
+
+    enabled: bool = False
+    loss: Literal["hinge", "non_saturating"] = "hinge"
+    start_epoch: int = Field(5, ge=1, description="first epoch with the adversarial term; the decoder learns alone before it")
+    weight: float = Field(0.5, gt=0.0, description="factor on the adaptive weight (gradient-norm ratio at the decoder's last layer)")
+    lr: float = Field(2e-4, gt=0.0, description="the discriminator's Adam learning rate")
+    widths: tuple[int, ...] = Field((64, 128, 256), min_length=1, description="discriminator channels per stride-2 layer")
 
 
 BACKBONE_NAMES = ("auto", "inception", "inception-64", "efficientnet-lite0", "none")
@@ -165,6 +181,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     sampler: SamplerConfig = SamplerConfig()
+    adversarial: AdversarialConfig = AdversarialConfig()
     logging: LoggingConfig = LoggingConfig()
     output: OutputConfig = OutputConfig()
 

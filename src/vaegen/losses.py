@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -21,9 +22,21 @@ def reconstruction_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -
     elif kind == "bce":
         # from logits: numerically stable where sigmoid saturates
         per_batch = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+    elif kind == "gaussian":
+        per_batch = calibrated_gaussian_nll(torch.sigmoid(logits), target)
     else:
-        raise ValueError(f"unknown reconstruction loss {kind!r}; use 'mse' or 'bce'")
+        raise ValueError(f"unknown reconstruction loss {kind!r}; use 'mse', 'bce' or 'gaussian'")
     return per_batch / target.shape[0]
+
+
+def calibrated_gaussian_nll(mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """σ-VAE (Rybkin et al. 2021): the negative log-likelihood of N(mean, σ² I) with the σ that
+    maximises it for this batch, σ² = the batch's mean squared error. MSE with a fixed weight
+    assumes σ; calibrating it lets the likelihood itself set the recon/KL balance that β is
+    otherwise hand-tuned for. Summed over the batch; log σ is kept above -6 as in the paper."""
+    squared = (mean - target).pow(2)
+    log_sigma = (0.5 * squared.mean().log()).clamp(min=-6.0)
+    return (squared * torch.exp(-2.0 * log_sigma) / 2.0 + log_sigma + 0.5 * math.log(2.0 * math.pi)).sum()
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

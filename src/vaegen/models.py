@@ -83,10 +83,7 @@ class ConvVAE(nn.Module):
 
         label_planes = num_classes if cfg.conditional == "onehot" else 0
         in_widths = [channels + label_planes] + widths[:-1]
-        self.encoder = nn.Sequential(
-            *[_down(i, o, norm=index > 0) for index, (i, o) in enumerate(zip(in_widths, widths))],
-            nn.Flatten(),
-        )
+        self.encoder = nn.Sequential(*self._encoder_stages(in_widths, widths, cfg), nn.Flatten())
         self.to_mu = nn.Linear(flat, cfg.latent_dim)
         self.to_logvar = nn.Linear(flat, cfg.latent_dim)
 
@@ -94,9 +91,20 @@ class ConvVAE(nn.Module):
         self.from_latent = nn.Linear(cfg.latent_dim + label_planes, flat)
         reversed_widths = widths[::-1]
         self.decoder = nn.Sequential(
-            *[_up(i, o) for i, o in zip(reversed_widths[:-1], reversed_widths[1:])],
+            *self._decoder_stages(reversed_widths, cfg),
             nn.ConvTranspose2d(widths[0], channels, 4, stride=2, padding=1),
         )
+
+    def _encoder_stages(self, in_widths: list[int], widths: list[int], cfg: ModelConfig) -> list[nn.Module]:
+        return [_down(i, o, norm=index > 0) for index, (i, o) in enumerate(zip(in_widths, widths))]
+
+    def _decoder_stages(self, reversed_widths: list[int], cfg: ModelConfig) -> list[nn.Module]:
+        return [_up(i, o) for i, o in zip(reversed_widths[:-1], reversed_widths[1:])]
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The weight of the layer that produces the images (the adaptive adversarial weight is measured there)."""
+        return self.decoder[-1].weight
 
     @property
     def is_conditional(self) -> bool:
@@ -181,3 +189,39 @@ class ConvVAE(nn.Module):
         """Decode the posterior mean: the model's deterministic reconstruction of `x`."""
         mu, _ = self.encode(x, labels)
         return self.decode(mu, labels)
+
+
+class ResidualBlock(nn.Module):
+    """x + f(x), f = two pre-activation 3x3 convolutions. The second starts at zero, so a new block
+    is the identity and a deep stack trains like the shallow network it extends."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1, bias=False),
+        )
+        nn.init.zeros_(self.body[-1].weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+@register_model("res_vae")
+class ResVAE(ConvVAE):
+    """ConvVAE with `model.blocks` residual blocks after every change of resolution: more depth
+    (capacity) at each scale for the same bottleneck, conditioning and interface."""
+
+    def _encoder_stages(self, in_widths: list[int], widths: list[int], cfg: ModelConfig) -> list[nn.Module]:
+        stages = []
+        for stage in super()._encoder_stages(in_widths, widths, cfg):
+            width = stage[0].out_channels
+            stages += [stage, *(ResidualBlock(width) for _ in range(cfg.blocks))]
+        return stages
+
+    def _decoder_stages(self, reversed_widths: list[int], cfg: ModelConfig) -> list[nn.Module]:
+        stages = [*(ResidualBlock(reversed_widths[0]) for _ in range(cfg.blocks))]
+        for stage in super()._decoder_stages(reversed_widths, cfg):
+            width = stage[0].out_channels
+            stages += [stage, *(ResidualBlock(width) for _ in range(cfg.blocks))]
+        return stages

@@ -30,10 +30,12 @@ from vaegen.checkpoint import (
     save_training_state,
     write_text_atomic,
 )
+from vaegen.adversarial import Adversary
 from vaegen.config import Config
 from vaegen.data import DecodedImages, batches, load_splits, steps_per_epoch, to_device
 from vaegen.errors import CheckpointError, ConfigError, TrainingDiverged
 from vaegen.density import SAMPLER_FILE, LatentGMM, fit_model_density
+from vaegen.ema import EMA
 from vaegen.fid import build_evaluator, eval_batch_size, metric_names, score_model
 from vaegen.losses import vae_loss
 from vaegen.models import build_model, count_parameters
@@ -157,18 +159,29 @@ def train_step(
     options: StepOptions,
     beta: float,
     device: torch.device,
+    ema: EMA | None = None,
+    adversary: Adversary | None = None,
 ) -> torch.Tensor:
-    """One optimizer step on batch x in [0, 1]; returns (total, recon, KL) on the device, never synced."""
+    """One optimizer step on batch x in [0, 1]; returns (total, recon, KL) on the device, never synced.
+    With an `adversary` (after its warm-up) the decoder also learns to fool it, and it takes its own step."""
     with autocast(options, device):
         logits, mu, logvar = step_model(x, y)
     terms = vae_loss(logits.float(), x, mu.float(), logvar.float(), beta, config.loss.recon)
+    objective = terms.total
+    if adversary is not None:
+        fake = torch.sigmoid(logits.float())
+        objective = objective + adversary.generator_term(fake, terms.recon, model.last_layer)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(terms.total).backward()  # the scaler is a no-op unless precision is fp16
+    scaler.scale(objective).backward()  # the scaler is a no-op unless precision is fp16
     if config.optim.grad_clip is not None:
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
     scaler.step(optimizer)
     scaler.update()
+    if ema is not None:
+        ema.update(model)
+    if adversary is not None:
+        adversary.discriminator_step(x, fake)
     return torch.stack([t.detach() for t in terms])
 
 
@@ -184,6 +197,8 @@ def train_one_epoch(
     epoch: int,
     device: torch.device,
     shuffle: torch.Generator,
+    ema: EMA | None = None,
+    adversary: Adversary | None = None,
 ) -> dict[str, float]:
     """One pass over the training split. `step_model` is `model`, compiled when options.compile."""
     model.train()
@@ -200,7 +215,7 @@ def train_one_epoch(
     ):
         x = to_input(images_u8, device, options.channels_last)
         y = labels.to(device) if conditional else None
-        terms = train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device)
+        terms = train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device, ema, adversary)
         sums += terms * len(x)
         seen += len(x)
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(terms[0]), step, first_bad_step)
@@ -214,22 +229,25 @@ def train_one_epoch(
     progress.close()
     total, recon, kl = (sums / seen).tolist()
     elapsed = time.perf_counter() - start
-    return {"train_loss": total, "train_recon": recon, "train_kl": kl, "train_nelbo": recon + kl, "images_per_s": seen / elapsed}
+    adversarial = adversary.epoch_stats() if adversary is not None else {}
+    return {"train_loss": total, "train_recon": recon, "train_kl": kl, "train_nelbo": recon + kl, **adversarial, "images_per_s": seen / elapsed}
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: DecodedImages, config: Config, beta: float, device: torch.device) -> dict:
-    """Validation loss with fixed noise: comparable across epochs, and it never touches the training RNG."""
+    """Validation loss with fixed noise: comparable across epochs, and it never touches the training RNG.
+    val_mse (squared error per image of the posterior-mean reconstruction) compares runs whatever their loss."""
     model.eval()
     noise = torch.Generator(device=device).manual_seed(config.train.seed + 1)
-    sums = torch.zeros(3, device=device)
+    sums = torch.zeros(4, device=device)
     for images_u8, labels in batches(data, config.train.batch_size):
         x = to_input(images_u8, device)
         y = labels.to(device) if model.is_conditional else None
         logits, mu, logvar = model(x, y, generator=noise)
-        sums += torch.stack(vae_loss(logits, x, mu, logvar, beta, config.loss.recon)) * len(x)
-    total, recon, kl = (sums / len(data.images)).tolist()
-    return {"val_loss": total, "val_recon": recon, "val_kl": kl, "val_nelbo": recon + kl}
+        squared_error = (model.decode(mu, y) - x).pow(2).sum() / len(x)
+        sums += torch.stack([*vae_loss(logits, x, mu, logvar, beta, config.loss.recon), squared_error]) * len(x)
+    total, recon, kl, mse = (sums / len(data.images)).tolist()
+    return {"val_loss": total, "val_recon": recon, "val_kl": kl, "val_nelbo": recon + kl, "val_mse": mse}
 
 
 def _diverged(config: Config, epoch: int, step: int, beta: float) -> TrainingDiverged:
@@ -317,6 +335,8 @@ def train(
     optimizer = build_optimizer(config, model, fused=options.fused_optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
     step_model = compile_step(model, options)
+    # built before a resume restores the RNG streams: its initialisation draws from them
+    adversary = Adversary(config.adversarial, config.data.channels, device) if config.adversarial.enabled else None
     beta_at = build_beta_schedule(config.beta)
     shuffle = torch.Generator().manual_seed(config.train.seed)
     say(f"model: {config.model.name} ({config.model.conditional} conditioning), {count_parameters(model):,} parameters, on {device} ({options.describe()})")
@@ -343,7 +363,7 @@ def train(
             f"({evaluator.backbone.name} features); best checkpoint by {criterion}"
         )
 
-    start_epoch, best_epoch, best_value = 0, None, None
+    start_epoch, best_epoch, best_value, resumed_ema = 0, None, None, None
     if resume:
         state = load_training_state(paths.last_checkpoint)
         _check_same_data(state, classes, paths)
@@ -357,9 +377,18 @@ def train(
         start_epoch = state["epoch"]
         if state.get("best_criterion") == criterion:
             best_epoch, best_value = state["best_epoch"], state["best_value"]
+        resumed_ema = state.get("ema")
+        if adversary is not None and "adversary" in state:
+            adversary.load_state_dict(state["adversary"])
         say(f"resumed {paths.run_dir} at epoch {start_epoch} (best {criterion} {best_value} at epoch {best_epoch})")
         if start_epoch >= config.train.epochs:
             say(f"nothing to do: the run already has {start_epoch} of train.epochs={config.train.epochs}; raise it with --set train.epochs=N")
+
+    # the weight average evaluates and ships in place of the live weights (train.ema)
+    ema = EMA(model, config.train.ema) if config.train.ema else None
+    if ema is not None and resume and resumed_ema is not None:
+        ema.load_state_dict(resumed_ema)
+    eval_model = ema.module if ema is not None else model
 
     config_yaml = config.to_yaml()
     write_text_atomic(paths.run_dir / "config.yaml", config_yaml)
@@ -370,22 +399,25 @@ def train(
     try:
         for epoch in range(start_epoch + 1, config.train.epochs + 1):
             beta = beta_at(epoch)
-            train_stats = train_one_epoch(model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle)
-            val_stats = evaluate(model, splits.val, config, beta, device)
+            adversary_now = adversary if adversary is not None and epoch >= config.adversarial.start_epoch else None
+            train_stats = train_one_epoch(
+                model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle, ema, adversary_now
+            )
+            val_stats = evaluate(eval_model, splits.val, config, beta, device)
             row = {"epoch": epoch, "beta": beta, "lr": optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
             protocol, density = None, None
             if epoch % config.eval.every == 0 or epoch == config.train.epochs:
-                model.eval()
-                density = fit_density(model, splits.train, config, device)
-                samples = sample_grid(model, fixed_z, device, density)
-                reconstructions = reconstruction_grid_for(model, splits.val, min(32, config.eval.num_grid), device)
+                eval_model.eval()
+                density = fit_density(eval_model, splits.train, config, device)
+                samples = sample_grid(eval_model, fixed_z, device, density)
+                reconstructions = reconstruction_grid_for(eval_model, splits.val, min(32, config.eval.num_grid), device)
                 last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
                 save_png(samples, last_samples)
                 save_png(reconstructions, paths.run_dir / f"recon_epoch{epoch:04d}.png")
                 tracker.log_image("samples", samples, epoch)
                 tracker.log_image("reconstructions", reconstructions, epoch)
                 if evaluator is not None:
-                    scores = score_model(evaluator, model, config.eval.temperature, class_weights, density)
+                    scores = score_model(evaluator, eval_model, config.eval.temperature, class_weights, density)
                     protocol = scores.pop("protocol")
                     row.update(scores)
             tracker.log_epoch(row)
@@ -401,12 +433,14 @@ def train(
             if improved:
                 best_epoch, best_value = epoch, value
                 if density is None:  # selecting on a validation loss can pick an epoch without an evaluation
-                    density = fit_density(model, splits.train, config, device)
-                export_best(paths, model, config, classes, row, criterion, protocol, sample_grid(model, fixed_z, device, density), density)
+                    density = fit_density(eval_model, splits.train, config, device)
+                export_best(paths, eval_model, config, classes, row, criterion, protocol, sample_grid(eval_model, fixed_z, device, density), density)
 
             # a large model's state is hundreds of MB: fast runs may write it less often
             if epoch % config.output.checkpoint_every == 0 or epoch == config.train.epochs:
-                save_checkpoint(paths, config_yaml, epoch, model, optimizer, scaler, shuffle, criterion, best_epoch, best_value, classes)
+                save_checkpoint(
+                    paths, config_yaml, epoch, model, optimizer, scaler, shuffle, criterion, best_epoch, best_value, classes, ema, adversary
+                )
             if on_epoch is not None:
                 tracker.flush()  # a sweep's scheduler may end this process inside the callback
                 on_epoch(row, improved)
@@ -421,11 +455,14 @@ def train(
 def save_checkpoint(
     paths: RunPaths, config_yaml: str, epoch: int, model, optimizer, scaler, shuffle: torch.Generator,
     criterion: str, best_epoch: int | None, best_value: float | None, classes: list[str],
+    ema: EMA | None = None, adversary: Adversary | None = None,
 ) -> None:
     """checkpoints/last.pt: everything `--resume` needs to continue exactly."""
     save_training_state(
         paths.last_checkpoint,
         {
+            **({"ema": ema.state_dict()} if ema is not None else {}),
+            **({"adversary": adversary.state_dict()} if adversary is not None else {}),
             "format": 1,
             "epoch": epoch,
             "model": model.state_dict(),
