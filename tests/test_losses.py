@@ -135,3 +135,39 @@ def test_calibrated_gaussian_keeps_log_sigma_above_minus_six():
     target = torch.full((1, 1, 2, 2), 0.5)
     value = reconstruction_loss(torch.zeros(1, 1, 2, 2), target, "gaussian")  # a perfect reconstruction
     assert value.item() == pytest.approx(4 * (-6.0 + 0.5 * math.log(2 * math.pi)), rel=1e-6)
+
+
+def test_a_perceptual_loss_on_the_evaluation_backbone_is_refused(tmp_path):
+    from test_train import tiny_config
+    from vaegen.cli import main
+    from vaegen.config import load_config
+    from vaegen.errors import ConfigError
+
+    explicit = tiny_config(tmp_path / "a", loss={"perceptual": "efficientnet-lite0"}, eval={"backbone": "efficientnet-lite0"},
+                           output={"select": "fid"})
+    with pytest.raises(ConfigError, match="loss.perceptual uses efficientnet-lite0, which is also the network that computes"):
+        load_config(explicit)
+    assert main(["train", "--config", str(explicit)]) == 2
+
+    # `auto` is refused once it resolves (offline: to efficientnet-lite0), before any training
+    auto = tiny_config(tmp_path / "b", loss={"perceptual": "efficientnet-lite0"}, eval={"backbone": "auto"}, output={"select": "fid"})
+    load_config(auto)
+    import vaegen.backbones
+
+    if vaegen.backbones.resolve_backbone_name("auto") != "efficientnet-lite0":
+        pytest.skip("the Inception weights are present here, so auto resolves to another network")
+    assert main(["train", "--config", str(auto)]) == 2
+    assert not (tmp_path / "b" / "logs" / "tiny" / "checkpoints").exists()
+
+
+def test_perceptual_loss_is_zero_at_the_target_and_trains_the_reconstruction():
+    from vaegen.perceptual import PerceptualLoss
+
+    loss = PerceptualLoss("efficientnet-lite0", weight=2.0, device=torch.device("cpu"))
+    target = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert loss(target.clone(), target).item() == pytest.approx(0.0, abs=1e-6)
+    reconstruction = torch.full_like(target, 0.5, requires_grad=True)
+    value = loss(reconstruction, target)
+    value.backward()
+    assert value.item() > 0 and reconstruction.grad.abs().sum().item() > 0
+    assert not any(p.requires_grad for p in loss.backbone.parameters())

@@ -78,6 +78,10 @@ class ModelConfig(Section):
 class LossConfig(Section):
     # gaussian: σ-VAE, a Gaussian likelihood whose σ is set optimally per batch (calibrated decoder)
     recon: Literal["mse", "bce", "gaussian"] = "mse"
+    perceptual: Literal["none", "efficientnet-lite0", "inception"] = Field(
+        "none", description="add a feature distance on this frozen ImageNet network; never the eval.backbone"
+    )
+    perceptual_weight: float = Field(1.0, gt=0.0)
 
 
 class BetaConfig(Section):
@@ -207,6 +211,11 @@ class Config(Section):
                 "output.select is fid but eval.backbone is none, so no FID is measured; choose a backbone "
                 "(auto, efficientnet-lite0, inception) or select on val_nelbo"
             )
+        from vaegen.perceptual import evaluation_network_problem
+
+        problem = evaluation_network_problem(self.loss.perceptual, self.eval.backbone)  # "auto" is checked once resolved, in train
+        if problem:
+            raise ValueError(problem)
         if self.eval.reference == "val" and self.data.val_fraction == 0:
             raise ValueError("eval.reference is val but data.val_fraction is 0; use eval.reference: train or all")
         return self

@@ -16,10 +16,11 @@ import torch
 from vaegen.api import load
 from vaegen.checkpoint import write_text_atomic
 from vaegen.config import SamplerConfig, TestConfig
-from vaegen.data import load_splits
-from vaegen.errors import ConfigError
+from vaegen.data import default_cache_dir, load_splits
 from vaegen.density import fit_model_density
+from vaegen.errors import ConfigError
 from vaegen.fid import build_evaluator, eval_batch_size, score_model
+from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.losses import kl_divergence, reconstruction_loss
 from vaegen.plots import image_grid, labelled_rows, reconstruction_grid, save_png
 from vaegen.samplers import per_class_samples
@@ -76,6 +77,10 @@ def run_test(cfg: TestConfig) -> TestReport:
     metrics.update(_likelihood_terms(model, split, train_cfg.loss.recon, eval_batch_size(cfg.batch_size, device), device))
     if cfg.backbone != "none":
         metrics.update(_distances(model, splits, data_cfg, train_cfg.train.seed, cfg, device))
+    if model.is_conditional and model.num_classes > 1:
+        classifier = load_or_train_classifier(splits.train, model.num_classes, data_cfg.cache_dir or default_cache_dir(), device, train_cfg.train.seed)
+        metrics.update(conditional_fidelity(classifier, model, model.classes, 100, cfg.seed, cfg.temperature, model.latent_density))
+        metrics[f"classifier_{cfg.split}_accuracy"] = label_agreement(classifier, split.images, split.labels)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     files.append(out / "metrics.json")
     return TestReport(out, metrics, files)

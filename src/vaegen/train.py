@@ -32,13 +32,15 @@ from vaegen.checkpoint import (
 )
 from vaegen.adversarial import Adversary
 from vaegen.config import Config
-from vaegen.data import DecodedImages, batches, load_splits, steps_per_epoch, to_device
+from vaegen.data import DecodedImages, batches, default_cache_dir, load_splits, steps_per_epoch, to_device
 from vaegen.errors import CheckpointError, ConfigError, TrainingDiverged
 from vaegen.density import SAMPLER_FILE, LatentGMM, fit_model_density
 from vaegen.ema import EMA
 from vaegen.fid import build_evaluator, eval_batch_size, metric_names, score_model
+from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.losses import vae_loss
 from vaegen.models import build_model, count_parameters
+from vaegen.perceptual import PerceptualLoss, evaluation_network_problem
 from vaegen.plots import image_grid, plot_curves, reconstruction_grid, save_png
 from vaegen.schedules import build_beta_schedule
 from vaegen.tracking import Tracker, read_metrics
@@ -161,15 +163,19 @@ def train_step(
     device: torch.device,
     ema: EMA | None = None,
     adversary: Adversary | None = None,
+    perceptual: PerceptualLoss | None = None,
 ) -> torch.Tensor:
     """One optimizer step on batch x in [0, 1]; returns (total, recon, KL) on the device, never synced.
-    With an `adversary` (after its warm-up) the decoder also learns to fool it, and it takes its own step."""
+    With an `adversary` (after its warm-up) the decoder also learns to fool it, and it takes its own step;
+    a `perceptual` term adds a frozen network's feature distance to the objective."""
     with autocast(options, device):
         logits, mu, logvar = step_model(x, y)
     terms = vae_loss(logits.float(), x, mu.float(), logvar.float(), beta, config.loss.recon)
     objective = terms.total
+    fake = torch.sigmoid(logits.float())
+    if perceptual is not None:
+        objective = objective + perceptual(fake, x)
     if adversary is not None:
-        fake = torch.sigmoid(logits.float())
         objective = objective + adversary.generator_term(fake, terms.recon, model.last_layer)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(objective).backward()  # the scaler is a no-op unless precision is fp16
@@ -199,6 +205,7 @@ def train_one_epoch(
     shuffle: torch.Generator,
     ema: EMA | None = None,
     adversary: Adversary | None = None,
+    perceptual: PerceptualLoss | None = None,
 ) -> dict[str, float]:
     """One pass over the training split. `step_model` is `model`, compiled when options.compile."""
     model.train()
@@ -215,7 +222,7 @@ def train_one_epoch(
     ):
         x = to_input(images_u8, device, options.channels_last)
         y = labels.to(device) if conditional else None
-        terms = train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device, ema, adversary)
+        terms = train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device, ema, adversary, perceptual)
         sums += terms * len(x)
         seen += len(x)
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(terms[0]), step, first_bad_step)
@@ -354,7 +361,15 @@ def train(
         seed=config.train.seed,
         device=device,
     )
+    problem = evaluation_network_problem(config.loss.perceptual, evaluator.backbone.name if evaluator is not None else None)
+    if problem:
+        raise ConfigError(problem + ".")
+    perceptual = PerceptualLoss(config.loss.perceptual, config.loss.perceptual_weight, device) if config.loss.perceptual != "none" else None
     class_weights = torch.bincount(splits.train.labels, minlength=len(classes)).float()
+    # conditional models: a classifier trained once on the real images checks that samples show their class
+    classifier = None
+    if model.is_conditional and len(classes) > 1:
+        classifier = load_or_train_classifier(splits.train, len(classes), config.data.cache_dir or default_cache_dir(), device, config.train.seed)
     criterion = metric_names(evaluator.backbone.name)[0] if config.output.select == "fid" else config.output.select
     if evaluator is not None:
         say(
@@ -401,7 +416,7 @@ def train(
             beta = beta_at(epoch)
             adversary_now = adversary if adversary is not None and epoch >= config.adversarial.start_epoch else None
             train_stats = train_one_epoch(
-                model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle, ema, adversary_now
+                model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle, ema, adversary_now, perceptual
             )
             val_stats = evaluate(eval_model, splits.val, config, beta, device)
             row = {"epoch": epoch, "beta": beta, "lr": optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
@@ -420,6 +435,10 @@ def train(
                     scores = score_model(evaluator, eval_model, config.eval.temperature, class_weights, density)
                     protocol = scores.pop("protocol")
                     row.update(scores)
+                if classifier is not None:
+                    row.update(conditional_fidelity(classifier, eval_model, classes, 100, config.train.seed, config.eval.temperature, density))
+                    if len(splits.val.images):  # the ceiling: how well it tells real validation images apart
+                        row["classifier_val_accuracy"] = label_agreement(classifier, splits.val.images, splits.val.labels)
             tracker.log_epoch(row)
             say(
                 f"epoch {epoch:>3}/{config.train.epochs}  β {beta:.3g}  train {train_stats['train_loss']:.2f} "
