@@ -123,11 +123,21 @@ def cmd_test(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from vaegen.train import RunPaths, train
+    from vaegen import distributed
+    from vaegen.train import train
 
     config, paths, resume = resolve_run(args)
+    if distributed.launched_by_torchrun():  # one run folder for every process (new names carry the time)
+        distributed.init(config.train.device)
+        paths = distributed.broadcast(paths)
     started = time.perf_counter()
-    result = train(config, paths, resume=resume)
+    main_process = distributed.is_main()
+    try:
+        result = train(config, paths, resume=resume)
+    finally:
+        distributed.finish()
+    if not main_process:
+        return 0
     seconds = time.perf_counter() - started
     print(f"\ndone: {result.epochs_run} epoch(s) in {seconds:.0f} s")
     if result.best_epoch is not None:

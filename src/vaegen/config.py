@@ -117,6 +117,7 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere")
     channels_last: Literal["auto"] | bool = Field("auto", description="auto = on for CUDA")
     compile: Literal["auto"] | bool = Field("auto", description="torch.compile the training step; auto = on for CUDA")
+    sync_batchnorm: bool = Field(False, description="under torchrun: BatchNorm statistics over the global batch, not each process's share")
     ema: float | None = Field(
         None, gt=0.0, lt=1.0, description="decay of a moving average of the weights used to evaluate and export (e.g. 0.999); null = off"
     )

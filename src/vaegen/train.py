@@ -22,7 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 import vaegen
+from vaegen import distributed
 from vaegen.accel import StepOptions, autocast, compile_step, resolve_step_options
+from vaegen.adversarial import Adversary
 from vaegen.checkpoint import (
     load_state_checked,
     load_training_state,
@@ -30,12 +32,11 @@ from vaegen.checkpoint import (
     save_training_state,
     write_text_atomic,
 )
-from vaegen.adversarial import Adversary
 from vaegen.config import Config
 from vaegen.data import DecodedImages, batches, default_cache_dir, load_splits, steps_per_epoch, to_device
-from vaegen.errors import CheckpointError, ConfigError, TrainingDiverged
 from vaegen.density import SAMPLER_FILE, LatentGMM, fit_model_density
 from vaegen.ema import EMA
+from vaegen.errors import CheckpointError, ConfigError, TrainingDiverged
 from vaegen.fid import build_evaluator, eval_batch_size, metric_names, score_model
 from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.losses import vae_loss
@@ -220,6 +221,7 @@ def train_one_epoch(
     for step, (images_u8, labels) in enumerate(
         batches(data, config.train.batch_size, generator=shuffle, hflip=config.data.hflip), start=1
     ):
+        images_u8, labels = distributed.shard(images_u8, labels)  # under torchrun: this process's share
         x = to_input(images_u8, device, options.channels_last)
         y = labels.to(device) if conditional else None
         terms = train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device, ema, adversary, perceptual)
@@ -227,13 +229,15 @@ def train_one_epoch(
         seen += len(x)
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(terms[0]), step, first_bad_step)
         if step % config.train.log_every == 0 or step == total_steps:
-            bad = int(first_bad_step)
+            bad = int(distributed.all_reduce_max(first_bad_step))  # every process stops at the same step
             if bad >= 0:
                 progress.close()
                 raise _diverged(config, epoch, bad, beta)
             progress.set_postfix(loss=f"{float(sums[0]) / seen:.2f}")
         progress.update(1)
     progress.close()
+    totals = distributed.all_reduce_sum(torch.cat([sums, torch.tensor([float(seen)], device=device)]))
+    sums, seen = totals[:3], float(totals[3])
     total, recon, kl = (sums / seen).tolist()
     elapsed = time.perf_counter() - start
     adversarial = adversary.epoch_stats() if adversary is not None else {}
@@ -317,10 +321,16 @@ def train(
     epoch's metrics row and whether it just became the best model (a sweep reports to Ray
     Tune through it). `echo=False` keeps the per-epoch lines out of stdout (train.log has them).
     """
-    device = resolve_device(config.train.device)
+    distributed.init(config.train.device)
+    device = distributed.device_for(resolve_device(config.train.device))
+    main_process = distributed.is_main()  # under torchrun only process 0 evaluates, logs and writes
+    distributed.check_batch(config.train.batch_size)
+    if config.adversarial.enabled and distributed.world_size() > 1:
+        raise ConfigError("adversarial.enabled is not supported under torchrun yet; train the VAE-GAN in one process.")
     paths.run_dir.mkdir(parents=True, exist_ok=True)
-    say = Console(paths.run_dir / "train.log", echo)
-    seed_everything(config.train.seed)
+    say = Console(paths.run_dir / "train.log", echo) if main_process else (lambda message: None)
+    # the shared batch order comes from its own generator; the reparameterisation noise differs per process
+    seed_everything(config.train.seed + distributed.rank())
 
     # data: decoded once (cached), split deterministically
     splits = load_splits(config.data, config.train.seed)
@@ -341,7 +351,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, model, fused=options.fused_optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
-    step_model = compile_step(model, options)
+    step_model = compile_step(distributed.wrap(model, device, config.train.sync_batchnorm), options)
     # built before a resume restores the RNG streams: its initialisation draws from them
     adversary = Adversary(config.adversarial, config.data.channels, device) if config.adversarial.enabled else None
     beta_at = build_beta_schedule(config.beta)
@@ -349,7 +359,7 @@ def train(
     say(f"model: {config.model.name} ({config.model.conditional} conditioning), {count_parameters(model):,} parameters, on {device} ({options.describe()})")
 
     # FID/KID: the backbone and the real features are set up once; the features are cached on disk
-    evaluator = build_evaluator(
+    evaluator = None if not main_process else build_evaluator(
         backbone=config.eval.backbone,
         inception_weights=config.eval.inception_weights,
         reference=config.eval.reference,
@@ -368,9 +378,11 @@ def train(
     class_weights = torch.bincount(splits.train.labels, minlength=len(classes)).float()
     # conditional models: a classifier trained once on the real images checks that samples show their class
     classifier = None
-    if model.is_conditional and len(classes) > 1:
+    if model.is_conditional and len(classes) > 1 and main_process:
         classifier = load_or_train_classifier(splits.train, len(classes), config.data.cache_dir or default_cache_dir(), device, config.train.seed)
-    criterion = metric_names(evaluator.backbone.name)[0] if config.output.select == "fid" else config.output.select
+    criterion = config.output.select
+    if config.output.select == "fid" and evaluator is not None:
+        criterion = metric_names(evaluator.backbone.name)[0]
     if evaluator is not None:
         say(
             f"evaluation every {config.eval.every} epoch(s): {', '.join(metric_names(evaluator.backbone.name))} of "
@@ -406,8 +418,10 @@ def train(
     eval_model = ema.module if ema is not None else model
 
     config_yaml = config.to_yaml()
-    write_text_atomic(paths.run_dir / "config.yaml", config_yaml)
-    tracker = Tracker(paths.run_dir, config, paths.name, start_epoch)
+    tracker = None
+    if main_process:
+        write_text_atomic(paths.run_dir / "config.yaml", config_yaml)
+        tracker = Tracker(paths.run_dir, config, paths.name, start_epoch)
     # the same latent vectors every evaluation, so sample grids show progress rather than noise
     fixed_z = torch.randn(config.eval.num_grid, config.model.latent_dim, generator=torch.Generator().manual_seed(config.train.seed + 2))
     last_samples = None
@@ -418,6 +432,8 @@ def train(
             train_stats = train_one_epoch(
                 model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle, ema, adversary_now, perceptual
             )
+            if not main_process:
+                continue  # the others wait for process 0 in the next epoch's first gradient all-reduce
             val_stats = evaluate(eval_model, splits.val, config, beta, device)
             row = {"epoch": epoch, "beta": beta, "lr": optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
             protocol, density = None, None
@@ -464,10 +480,11 @@ def train(
                 tracker.flush()  # a sweep's scheduler may end this process inside the callback
                 on_epoch(row, improved)
     finally:
-        tracker.close()
-        rows = read_metrics(paths.run_dir / "metrics.jsonl")
-        if rows:
-            plot_curves(rows, paths.run_dir / "curves.png", title=paths.name)
+        if tracker is not None:
+            tracker.close()
+            rows = read_metrics(paths.run_dir / "metrics.jsonl")
+            if rows:
+                plot_curves(rows, paths.run_dir / "curves.png", title=paths.name)
     return TrainResult(paths, config.train.epochs - start_epoch, criterion, best_epoch, best_value, last_samples)
 
 

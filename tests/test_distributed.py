@@ -1,0 +1,77 @@
+"""torchrun + DistributedDataParallel on CPU (gloo, 2 processes): same losses as one process with the same
+global batch, one set of files, resume across world sizes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_train import tiny_config
+from vaegen.cli import main
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
+
+
+def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    command = [str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}", "-m", "vaegen", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+    one = tiny_config(tmp_path / "one", train={"epochs": 3, "batch_size": 32})
+    two = tiny_config(tmp_path / "two", train={"epochs": 3, "batch_size": 32})
+    assert main(["train", "--config", str(one)]) == 0
+    done = torchrun("--config", str(two))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    single, parallel = rows(tmp_path / "one" / "logs" / "tiny"), rows(tmp_path / "two" / "logs" / "tiny")
+    assert [row["epoch"] for row in parallel] == [1, 2, 3]
+    # the same batches and global batch size; only the reparameterisation noise and the per-process
+    # BatchNorm statistics differ, which moves the losses by well under 1 %
+    for a, b in zip(single, parallel):
+        for key in ("train_loss", "train_recon", "val_nelbo"):
+            assert b[key] == pytest.approx(a[key], rel=0.01), (a["epoch"], key)
+
+    # process 0 alone writes: one run folder, each epoch logged once, one best model
+    assert [p.name for p in (tmp_path / "two" / "logs").iterdir()] == ["tiny"]
+    log = (tmp_path / "two" / "logs" / "tiny" / "train.log").read_text()
+    assert [line.split("/")[0] for line in log.splitlines() if line.startswith("epoch")] == ["epoch   1", "epoch   2", "epoch   3"]
+    assert [p.name for p in (tmp_path / "two" / "best").iterdir()] == ["tiny"]
+    assert done.stdout.count("done: 3 epoch(s)") == 1
+
+
+def test_a_run_resumes_across_world_sizes(tmp_path):
+    config = tiny_config(tmp_path, train={"epochs": 2, "batch_size": 32})
+    run = tmp_path / "logs" / "tiny"
+    done = torchrun("--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=3"]) == 0  # two processes -> one
+    done = torchrun("--resume", str(run), "--set", "train.epochs=4")  # one -> two
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [row["epoch"] for row in rows(run)] == [1, 2, 3, 4]
+    losses = [row["train_loss"] for row in rows(run)]
+    assert losses == sorted(losses, reverse=True)  # still learning after each change of world size
+
+
+def test_a_global_batch_that_does_not_split_is_refused(tmp_path):
+    config = tiny_config(tmp_path, train={"epochs": 1, "batch_size": 31})
+    done = torchrun("--config", str(config))
+    assert done.returncode != 0 and "(exitcode: 2)" in done.stderr  # torchrun itself exits 1
+    assert "error: train.batch_size 31 (the global batch) does not split evenly over 2 processes" in done.stderr
+
+
+def test_sync_batchnorm_on_cpu_is_refused(tmp_path):
+    config = tiny_config(tmp_path, train={"epochs": 1, "sync_batchnorm": True})
+    done = torchrun("--config", str(config))
+    assert done.returncode != 0
+    assert "error: train.sync_batchnorm needs CUDA" in done.stderr
+    assert "(exitcode: 2)" in done.stderr  # the processes end with vaegen's config-error code
