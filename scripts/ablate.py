@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
     parser.add_argument("--out", type=Path, default=Path("/tmp/vaegen-ablation"))
     parser.add_argument("--no-record", action="store_true", help="print the table, leave docs/results.md alone")
+    parser.add_argument("--fresh", action="store_true", help="retrain rows already finished in --out (default: reuse them)")
     args = parser.parse_args()
     args.data = (args.data or default_data()).resolve()
     names = [name.strip() for name in args.rows.split(",")]
@@ -87,6 +88,14 @@ def main() -> None:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
         config = row_config(args, ROWS[name], args.out, slug)
         paths = RunPaths.for_config(config, slug)
+        # a finished row is kept (an interrupted ablation continues where it stopped) unless its settings changed
+        done_file = args.out / f"{slug}.json"
+        if done_file.is_file() and not args.fresh:
+            done = json.loads(done_file.read_text())
+            if done["config"] == config.to_yaml():
+                print(f"=== {name}: reusing {done_file}", flush=True)
+                results.append({**done, "samples": Path(done["samples"])})
+                continue
         shutil.rmtree(paths.run_dir, ignore_errors=True)
         shutil.rmtree(paths.best_dir, ignore_errors=True)
         print(f"\n=== {name}: {', '.join(f'{k}={v}' for k, v in ROWS[name].items()) or 'the recipe as it is'}", flush=True)
@@ -94,7 +103,10 @@ def main() -> None:
         train(config, paths)
         seconds = time.perf_counter() - started
         best = json.loads((paths.best_dir / "metrics.json").read_text())
-        results.append({"row": name, "slug": slug, "seconds": seconds, "best": best, "samples": paths.best_dir / "samples.png"})
+        result = {"row": name, "slug": slug, "seconds": seconds, "best": best, "samples": str(paths.best_dir / "samples.png"),
+                  "config": config.to_yaml()}
+        done_file.write_text(json.dumps(result, indent=2))
+        results.append({**result, "samples": Path(result["samples"])})
         print(f"=== {name}: {best['criterion']} {best['value']:.1f} at epoch {best['epoch']} ({seconds:.0f} s)", flush=True)
 
     table = render(results, args, device_name)

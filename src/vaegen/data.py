@@ -3,9 +3,10 @@
 Decoding JPEGs is the slow part of image data and it gives the same answer every epoch,
 so every image is decoded, converted and resized exactly once, stored as one
 [N, C, H, W] uint8 tensor in a safetensors file keyed by the file list (names, sizes,
-mtimes) and the transform. A second run with the same data decodes nothing. Batches are
-drawn by shuffling indices into that tensor with a seeded generator, so the batch order is
-a function of the seed and the generator state, which the training checkpoint stores.
+modification and change times) and the transform. A second run with the same data decodes
+nothing. Batches are drawn by shuffling indices into that tensor with a seeded generator, so
+the batch order is a function of the seed and the generator state, which the training
+checkpoint stores.
 """
 
 from __future__ import annotations
@@ -164,7 +165,11 @@ def cache_key(index: ImageIndex, cfg: DataConfig) -> str:
     digest.update(json.dumps(header, sort_keys=True).encode())
     for path, label in zip(index.files, index.labels):
         stat = path.stat()
-        digest.update(f"{path.relative_to(index.root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        # mtime can be set back (os.utime, tar, rsync -t, cp -p), ctime cannot: a file rewritten in place with
+        # its old size and mtime restored still gets a new ctime (on Windows st_ctime is the creation time)
+        digest.update(
+            f"{path.relative_to(index.root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}\n".encode()
+        )
     return digest.hexdigest()[:20]
 
 

@@ -31,3 +31,9 @@ class TrainingDiverged(VaegenError):
     """The loss became NaN or infinite; checkpoints written before it are kept."""
 
     exit_code = 3
+
+
+class OutOfMemory(VaegenError):
+    """The model or its batches do not fit in GPU or host memory."""
+
+    exit_code = 4

@@ -92,4 +92,8 @@ def _start_wandb(run_dir: Path, config: Config, run_name: str):
             f"W&B online logging failed ({reason}); falling back to offline logging in {run_dir}/wandb. "
             f"Upload it later with `wandb sync {run_dir}/wandb/offline-run-*`."
         )
+        # the failed online run still holds the run id in W&B's service ("run ID ... is in use"): stop it first
+        teardown = getattr(wandb, "teardown", None)
+        if teardown is not None:
+            teardown()
         return wandb.init(mode="offline", **settings)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from vaegen.config import Config
 from vaegen.data import DecodedImages, batches, default_cache_dir, load_splits, steps_per_epoch, to_device
 from vaegen.density import SAMPLER_FILE, LatentGMM, fit_model_density
 from vaegen.ema import EMA
-from vaegen.errors import CheckpointError, ConfigError, TrainingDiverged
+from vaegen.errors import CheckpointError, ConfigError, OutOfMemory, TrainingDiverged
 from vaegen.fid import build_evaluator, eval_batch_size, metric_names, score_model
 from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.losses import vae_loss
@@ -321,6 +322,21 @@ def train(
     epoch's metrics row and whether it just became the best model (a sweep reports to Ray
     Tune through it). `echo=False` keeps the per-epoch lines out of stdout (train.log has them).
     """
+    try:
+        return _train(config, paths, resume, on_epoch, echo)
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+        if not isinstance(exc, torch.cuda.OutOfMemoryError) and "can't allocate memory" not in str(exc):
+            raise
+        raise OutOfMemory(
+            f"training ran out of {'GPU' if isinstance(exc, torch.cuda.OutOfMemoryError) else 'host'} memory "
+            f"({str(exc).splitlines()[0][:160]}). Lower train.batch_size, data.image_size, model.widths or "
+            f"model.latent_dim; checkpoints written before this are intact (continue with --resume)."
+        ) from exc
+
+
+def _train(
+    config: Config, paths: RunPaths, resume: bool, on_epoch: Callable[[dict, bool], None] | None, echo: bool
+) -> TrainResult:
     distributed.init(config.train.device)
     device = distributed.device_for(resolve_device(config.train.device))
     main_process = distributed.is_main()  # under torchrun only process 0 evaluates, logs and writes
@@ -483,8 +499,11 @@ def train(
         if tracker is not None:
             tracker.close()
             rows = read_metrics(paths.run_dir / "metrics.jsonl")
-            if rows:
-                plot_curves(rows, paths.run_dir / "curves.png", title=paths.name)
+            try:
+                if rows:
+                    plot_curves(rows, paths.run_dir / "curves.png", title=paths.name)
+            except OSError as exc:  # e.g. the disk filled up: the error that stopped training is the one to show
+                warnings.warn(f"could not draw {paths.run_dir / 'curves.png'}: {exc}", stacklevel=2)
     return TrainResult(paths, config.train.epochs - start_epoch, criterion, best_epoch, best_value, last_samples)
 
 

@@ -1,0 +1,77 @@
+"""The data folder changes between two runs that share a decode cache: the cache is rebuilt, never reused stale."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from test_train import SAMPLE, tiny_config
+from vaegen.cli import main
+from vaegen.config import load_config
+from vaegen.data import decode_image, load_images
+
+
+def train(tmp_path, data_root, name):
+    config = tiny_config(tmp_path, data={"root": str(data_root)}, train={"epochs": 1}, output={"run_name": name})
+    assert main(["train", "--config", str(config)]) == 0
+    return load_config(config)
+
+
+def data_line(tmp_path, name) -> str:
+    log = (tmp_path / "logs" / name / "train.log").read_text()
+    return next(line for line in log.splitlines() if line.startswith("data:"))
+
+
+def test_added_and_removed_images_rebuild_the_cache(tmp_path):
+    data = tmp_path / "apples"
+    shutil.copytree(SAMPLE, data)
+    train(tmp_path, data, "before")
+    (first_cache,) = (tmp_path / "cache").glob("*.safetensors")
+    assert "240 train / 60 val images" in data_line(tmp_path, "before")
+
+    golden = sorted((data / "Golden").iterdir())
+    golden[0].unlink()
+    golden[1].unlink()
+    shutil.copy(sorted((data / "Red").iterdir())[0], data / "Red" / "extra.jpg")
+    config = train(tmp_path, data, "after")
+
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # a new cache beside the old one
+    assert "239 train / 60 val images" in data_line(tmp_path, "after")  # 299 images: 2 removed, 1 added
+    images = load_images(config.data)  # what the second run trained on (read back from its cache)
+    assert len(images.images) == 299
+    assert "Red/extra.jpg" in images.files and f"Golden/{golden[0].name}" not in images.files
+    assert first_cache.is_file()  # the old data's cache is left alone
+
+
+def test_an_image_rewritten_in_place_with_its_size_and_mtime_kept_is_decoded_again(tmp_path):
+    data = tmp_path / "apples"
+    shutil.copytree(SAMPLE, data)
+    config = train(tmp_path, data, "before")
+    target = sorted((data / "Golden").iterdir())[0]
+    relative = f"Golden/{target.name}"
+    before = load_images(config.data)
+    old_pixels = before.images[before.files.index(relative)]
+
+    # new pixels (the photo mirrored and darkened) in exactly as many bytes, and the old timestamps put back:
+    # the file's name, size and mtime all match what the cache was keyed on
+    stat = target.stat()
+    with Image.open(target) as photo:
+        changed = ImageOps.mirror(photo.convert("RGB")).point(lambda v: v // 2)
+    encoded = io.BytesIO()
+    changed.save(encoded, format="JPEG", quality=60)
+    payload = encoded.getvalue()
+    assert len(payload) < stat.st_size
+    target.write_bytes(payload + b"\0" * (stat.st_size - len(payload)))  # JPEG readers stop at the end marker
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+    train(tmp_path, data, "after")
+    after = load_images(config.data)
+    new_pixels = after.images[after.files.index(relative)]
+    assert np.array_equal(new_pixels.numpy(), decode_image(target, config.data))
+    assert (new_pixels.float() - old_pixels.float()).abs().mean() > 20  # really the new picture, not the cached one
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
