@@ -108,3 +108,17 @@ def test_safetensors_from_another_tool_is_a_checkpoint_error(tmp_path):
     save_file({"weight": torch.zeros(2)}, str(path), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="safetensors file but not a vaegen model"):
         read_model_metadata(path)
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+    import stat
+
+    from vaegen.checkpoint import write_text_atomic
+
+    previous = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "metrics.json", "{}")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644

@@ -92,6 +92,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(tmp_name)
+        # mkstemp makes the file private (0600); a checkpoint gets the permissions any new file would
+        os.chmod(tmp, 0o666 & ~_umask())
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -111,6 +113,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: Path, text: str) -> None:

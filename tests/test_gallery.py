@@ -1,0 +1,333 @@
+"""vaegen.gallery, the logic behind `streamlit run ui.py`: finding runs safely, their metadata, and every picture."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from vaegen import gallery
+from vaegen.config import config_from_dict
+from vaegen.data import decode_image
+from vaegen.density import SAMPLER_FILE, fit_latent_gmm
+from vaegen.errors import CheckpointError, DataError
+from vaegen.models import build_model
+from vaegen.plots import image_grid, to_pil
+from vaegen.train import RunPaths, export_best
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["Golden", "Golden-Red", "Red"]
+PROTOCOL = {"backbone": "efficientnet-lite0", "feature_dim": 1280, "num_generated": 500, "num_real": 240,
+            "reference": "train", "image_size": [16, 16], "sampler": "prior", "temperature": 1.0}
+
+
+def make_run(best_dir: Path, name: str, conditional: str = "none", channels: int = 3, fid: float | None = None,
+             resize: str = "center_crop") -> Path:
+    """best_models/<name>/ as `vaegen train` exports it, from an untrained 16 px model (no training: fast)."""
+    config = config_from_dict({
+        "data": {"root": str(REPO / "data" / "apples_sample"), "image_size": 16, "channels": channels, "resize": resize},
+        "model": {"latent_dim": 8, "widths": [8, 16], "conditional": conditional},
+        "train": {"epochs": 7, "batch_size": 32, "seed": 3},
+        "eval": {"backbone": "none" if fid is None else "efficientnet-lite0"},
+        "output": {"select": "val_nelbo"},
+    })
+    torch.manual_seed(len(name))
+    model = build_model(config.model, config.data.image_size, channels, len(CLASSES)).eval()
+    row = {"epoch": 5, "val_nelbo": 123.456, "val_recon": 100.0}
+    if fid is not None:
+        row["fd_efficientnet_lite0"] = fid
+    paths = RunPaths(name, best_dir.parent / "logs" / name, best_dir / name)
+    export_best(paths, model, config, CLASSES, row, "val_nelbo", PROTOCOL if fid is not None else None, torch.zeros(3, 18, 18))
+    return paths.best_dir
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    best = tmp_path_factory.mktemp("best")
+    make_run(best, "plain")
+    make_run(best, "cvae", conditional="onehot")
+    return {name: gallery.load_model(best / name) for name in ["plain", "cvae"]}
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image).astype(np.int16)
+
+
+# ---------------------------------------------------------------------------------------
+# Where the runs are
+
+
+def test_checkpoint_root_prefers_the_argument_then_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("VAEGEN_BEST_DIR", raising=False)
+    assert gallery.checkpoint_root([], tmp_path / "default") == tmp_path / "default"
+    monkeypatch.setenv("VAEGEN_BEST_DIR", str(tmp_path / "env"))
+    assert gallery.checkpoint_root(["-q", "tests/test_ui.py"], tmp_path / "default") == tmp_path / "env"
+    assert gallery.checkpoint_root(["--best-dir", str(tmp_path / "arg")], tmp_path / "default") == tmp_path / "arg"
+    # a test runner's own options are not abbreviations of --best-dir
+    assert gallery.checkpoint_root(["--best", "x"], tmp_path / "default") == tmp_path / "env"
+
+
+def test_find_runs_lists_nested_runs_newest_first(tmp_path):
+    best = tmp_path / "best"
+    make_run(best, "older")
+    make_run(best, "sweep/trial_1")  # a sweep's bests one level deeper
+    make_run(best, "newest")
+    make_run(best, ".hidden")
+    make_run(best, "a/b/c/d/too_deep")
+    (best / "empty").mkdir()
+    for age, name in enumerate(["newest", "sweep/trial_1", "older"]):
+        os.utime(best / name / "model.safetensors", ns=(2_000_000_000_000_000_000 - age * 10**9,) * 2)
+    runs = gallery.find_runs(best)
+    assert [run.name for run in runs] == ["newest", "sweep/trial_1", "older"]
+    assert all(run.error is None and run.metadata["classes"] == CLASSES for run in runs)
+    assert gallery.find_runs(tmp_path / "missing") == []
+
+
+@pytest.mark.parametrize("name", ["../../etc", "..", "/etc", "ok/../../outside", "../best-sibling/run"])
+def test_open_run_refuses_names_outside_the_root(tmp_path, name):
+    best = tmp_path / "best"
+    make_run(best, "ok")
+    make_run(tmp_path, "best-sibling/run")  # a real model beside the root must still be refused
+    with pytest.raises(CheckpointError, match="outside the checkpoint root"):
+        gallery.open_run(best, name)
+    assert gallery.open_run(best, "ok") == (best / "ok").resolve()
+
+
+def test_open_run_refuses_a_link_out_of_the_root_and_folders_without_weights(tmp_path):
+    best = tmp_path / "best"
+    make_run(tmp_path / "elsewhere", "secret")
+    best.mkdir()
+    (best / "link").symlink_to(tmp_path / "elsewhere" / "secret")
+    (best / "notes").mkdir()
+    with pytest.raises(CheckpointError, match="outside the checkpoint root"):
+        gallery.open_run(best, "link")
+    with pytest.raises(CheckpointError, match="no model named 'notes'"):
+        gallery.open_run(best, "notes")
+    assert gallery.find_runs(best) == []  # os.walk does not follow the link either
+
+
+# ---------------------------------------------------------------------------------------
+# Metadata
+
+
+def test_describe_reads_weights_metadata_metrics_and_fid_protocol(tmp_path):
+    make_run(tmp_path, "run", conditional="onehot", fid=45.678)
+    run = gallery.read_run(tmp_path, "run")
+    rows = gallery.describe(run)
+    assert rows["dataset"].startswith("apples_sample (")
+    assert rows["image size"] == "16×16, RGB"
+    assert rows["classes"] == "3: Golden, Golden-Red, Red"
+    assert rows["epoch"] == "5"
+    assert rows["selected on"] == "val_nelbo = 123.5"
+    assert rows["FID"] == (
+        "fd_efficientnet_lite0 = 45.68 (efficientnet-lite0 features (1280-d), 500 generated vs 240 real train images "
+        "at 16×16, prior sampler, T=1.0)"
+    )
+    assert rows["model"] == "conv_vae, latent 8, widths [8, 16], conditional onehot"
+    assert rows["training"] == "mse loss, β constant 1, adam lr 0.0002, batch 32, 7 epochs, seed 3"
+    assert gallery.summary(run) == "apples_sample · 16×16 · 3 classes · epoch 5 · fd_efficientnet_lite0 45.68"
+
+
+def test_describe_without_fid_says_it_was_not_measured(tmp_path):
+    make_run(tmp_path, "run", channels=1)
+    rows = gallery.describe(gallery.read_run(tmp_path, "run"))
+    assert rows["FID"] == "not measured (eval.backbone: none)"
+    assert rows["image size"] == "16×16, grayscale"
+
+
+def _truncate(folder: Path) -> None:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+
+
+def _foreign_weights(folder: Path) -> None:
+    save_file({"weight": torch.zeros(3)}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_truncate, "not a readable safetensors file"),
+    (_foreign_weights, "not a vaegen model"),
+    (lambda folder: (folder / "config.yaml").unlink(), "not a vaegen model folder"),
+    (lambda folder: (folder / "config.yaml").write_text("model: {latnt_dim: 3}\n"), "did you mean `latent_dim`"),
+    (lambda folder: (folder / "metrics.json").write_text("{not json"), "metrics.json is not readable JSON"),
+    (lambda folder: (folder / "sweep.json").write_text("[1, 2]"), "sweep.json holds a JSON list"),
+])
+def test_broken_runs_are_listed_with_the_reason(tmp_path, damage, message):
+    make_run(tmp_path, "good")
+    damage(make_run(tmp_path, "broken"))
+    runs = {run.name: run for run in gallery.find_runs(tmp_path)}
+    assert runs["good"].error is None
+    assert message in runs["broken"].error
+    assert gallery.describe(runs["broken"]) == {"error": runs["broken"].error}
+    assert gallery.summary(runs["broken"]).startswith("cannot be opened: ")
+
+
+def test_how_to_train_shows_the_readme_quickstart_command(tmp_path):
+    text = gallery.how_to_train(tmp_path)
+    assert f"```bash\n{gallery.QUICKSTART}\n```" in text and str(tmp_path) in text
+    assert gallery.QUICKSTART in (REPO / "README.md").read_text()  # the page and the README name the same command
+
+
+# ---------------------------------------------------------------------------------------
+# Pictures
+
+
+def test_sample_view_is_a_grid_reproducible_by_seed(models):
+    model = models["plain"]
+    grid = gallery.sample_view(model, 6, seed=7, temperature=1.0)
+    assert grid.size == (3 * 18 + 2, 2 * 18 + 2)  # 6 images of 16 px: 3 per row, 2 px padding
+    assert np.array_equal(pixels(grid), pixels(gallery.sample_view(model, 6, seed=7, temperature=1.0)))
+    assert not np.array_equal(pixels(grid), pixels(gallery.sample_view(model, 6, seed=8, temperature=1.0)))
+    expected = to_pil(image_grid(model.sample(6, seed=7, temperature=0.5)))
+    assert np.array_equal(pixels(gallery.sample_view(model, 6, seed=7, temperature=0.5)), pixels(expected))
+
+
+def test_temperature_zero_decodes_the_mean_code_everywhere(models):
+    grid = pixels(gallery.sample_view(models["plain"], 4, seed=1, temperature=0.0))
+    tiles = [grid[2 + 18 * r : 18 + 18 * r, 2 + 18 * c : 18 + 18 * c] for r in range(2) for c in range(2)]
+    assert all(np.array_equal(tile, tiles[0]) for tile in tiles)
+
+
+def test_one_class_is_that_class_and_all_classes_are_labelled_rows(models):
+    model = models["cvae"]
+    assert gallery.class_choices(model) == [*CLASSES, gallery.ALL_CLASSES]
+    assert gallery.class_choices(models["plain"]) == []
+    red = gallery.sample_view(model, 4, seed=2, temperature=1.0, choice="Red")
+    assert np.array_equal(pixels(red), pixels(to_pil(image_grid(model.sample(4, labels=2, seed=2)))))
+
+    page = gallery.sample_view(model, 4, seed=2, temperature=1.0, choice=gallery.ALL_CLASSES)
+    margin = page.width - (4 * 18 + 2)
+    assert margin == 8 + 7 * len("Golden-Red") and page.height == 3 * 18 + 2
+    body = pixels(page)[:, margin:]
+    z = torch.randn(4, model.latent_dim, generator=torch.Generator().manual_seed(2))
+    for k in range(3):  # row k: the same four codes decoded as class k
+        expected = pixels(to_pil(image_grid(model.decode(z, torch.full((4,), k)), nrow=4)).convert("RGB"))
+        assert np.array_equal(body[18 * k : 18 * k + 20], expected)
+        assert (pixels(page)[18 * k + 4 : 18 * k + 16, :margin] < 128).any(), f"row {k} has no label"
+    with pytest.raises(ValueError, match="'Green' is not a class"):
+        gallery.sample_view(model, 4, 0, 1.0, choice="Green")
+
+
+def test_slerp_keeps_the_norm_where_lerp_shrinks_it():
+    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    path = gallery.slerp(a, b, torch.linspace(0, 1, 5))
+    assert torch.allclose(path[0], a) and torch.allclose(path[-1], b)
+    assert torch.allclose(path[2], torch.tensor([1.0, 1.0]) / math.sqrt(2))
+    assert torch.allclose(path.norm(dim=1), torch.ones(5))
+    # two prior draws in 128 dims: slerp stays near √128 ≈ 11.3, the straight line's midpoint drops to about 8
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 128, generator=generator)
+    z[1] *= z[0].norm() / z[1].norm()
+    path = gallery.slerp(z[0], z[1], torch.linspace(0, 1, 9))
+    assert torch.allclose(path.norm(dim=1), z[0].norm().expand(9), rtol=1e-5)
+    assert torch.lerp(z[0], z[1], 0.5).norm() < 0.8 * z[0].norm()
+    # parallel ends: no unique circle, a straight line
+    line = gallery.slerp(a, 3 * a, torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.allclose(line, torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]))
+
+
+def test_interpolation_between_random_latents(models):
+    model = models["plain"]
+    row = gallery.interpolation_view(model, steps=5, seed=4)
+    assert row.size == (5 * 18 + 2, 18 + 2)
+    assert np.array_equal(pixels(row), pixels(gallery.interpolation_view(model, steps=5, seed=4)))
+    ends = torch.randn(2, model.latent_dim, generator=torch.Generator().manual_seed(4))
+    first_and_last = to_pil(image_grid(model.decode(ends), nrow=2))
+    assert np.array_equal(pixels(row)[:, :18], pixels(first_and_last)[:, :18])  # step 0 is the first draw
+    assert np.array_equal(pixels(row)[:, -18:], pixels(first_and_last)[:, -18:])  # the last step is the second
+
+
+def test_interpolation_between_images_shows_them_at_the_ends(models):
+    model = models["cvae"]
+    images = torch.stack([torch.full((3, 16, 16), 0.2), torch.full((3, 16, 16), 0.9)])
+    page = gallery.interpolation_view(model, steps=4, choice=gallery.ALL_CLASSES, images=images)
+    margin = page.width - (6 * 18 + 2)
+    assert margin > 0 and page.height == 3 * 18 + 2
+    tile = pixels(page)[2:18, margin + 2 : margin + 18]
+    assert (tile == round(0.2 * 255)).all()  # the first uploaded image opens each row
+    tile = pixels(page)[2 + 36 : 18 + 36, -18:-2]
+    assert (tile == round(0.9 * 255)).all()  # and the second closes it
+
+
+def _png(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def test_uploads_are_converted_and_resized_like_training_data(models, tmp_path):
+    model = models["plain"]
+    rgba = Image.new("RGBA", (40, 20), (255, 0, 0, 255))
+    rgba.paste((0, 0, 255, 0), (0, 0, 20, 20))  # the left half transparent: white, as in training
+    (tmp_path / "a.png").write_bytes(_png(rgba))
+    x = gallery.prepare_upload(_png(rgba), model)
+    assert x.shape == (1, 3, 16, 16) and x.dtype == torch.float32
+    expected = torch.tensor(decode_image(tmp_path / "a.png", model.config.data)).float() / 255
+    assert torch.equal(x[0], expected)
+    # center_crop keeps the middle 20x20 of the 40x20 image: white on the left, red on the right
+    assert torch.allclose(x[0, :, 8, 1], torch.ones(3)) and torch.allclose(x[0, :, 8, 14], torch.tensor([1.0, 0.0, 0.0]))
+
+    gray = gallery.prepare_upload(_png(Image.new("L", (300, 300), 64)), model)
+    assert gray.shape == (1, 3, 16, 16) and torch.allclose(gray, torch.full_like(gray, 64 / 255))
+    cmyk = gallery.prepare_upload(_png(Image.new("CMYK", (33, 17), (0, 0, 0, 0)), "JPEG"), model)
+    assert cmyk.shape == (1, 3, 16, 16) and cmyk.min() > 0.95
+    with pytest.raises(DataError, match="not an image that can be read"):
+        gallery.prepare_upload(b"GIF89a but not really", model)
+
+
+def test_reconstruction_pairs_the_image_with_its_reconstruction(models):
+    model = models["cvae"]
+    x = gallery.prepare_upload(_png(Image.new("RGB", (16, 16), (200, 40, 40))), model)
+    pair = gallery.reconstruction_view(model, x, choice="Golden")
+    assert pair.size == (2 * 18 + 2, 18 + 2)
+    expected = to_pil(image_grid(torch.cat([x, model.reconstruct(x, torch.tensor([0]))]), nrow=2))
+    assert np.array_equal(pixels(pair), pixels(expected))
+    every_class = gallery.reconstruction_view(model, x, choice=gallery.ALL_CLASSES)
+    assert every_class.height == 3 * 18 + 2
+
+
+def test_enlarge_and_png_bytes():
+    small = Image.new("RGB", (56, 38), (10, 20, 30))
+    small.putpixel((0, 0), (255, 255, 255))
+    big = gallery.enlarge(small, max_width=512)
+    assert big.size == (9 * 56, 9 * 38)
+    assert big.getpixel((8, 8)) == (255, 255, 255) and big.getpixel((9, 9)) == (10, 20, 30)  # whole pixels, no blur
+    assert gallery.enlarge(big, max_width=512) is big
+    again = Image.open(io.BytesIO(gallery.png_bytes(small)))
+    assert again.format == "PNG" and np.array_equal(np.asarray(again), np.asarray(small))
+
+
+def test_metrics_json_is_optional(tmp_path):
+    (make_run(tmp_path, "run") / "metrics.json").unlink()
+    run = gallery.read_run(tmp_path, "run")
+    assert run.error is None and gallery.describe(run)["epoch"] == "5"  # from the weights' metadata
+    assert json.loads(json.dumps(gallery.describe(run)))  # plain strings, ready for the page
+
+
+def test_a_sweep_winner_names_its_sweep_trial_and_parameters(tmp_path):
+    folder = make_run(tmp_path, "apples-lr-best")
+    sweep = {"sweep": "apples-lr", "trial": "trial_0003", "params": {"optim.lr": 0.001, "model.latent_dim": 64},
+             "val_nelbo": 120.5, "epoch": 5}
+    (folder / "sweep.json").write_text(json.dumps(sweep))
+    run = gallery.read_run(tmp_path, "apples-lr-best")
+    assert gallery.describe(run)["sweep"] == "best of apples-lr: trial trial_0003 (optim.lr 0.001, model.latent_dim 64)"
+    assert gallery.summary(run).endswith(" · best of sweep apples-lr")
+    assert "sweep" not in gallery.describe(dataclasses.replace(run, sweep={}))
+
+
+def test_describe_names_the_sampler_generate_draws_from(tmp_path):
+    folder = make_run(tmp_path, "run")
+    assert gallery.describe(gallery.read_run(tmp_path, "run"))["sampler"] == "prior N(0, I)"
+    codes = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))
+    fit_latent_gmm(codes, None, 1, 10, "full", seed=0).save(folder / SAMPLER_FILE, {})
+    rows = gallery.describe(gallery.read_run(tmp_path, "run"))
+    assert rows["sampler"] == "gmm fitted on the training codes (10 components, full covariance)"

@@ -1,0 +1,102 @@
+"""The gallery in a real browser: `streamlit run ui.py` on a free localhost port, Debian's chromium
+driven by Playwright, Generate clicked, the sample grid shown, a screenshot saved.
+
+VAEGEN_UPDATE_SCREENSHOT=1 also writes the screenshot to docs/img/gallery.png (the README's picture);
+VAEGEN_SCREENSHOT_BEST_DIR=DIR shows the models in DIR instead of an untrained test model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from test_gallery import make_run
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = next((path for path in ["/usr/bin/chromium", shutil.which("chromium")] if path and Path(path).is_file()), None)
+
+if CHROMIUM is None:
+    pytest.skip(
+        "no chromium browser: install it with `apt-get install chromium` (scripts/test.sh does when it runs as root)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed: pip install -e '.[test]'")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"streamlit exited with code {server.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"streamlit did not answer {url}/_stcore/health within {timeout} s:\n{log.read_text()}")
+
+
+@pytest.fixture
+def gallery_url(tmp_path):
+    best = os.environ.get("VAEGEN_SCREENSHOT_BEST_DIR")
+    if best is None:
+        best = tmp_path / "best"
+        make_run(best, "apples-cvae", conditional="onehot", fid=45.678)
+    port = free_port()
+    log = tmp_path / "streamlit.log"
+    env = {key: value for key, value in os.environ.items() if key != "VAEGEN_BEST_DIR"}  # --best-dir decides
+    with log.open("w") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "ui.py", "--server.headless", "true", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false", "--", "--best-dir", str(best)],
+            cwd=REPO, stdout=output, stderr=subprocess.STDOUT, env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, server, log)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_generate_in_a_real_browser(gallery_url, tmp_path):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(gallery_url)
+            page.get_by_role("button", name="Generate").click(timeout=60_000)
+            grid = page.locator('[data-testid="stImage"]', has_text="samples, seed 0").locator("img")
+            grid.wait_for(state="visible", timeout=60_000)
+            # a decoded picture, not a broken-image icon: the PNG arrived and has the enlarged grid's size
+            size = grid.evaluate("img => img.complete ? [img.naturalWidth, img.naturalHeight] : [0, 0]")
+            assert size[0] >= 256 and size[1] >= 256, size
+            assert page.get_by_role("button", name="Download PNG").first.is_visible()
+            page.wait_for_timeout(500)  # let the sidebar and fonts settle for the picture
+            shot = tmp_path / "gallery.png"
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("VAEGEN_UPDATE_SCREENSHOT") == "1":
+        target = REPO / "docs" / "img" / "gallery.png"
+        shutil.copyfile(shot, target)
