@@ -174,7 +174,7 @@ def train_step(
         logits, mu, logvar = step_model(x, y)
     terms = vae_loss(logits.float(), x, mu.float(), logvar.float(), beta, config.loss.recon)
     objective = terms.total
-    fake = torch.sigmoid(logits.float())
+    fake = torch.sigmoid(logits.float()) if perceptual is not None or adversary is not None else None
     if perceptual is not None:
         objective = objective + perceptual(fake, x)
     if adversary is not None:
