@@ -88,6 +88,16 @@ class LatentGMM:
         return cls(tensors["weights"], tensors["means"], tensors["scale_tril"], meta.get("covariance", "full"))
 
 
+def latent_codes(
+    n: int, latent_dim: int, generator: torch.Generator, labels: torch.Tensor | None = None,
+    temperature: float = 1.0, density: LatentGMM | None = None,
+) -> torch.Tensor:
+    """[n, latent_dim] codes to decode: from `density` (per `labels`) when given, else z ~ N(0, temperature² I)."""
+    if density is not None:
+        return density.sample(n, generator, labels, temperature)
+    return torch.randn(n, latent_dim, generator=generator) * temperature
+
+
 def fit_latent_gmm(
     codes: torch.Tensor,
     labels: torch.Tensor | None,

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vaegen.checkpoint import atomic_write
+from vaegen.density import latent_codes
 
 CLASSIFIER_FORMAT = 1
 
@@ -108,10 +109,7 @@ def conditional_fidelity(
     scores = {}
     for k, name in enumerate(class_names):
         labels = torch.full((per_class,), k)
-        if density is None:
-            z = torch.randn(per_class, model.latent_dim, generator=generator) * temperature
-        else:
-            z = density.sample(per_class, generator, labels, temperature)
+        z = latent_codes(per_class, model.latent_dim, generator, labels, temperature, density)
         images = model.decode(z.to(device), labels.to(device))
         scores[name] = label_agreement(classifier, images, labels)
     return {"cond_fidelity": sum(scores.values()) / len(scores), **{f"cond_fidelity/{name}": score for name, score in scores.items()}}

@@ -175,14 +175,13 @@ class ConvVAE(nn.Module):
             generator.seed()
         else:
             generator.manual_seed(seed)
+        from vaegen.density import latent_codes
+
         density = getattr(self, "latent_density", None)
-        if density is not None:
-            if self.is_conditional and labels is None:
-                self._check_labels(None, n)  # the same error as decoding without labels
-            z = density.to(device).sample(n, generator, labels, temperature)
-        else:
-            z = torch.randn(n, self.latent_dim, generator=generator).to(device) * temperature
-        return self.decode(z, labels)
+        if density is not None and self.is_conditional and labels is None:
+            self._check_labels(None, n)  # the same error as decoding without labels
+        density = density.to(device) if density is not None else None
+        return self.decode(latent_codes(n, self.latent_dim, generator, labels, temperature, density).to(device), labels)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
