@@ -4,7 +4,8 @@
     python scripts/benchmark.py --device cuda --size 96 --batch 256
     python scripts/benchmark.py --device cuda --full  # also time a whole configs/train_apples.yaml run
 
-Rows, all with the same model, data and batch size, images/s in steady state:
+Rows, all with the same model, data and batch size, images/s in steady state, each warmed up once and
+then timed in --rounds interleaved rounds (medians reported; c/a also with its range over rounds):
   (a) reference: torchvision ImageFolder + PIL transforms in a DataLoader, fp32, `.item()` every step;
   (b) ceiling:   synthetic batches already on the device, the same step and options as (c);
   (c) vaegen:    `vaegen.train.train_one_epoch` on the decoded data cache, as `vaegen train` runs it.
@@ -23,6 +24,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -63,7 +65,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reference_loop(config, device, steps: int, warmup: int) -> float:
+def reference_loop(config, device):
     """(a) The typical script: ImageFolder + PIL transforms, fp32, a host sync (`.item()`) every step."""
     from torchvision import datasets, transforms
 
@@ -77,12 +79,18 @@ def reference_loop(config, device, steps: int, warmup: int) -> float:
     )
     model = build_model(config.model, size, 3, len(dataset.classes)).to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr)
-    done, timed_images, start = 0, 0, None
-    while done < warmup + steps:
-        for x, _ in loader:
-            if done == warmup:
-                sync(device)
-                start = time.perf_counter()
+
+    def batches():
+        while True:
+            yield from loader
+
+    stream = batches()
+
+    def run(steps: int) -> float:
+        sync(device)
+        start, images = time.perf_counter(), 0
+        for _ in range(steps):
+            x, _ = next(stream)
             x = x.to(device)
             logits, mu, logvar = model(x)
             loss = vae_loss(logits, x, mu, logvar, 1.0, "mse")
@@ -90,16 +98,14 @@ def reference_loop(config, device, steps: int, warmup: int) -> float:
             loss.total.backward()
             optimizer.step()
             loss.total.item()
-            if done >= warmup:
-                timed_images += len(x)
-            done += 1
-            if done == warmup + steps:
-                break
-    sync(device)
-    return timed_images / (time.perf_counter() - start)
+            images += len(x)
+        sync(device)
+        return images / (time.perf_counter() - start)
+
+    return run
 
 
-def ceiling_loop(config, options, device, steps: int, warmup: int, num_classes: int) -> float:
+def ceiling_loop(config, options, device, num_classes: int):
     """(b) The same step on one synthetic batch that never leaves the device: the model's speed limit."""
     model = build_model(config.model, config.data.image_size, 3, num_classes).to(device)
     if options.channels_last:
@@ -111,17 +117,20 @@ def ceiling_loop(config, options, device, steps: int, warmup: int, num_classes: 
     if options.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     model.train()
-    for step in range(warmup + steps):
-        if step == warmup:
-            sync(device)
-            start = time.perf_counter()
-        train_step(model, step_model, optimizer, scaler, x, None, config, options, 1.0, device)
-    sync(device)
-    return steps * len(x) / (time.perf_counter() - start)
+
+    def run(steps: int) -> float:
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            train_step(model, step_model, optimizer, scaler, x, None, config, options, 1.0, device)
+        sync(device)
+        return steps * len(x) / (time.perf_counter() - start)
+
+    return run
 
 
-def vaegen_loop(config, options, device, min_steps: int, splits) -> float:
-    """(c) vaegen's own epoch function on the decoded cache; the first epoch (compile, warm-up) is not timed."""
+def vaegen_loop(config, options, device, splits):
+    """(c) vaegen's own epoch function on the decoded cache, whole epochs (its rate is the epoch's images/s)."""
     model = build_model(config.model, config.data.image_size, 3, len(splits.train.classes)).to(device)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -130,12 +139,18 @@ def vaegen_loop(config, options, device, min_steps: int, splits) -> float:
     step_model = compile_step(model, options)
     shuffle = torch.Generator().manual_seed(0)
     steps_per_epoch = max(1, len(splits.train.images) // config.train.batch_size)
-    epochs = 1 + max(2, -(-min_steps // steps_per_epoch))
-    rates = [
-        train_one_epoch(model, step_model, optimizer, scaler, splits.train, config, options, 1.0, epoch, device, shuffle)["images_per_s"]
-        for epoch in range(1, epochs + 1)
-    ]
-    return statistics.median(rates[1:])
+    epoch = 0
+
+    def run(steps: int) -> float:
+        nonlocal epoch
+        rates = []
+        for _ in range(max(1, round(steps / steps_per_epoch))):
+            epoch += 1
+            stats = train_one_epoch(model, step_model, optimizer, scaler, splits.train, config, options, 1.0, epoch, device, shuffle)
+            rates.append(stats["images_per_s"])
+        return statistics.mean(rates)
+
+    return run
 
 
 def main() -> None:
@@ -143,7 +158,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=60, help="timed steps per row")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per row and round (c: whole epochs, about as many steps)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; medians are reported")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per row first (c: at least one epoch)")
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
@@ -170,18 +187,32 @@ def main() -> None:
     print(f"{name}, torch {torch.__version__}, {args.size} px, batch {args.batch}, {len(splits.train.images)} images from {data_root}")
     print(f"step options for (b) and (c): {options.describe()}\n")
 
-    rows = {}
-    for label, run in [
-        ("a reference loop", lambda: reference_loop(config, device, args.steps, warmup=5)),
-        ("b model-step ceiling", lambda: ceiling_loop(config, options, device, args.steps, 5, len(splits.train.classes))),
-        ("c vaegen train loop", lambda: vaegen_loop(config, options, device, args.steps, splits)),
+    # Rows are built and warmed up once (DataLoader workers, compilation, first-touch allocations), then
+    # timed in interleaved rounds: a shared or noisy machine slows every row of a round alike, and the
+    # median over rounds of each row and of each round's ratio is what gets reported.
+    runs, peaks = {}, {}
+    for key, build in [
+        ("a", lambda: reference_loop(config, device)),
+        ("b", lambda: ceiling_loop(config, options, device, len(splits.train.classes))),
+        ("c", lambda: vaegen_loop(config, options, device, splits)),
     ]:
         reset_peak(device)
-        rate = run()
-        rows[label[0]] = (rate, peak_mib(device))
-        print(f"  {label:<22} {rate:>10,.0f} images/s   peak {'GPU' if device.type == 'cuda' else 'RSS'} {rows[label[0]][1]:,.0f} MiB")
-    c_over_a, c_over_b = rows["c"][0] / rows["a"][0], rows["c"][0] / rows["b"][0]
-    print(f"\n  c/a = {c_over_a:.2f}   c/b = {c_over_b:.2f}")
+        runs[key] = build()
+        runs[key](args.warmup)
+        peaks[key] = peak_mib(device)
+    rates: dict[str, list[float]] = {key: [] for key in runs}
+    for _ in tqdm(range(args.rounds), desc="rounds", unit="round", disable=None):
+        for key, run in runs.items():
+            rates[key].append(run(args.steps))
+    rows = {key: (statistics.median(rates[key]), peaks[key]) for key in runs}
+    c_over_a = statistics.median(c / a for a, c in zip(rates["a"], rates["c"]))
+    c_over_b = statistics.median(c / b for b, c in zip(rates["b"], rates["c"]))
+    spread = [c / a for a, c in zip(rates["a"], rates["c"])]
+    labels = {"a": "a reference loop", "b": "b model-step ceiling", "c": "c vaegen train loop"}
+    for key, (rate, peak) in rows.items():
+        each = ", ".join(f"{r:,.0f}" for r in rates[key])
+        print(f"  {labels[key]:<22} {rate:>10,.0f} images/s   peak {'GPU' if device.type == 'cuda' else 'RSS'} {peak:,.0f} MiB   rounds: {each}")
+    print(f"\n  c/a = {c_over_a:.2f} (rounds {min(spread):.2f}-{max(spread):.2f})   c/b = {c_over_b:.2f}")
 
     full = ""
     if args.full:
@@ -195,10 +226,10 @@ def main() -> None:
         print(f"  full train_apples.yaml run (100 epochs, FID every 5): {full}")
 
     if not args.no_record:
-        record(name, args, options, rows, c_over_a, c_over_b, full)
+        record(name, args, options, rows, f"{c_over_a:.2f} ({min(spread):.2f}-{max(spread):.2f})", c_over_b, full)
 
 
-def record(name, args, options, rows, c_over_a, c_over_b, full) -> None:
+def record(name, args, options, rows, c_over_a: str, c_over_b: float, full: str) -> None:
     path = REPO / "docs" / "benchmarks.md"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +244,7 @@ def record(name, args, options, rows, c_over_a, c_over_b, full) -> None:
     peaks = "/".join(f"{rows[k][1]:.0f}" for k in "abc")
     row = (
         f"| {date.today()} | {name} | {torch.__version__} | {args.size} | {args.batch} | {options.describe()} | "
-        f"{rows['a'][0]:,.0f} | {rows['b'][0]:,.0f} | {rows['c'][0]:,.0f} | {c_over_a:.2f} | {c_over_b:.2f} | {peaks} | "
+        f"{rows['a'][0]:,.0f} | {rows['b'][0]:,.0f} | {rows['c'][0]:,.0f} | {c_over_a} | {c_over_b:.2f} | {peaks} | "
         f"{full or '-'} | `{command.strip()}` |"
     )
     lines = path.read_text().splitlines()

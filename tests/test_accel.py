@@ -83,7 +83,7 @@ def test_training_step_never_syncs_with_the_host(tmp_path):
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=device)
     train_step(model, model, optimizer, scaler, to_input(images, device, True), None, config, options, 1.0, device)  # warm-up
     torch.cuda.synchronize()
-    sums = torch.zeros(3, device=device)
+    sums = torch.zeros(4, device=device)
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
@@ -91,3 +91,26 @@ def test_training_step_never_syncs_with_the_host(tmp_path):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(sums).all()
+
+
+def test_benchmark_script_prints_each_row_and_the_ratios(tmp_path):
+    """The benchmark's plumbing on the bundled sample (its speeds are measured in docs/benchmarks.md, not here)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "benchmark.py"), "--data", str(SAMPLE), "--steps", "2", "--rounds", "2",
+         "--warmup", "1", "--no-record"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for label in ("a reference loop", "b model-step ceiling", "c vaegen train loop"):
+        row = next(line for line in lines if label in line)
+        rate = float(row.split(label)[1].split("images/s")[0].replace(",", ""))
+        assert rate > 0
+        assert row.count("rounds:") == 1 and len(row.split("rounds:")[1].split(",")) == 2  # one rate per round
+    ratio = next(line for line in lines if "c/a =" in line)
+    assert float(ratio.split("c/a =")[1].split()[0]) > 0 and "c/b =" in ratio

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from vaegen import gallery
+from vaegen import gallery, samplers
 from vaegen.config import config_from_dict
 from vaegen.data import decode_image
 from vaegen.density import SAMPLER_FILE, fit_latent_gmm
@@ -219,7 +219,7 @@ def test_one_class_is_that_class_and_all_classes_are_labelled_rows(models):
 
 def test_slerp_keeps_the_norm_where_lerp_shrinks_it():
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
-    path = gallery.slerp(a, b, torch.linspace(0, 1, 5))
+    path = samplers.slerp(a, b, torch.linspace(0, 1, 5))
     assert torch.allclose(path[0], a) and torch.allclose(path[-1], b)
     assert torch.allclose(path[2], torch.tensor([1.0, 1.0]) / math.sqrt(2))
     assert torch.allclose(path.norm(dim=1), torch.ones(5))
@@ -227,11 +227,11 @@ def test_slerp_keeps_the_norm_where_lerp_shrinks_it():
     generator = torch.Generator().manual_seed(0)
     z = torch.randn(2, 128, generator=generator)
     z[1] *= z[0].norm() / z[1].norm()
-    path = gallery.slerp(z[0], z[1], torch.linspace(0, 1, 9))
+    path = samplers.slerp(z[0], z[1], torch.linspace(0, 1, 9))
     assert torch.allclose(path.norm(dim=1), z[0].norm().expand(9), rtol=1e-5)
     assert torch.lerp(z[0], z[1], 0.5).norm() < 0.8 * z[0].norm()
     # parallel ends: no unique circle, a straight line
-    line = gallery.slerp(a, 3 * a, torch.tensor([0.0, 0.5, 1.0]))
+    line = samplers.slerp(a, 3 * a, torch.tensor([0.0, 0.5, 1.0]))
     assert torch.allclose(line, torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]))
 
 

@@ -229,3 +229,54 @@ def test_checkpoint_every_writes_the_training_state_less_often(tmp_path, monkeyp
     assert main(["train", "--config", str(config)]) == 0
     assert saved_epochs == [2, 4, 5]  # every second epoch, and always the last
     assert len(_rows(tmp_path / "logs" / "tiny")) == 5
+
+
+def _one_step(skip_grad_norm: float | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    from vaegen.accel import resolve_step_options
+    from vaegen.config import config_from_dict
+    from vaegen.models import build_model
+    from vaegen.train import build_optimizer, train_step
+
+    config = config_from_dict({
+        "data": {"root": str(SAMPLE), "image_size": 16}, "model": {"latent_dim": 8, "widths": [8, 16]},
+        "optim": {"lr": 1e-2, "skip_grad_norm": skip_grad_norm}, "eval": {"backbone": "none"}, "output": {"select": "val_nelbo"},
+    })
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(config.model, (16, 16), 3, 3)
+    optimizer = build_optimizer(config, model)
+    options = resolve_step_options(config.train, config.data, device, 1)
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    terms = train_step(model, model, optimizer, torch.amp.GradScaler("cpu", enabled=False), x, None, config, options, 1.0, device)
+    return {name: p.detach().clone() for name, p in model.named_parameters()}, terms
+
+
+def test_gradient_norm_skip_drops_only_the_updates_above_the_threshold():
+    from vaegen.config import ModelConfig
+    from vaegen.models import build_model
+
+    torch.manual_seed(0)  # the starting weights of every _one_step
+    initial = dict(build_model(ModelConfig(latent_dim=8, widths=(8, 16)), (16, 16), 3, 3).named_parameters())
+    plain, _ = _one_step(None)
+    skipped, terms_skipped = _one_step(1e-9)
+    assert terms_skipped[3].item() == 1.0
+    assert all(torch.equal(skipped[k], initial[k]) for k in initial)  # nothing moved
+    kept, terms_kept = _one_step(1e9)
+    assert terms_kept[3].item() == 0.0
+    assert all(torch.equal(kept[k], plain[k]) for k in plain)  # a threshold never reached changes nothing
+    assert any(not torch.equal(kept[k], initial[k]) for k in initial)
+    assert torch.equal(terms_kept[:3], terms_skipped[:3])  # the losses are those of the batch either way
+
+
+def test_skipped_updates_are_counted_per_epoch(tmp_path):
+    config = tiny_config(tmp_path, optim={"skip_grad_norm": 1e-12}, train={"epochs": 2})
+    assert main(["train", "--config", str(config)]) == 0
+    rows = _rows(tmp_path / "logs" / "tiny")
+    steps = 240 // 32  # the sample's 301 images less its 20 % validation split, full batches
+    assert [row["skipped_steps"] for row in rows] == [steps, steps]
+    assert rows[0]["train_loss"] == pytest.approx(rows[1]["train_loss"], rel=0.05)  # it never learned
+
+
+def test_a_non_positive_skip_threshold_is_refused(tmp_path, capsys):
+    assert main(["train", "--config", str(tiny_config(tmp_path, optim={"skip_grad_norm": 0}))]) == 2
+    assert "optim.skip_grad_norm" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -65,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except VaegenError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        # under torchrun every process meets the same config error: process 0 says it for all of them
+        if not (isinstance(exc, ConfigError) and os.environ.get("RANK", "0") != "0"):
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted. Continue with `vaegen train --resume logs/<run>`; the last checkpoint is intact.", file=sys.stderr)

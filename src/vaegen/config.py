@@ -106,6 +106,11 @@ class OptimConfig(Section):
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; null = off")
+    # Child 2021 (VDVAE): a rare batch with a huge gradient can undo hours of training in one update;
+    # such updates are dropped instead. Deciding needs the norm on the host: one sync per step.
+    skip_grad_norm: float | None = Field(
+        None, gt=0.0, description="skip the update when the gradient norm is above this (or not finite); null = off"
+    )
 
 
 class TrainConfig(Section):

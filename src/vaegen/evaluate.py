@@ -23,7 +23,7 @@ from vaegen.fid import build_evaluator, eval_batch_size, score_model
 from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.losses import kl_divergence, reconstruction_loss
 from vaegen.plots import image_grid, labelled_rows, reconstruction_grid, save_png
-from vaegen.samplers import per_class_samples
+from vaegen.samplers import per_class_samples, slerp
 from vaegen.train import resolve_device, to_input
 
 
@@ -114,7 +114,7 @@ def _interpolation(model, split, cfg: TestConfig, device, path: Path) -> Path:
     images = []
     for r in range(rows):
         a, b = 2 * r, 2 * r + 1
-        z = torch.lerp(mu[a].expand(len(weights), -1), mu[b].expand(len(weights), -1), weights[:, None])
+        z = slerp(mu[a], mu[b], weights)
         labels = None
         if y is not None:  # the class switches half-way: conditional codes live per class
             labels = torch.where(weights < 0.5, y[a], y[b])

@@ -260,3 +260,19 @@ def build_evaluator(
     batch_size = eval_batch_size(batch_size, device)
     real = real_features(network, images, cache_file, batch_size, device)
     return Evaluator(network, real, reference, data_cfg.image_size, num_samples, batch_size, kid_subset_size, device, seed)
+
+
+def run_evaluator(config, splits, device: torch.device) -> Evaluator | None:
+    """build_evaluator with a training config's eval settings (train, and scripts scoring trained runs)."""
+    return build_evaluator(
+        backbone=config.eval.backbone,
+        inception_weights=config.eval.inception_weights,
+        reference=config.eval.reference,
+        num_samples=config.eval.num_samples,
+        batch_size=config.eval.batch_size,
+        kid_subset_size=config.eval.kid_subset_size,
+        data_cfg=config.data,
+        splits=splits,
+        seed=config.train.seed,
+        device=device,
+    )

@@ -25,7 +25,7 @@ from vaegen.data import decode_image
 from vaegen.density import SAMPLER_FILE
 from vaegen.errors import CheckpointError, DataError, VaegenError
 from vaegen.plots import image_grid, labelled_rows, to_pil
-from vaegen.samplers import per_class_samples
+from vaegen.samplers import per_class_samples, slerp
 from vaegen.train import to_input
 
 WEIGHTS = "model.safetensors"
@@ -252,23 +252,6 @@ def sample_view(model: torch.nn.Module, count: int, seed: int, temperature: floa
         return _page(model, per_class_samples(model, count, seed, temperature), labels, count)
     images = model.sample(count, labels=labels[0], temperature=temperature, seed=seed)
     return _page(model, images, labels, per_row=None)
-
-
-def slerp(start: torch.Tensor, end: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation from `start` to `end`, one row per weight in [0, 1].
-
-    Why not a straight line: codes from the prior N(0, I) in d dimensions have norm close to
-    √d, but the midpoint of two independent ones has norm close to √(d/2), a region the decoder
-    rarely saw, so linear paths fade to a washed-out average half-way. Along the great circle
-    the norm stays that of the ends, and every step looks like a sample. Posterior means of two
-    images sit at similar norms too. (Anti)parallel ends have no unique circle: straight line.
-    """
-    weights = weights.to(start.dtype)[:, None]
-    cosine = torch.dot(start, end) / (start.norm() * end.norm()).clamp_min(1e-12)
-    angle = torch.arccos(cosine.clamp(-1.0, 1.0))
-    if torch.sin(angle).abs() < 1e-4:
-        return torch.lerp(start.expand(len(weights), -1), end.expand(len(weights), -1), weights)
-    return (torch.sin((1 - weights) * angle) * start + torch.sin(weights * angle) * end) / torch.sin(angle)
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ from vaegen.data import DecodedImages, batches, default_cache_dir, load_splits, 
 from vaegen.density import SAMPLER_FILE, LatentGMM, fit_model_density
 from vaegen.ema import EMA
 from vaegen.errors import CheckpointError, ConfigError, OutOfMemory, TrainingDiverged
-from vaegen.fid import build_evaluator, eval_batch_size, metric_names, score_model
+from vaegen.fid import eval_batch_size, metric_names, run_evaluator, score_model
 from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.losses import vae_loss
 from vaegen.models import build_model, count_parameters
@@ -167,7 +167,9 @@ def train_step(
     adversary: Adversary | None = None,
     perceptual: PerceptualLoss | None = None,
 ) -> torch.Tensor:
-    """One optimizer step on batch x in [0, 1]; returns (total, recon, KL) on the device, never synced.
+    """One optimizer step on batch x in [0, 1]; returns (total, recon, KL, skipped) on the device.
+    Never synced with the host, unless optim.skip_grad_norm is set: then the update is dropped (skipped = 1)
+    when the gradient norm is above it or not finite.
     With an `adversary` (after its warm-up) the decoder also learns to fool it, and it takes its own step;
     a `perceptual` term adds a frozen network's feature distance to the objective."""
     with autocast(options, device):
@@ -181,16 +183,26 @@ def train_step(
         objective = objective + adversary.generator_term(fake, terms.recon, model.last_layer)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(objective).backward()  # the scaler is a no-op unless precision is fp16
-    if config.optim.grad_clip is not None:
+    skipped = False
+    if config.optim.grad_clip is not None or config.optim.skip_grad_norm is not None:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    if ema is not None:
-        ema.update(model)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip or math.inf)
+        if config.optim.skip_grad_norm is not None:
+            norm = float(norm)
+            skipped = not norm <= config.optim.skip_grad_norm  # NaN compares False: skipped too
+    if skipped:
+        scaler.update()  # fp16: the scale still follows the unscaled gradients' inf checks
+    else:
+        scaler.step(optimizer)
+        scaler.update()
+        if ema is not None:
+            ema.update(model)
     if adversary is not None:
         adversary.discriminator_step(x, fake)
-    return torch.stack([t.detach() for t in terms])
+    skipped_flag = torch.zeros_like(terms.total.detach())  # filled in place: a host-made tensor would sync on CUDA
+    if skipped:
+        skipped_flag.fill_(1.0)
+    return torch.stack([*(t.detach() for t in terms), skipped_flag])
 
 
 def train_one_epoch(
@@ -214,7 +226,7 @@ def train_one_epoch(
     conditional = model.is_conditional
     total_steps = steps_per_epoch(len(data.images), config.train.batch_size)
     # Loss sums stay on the device and are read only every log_every steps: no per-step sync.
-    sums = torch.zeros(3, device=device)
+    sums = torch.zeros(4, device=device)  # total, recon, KL (per-image sums), skipped updates
     first_bad_step = torch.tensor(-1, device=device)
     seen = 0
     start = time.perf_counter()
@@ -226,7 +238,8 @@ def train_one_epoch(
         x = to_input(images_u8, device, options.channels_last)
         y = labels.to(device) if conditional else None
         terms = train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device, ema, adversary, perceptual)
-        sums += terms * len(x)
+        sums[:3] += terms[:3] * len(x)
+        sums[3] += terms[3]
         seen += len(x)
         first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(terms[0]), step, first_bad_step)
         if step % config.train.log_every == 0 or step == total_steps:
@@ -237,12 +250,15 @@ def train_one_epoch(
             progress.set_postfix(loss=f"{float(sums[0]) / seen:.2f}")
         progress.update(1)
     progress.close()
-    totals = distributed.all_reduce_sum(torch.cat([sums, torch.tensor([float(seen)], device=device)]))
-    sums, seen = totals[:3], float(totals[3])
-    total, recon, kl = (sums / seen).tolist()
+    totals = distributed.all_reduce_sum(torch.cat([sums[:3], torch.tensor([float(seen)], device=device)]))
+    sums_per_image, seen = totals[:3], float(totals[3])
+    total, recon, kl = (sums_per_image / seen).tolist()
     elapsed = time.perf_counter() - start
     adversarial = adversary.epoch_stats() if adversary is not None else {}
-    return {"train_loss": total, "train_recon": recon, "train_kl": kl, "train_nelbo": recon + kl, **adversarial, "images_per_s": seen / elapsed}
+    # every process saw the same (all-reduced) gradients, so each skipped the same steps: no reduction
+    skipped = {"skipped_steps": int(sums[3])} if config.optim.skip_grad_norm is not None else {}
+    return {"train_loss": total, "train_recon": recon, "train_kl": kl, "train_nelbo": recon + kl, **adversarial, **skipped,
+            "images_per_s": seen / elapsed}
 
 
 @torch.no_grad()
@@ -375,18 +391,7 @@ def _train(
     say(f"model: {config.model.name} ({config.model.conditional} conditioning), {count_parameters(model):,} parameters, on {device} ({options.describe()})")
 
     # FID/KID: the backbone and the real features are set up once; the features are cached on disk
-    evaluator = None if not main_process else build_evaluator(
-        backbone=config.eval.backbone,
-        inception_weights=config.eval.inception_weights,
-        reference=config.eval.reference,
-        num_samples=config.eval.num_samples,
-        batch_size=config.eval.batch_size,
-        kid_subset_size=config.eval.kid_subset_size,
-        data_cfg=config.data,
-        splits=splits,
-        seed=config.train.seed,
-        device=device,
-    )
+    evaluator = run_evaluator(config, splits, device) if main_process else None
     problem = evaluation_network_problem(config.loss.perceptual, evaluator.backbone.name if evaluator is not None else None)
     if problem:
         raise ConfigError(problem + ".")
