@@ -153,19 +153,23 @@ def copy_ratio(result: dict, results: list[dict], args, splits, count: int = 200
     """
     import vaegen
     from vaegen.density import fit_model_density
+    from vaegen.fid import eval_batch_size
+    from vaegen.train import resolve_device
 
-    train_pixels = splits.train.images.flatten(1).float() / 255
+    device = resolve_device(args.device)
+    train_pixels = splits.train.images.to(device).flatten(1).float() / 255
 
     def nearest(pixels: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.cdist(chunk, train_pixels).min(1).values for chunk in pixels.split(500)]).median()
 
     base = next((r for r in results if r["row"] == POST_HOC.get(result["row"])), result)
-    model = vaegen.load(Path(base["samples"]).parent)
+    model = vaegen.load(Path(base["samples"]).parent, device)
     if base is not result:  # the post-hoc mixture is refitted (seeded, so the same one)
         config = row_config(args, ROWS[result["row"]], args.out, result["slug"])
-        model.latent_density = fit_model_density(model, splits.train, config.sampler, config.train.seed, 64, torch.device("cpu"))
+        batch = eval_batch_size(config.eval.batch_size, device)
+        model.latent_density = fit_model_density(model, splits.train, config.sampler, config.train.seed, batch, device)
     samples = model.sample(count, seed=1).flatten(1).float()
-    return float(nearest(samples) / nearest(splits.val.images.flatten(1).float() / 255))
+    return float(nearest(samples) / nearest(splits.val.images.to(device).flatten(1).float() / 255))
 
 
 def score_with_mixture(config, trained: Path, out: Path) -> dict:
