@@ -17,10 +17,10 @@ from vaegen.errors import ConfigError
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_auto_on_cpu_is_plain_fp32_eager_with_data_in_memory():
+def test_auto_on_cpu_is_plain_fp32_eager_with_data_in_memory_and_the_fused_adam():
     options = resolve_step_options(TrainConfig(), DataConfig(root="x"), torch.device("cpu"), data_bytes=10**9)
     assert (options.precision, options.channels_last, options.compile, options.on_device, options.fused_optimizer) == (
-        "fp32", False, False, True, False,
+        "fp32", False, False, True, True,
     )
     assert options.autocast_dtype is None
 

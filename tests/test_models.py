@@ -302,8 +302,9 @@ def test_res_vae_keeps_the_interface_and_adds_depth(conditional):
     model = build_model(cfg, (16, 24), 3, 3)
     assert isinstance(model, ResVAE)
     plain = build_model(cfg.model_copy(update={"name": "conv_vae"}), (16, 24), 3, 3)
-    # a block is two 3x3 convolutions and two BatchNorms; each width gets 2 blocks in the encoder and 2 in the decoder
-    per_block = {w: 2 * (9 * w * w + 2 * w) for w in (8, 16)}
+    # a block is a bottleneck at a quarter of the width h: 1x1 (w->h), two 3x3 (h->h), 1x1 (h->w), a BatchNorm
+    # before each; each width gets 2 blocks in the encoder and 2 in the decoder
+    per_block = {w: 2 * w * (w // 4) + 2 * 9 * (w // 4) ** 2 + 2 * w + 3 * 2 * (w // 4) for w in (8, 16)}
     assert count_parameters(model) - count_parameters(plain) == 2 * 2 * (per_block[8] + per_block[16])
     labels = None if conditional == "none" else torch.tensor([0, 2])
     logits, mu, logvar = model(torch.rand(2, 3, 16, 24), labels)

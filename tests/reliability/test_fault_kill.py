@@ -9,7 +9,7 @@ import torch
 
 import vaegen
 from fault_helpers import run_vaegen
-from test_train import _rows, _weights, tiny_config
+from test_train import RESUME_SEED, _rows, _weights, tiny_config
 from vaegen.checkpoint import load_training_state
 from vaegen.cli import main
 
@@ -47,7 +47,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint_and_resume_f
 
 def test_kill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
     kill_step = 2 * STEPS_PER_EPOCH + 3  # epoch 3 of 4, step 3
-    interrupted = tiny_config(tmp_path / "killed", train={"epochs": 4}, data={"hflip": True})
+    interrupted = tiny_config(tmp_path / "killed", train={"epochs": 4, "seed": RESUME_SEED}, data={"hflip": True})
     killed = run_vaegen(tmp_path / "killed", ["train", "--config", str(interrupted)], setup=f"""
         from fault_helpers import kill_at_training_step
         kill_at_training_step({kill_step})
@@ -58,7 +58,7 @@ def test_kill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(tmp_path
     assert [row["epoch"] for row in _rows(run)] == [1, 2]  # epoch 3 never finished
 
     assert main(["train", "--resume", str(run)]) == 0
-    straight = tiny_config(tmp_path / "straight", train={"epochs": 4}, data={"hflip": True})
+    straight = tiny_config(tmp_path / "straight", train={"epochs": 4, "seed": RESUME_SEED}, data={"hflip": True})
     assert main(["train", "--config", str(straight)]) == 0
     reference = tmp_path / "straight" / "logs" / "tiny"
 
