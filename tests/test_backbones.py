@@ -20,7 +20,7 @@ from vaegen.backbones import (
     load_backbone,
     resolve_backbone_name,
 )
-from vaegen.errors import ConfigError
+from vaegen.errors import CheckpointError, ConfigError
 
 APPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "apples"
 FRUIT = {948, 957, 952, 951}  # ImageNet: Granny Smith, pomegranate, fig, lemon
@@ -52,8 +52,10 @@ def fake_inception_weights(tmp_path_factory):
     return path
 
 
-def test_registry_names():
-    assert set(BACKBONES) == {"inception", "inception-64", "efficientnet-lite0"}
+def test_registry_names_are_the_ones_configs_accept():
+    from vaegen.config import NETWORK_NAMES
+
+    assert set(BACKBONES) == set(NETWORK_NAMES) == {"inception", "inception-64", "efficientnet-lite0", "dinov2"}
 
 
 def test_efficientnet_features_shape_dtype_and_attributes(lite0):
@@ -248,3 +250,43 @@ def test_inception_weights_carrying_a_pickle_payload_are_refused(tmp_path, pickl
     with pytest.raises(CheckpointError, match="not a plain tensor file"):
         load_backbone("inception", inception_weights=evil)
     assert not pickle_bomb.marker.exists()
+
+
+@pytest.fixture(scope="module")
+def dinov2_file(tmp_path_factory) -> Path:
+    """Random weights in the published file's layout (518 px position embedding, timm key names)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0)
+    path = tmp_path_factory.mktemp("dinov2") / "model.safetensors"
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
+    return path
+
+
+def test_dinov2_loads_a_local_safetensors_file_and_gives_384_features(dinov2_file, monkeypatch):
+    from vaegen.backbones import DINOV2_ENV, load_backbone
+
+    monkeypatch.setenv(DINOV2_ENV, str(dinov2_file))
+    network = load_backbone("dinov2")
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    features = network(images)
+    assert features.shape == (3, 384) and torch.isfinite(features).all()
+    assert torch.equal(features, network(images))  # frozen, eval mode: the same images give the same features
+    assert not torch.allclose(features[0], features[1])
+    # the 518 px embedding was resampled to 224 px (16 x 16 patches and the class token)
+    assert network.model.pos_embed.shape[1] == 16 * 16 + 1
+
+
+def test_dinov2_weights_that_are_missing_or_not_safetensors_are_refused(tmp_path, monkeypatch):
+    from vaegen.backbones import DINOV2_ENV, load_backbone
+
+    monkeypatch.setenv(DINOV2_ENV, str(tmp_path / "nowhere.safetensors"))
+    with pytest.raises(ConfigError, match=f"{DINOV2_ENV} points to .*nowhere.safetensors, which does not exist"):
+        load_backbone("dinov2")
+    pickled = tmp_path / "model.pth"
+    torch.save({"weights": torch.zeros(2)}, pickled)
+    monkeypatch.setenv(DINOV2_ENV, str(pickled))
+    with pytest.raises(CheckpointError, match="is not the safetensors file of timm/vit_small_patch14_dinov2.lvd142m"):
+        load_backbone("dinov2")

@@ -175,3 +175,39 @@ def test_eval_batch_size_auto_depends_on_the_device():
     assert eval_batch_size("auto", torch.device("cpu")) == 64
     assert eval_batch_size("auto", torch.device("cuda")) == 1000
     assert eval_batch_size(7, torch.device("cuda")) == 7
+
+
+class SecondBackbone(CountingBackbone):
+    """Another fixed random feature map, under the second network's name."""
+
+    name = "dinov2"
+
+    def __init__(self):
+        super().__init__()
+        torch.nn.init.normal_(self.project.weight, generator=torch.Generator().manual_seed(1))
+
+
+def test_extra_backbones_score_the_very_same_samples(tmp_path, monkeypatch):
+    from test_train import tiny_config
+
+    networks = {"efficientnet-lite0": CountingBackbone, "dinov2": SecondBackbone}
+    monkeypatch.setattr(vaegen.backbones, "load_backbone", lambda name, device="cpu", weights=None: networks[name]())
+    CountingBackbone.images_seen = 0
+
+    def run(name: str, **eval_settings) -> dict:
+        settings = {"every": 1, "num_samples": 40, "batch_size": 20, "kid_subset_size": 20, **eval_settings}
+        assert main(["train", "--config", str(tiny_config(tmp_path / name, train={"epochs": 1}, eval=settings, output={"select": "fid"}))]) == 0
+        return json.loads((tmp_path / name / "logs" / "tiny" / "metrics.jsonl").read_text().splitlines()[0])
+
+    both = run("both", backbone="efficientnet-lite0", extra_backbones=["dinov2"])
+    assert CountingBackbone.images_seen == 2 * (240 + 40)  # each network: the real images once, the 40 samples
+    assert {"fd_efficientnet_lite0", "kd_efficientnet_lite0", "fd_dinov2", "kd_dinov2", "kd_dinov2_std"} <= both.keys()
+    assert both["fd_dinov2"] != both["fd_efficientnet_lite0"]
+    metrics = json.loads((tmp_path / "both" / "best" / "tiny" / "metrics.json").read_text())
+    assert metrics["criterion"] == "fd_efficientnet_lite0"  # the first network selects
+    assert metrics["protocol"]["extra_backbones"] == ["dinov2 (8-d, none (test backbone), fp32)"]
+    # the second network alone, same seed: the same training (building networks leaves the training's random
+    # stream alone) and the same samples, so the same distances
+    alone = run("alone", backbone="dinov2")
+    assert alone["fd_dinov2"] == pytest.approx(both["fd_dinov2"], rel=1e-9)
+    assert alone["kd_dinov2"] == pytest.approx(both["kd_dinov2"], rel=1e-9)

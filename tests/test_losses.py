@@ -149,8 +149,9 @@ def test_a_perceptual_loss_on_the_evaluation_backbone_is_refused(tmp_path):
         load_config(explicit)
     assert main(["train", "--config", str(explicit)]) == 2
 
-    # `auto` is refused once it resolves (offline: to efficientnet-lite0), before any training
-    auto = tiny_config(tmp_path / "b", loss={"perceptual": "efficientnet-lite0"}, eval={"backbone": "auto"}, output={"select": "fid"})
+    # `auto` is refused once it resolves (offline: to efficientnet-lite0), before any network loads
+    auto = tiny_config(tmp_path / "b", loss={"perceptual": "efficientnet-lite0"}, eval={"backbone": "auto", "extra_backbones": ["dinov2"]},
+                       output={"select": "fid"})
     load_config(auto)
     import vaegen.backbones
 
@@ -158,6 +159,31 @@ def test_a_perceptual_loss_on_the_evaluation_backbone_is_refused(tmp_path):
         pytest.skip("the Inception weights are present here, so auto resolves to another network")
     assert main(["train", "--config", str(auto)]) == 2
     assert not (tmp_path / "b" / "logs" / "tiny" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("scoring", "refusal"),
+    [
+        ({"backbone": "inception-64", "extra_backbones": ["dinov2"]}, "eval.backbone resolves to inception-64"),
+        ({"backbone": "efficientnet-lite0", "extra_backbones": ["inception-64"]}, "eval.extra_backbones lists inception-64"),
+        ({"backbone": "efficientnet-lite0"}, "reported on a second network too: set eval.extra_backbones: \\[dinov2\\]"),
+        ({"backbone": "efficientnet-lite0", "extra_backbones": ["efficientnet-lite0"]}, "repeats a network"),
+        ({"backbone": "none", "extra_backbones": ["dinov2"]}, "eval.backbone is none, so nothing is scored"),
+        ({"backbone": "efficientnet-lite0", "extra_backbones": ["dinov2"]}, None),
+    ],
+)
+def test_a_perceptual_loss_is_scored_on_two_networks_neither_its_own(tmp_path, scoring, refusal):
+    from test_train import tiny_config
+    from vaegen.config import load_config
+    from vaegen.errors import ConfigError
+
+    select = "val_nelbo" if scoring["backbone"] == "none" else "fid"
+    path = tiny_config(tmp_path, loss={"perceptual": "inception"}, eval=scoring, output={"select": select})
+    if refusal is None:
+        assert load_config(path).eval.extra_backbones == ("dinov2",)
+    else:
+        with pytest.raises(ConfigError, match=refusal):
+            load_config(path)
 
 
 def test_perceptual_loss_is_zero_at_the_target_and_trains_the_reconstruction():

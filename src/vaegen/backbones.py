@@ -30,6 +30,8 @@ INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub's naming: the file name carrie
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 INCEPTION_ENV = "VAEGEN_INCEPTION_WEIGHTS"
 DOWNLOAD_TIMEOUT_S = 15
+DINOV2_ENV = "VAEGEN_DINOV2_WEIGHTS"
+DINOV2_HUB = "timm/vit_small_patch14_dinov2.lvd142m"
 
 BACKBONES: dict[str, Callable[..., Backbone]] = {}
 
@@ -253,6 +255,62 @@ class InceptionFID(Backbone):
         return self.net((x.clamp(0, 1) * 255).round().to(torch.uint8))
 
 
+# ---- DINOv2 ViT-S/14: self-supervised features, no ImageNet labels ----
+
+
+def dinov2_weights_path() -> Path:
+    """$VAEGEN_DINOV2_WEIGHTS, else timm's model.safetensors from the Hugging Face hub (downloaded once, cached)."""
+    local = os.environ.get(DINOV2_ENV)
+    if local:
+        path = Path(local).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{DINOV2_ENV} points to {path}, which does not exist; expected the model.safetensors of {DINOV2_HUB}.")
+        return path
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(DINOV2_HUB, "model.safetensors"))
+    except Exception as error:
+        raise ConfigError(
+            f"The dinov2 backbone's weights are not on this machine and could not be downloaded from "
+            f"https://huggingface.co/{DINOV2_HUB} ({type(error).__name__}). Download its model.safetensors and set "
+            f"{DINOV2_ENV} to that path, or choose another backbone (efficientnet-lite0 works offline)."
+        ) from None
+
+
+class DINOv2(Backbone):
+    name = "dinov2"
+    num_features = 384
+    input_size = 224
+    resize = "bicubic antialias to 224, ImageNet mean/std"
+
+    def __init__(self):
+        super().__init__()
+        import timm
+        from safetensors.torch import load_file
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        path = dinov2_weights_path()
+        self.model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=self.input_size, num_classes=0)
+        try:  # safetensors only: plain tensors, nothing in the file can run code
+            weights = load_file(str(path))
+            # the published weights are for 518 px; the filter resamples the position embedding to 224
+            self.model.load_state_dict(checkpoint_filter_fn(weights, self.model), strict=True)
+        except Exception as error:
+            raise CheckpointError(
+                f"{path} is not the safetensors file of {DINOV2_HUB} ({type(error).__name__}: {str(error)[:160]}); "
+                f"download model.safetensors from https://huggingface.co/{DINOV2_HUB} again."
+            ) from None
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self._freeze()
+
+    def features(self, x: Tensor) -> Tensor:
+        size = (self.input_size, self.input_size)
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        return self.model((x - self.mean) / self.std)  # the normalised class token
+
+
 # Builders take keyword options and ignore the ones meant for other backbones.
 @register_backbone("inception")
 def _inception(inception_weights: str | Path | None = None, **_) -> Backbone:
@@ -267,6 +325,16 @@ def _inception_64(inception_weights: str | Path | None = None, **_) -> Backbone:
 @register_backbone("efficientnet-lite0")
 def _efficientnet_lite0(**_) -> Backbone:
     return EfficientNetLite0()
+
+
+@register_backbone("dinov2")
+def _dinov2(**_) -> Backbone:
+    return DINOv2()
+
+
+def network_of(backbone: str) -> str:
+    """The network behind a backbone name: the Inception layers are one network."""
+    return "inception" if backbone.startswith("inception") else backbone
 
 
 def resolve_backbone_name(name: str, inception_weights: str | Path | None = None) -> str:

@@ -149,7 +149,8 @@ class AdversarialConfig(Section):
     widths: tuple[int, ...] = Field((64, 128, 256), min_length=1, description="discriminator channels per stride-2 layer")
 
 
-BACKBONE_NAMES = ("auto", "inception", "inception-64", "efficientnet-lite0", "none")
+NETWORK_NAMES = ("inception", "inception-64", "efficientnet-lite0", "dinov2")
+BACKBONE_NAMES = ("auto", *NETWORK_NAMES, "none")
 
 
 class EvalConfig(Section):
@@ -159,6 +160,9 @@ class EvalConfig(Section):
         "auto", description="feature network for FID/KID; auto = inception if its weights are here, else efficientnet-lite0"
     )
     inception_weights: Path | None = Field(None, description="weights-inception-2015-12-05-6726825d.pth, if not in the torch cache")
+    extra_backbones: tuple[Literal[NETWORK_NAMES], ...] = Field(
+        (), description="also score the same samples on these networks (a second opinion; required with loss.perceptual)"
+    )
     num_samples: int = Field(5000, ge=2, description="generated images per FID/KID evaluation")
     reference: Literal["train", "val", "all"] = Field("train", description="real images the samples are compared with")
     batch_size: Literal["auto"] | PositiveInt = Field("auto", description="images per decoder/backbone batch; auto = 1000 on CUDA, 64 elsewhere")
@@ -219,7 +223,13 @@ class Config(Section):
             )
         from vaegen.perceptual import evaluation_network_problem
 
-        problem = evaluation_network_problem(self.loss.perceptual, self.eval.backbone)  # "auto" is checked once resolved, in train
+        extras = self.eval.extra_backbones
+        if extras and self.eval.backbone == "none":
+            raise ValueError("eval.extra_backbones is set but eval.backbone is none, so nothing is scored; choose a backbone or drop the extras")
+        if len(set(extras)) != len(extras) or self.eval.backbone in extras:
+            raise ValueError(f"eval.extra_backbones {list(extras)} repeats a network (eval.backbone is {self.eval.backbone}); list each once")
+        # "auto" is checked once resolved, in train
+        problem = evaluation_network_problem(self.loss.perceptual, self.eval.backbone, self.eval.extra_backbones)
         if problem:
             raise ValueError(problem)
         if self.eval.reference == "val" and self.data.val_fraction == 0:
@@ -246,6 +256,7 @@ class TestConfig(Section):
     split: Literal["train", "val", "all"] = "val"
     backbone: Literal[BACKBONE_NAMES] = "auto"
     inception_weights: Path | None = None
+    extra_backbones: tuple[Literal[NETWORK_NAMES], ...] = Field((), description="also score the same samples on these networks")
     num_samples: int = Field(5000, ge=2)
     batch_size: Literal["auto"] | PositiveInt = "auto"
     kid_subset_size: int = Field(1000, ge=2)

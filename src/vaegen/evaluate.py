@@ -148,6 +148,7 @@ def _distances(model, splits, data_cfg, seed: int, cfg: TestConfig, device) -> d
         splits=splits,
         seed=seed,
         device=device,
+        extra_backbones=cfg.extra_backbones,
     )
     class_weights = torch.bincount(splits.train.labels, minlength=model.num_classes).float()
     return score_model(evaluator, model, cfg.temperature, class_weights, model.latent_density)

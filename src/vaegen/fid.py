@@ -55,9 +55,11 @@ class Protocol:
     temperature: float
     kid_subset_size: int
     libraries: dict[str, str]
+    # the same samples scored on other networks too: "name (dim-d, resize, precision)"
+    extra_backbones: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "image_size": list(self.image_size)}
+        return {**asdict(self), "image_size": list(self.image_size), "extra_backbones": list(self.extra_backbones)}
 
 
 def library_versions() -> dict[str, str]:
@@ -157,9 +159,12 @@ class Evaluator:
         kid_subset_size: int,
         device: torch.device,
         seed: int = 0,
+        extras: list[tuple[nn.Module, torch.Tensor]] = (),
     ):
         self.backbone = backbone
         self.real = real.to(device)  # the distance math runs where the features are made
+        # second opinions: other networks with their real features, fed the very same samples
+        self.extras = [(network, features.to(device)) for network, features in extras]
         self.reference = reference
         self.image_size = tuple(image_size)
         self.num_samples = num_samples
@@ -168,22 +173,32 @@ class Evaluator:
         self.device = device
         self.seed = seed
 
+    @property
+    def networks(self) -> list[str]:
+        """The scoring networks' names, the one that selects checkpoints first."""
+        return [self.backbone.name, *(network.name for network, _ in self.extras)]
+
     @torch.no_grad()
     def score(self, generate: Callable[[int, torch.Generator], torch.Tensor], sampler: str = "prior", temperature: float = 1.0) -> dict:
         """`generate(n, generator)` returns n images in [0, 1]; its randomness comes from `generator` only."""
         generator = torch.Generator().manual_seed(self.seed)
-        chunks = []
+        networks = [(self.backbone, self.real), *self.extras]
+        chunks: list[list[torch.Tensor]] = [[] for _ in networks]
         for start in tqdm(range(0, self.num_samples, self.batch_size), desc="scoring samples", unit="batch", leave=False, disable=None):
             n = min(self.batch_size, self.num_samples - start)
             images = generate(n, generator).to(self.device).float()
-            chunks.append(self.backbone(images).float())
-        fake = torch.cat(chunks)
-        fd_name, kd_name = metric_names(self.backbone.name)
-        kid_mean, kid_std = kernel_distance(self.real, fake, self.kid_subset_size, self.seed)
+            for (network, _), features in zip(networks, chunks):
+                features.append(network(images).float())
+        scores = {}
+        for (network, real), features in zip(networks, chunks):
+            fd_name, kd_name = metric_names(network.name)
+            fake = torch.cat(features)
+            kid_mean, kid_std = kernel_distance(real, fake, self.kid_subset_size, self.seed)
+            scores |= {fd_name: frechet_distance(real, fake), kd_name: kid_mean, f"{kd_name}_std": kid_std}
         protocol = Protocol(
             backbone=self.backbone.name,
             feature_dim=int(self.real.shape[1]),
-            num_generated=len(fake),
+            num_generated=self.num_samples,
             num_real=len(self.real),
             reference=self.reference,
             image_size=self.image_size,
@@ -191,15 +206,13 @@ class Evaluator:
             backbone_precision=getattr(self.backbone, "precision", "fp32"),
             sampler=sampler,
             temperature=temperature,
-            kid_subset_size=min(self.kid_subset_size, len(self.real), len(fake)),
+            kid_subset_size=min(self.kid_subset_size, len(self.real), self.num_samples),
             libraries=library_versions(),
+            extra_backbones=tuple(
+                f"{network.name} ({real.shape[1]}-d, {network.resize}, {getattr(network, 'precision', 'fp32')})" for network, real in self.extras
+            ),
         )
-        return {
-            fd_name: frechet_distance(self.real, fake),
-            kd_name: kid_mean,
-            f"{kd_name}_std": kid_std,
-            "protocol": protocol.to_dict(),
-        }
+        return {**scores, "protocol": protocol.to_dict()}
 
 
 def score_model(evaluator: Evaluator, model: nn.Module, temperature: float, class_weights: torch.Tensor | None, density=None) -> dict:
@@ -244,6 +257,7 @@ def build_evaluator(
     splits,
     seed: int,
     device: torch.device,
+    extra_backbones: tuple[str, ...] = (),
 ) -> Evaluator | None:
     """The Evaluator for a run or a test, its real features cached; None when the backbone is "none"."""
     from vaegen.backbones import load_backbone, resolve_backbone_name
@@ -251,15 +265,22 @@ def build_evaluator(
 
     if backbone == "none":
         return None
-    name = resolve_backbone_name(backbone, inception_weights)
-    network = load_backbone(name, device, inception_weights)
     images, split_name = reference_images(splits, reference, seed, data_cfg.val_fraction)
     cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
-    # features differ (slightly) between precisions, so each precision has its own cache entry
-    cache_file = real_cache_file(cache_dir, splits.train.fingerprint, split_name, f"{name}-{getattr(network, 'precision', 'fp32')}")
     batch_size = eval_batch_size(batch_size, device)
-    real = real_features(network, images, cache_file, batch_size, device)
-    return Evaluator(network, real, reference, data_cfg.image_size, num_samples, batch_size, kid_subset_size, device, seed)
+
+    def network_and_real_features(name: str):
+        # a network's construction draws random initial weights before its real ones load: it must not move the
+        # training's random stream, or a run's trajectory would depend on which networks score it
+        with torch.random.fork_rng(devices=[]):
+            network = load_backbone(name, device, inception_weights)
+        # features differ (slightly) between precisions, so each precision has its own cache entry
+        cache_file = real_cache_file(cache_dir, splits.train.fingerprint, split_name, f"{name}-{getattr(network, 'precision', 'fp32')}")
+        return network, real_features(network, images, cache_file, batch_size, device)
+
+    network, real = network_and_real_features(resolve_backbone_name(backbone, inception_weights))
+    extras = [network_and_real_features(name) for name in extra_backbones]
+    return Evaluator(network, real, reference, data_cfg.image_size, num_samples, batch_size, kid_subset_size, device, seed, extras)
 
 
 def run_evaluator(config, splits, device: torch.device) -> Evaluator | None:
@@ -275,4 +296,5 @@ def run_evaluator(config, splits, device: torch.device) -> Evaluator | None:
         splits=splits,
         seed=config.train.seed,
         device=device,
+        extra_backbones=config.eval.extra_backbones,
     )

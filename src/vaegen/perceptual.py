@@ -32,13 +32,25 @@ class PerceptualLoss(nn.Module):
         return self.weight * (fake - real.detach()).pow(2).sum(1).mean()
 
 
-def evaluation_network_problem(perceptual: str, eval_backbone: str | None) -> str | None:
-    """What is wrong with training on `perceptual` while `eval_backbone` (resolved, not "auto") scores the run."""
-    if perceptual != "none" and perceptual == eval_backbone:
+def evaluation_network_problem(perceptual: str, eval_backbone: str | None, extra_backbones: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with training on `perceptual` while `eval_backbone` (resolved, or "auto" before it is) and
+    `extra_backbones` score the run; None when nothing is."""
+    from vaegen.backbones import network_of
+
+    if perceptual == "none" or eval_backbone in (None, "none"):
+        return None
+    for setting, backbone in [("eval.backbone", eval_backbone), *(("eval.extra_backbones", b) for b in extra_backbones)]:
+        if backbone != "auto" and network_of(backbone) == network_of(perceptual):
+            return (
+                f"loss.perceptual uses {perceptual}, which is also the network that computes a reported Fréchet "
+                f"distance ({setting} {'resolves to' if setting == 'eval.backbone' else 'lists'} {backbone}). Training "
+                f"against the evaluation network improves the number, not the images. Use another perceptual network, "
+                f"or score on other networks, or loss.perceptual: none"
+            )
+    if not extra_backbones:
         return (
-            f"loss.perceptual uses {perceptual}, which is also the network that computes the reported Fréchet "
-            f"distance (eval.backbone resolves to {eval_backbone}). Training against the evaluation network improves "
-            f"the number, not the images. Use another perceptual network, or another eval.backbone (inception when "
-            f"its weights are present), or loss.perceptual: none"
+            f"loss.perceptual uses {perceptual}, and a loss on one ImageNet network can move distances measured on "
+            f"another (their features overlap), so such a run is reported on a second network too: set "
+            f"eval.extra_backbones: [dinov2] (self-supervised, no ImageNet labels), or loss.perceptual: none"
         )
     return None

@@ -26,6 +26,7 @@ import vaegen
 from vaegen import distributed
 from vaegen.accel import StepOptions, autocast, compile_step, resolve_step_options
 from vaegen.adversarial import Adversary
+from vaegen.backbones import resolve_backbone_name
 from vaegen.checkpoint import (
     load_state_checked,
     load_training_state,
@@ -391,10 +392,14 @@ def _train(
     say(f"model: {config.model.name} ({config.model.conditional} conditioning), {count_parameters(model):,} parameters, on {device} ({options.describe()})")
 
     # FID/KID: the backbone and the real features are set up once; the features are cached on disk
-    evaluator = run_evaluator(config, splits, device) if main_process else None
-    problem = evaluation_network_problem(config.loss.perceptual, evaluator.backbone.name if evaluator is not None else None)
+    # refused before any network loads: "auto" is checked here, once it resolves (the build below warns about it)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scorer = config.eval.backbone if config.eval.backbone == "none" else resolve_backbone_name(config.eval.backbone, config.eval.inception_weights)
+    problem = evaluation_network_problem(config.loss.perceptual, scorer, config.eval.extra_backbones)
     if problem:
         raise ConfigError(problem + ".")
+    evaluator = run_evaluator(config, splits, device) if main_process else None
     perceptual = PerceptualLoss(config.loss.perceptual, config.loss.perceptual_weight, device) if config.loss.perceptual != "none" else None
     class_weights = torch.bincount(splits.train.labels, minlength=len(classes)).float()
     # conditional models: a classifier trained once on the real images checks that samples show their class
@@ -406,9 +411,9 @@ def _train(
         criterion = metric_names(evaluator.backbone.name)[0]
     if evaluator is not None:
         say(
-            f"evaluation every {config.eval.every} epoch(s): {', '.join(metric_names(evaluator.backbone.name))} of "
+            f"evaluation every {config.eval.every} epoch(s): {', '.join(n for b in evaluator.networks for n in metric_names(b))} of "
             f"{config.eval.num_samples} samples against {len(evaluator.real)} real {config.eval.reference} images "
-            f"({evaluator.backbone.name} features); best checkpoint by {criterion}"
+            f"({' and '.join(evaluator.networks)} features); best checkpoint by {criterion}"
         )
 
     start_epoch, best_epoch, best_value, resumed_ema = 0, None, None, None
