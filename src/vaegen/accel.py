@@ -34,7 +34,8 @@ class StepOptions:
     def describe(self) -> str:
         return (
             f"{self.precision}, {'channels_last' if self.channels_last else 'NCHW'}, "
-            f"{'compiled' if self.compile else 'eager'}, data {'on the device' if self.on_device else 'streamed from host'}"
+            f"{'compiled' if self.compile else 'eager'}, {'fused' if self.fused_optimizer else 'plain'} optimizer, "
+            f"data {'on the device' if self.on_device else 'streamed from host'}"
         )
 
 
