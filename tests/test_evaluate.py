@@ -75,3 +75,26 @@ def test_vaegen_test_on_all_images_scores_train_and_val(trained, tmp_path):
     assert main(["test", "--checkpoint", str(model_dir / "best" / "tiny"), "--set", "split=all", "--set", "backbone=none",
                  "--set", f"output_dir={out}", "--set", "grid=2"]) == 0
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 300
+
+
+def test_vaegen_test_scores_the_same_samples_on_extra_backbones(trained, tmp_path, monkeypatch):
+    import vaegen.backbones
+    from test_fid import CountingBackbone, SecondBackbone
+
+    networks = {"efficientnet-lite0": CountingBackbone, "dinov2": SecondBackbone}
+    monkeypatch.setattr(vaegen.backbones, "load_backbone", lambda name, device="cpu", weights=None: networks[name]())
+    model_dir, _ = trained
+
+    def scores(*settings: str) -> dict:
+        out = tmp_path / str(len(settings))
+        # its own cache: the stand-in networks must not meet real features cached under the same names
+        common = (f"output_dir={out}", f"cache_dir={tmp_path / 'cache'}", "num_samples=24", "kid_subset_size=10")
+        sets = [arg for setting in (*common, *settings) for arg in ("--set", setting)]
+        assert main(["test", "--checkpoint", str(model_dir / "best" / "tiny"), *sets]) == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    both = scores("backbone=efficientnet-lite0", "extra_backbones=[dinov2]")
+    alone = scores("backbone=dinov2")
+    assert both["fd_dinov2"] == pytest.approx(alone["fd_dinov2"], rel=1e-9) and "fd_efficientnet_lite0" in both
+    assert both["protocol"]["extra_backbones"] == ["dinov2 (8-d, none (test backbone), fp32)"]
+    assert alone["protocol"]["extra_backbones"] == []
