@@ -17,12 +17,20 @@ from vaegen.errors import ConfigError
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_auto_on_cpu_is_plain_fp32_eager_with_data_in_memory_and_the_fused_adam():
-    options = resolve_step_options(TrainConfig(), DataConfig(root="x"), torch.device("cpu"), data_bytes=10**9)
+def test_auto_on_cpu_is_fp32_eager_with_data_in_memory_and_the_fused_adam():
+    options = resolve_step_options(TrainConfig(), DataConfig(root="x", image_size=64), torch.device("cpu"), data_bytes=10**9)
     assert (options.precision, options.channels_last, options.compile, options.on_device, options.fused_optimizer) == (
         "fp32", False, False, True, True,
     )
     assert options.autocast_dtype is None
+
+
+@pytest.mark.parametrize(("image_size", "channels_last"), [(32, True), ((16, 64), True), ((32, 48), False), (96, False)])
+def test_auto_layout_on_cpu_is_channels_last_for_small_images_only(image_size, channels_last):
+    options = resolve_step_options(TrainConfig(), DataConfig(root="x", image_size=image_size), torch.device("cpu"), data_bytes=1)
+    assert options.channels_last is channels_last
+    forced = resolve_step_options(TrainConfig(channels_last=False), DataConfig(root="x", image_size=image_size), torch.device("cpu"), 1)
+    assert forced.channels_last is False
 
 
 def test_explicit_options_are_honoured():

@@ -120,7 +120,7 @@ class TrainConfig(Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     log_every: int = Field(20, ge=1, description="steps between progress-bar loss updates (the only host syncs)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere")
-    channels_last: Literal["auto"] | bool = Field("auto", description="auto = on for CUDA")
+    channels_last: Literal["auto"] | bool = Field("auto", description="auto = on for CUDA, and on CPU for images of at most 32x32 px")
     compile: Literal["auto"] | bool = Field("auto", description="torch.compile the training step; auto = on for CUDA")
     sync_batchnorm: bool = Field(False, description="under torchrun: BatchNorm statistics over the global batch, not each process's share")
     ema: float | None = Field(
