@@ -10,7 +10,9 @@ from safetensors.torch import save_file
 
 import vaegen
 from vaegen.checkpoint import (
+    BackgroundWriter,
     atomic_write,
+    host_copy,
     load_model_weights,
     load_training_state,
     read_model_metadata,
@@ -122,3 +124,32 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     finally:
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
+
+
+def test_background_writer_runs_writes_in_order_and_raises_a_failed_write_in_the_caller():
+    written = []
+    writer = BackgroundWriter()
+    for number in range(3):
+        writer.submit(lambda number=number: written.append(number))
+    writer.wait()
+    assert written == [0, 1, 2]
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+
+    writer.submit(full_disk)
+    writer.join()  # keeps the error for the caller that asks for it
+    with pytest.raises(OSError, match="No space left"):
+        writer.submit(lambda: written.append("after"))  # the next write refuses to start after a failed one
+    assert written == [0, 1, 2]
+    writer.wait()  # the error was handed over once
+
+
+def test_host_copy_is_a_snapshot_the_live_tensors_cannot_change():
+    weight = torch.ones(3)
+    state = {"model": {"w": weight}, "optimizer": {"state": {0: {"exp_avg": weight * 2}}, "param_groups": [{"betas": (0.9, 0.99)}]}, "epoch": 4}
+    snapshot = host_copy(state)
+    weight.add_(1)
+    state["optimizer"]["state"][0]["exp_avg"].zero_()
+    assert torch.equal(snapshot["model"]["w"], torch.ones(3)) and torch.equal(snapshot["optimizer"]["state"][0]["exp_avg"], torch.full((3,), 2.0))
+    assert snapshot["optimizer"]["param_groups"] == [{"betas": (0.9, 0.99)}] and snapshot["epoch"] == 4

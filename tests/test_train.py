@@ -130,6 +130,46 @@ def test_resume_is_exact(tmp_path):
     assert load_training_state(b / "checkpoints" / "last.pt")["epoch"] == 4
 
 
+def test_the_next_epoch_trains_while_the_checkpoint_is_written(tmp_path, monkeypatch):
+    import threading
+
+    import vaegen.checkpoint
+
+    epochs_started, written = [], {}
+    second_epoch_done = threading.Event()
+    real_save, real_epoch = vaegen.checkpoint._torch_save, vaegen.train.train_one_epoch
+
+    def slow_save(state, tmp):
+        if state["epoch"] == 1:  # a write in the training thread would wait here for good
+            assert second_epoch_done.wait(timeout=60), "epoch 2 did not train while epoch 1's state was being written"
+        written[state["epoch"]] = (len(epochs_started), state["model"])
+        real_save(state, tmp)
+
+    def epoch(*args, **kwargs):
+        epochs_started.append(args[8])
+        stats = real_epoch(*args, **kwargs)
+        if args[8] == 2:
+            second_epoch_done.set()
+        return stats
+
+    monkeypatch.setattr(vaegen.checkpoint, "_torch_save", slow_save)
+    monkeypatch.setattr(vaegen.train, "train_one_epoch", epoch)
+    assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 3, "seed": RESUME_SEED}))]) == 0
+    assert sorted(written) == [1, 2, 3] and written[1][0] == 2  # epoch 1's state was written after epoch 2 trained
+
+    # and what it wrote is the model at the end of epoch 1, not what epoch 2 made of it
+    monkeypatch.undo()
+    assert main(["train", "--config", str(tiny_config(tmp_path / "one", train={"epochs": 1, "seed": RESUME_SEED}))]) == 0
+    after_one, snapshot = _weights(tmp_path / "one" / "logs" / "tiny"), written[1][1]
+    assert max((after_one[k].float() - snapshot[k].float()).abs().max().item() for k in after_one) <= 1e-6
+    assert max((written[2][1][k].float() - snapshot[k].float()).abs().max().item() for k in after_one) > 1e-3
+
+    log = (tmp_path / "logs" / "tiny" / "train.log").read_text()
+    (timing,) = [line for line in log.splitlines() if line.startswith("time: ")]
+    for phase in ["setup", "training steps", "validation", "evaluation", "best-model exports", "checkpoints"]:
+        assert f"{phase} " in timing, phase
+
+
 def test_resume_latest_run_of_config(tmp_path):
     config = tiny_config(tmp_path, train={"epochs": 1}, output={"run_name": None})
     assert main(["train", "--config", str(config)]) == 0

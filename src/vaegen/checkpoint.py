@@ -4,6 +4,8 @@
   over the target: a kill at any moment leaves either the old file or the new one.
 - A write the disk refuses (full, over quota, read-only, no permission) removes its partial
   file and raises `StorageError`: one paragraph naming the file, the reason and the fix.
+- The training state can be written on a background thread (`BackgroundWriter`): the next epoch
+  trains while the last one's state, copied to host memory first, goes to disk.
 - Model weights are safetensors (no code inside, by construction). The training state
   (optimizer, RNG states, epoch) is a `torch.save` of plain tensors and numbers, read back
   with `weights_only=True`, which refuses pickled objects.
@@ -18,6 +20,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -132,6 +135,54 @@ def save_training_state(path: Path, state: dict) -> None:
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)
     atomic_write(path, lambda tmp: _torch_save(state, tmp))
+
+
+def host_copy(value):
+    """`value` with every tensor copied to host memory: a snapshot the training step can no longer change."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: host_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(host_copy(item) for item in value)
+    return value
+
+
+class BackgroundWriter:
+    """Runs one write at a time on a thread, so a large training state (hundreds of MB, fsynced) costs
+    the training loop only its snapshot. `submit` waits for the write before it; `wait` raises that
+    write's error (a full disk, ...) in the caller's thread. Hand it snapshots (`host_copy`), never
+    tensors the optimizer still updates in place."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                write()
+            except BaseException as exc:  # handed to the training thread by wait()
+                self._error = exc
+
+        # not a daemon: an interpreter that is shutting down still lets the write finish
+        self._thread = threading.Thread(target=run, name="vaegen-checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the write in flight is on disk; raise its error if it failed."""
+        self.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def join(self) -> None:
+        """Block until the write in flight ends, keeping any error for `wait` (for when another error is already on its way)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 def _torch_save(state: dict, tmp: Path) -> None:

@@ -2,13 +2,14 @@
 
 One epoch = `train_one_epoch` (the training step is inside it, in plain sight) followed by
 `evaluate` on the validation split. After every epoch the whole training state goes to
-`logs/<run>/checkpoints/last.pt`; whenever the validation loss improves, the model goes to
-`best_models/<run>/`. Resuming restores weights, optimizer, epoch, best score and every RNG
+`logs/<run>/checkpoints/last.pt` (written on a background thread while the next epoch trains);
+whenever the selection metric improves, the model goes to `best_models/<run>/`. Resuming restores weights, optimizer, epoch, best score and every RNG
 stream, so an interrupted run ends with the same weights as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -28,6 +29,8 @@ from vaegen.accel import StepOptions, autocast, compile_step, resolve_step_optio
 from vaegen.adversarial import Adversary
 from vaegen.backbones import resolve_backbone_name
 from vaegen.checkpoint import (
+    BackgroundWriter,
+    host_copy,
     load_state_checked,
     load_training_state,
     save_model,
@@ -82,6 +85,27 @@ class TrainResult:
     best_epoch: int | None
     best_value: float | None
     last_samples: Path | None
+    phase_seconds: dict[str, float]
+
+
+class PhaseClock:
+    """Wall seconds per part of a run, so a slow run shows where its time goes. On CUDA, GPU work a
+    phase queued may finish in the next phase's first sync; every phase here ends with one."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def summary(self) -> str:
+        total = sum(self.seconds.values())
+        return ", ".join(f"{phase} {seconds:.1f} s ({seconds / total:.0%})" for phase, seconds in self.seconds.items())
 
 
 # ---------------------------------------------------------------------------------------
@@ -354,6 +378,8 @@ def train(
 def _train(
     config: Config, paths: RunPaths, resume: bool, on_epoch: Callable[[dict, bool], None] | None, echo: bool
 ) -> TrainResult:
+    clock = PhaseClock()
+    setup_started = time.perf_counter()
     distributed.init(config.train.device)
     device = distributed.device_for(resolve_device(config.train.device))
     main_process = distributed.is_main()  # under torchrun only process 0 evaluates, logs and writes
@@ -451,36 +477,41 @@ def _train(
     # the same latent vectors every evaluation, so sample grids show progress rather than noise
     fixed_z = torch.randn(config.eval.num_grid, config.model.latent_dim, generator=torch.Generator().manual_seed(config.train.seed + 2))
     last_samples = None
+    writer = BackgroundWriter()
+    clock.seconds["setup"] = time.perf_counter() - setup_started
     try:
         for epoch in range(start_epoch + 1, config.train.epochs + 1):
             beta = beta_at(epoch)
             adversary_now = adversary if adversary is not None and epoch >= config.adversarial.start_epoch else None
-            train_stats = train_one_epoch(
-                model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle, ema, adversary_now, perceptual
-            )
+            with clock("training steps"):
+                train_stats = train_one_epoch(
+                    model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle, ema, adversary_now, perceptual
+                )
             if not main_process:
                 continue  # the others wait for process 0 in the next epoch's first gradient all-reduce
-            val_stats = evaluate(eval_model, splits.val, config, beta, device)
+            with clock("validation"):
+                val_stats = evaluate(eval_model, splits.val, config, beta, device)
             row = {"epoch": epoch, "beta": beta, "lr": optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
             protocol, density = None, None
             if epoch % config.eval.every == 0 or epoch == config.train.epochs:
-                eval_model.eval()
-                density = fit_density(eval_model, splits.train, config, device)
-                samples = sample_grid(eval_model, fixed_z, device, density)
-                reconstructions = reconstruction_grid_for(eval_model, splits.val, min(32, config.eval.num_grid), device)
-                last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
-                save_png(samples, last_samples)
-                save_png(reconstructions, paths.run_dir / f"recon_epoch{epoch:04d}.png")
-                tracker.log_image("samples", samples, epoch)
-                tracker.log_image("reconstructions", reconstructions, epoch)
-                if evaluator is not None:
-                    scores = score_model(evaluator, eval_model, config.eval.temperature, class_weights, density)
-                    protocol = scores.pop("protocol")
-                    row.update(scores)
-                if classifier is not None:
-                    row.update(conditional_fidelity(classifier, eval_model, classes, 100, config.train.seed, config.eval.temperature, density))
-                    if len(splits.val.images):  # the ceiling: how well it tells real validation images apart
-                        row["classifier_val_accuracy"] = label_agreement(classifier, splits.val.images, splits.val.labels)
+                with clock("evaluation"):
+                    eval_model.eval()
+                    density = fit_density(eval_model, splits.train, config, device)
+                    samples = sample_grid(eval_model, fixed_z, device, density)
+                    reconstructions = reconstruction_grid_for(eval_model, splits.val, min(32, config.eval.num_grid), device)
+                    last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
+                    save_png(samples, last_samples)
+                    save_png(reconstructions, paths.run_dir / f"recon_epoch{epoch:04d}.png")
+                    tracker.log_image("samples", samples, epoch)
+                    tracker.log_image("reconstructions", reconstructions, epoch)
+                    if evaluator is not None:
+                        scores = score_model(evaluator, eval_model, config.eval.temperature, class_weights, density)
+                        protocol = scores.pop("protocol")
+                        row.update(scores)
+                    if classifier is not None:
+                        row.update(conditional_fidelity(classifier, eval_model, classes, 100, config.train.seed, config.eval.temperature, density))
+                        if len(splits.val.images):  # the ceiling: how well it tells real validation images apart
+                            row["classifier_val_accuracy"] = label_agreement(classifier, splits.val.images, splits.val.labels)
             tracker.log_epoch(row)
             say(
                 f"epoch {epoch:>3}/{config.train.epochs}  β {beta:.3g}  train {train_stats['train_loss']:.2f} "
@@ -493,18 +524,27 @@ def _train(
             improved = value is not None and (best_value is None or value < best_value)  # ties keep the earlier epoch
             if improved:
                 best_epoch, best_value = epoch, value
-                if density is None:  # selecting on a validation loss can pick an epoch without an evaluation
-                    density = fit_density(eval_model, splits.train, config, device)
-                export_best(paths, eval_model, config, classes, row, criterion, protocol, sample_grid(eval_model, fixed_z, device, density), density)
+                with clock("best-model exports"):
+                    if density is None:  # selecting on a validation loss can pick an epoch without an evaluation
+                        density = fit_density(eval_model, splits.train, config, device)
+                    grid = sample_grid(eval_model, fixed_z, device, density)
+                    export_best(paths, eval_model, config, classes, row, criterion, protocol, grid, density)
 
             # a large model's state is hundreds of MB: fast runs may write it less often
             if epoch % config.output.checkpoint_every == 0 or epoch == config.train.epochs:
-                save_checkpoint(
-                    paths, config_yaml, epoch, model, optimizer, scaler, shuffle, criterion, best_epoch, best_value, classes, ema, adversary
-                )
+                with clock("checkpoints"):  # the snapshot, and waiting for the previous write if it is still going
+                    save_checkpoint(
+                        writer, paths, config_yaml, epoch, model, optimizer, scaler, shuffle, criterion, best_epoch, best_value, classes, ema, adversary
+                    )
             if on_epoch is not None:
-                tracker.flush()  # a sweep's scheduler may end this process inside the callback
+                writer.wait()  # a sweep's scheduler may end this process inside the callback: the state is on disk first
+                tracker.flush()
                 on_epoch(row, improved)
+        with clock("checkpoints"):
+            writer.wait()
+    except BaseException:
+        writer.join()  # the write in flight still completes; the error already on its way is the one to report
+        raise
     finally:
         if tracker is not None:
             tracker.close()
@@ -514,17 +554,19 @@ def _train(
                     plot_curves(rows, paths.run_dir / "curves.png", title=paths.name)
             except OSError as exc:  # e.g. the disk filled up: the error that stopped training is the one to show
                 warnings.warn(f"could not draw {paths.run_dir / 'curves.png'}: {exc}", stacklevel=2)
-    return TrainResult(paths, config.train.epochs - start_epoch, criterion, best_epoch, best_value, last_samples)
+    if main_process:
+        say(f"time: {clock.summary()}")
+    return TrainResult(paths, config.train.epochs - start_epoch, criterion, best_epoch, best_value, last_samples, clock.seconds)
 
 
 def save_checkpoint(
+    writer: BackgroundWriter,
     paths: RunPaths, config_yaml: str, epoch: int, model, optimizer, scaler, shuffle: torch.Generator,
     criterion: str, best_epoch: int | None, best_value: float | None, classes: list[str],
     ema: EMA | None = None, adversary: Adversary | None = None,
 ) -> None:
-    """checkpoints/last.pt: everything `--resume` needs to continue exactly."""
-    save_training_state(
-        paths.last_checkpoint,
+    """checkpoints/last.pt: everything `--resume` needs to continue exactly, snapshotted now and written by `writer`."""
+    state = host_copy(
         {
             **({"ema": ema.state_dict()} if ema is not None else {}),
             **({"adversary": adversary.state_dict()} if adversary is not None else {}),
@@ -538,9 +580,14 @@ def save_checkpoint(
             "best_epoch": best_epoch,
             "best_value": best_value,
             "classes": classes,
-        },
+        }
     )
-    write_text_atomic(paths.last_checkpoint.parent / "config.yaml", config_yaml)
+
+    def write() -> None:
+        save_training_state(paths.last_checkpoint, state)
+        write_text_atomic(paths.last_checkpoint.parent / "config.yaml", config_yaml)
+
+    writer.submit(write)
 
 
 def fit_density(model, data: DecodedImages, config: Config, device: torch.device) -> LatentGMM | None:
