@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=60, help="timed steps per row and round (c: whole epochs, about as many steps)")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per row and round (c: whole epochs, about as many steps)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; medians are reported")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per row first (c: at least one epoch)")
     parser.add_argument("--data", type=Path, default=None)
