@@ -62,6 +62,16 @@ def test_device_cache_gives_the_same_batches_as_the_host_path(tmp_path):
         assert torch.equal(x_host, x_dev.cpu()) and torch.equal(y_host, y_dev.cpu())
 
 
+def test_data_in_memory_and_streamed_from_the_host_train_the_same_run_on_cpu(tmp_path):
+    rows = {}
+    for placement in [True, False]:
+        config = tiny_config(tmp_path / str(placement), train={"epochs": 2}, data={"on_device": placement, "hflip": True})
+        assert main(["train", "--config", str(config)]) == 0
+        lines = (tmp_path / str(placement) / "logs" / "tiny" / "metrics.jsonl").read_text().splitlines()
+        rows[placement] = [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in lines]
+    assert rows[True] == rows[False]  # same batches, same flips, same steps: the same numbers to the last bit
+
+
 def test_bf16_training_reaches_the_fp32_loss(tmp_path):
     finals = {}
     for precision in ["fp32", "bf16"]:
