@@ -3,10 +3,10 @@
 Each option is `auto` by default and resolves once per run, for the device at hand, into a
 `StepOptions`; the training loop reads only that. The rules (measured, see docs/benchmarks.md):
 bf16 autocast, channels_last and torch.compile on CUDA; fp32 eager on CPU, where compile costs
-more than it returns, and channels_last only for images of at most 32x32 px: there it made the
-step 10-15 % faster on both CPUs measured (an Intel Xeon and an AMD EPYC), at 64 px it was slower
-on one and even on the other. The fused Adam kernel on both (on CPU it cuts the optimizer step from
-~28 ms to ~5 ms at 32 px).
+more than it returns, and channels_last only for images of at most 32x32 px: there the step was
+faster on both CPUs measured (by 10-13 % on an AMD EPYC), at 64 px slower on an Intel Xeon and no
+faster on the EPYC. The fused Adam kernel on both (on CPU it cuts the optimizer step from ~28 ms to
+~5 ms at 32 px).
 """
 
 from __future__ import annotations

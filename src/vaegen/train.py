@@ -3,8 +3,9 @@
 One epoch = `train_one_epoch` (the training step is inside it, in plain sight) followed by
 `evaluate` on the validation split. After every epoch the whole training state goes to
 `logs/<run>/checkpoints/last.pt` (written on a background thread while the next epoch trains);
-whenever the selection metric improves, the model goes to `best_models/<run>/`. Resuming restores weights, optimizer, epoch, best score and every RNG
-stream, so an interrupted run ends with the same weights as an uninterrupted one.
+whenever the selection metric improves, the model goes to `best_models/<run>/`. Resuming restores
+weights, optimizer, epoch, best score and every RNG stream, so an interrupted run ends with the
+same weights as an uninterrupted one. Each run ends with a line saying where its time went.
 """
 
 from __future__ import annotations
