@@ -86,7 +86,6 @@ class TrainResult:
     best_epoch: int | None
     best_value: float | None
     last_samples: Path | None
-    phase_seconds: dict[str, float]
 
 
 class PhaseClock:
@@ -557,7 +556,7 @@ def _train(
                 warnings.warn(f"could not draw {paths.run_dir / 'curves.png'}: {exc}", stacklevel=2)
     if main_process:
         say(f"time: {clock.summary()}")
-    return TrainResult(paths, config.train.epochs - start_epoch, criterion, best_epoch, best_value, last_samples, clock.seconds)
+    return TrainResult(paths, config.train.epochs - start_epoch, criterion, best_epoch, best_value, last_samples)
 
 
 def save_checkpoint(
