@@ -85,7 +85,14 @@ class CheckpointWriteFault:
 
 
 def kill_at_training_step(step: int) -> None:
-    """Replace vaegen.train.train_step so that global step `step` (1-based, counted over epochs) kills the process."""
+    """Replace vaegen.train.train_step so that global step `step` (1-based, counted over epochs) kills the process.
+
+    The kill comes once the previous epoch's checkpoint is on disk: last.pt is written on a background
+    thread while the next epoch trains, and a few tiny steps can outrun that write. A kill during the
+    write is CheckpointWriteFault's case; this one is a kill in the middle of the training steps.
+    """
+    import threading
+
     import vaegen.train
 
     real_step = vaegen.train.train_step
@@ -94,6 +101,9 @@ def kill_at_training_step(step: int) -> None:
     def step_or_die(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == step:
+            for thread in threading.enumerate():
+                if thread.name == "vaegen-checkpoint-writer":
+                    thread.join()
             kill_this_process()
         return real_step(*args, **kwargs)
 
