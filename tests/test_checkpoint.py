@@ -138,11 +138,15 @@ def test_background_writer_runs_writes_in_order_and_raises_a_failed_write_in_the
         raise OSError(28, "No space left on device")
 
     writer.submit(full_disk)
-    writer.join()  # keeps the error for the caller that asks for it
     with pytest.raises(OSError, match="No space left"):
         writer.submit(lambda: written.append("after"))  # the next write refuses to start after a failed one
     assert written == [0, 1, 2]
     writer.wait()  # the error was handed over once
+
+    # where another error is already stopping the run, join hands the write's error back instead of raising it
+    writer.submit(full_disk)
+    assert isinstance(writer.join(), OSError)
+    assert writer.join() is None
 
 
 def test_host_copy_is_a_snapshot_the_live_tensors_cannot_change():

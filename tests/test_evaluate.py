@@ -85,16 +85,31 @@ def test_vaegen_test_scores_the_same_samples_on_extra_backbones(trained, tmp_pat
     monkeypatch.setattr(vaegen.backbones, "load_backbone", lambda name, device="cpu", weights=None: networks[name]())
     model_dir, _ = trained
 
-    def scores(*settings: str) -> dict:
-        out = tmp_path / str(len(settings))
+    def scores(name: str, *settings: str) -> dict:
+        out = tmp_path / name
         # its own cache: the stand-in networks must not meet real features cached under the same names
         common = (f"output_dir={out}", f"cache_dir={tmp_path / 'cache'}", "num_samples=24", "kid_subset_size=10")
         sets = [arg for setting in (*common, *settings) for arg in ("--set", setting)]
         assert main(["test", "--checkpoint", str(model_dir / "best" / "tiny"), *sets]) == 0
         return json.loads((out / "metrics.json").read_text())
 
-    both = scores("backbone=efficientnet-lite0", "extra_backbones=[dinov2]")
-    alone = scores("backbone=dinov2")
+    both = scores("both", "backbone=efficientnet-lite0", "extra_backbones=[dinov2]")
+    alone = scores("alone", "backbone=dinov2")
     assert both["fd_dinov2"] == pytest.approx(alone["fd_dinov2"], rel=1e-9) and "fd_efficientnet_lite0" in both
     assert both["protocol"]["extra_backbones"] == ["dinov2 (8-d, none (test backbone), fp32)"]
     assert alone["protocol"]["extra_backbones"] == []
+
+    # "auto" without Inception weights is EfficientNet-Lite0: listed again as an extra, it is scored once
+    monkeypatch.setattr(vaegen.backbones, "resolve_backbone_name", lambda name, weights=None: "efficientnet-lite0")
+    auto = scores("auto", "backbone=auto", "extra_backbones=[efficientnet-lite0,dinov2]")
+    assert auto["protocol"]["extra_backbones"] == both["protocol"]["extra_backbones"]
+    assert auto["fd_efficientnet_lite0"] == pytest.approx(both["fd_efficientnet_lite0"], rel=1e-9)
+
+
+def test_vaegen_test_refuses_a_network_listed_twice(trained, capsys):
+    model_dir, _ = trained
+    checkpoint = str(model_dir / "best" / "tiny")
+    for repeat in ("backbone=dinov2 extra_backbones=[dinov2]", "extra_backbones=[dinov2,dinov2]"):
+        sets = [arg for setting in repeat.split() for arg in ("--set", setting)]
+        assert main(["test", "--checkpoint", checkpoint, *sets]) == 2
+        assert "repeats a network" in capsys.readouterr().err

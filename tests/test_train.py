@@ -131,6 +131,7 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_the_next_epoch_trains_while_the_checkpoint_is_written(tmp_path, monkeypatch):
+    import inspect
     import threading
 
     import vaegen.checkpoint
@@ -146,9 +147,10 @@ def test_the_next_epoch_trains_while_the_checkpoint_is_written(tmp_path, monkeyp
         real_save(state, tmp)
 
     def epoch(*args, **kwargs):
-        epochs_started.append(args[8])
+        number = inspect.signature(real_epoch).bind(*args, **kwargs).arguments["epoch"]
+        epochs_started.append(number)
         stats = real_epoch(*args, **kwargs)
-        if args[8] == 2:
+        if number == 2:
             second_epoch_done.set()
         return stats
 
@@ -205,6 +207,29 @@ def test_nan_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch, capsys):
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
     assert json.loads((tmp_path / "best" / "tiny" / "metrics.json").read_text())["epoch"] == 1
     assert torch.isfinite(vaegen.load(tmp_path / "best" / "tiny").sample(2, seed=0)).all()
+
+
+def test_a_failed_checkpoint_write_is_still_reported_when_another_error_stops_the_run(tmp_path, monkeypatch, capsys):
+    import vaegen.checkpoint
+
+    def full_disk(state, tmp):
+        raise OSError(28, "No space left on device")
+
+    real_loss = vaegen.train.vae_loss
+    calls = {"n": 0}
+
+    def loss_that_explodes(*args):  # epoch 2, step 1: the NaN stops the run while epoch 1's write is failing
+        terms = real_loss(*args)
+        calls["n"] += args[0].requires_grad
+        return type(terms)(terms.total * float("nan"), terms.recon, terms.kl) if calls["n"] == 240 // 32 + 1 else terms
+
+    monkeypatch.setattr(vaegen.checkpoint, "_torch_save", full_disk)
+    monkeypatch.setattr(vaegen.train, "vae_loss", loss_that_explodes)
+    with pytest.warns(UserWarning, match=r"checkpoint write in flight failed too, so .*last.pt is an earlier epoch's \(or missing\): .*No space left"):
+        assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 3}))]) == 3
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "NaN or infinite at epoch 2, step 1" in error
+    assert not (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").exists()
 
 
 def test_grayscale_and_conditional_end_to_end(tmp_path):

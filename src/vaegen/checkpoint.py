@@ -173,16 +173,17 @@ class BackgroundWriter:
 
     def wait(self) -> None:
         """Block until the write in flight is on disk; raise its error if it failed."""
-        self.join()
-        error, self._error = self._error, None
+        error = self.join()
         if error is not None:
             raise error
 
-    def join(self) -> None:
-        """Block until the write in flight ends, keeping any error for `wait` (for when another error is already on its way)."""
+    def join(self) -> BaseException | None:
+        """Block until the write in flight ends; return its error rather than raise it (for when another error is already on its way)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        error, self._error = self._error, None
+        return error
 
 
 def _torch_save(state: dict, tmp: Path) -> None:

@@ -223,11 +223,7 @@ class Config(Section):
             )
         from vaegen.perceptual import evaluation_network_problem
 
-        extras = self.eval.extra_backbones
-        if extras and self.eval.backbone == "none":
-            raise ValueError("eval.extra_backbones is set but eval.backbone is none, so nothing is scored; choose a backbone or drop the extras")
-        if len(set(extras)) != len(extras) or self.eval.backbone in extras:
-            raise ValueError(f"eval.extra_backbones {list(extras)} repeats a network (eval.backbone is {self.eval.backbone}); list each once")
+        check_extra_backbones(self.eval.backbone, self.eval.extra_backbones, "eval.")
         # "auto" is checked once resolved, in train
         problem = evaluation_network_problem(self.loss.perceptual, self.eval.backbone, self.eval.extra_backbones)
         if problem:
@@ -269,6 +265,19 @@ class TestConfig(Section):
     interpolation: InterpolationConfig = InterpolationConfig()
     output_dir: Path | None = Field(None, description="default: <checkpoint>/test")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+    @model_validator(mode="after")
+    def _check(self) -> TestConfig:
+        check_extra_backbones(self.backbone, self.extra_backbones)
+        return self
+
+
+def check_extra_backbones(backbone: str, extras: tuple[str, ...], prefix: str = "") -> None:
+    """The second opinions must be other networks than the first, each scored once."""
+    if extras and backbone == "none":
+        raise ValueError(f"{prefix}extra_backbones is set but {prefix}backbone is none, so nothing is scored; choose a backbone or drop the extras")
+    if len(set(extras)) != len(extras) or backbone in extras:
+        raise ValueError(f"{prefix}extra_backbones {list(extras)} repeats a network ({prefix}backbone is {backbone}); list each once")
 
 
 # ---------------------------------------------------------------------------------------

@@ -278,8 +278,10 @@ def build_evaluator(
         cache_file = real_cache_file(cache_dir, splits.train.fingerprint, split_name, f"{name}-{getattr(network, 'precision', 'fp32')}")
         return network, real_features(network, images, cache_file, batch_size, device)
 
-    network, real = network_and_real_features(resolve_backbone_name(backbone, inception_weights))
-    extras = [network_and_real_features(name) for name in extra_backbones]
+    name = resolve_backbone_name(backbone, inception_weights)
+    network, real = network_and_real_features(name)
+    # "auto" can resolve to a network also listed as an extra (no Inception weights here): score it once
+    extras = [network_and_real_features(extra) for extra in extra_backbones if extra != name]
     return Evaluator(network, real, reference, data_cfg.image_size, num_samples, batch_size, kid_subset_size, device, seed, extras)
 
 

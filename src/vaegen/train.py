@@ -543,7 +543,11 @@ def _train(
         with clock("checkpoints"):
             writer.wait()
     except BaseException:
-        writer.join()  # the write in flight still completes; the error already on its way is the one to report
+        # the write in flight still completes; the error already on its way is the one to report, but a
+        # failed write means last.pt is an epoch older than the log says, and that must not go unsaid
+        write_error = writer.join()
+        if write_error is not None:
+            warnings.warn(f"the checkpoint write in flight failed too, so {paths.last_checkpoint} is an earlier epoch's (or missing): {write_error}", stacklevel=2)
         raise
     finally:
         if tracker is not None:
