@@ -232,7 +232,9 @@ def render(results: list[dict], args, device_name: str, total: str) -> str:
     note = ("Copy ratio: the median pixel distance from 2,000 samples to their nearest training image over the same "
             "median for the validation images. Fruit-360 films each apple turning, so a validation frame has a "
             "near-twin in the training set and real images score far below any sampler; a row whose ratio fell "
-            "toward 1 or below would be handing back training images (which a feature distance rewards).")
+            "toward 1 or below would be handing back training images (which a feature distance rewards). "
+            "Wall time of a row fitted after training: its base row's training plus the fit and the scoring, what the "
+            "row costs from scratch.")
     return "\n".join([*lines, "", note, "", "What each row changes in the reference recipe:", "", *legend])
 
 
