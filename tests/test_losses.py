@@ -137,7 +137,7 @@ def test_calibrated_gaussian_keeps_log_sigma_above_minus_six():
     assert value.item() == pytest.approx(4 * (-6.0 + 0.5 * math.log(2 * math.pi)), rel=1e-6)
 
 
-def test_a_perceptual_loss_on_the_evaluation_backbone_is_refused(tmp_path):
+def test_a_perceptual_loss_on_the_evaluation_backbone_is_refused(tmp_path, capsys):
     from test_train import tiny_config
     from vaegen.cli import main
     from vaegen.config import load_config
@@ -159,6 +159,15 @@ def test_a_perceptual_loss_on_the_evaluation_backbone_is_refused(tmp_path):
         pytest.skip("the Inception weights are present here, so auto resolves to another network")
     assert main(["train", "--config", str(auto)]) == 2
     assert not (tmp_path / "b" / "logs" / "tiny" / "checkpoints").exists()
+
+    # an extra that `auto` resolved to is scored once, so it is no second opinion: the run is refused for want of one
+    lone = tiny_config(tmp_path / "c", loss={"perceptual": "inception"}, eval={"backbone": "auto", "extra_backbones": ["efficientnet-lite0"]},
+                       output={"select": "fid"})
+    load_config(lone)
+    capsys.readouterr()
+    assert main(["train", "--config", str(lone)]) == 2
+    assert "reported on a second network too" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "logs" / "tiny" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(

@@ -353,6 +353,12 @@ def resolve_backbone_name(name: str, inception_weights: str | Path | None = None
     return name
 
 
+def second_opinions(scoring: str, extra_backbones: tuple[str, ...]) -> tuple[str, ...]:
+    """The networks that score a run besides `scoring` (resolved): "auto" may have resolved to a listed extra,
+    which is then scored once, and is no second opinion."""
+    return tuple(extra for extra in extra_backbones if extra != scoring)
+
+
 def load_backbone(
     name: str, device: torch.device | str = "cpu", inception_weights: str | Path | None = None
 ) -> Backbone:

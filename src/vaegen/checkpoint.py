@@ -148,6 +148,9 @@ def host_copy(value):
     return value
 
 
+WRITER_THREAD = "vaegen-checkpoint-writer"
+
+
 class BackgroundWriter:
     """Runs one write at a time on a thread, so a large training state (hundreds of MB, fsynced) costs
     the training loop only its snapshot. `submit` waits for the write before it; `wait` raises that
@@ -168,7 +171,7 @@ class BackgroundWriter:
                 self._error = exc
 
         # not a daemon: an interpreter that is shutting down still lets the write finish
-        self._thread = threading.Thread(target=run, name="vaegen-checkpoint-writer")
+        self._thread = threading.Thread(target=run, name=WRITER_THREAD)
         self._thread.start()
 
     def wait(self) -> None:

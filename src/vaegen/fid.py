@@ -260,7 +260,7 @@ def build_evaluator(
     extra_backbones: tuple[str, ...] = (),
 ) -> Evaluator | None:
     """The Evaluator for a run or a test, its real features cached; None when the backbone is "none"."""
-    from vaegen.backbones import load_backbone, resolve_backbone_name
+    from vaegen.backbones import load_backbone, resolve_backbone_name, second_opinions
     from vaegen.data import default_cache_dir
 
     if backbone == "none":
@@ -280,8 +280,7 @@ def build_evaluator(
 
     name = resolve_backbone_name(backbone, inception_weights)
     network, real = network_and_real_features(name)
-    # "auto" can resolve to a network also listed as an extra (no Inception weights here): score it once
-    extras = [network_and_real_features(extra) for extra in extra_backbones if extra != name]
+    extras = [network_and_real_features(extra) for extra in second_opinions(name, extra_backbones)]
     return Evaluator(network, real, reference, data_cfg.image_size, num_samples, batch_size, kid_subset_size, device, seed, extras)
 
 

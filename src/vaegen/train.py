@@ -28,7 +28,7 @@ import vaegen
 from vaegen import distributed
 from vaegen.accel import StepOptions, autocast, compile_step, resolve_step_options
 from vaegen.adversarial import Adversary
-from vaegen.backbones import resolve_backbone_name
+from vaegen.backbones import resolve_backbone_name, second_opinions
 from vaegen.checkpoint import (
     BackgroundWriter,
     host_copy,
@@ -422,7 +422,7 @@ def _train(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         scorer = config.eval.backbone if config.eval.backbone == "none" else resolve_backbone_name(config.eval.backbone, config.eval.inception_weights)
-    problem = evaluation_network_problem(config.loss.perceptual, scorer, config.eval.extra_backbones)
+    problem = evaluation_network_problem(config.loss.perceptual, scorer, second_opinions(scorer, config.eval.extra_backbones))
     if problem:
         raise ConfigError(problem + ".")
     evaluator = run_evaluator(config, splits, device) if main_process else None

@@ -94,6 +94,7 @@ def kill_at_training_step(step: int) -> None:
     import threading
 
     import vaegen.train
+    from vaegen.checkpoint import WRITER_THREAD
 
     real_step = vaegen.train.train_step
     calls = {"n": 0}
@@ -102,7 +103,7 @@ def kill_at_training_step(step: int) -> None:
         calls["n"] += 1
         if calls["n"] == step:
             for thread in threading.enumerate():
-                if thread.name == "vaegen-checkpoint-writer":
+                if thread.name == WRITER_THREAD:
                     thread.join()
             kill_this_process()
         return real_step(*args, **kwargs)
