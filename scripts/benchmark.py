@@ -29,9 +29,10 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from vaegen.accel import compile_step, resolve_step_options  # noqa: E402
+from vaegen.accel import apply_backend_flags, compile_step, resolve_step_options  # noqa: E402
 from vaegen.config import config_from_dict  # noqa: E402
 from vaegen.data import load_splits, to_device  # noqa: E402
+from vaegen.errors import VaegenError  # noqa: E402
 from vaegen.models import build_model  # noqa: E402
 from vaegen.train import build_optimizer, resolve_device, train_one_epoch, train_step  # noqa: E402
 
@@ -87,6 +88,7 @@ def reference_loop(config, device):
     stream = batches()
 
     def run(steps: int) -> float:
+        torch.backends.cudnn.benchmark = False  # the typical script leaves PyTorch's default; (b) and (c) set theirs
         sync(device)
         start, images = time.perf_counter(), 0
         for _ in range(steps):
@@ -119,6 +121,7 @@ def ceiling_loop(config, options, device, num_classes: int):
     model.train()
 
     def run(steps: int) -> float:
+        apply_backend_flags(options)
         sync(device)
         start = time.perf_counter()
         for _ in range(steps):
@@ -143,6 +146,7 @@ def vaegen_loop(config, options, device, splits):
 
     def run(steps: int) -> float:
         nonlocal epoch
+        apply_backend_flags(options)
         rates = []
         for _ in range(max(1, round(steps / steps_per_epoch))):
             epoch += 1
@@ -164,6 +168,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
+    parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                        help="torch.compile mode for (b), (c) and the full run; reduce-overhead = CUDA graphs")
+    parser.add_argument("--cudnn-benchmark", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--full", action="store_true", help="also time a whole configs/train_apples.yaml run")
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
@@ -174,6 +181,7 @@ def main() -> None:
     config = config_from_dict({
         "data": {"root": str(data_root), "image_size": args.size, "val_fraction": 0.1},
         "train": {"batch_size": args.batch, "device": args.device, "precision": args.precision, "compile": flag[args.compile],
+                  "compile_mode": args.compile_mode, "cudnn_benchmark": flag[args.cudnn_benchmark],
                   "channels_last": flag[args.channels_last], "log_every": 10**9},
         "eval": {"backbone": "none"},
         "output": {"select": "val_nelbo"},
@@ -220,7 +228,9 @@ def main() -> None:
 
         start = time.perf_counter()
         vaegen_main(["train", "--config", str(REPO / "configs" / "train_apples.yaml"), "--set", f"data.root={data_root}",
-                     "--set", f"train.device={args.device}", "--set", "output.run_name=benchmark-full",
+                     "--set", f"train.device={args.device}", "--set", f"train.compile={flag[args.compile]}",
+                     "--set", f"train.compile_mode={args.compile_mode}", "--set", f"train.cudnn_benchmark={flag[args.cudnn_benchmark]}",
+                     "--set", "output.run_name=benchmark-full",
                      "--set", "output.logs_dir=/tmp/vaegen-benchmark/logs", "--set", "output.best_dir=/tmp/vaegen-benchmark/best"])
         full = f"{time.perf_counter() - start:.0f} s"
         print(f"  full train_apples.yaml run (100 epochs, FID every 5): {full}")
@@ -258,4 +268,7 @@ def record(name, args, options, rows, c_over_a: str, c_over_b: float, full: str)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except VaegenError as exc:  # bad data folder, a device that is not there, ...: the message, not a traceback
+        sys.exit(f"error: {exc}")

@@ -23,6 +23,9 @@ def test_auto_on_cpu_is_fp32_eager_with_data_in_memory_and_the_fused_adam():
         "fp32", False, False, True, True,
     )
     assert options.autocast_dtype is None
+    assert options.cudnn_benchmark is False
+    # cuDNN's autotuner exists on CUDA only: asked for on CPU it stays off
+    assert resolve_step_options(TrainConfig(cudnn_benchmark=True), DataConfig(root="x"), torch.device("cpu"), 1).cudnn_benchmark is False
 
 
 @pytest.mark.parametrize(("image_size", "channels_last"), [(32, True), ((16, 64), True), ((32, 48), False), (96, False)])
@@ -38,6 +41,47 @@ def test_explicit_options_are_honoured():
     options = resolve_step_options(train, DataConfig(root="x", on_device=False), torch.device("cpu"), data_bytes=1)
     assert (options.precision, options.channels_last, options.compile, options.on_device) == ("bf16", True, True, False)
     assert options.autocast_dtype == torch.bfloat16
+
+
+def test_compile_mode_reaches_torch_compile_and_cuda_graphs_need_cuda(monkeypatch):
+    from vaegen import accel
+
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: seen.update(kwargs) or model)
+    train = TrainConfig(compile=True, compile_mode="reduce-overhead")
+    with pytest.warns(UserWarning, match="reduce-overhead replays the step as CUDA graphs, which needs CUDA; on cpu"):
+        options = resolve_step_options(train, DataConfig(root="x"), torch.device("cpu"), 1)
+    assert (options.compile_mode, options.cuda_graphs) == ("reduce-overhead", False)
+    assert "compiled (reduce-overhead)" in options.describe()
+    accel.compile_step(torch.nn.Linear(2, 2), options)
+    assert seen == {"dynamic": False, "mode": "reduce-overhead"}
+    default = resolve_step_options(TrainConfig(compile=True), DataConfig(root="x"), torch.device("cpu"), 1)
+    accel.compile_step(torch.nn.Linear(2, 2), default)
+    assert seen == {"dynamic": False, "mode": None} and "compiled," in default.describe()
+    # not compiled (auto on CPU): the mode is inert, and says so nowhere
+    eager = resolve_step_options(TrainConfig(compile_mode="max-autotune"), DataConfig(root="x"), torch.device("cpu"), 1)
+    assert (eager.compile, eager.compile_mode, eager.cuda_graphs) == (False, "default", False)
+
+
+def test_the_cudnn_autotuner_follows_the_step_options(monkeypatch):
+    from dataclasses import replace
+
+    from vaegen.accel import apply_backend_flags
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    options = resolve_step_options(TrainConfig(), DataConfig(root="x"), torch.device("cpu"), 1)
+    apply_backend_flags(replace(options, cudnn_benchmark=True))
+    assert torch.backends.cudnn.benchmark is True
+    assert "cuDNN autotuned" in replace(options, cudnn_benchmark=True).describe() and "cuDNN" not in options.describe()
+    apply_backend_flags(options)
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_a_compile_mode_without_compilation_is_refused():
+    with pytest.raises(ConfigError, match="train.compile_mode is reduce-overhead but train.compile is false"):
+        config_from_dict({"data": {"root": "x"}, "train": {"compile": False, "compile_mode": "reduce-overhead"}})
+    with pytest.raises(ConfigError, match="train.compile_mode"):
+        config_from_dict({"data": {"root": "x"}, "train": {"compile_mode": "fast"}})
 
 
 def test_fp16_on_cpu_is_refused():
@@ -82,33 +126,68 @@ def test_bf16_training_reaches_the_fp32_loss(tmp_path):
     assert finals["bf16"] == pytest.approx(finals["fp32"], rel=0.05)
 
 
-@cuda
-def test_training_step_never_syncs_with_the_host(tmp_path):
-    """Every step of an epoch but the logging ones runs under sync-debug 'error': no hidden .item()."""
+def _cuda_step_setup(train: dict):
     from vaegen.accel import compile_step
     from vaegen.models import build_model
-    from vaegen.train import build_optimizer, to_input, train_step
+    from vaegen.train import build_optimizer
 
     config = config_from_dict(
         {"data": {"root": str(SAMPLE), "image_size": 32}, "model": {"widths": [8, 16]}, "eval": {"backbone": "none"},
-         "output": {"select": "val_nelbo"}, "train": {"compile": False}}
+         "output": {"select": "val_nelbo"}, "train": train}
     )
     device = torch.device("cuda")
     options = resolve_step_options(config.train, config.data, device, 1)
+    torch.manual_seed(0)
     model = build_model(config.model, (32, 32), 3, 3).to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, model, fused=options.fused_optimizer)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=device)
-    train_step(model, model, optimizer, scaler, to_input(images, device, True), None, config, options, 1.0, device)  # warm-up
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=device, generator=torch.Generator(device).manual_seed(0))
+    return config, options, model, compile_step(model, options), optimizer, scaler, images
+
+
+@cuda
+@pytest.mark.parametrize("train", [{"compile": False}, {"compile": True, "compile_mode": "reduce-overhead"}], ids=["eager", "cuda-graphs"])
+def test_training_step_never_syncs_with_the_host(train):
+    """Every step of an epoch but the logging ones runs under sync-debug 'error': no hidden .item()."""
+    from vaegen.train import to_input, train_step
+
+    config, options, model, step_model, optimizer, scaler, images = _cuda_step_setup(train)
+    device = images.device
+    for _ in range(3):  # warm-up: compilation, and CUDA graphs record on a later call than the first
+        train_step(model, step_model, optimizer, scaler, to_input(images, device, True), None, config, options, 1.0, device)
     torch.cuda.synchronize()
     sums = torch.zeros(4, device=device)
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            sums += train_step(model, model, optimizer, scaler, to_input(images, device, True), None, config, options, 1.0, device)
+            sums += train_step(model, step_model, optimizer, scaler, to_input(images, device, True), None, config, options, 1.0, device)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(sums).all()
+
+
+@cuda
+def test_cuda_graphs_replay_the_step_and_train_like_the_default_compiled_step():
+    """compile_mode reduce-overhead: no graph is skipped (a skip would silently fall back to launching every
+    kernel), and 30 steps on one batch reach the loss the default compiled step reaches."""
+    from torch._dynamo.utils import counters
+
+    from vaegen.train import to_input, train_step
+
+    final = {}
+    for mode in ("default", "reduce-overhead"):
+        torch._dynamo.reset()
+        counters.clear()
+        config, options, model, step_model, optimizer, scaler, images = _cuda_step_setup(
+            {"compile": True, "compile_mode": mode, "precision": "fp32"}
+        )
+        assert options.cuda_graphs is (mode == "reduce-overhead") and options.cudnn_benchmark is True  # auto on CUDA
+        for _ in range(30):
+            terms = train_step(model, step_model, optimizer, scaler, to_input(images, images.device, True), None, config, options, 1.0, images.device)
+        final[mode] = float(terms[0])
+        assert counters["inductor"]["cudagraph_skips"] == 0
+    # the reparameterisation noise may be drawn differently; the fit to the batch may not
+    assert final["reduce-overhead"] == pytest.approx(final["default"], rel=0.05)
 
 
 def test_benchmark_script_prints_each_row_and_the_ratios(tmp_path):
@@ -132,3 +211,19 @@ def test_benchmark_script_prints_each_row_and_the_ratios(tmp_path):
         assert row.count("rounds:") == 1 and len(row.split("rounds:")[1].split(",")) == 2  # one rate per round
     ratio = next(line for line in lines if "c/a =" in line)
     assert float(ratio.split("c/a =")[1].split()[0]) > 0 and "c/b =" in ratio
+
+
+def test_a_compiled_run_trains_without_graph_breaks_and_times_its_compilation_apart(tmp_path):
+    """The CUDA default path, compiled, through `vaegen train` on CPU: the model compiles to whole graphs
+    (a graph break would silently cost speed), and the time line shows the compiling first epoch apart."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 2, "compile": True}))]) == 0
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] >= 1
+    log = (tmp_path / "logs" / "tiny" / "train.log").read_text()
+    assert "fp32, channels_last, compiled, fused optimizer" in log
+    (timing,) = [line for line in log.splitlines() if line.startswith("time: ")]
+    assert "first epoch, compiling " in timing and "training steps " in timing

@@ -174,7 +174,8 @@ def test_unknown_model_name_lists_registered_models(tmp_path):
 
 def test_cyclic_warmup_longer_than_cycle_rejected(tmp_path):
     message = error(tmp_path, MINIMAL + "beta:\n  schedule: cyclic\n  warmup: 30\n  cycle: 20\n")
-    assert "beta.warmup (30) must be at most beta.cycle (20)" in message
+    assert "`beta`: beta.warmup (30) must be at most beta.cycle (20)" in message
+    assert "'schedule'" not in message  # the section's own check speaks for itself, without its dict echoed
     # the same numbers are fine for a non-cyclic schedule
     cfg = load(tmp_path, MINIMAL + "beta:\n  schedule: warmup\n  warmup: 30\n  cycle: 20\n")
     assert cfg.beta.warmup == 30

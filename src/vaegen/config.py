@@ -122,10 +122,25 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere")
     channels_last: Literal["auto"] | bool = Field("auto", description="auto = on for CUDA, and on CPU for images of at most 32x32 px")
     compile: Literal["auto"] | bool = Field("auto", description="torch.compile the training step; auto = on for CUDA")
+    cudnn_benchmark: Literal["auto"] | bool = Field(
+        "auto", description="let cuDNN time its convolution algorithms for each new shape and keep the fastest; auto = on for CUDA"
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile's mode when the step is compiled; reduce-overhead replays it as CUDA graphs"
+    )
     sync_batchnorm: bool = Field(False, description="under torchrun: BatchNorm statistics over the global batch, not each process's share")
     ema: float | None = Field(
         None, gt=0.0, lt=1.0, description="decay of a moving average of the weights used to evaluate and export (e.g. 0.999); null = off"
     )
+
+    @model_validator(mode="after")
+    def _mode_needs_compile(self) -> TrainConfig:
+        if self.compile is False and self.compile_mode != "default":
+            raise ValueError(
+                f"train.compile_mode is {self.compile_mode} but train.compile is false, so nothing is compiled; "
+                "set train.compile to auto or true, or remove train.compile_mode"
+            )
+        return self
 
 
 class SamplerConfig(Section):
@@ -401,6 +416,8 @@ def _describe(error: dict, schema: type[BaseModel] = None) -> str:
         return f"missing required key `{key}`."
     if kind == "value_error" and not key:
         return _clean(error["msg"]) + "."
+    if kind == "value_error" and isinstance(error.get("input"), dict):  # a section's own check: its dict would bury the message
+        return f"`{key}`: {_clean(error['msg'])}."
     value = error.get("input")
     return f"`{key}` = {value!r} is not allowed: {_clean(error['msg'])}."
 

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import vaegen
 from vaegen import distributed
-from vaegen.accel import StepOptions, autocast, compile_step, resolve_step_options
+from vaegen.accel import StepOptions, apply_backend_flags, autocast, compile_step, resolve_step_options
 from vaegen.adversarial import Adversary
 from vaegen.backbones import resolve_backbone_name, second_opinions
 from vaegen.checkpoint import (
@@ -197,6 +197,8 @@ def train_step(
     when the gradient norm is above it or not finite.
     With an `adversary` (after its warm-up) the decoder also learns to fool it, and it takes its own step;
     a `perceptual` term adds a frozen network's feature distance to the objective."""
+    if options.cuda_graphs:  # a new step: the graphs' outputs of the previous one may be overwritten
+        torch.compiler.cudagraph_mark_step_begin()
     with autocast(options, device):
         logits, mu, logvar = step_model(x, y)
     terms = vae_loss(logits.float(), x, mu.float(), logvar.float(), beta, config.loss.recon)
@@ -401,6 +403,7 @@ def _train(
 
     # how the step uses the hardware (precision, layout, compile, data placement)
     options = resolve_step_options(config.train, config.data, device, splits.train.images.nbytes + splits.val.images.nbytes)
+    apply_backend_flags(options)
     if options.on_device:
         splits = to_device(splits, device)
 
@@ -483,7 +486,9 @@ def _train(
         for epoch in range(start_epoch + 1, config.train.epochs + 1):
             beta = beta_at(epoch)
             adversary_now = adversary if adversary is not None and epoch >= config.adversarial.start_epoch else None
-            with clock("training steps"):
+            # compilation happens in the first steps: its cost is shown apart from the steady state
+            first_compiled = options.compile and epoch == start_epoch + 1
+            with clock("first epoch, compiling" if first_compiled else "training steps"):
                 train_stats = train_one_epoch(
                     model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle, ema, adversary_now, perceptual
                 )
