@@ -163,7 +163,7 @@ def copy_ratio(result: dict, results: list[dict], args, splits, count: int = 200
     import vaegen
     from vaegen.density import fit_model_density
     from vaegen.fid import eval_batch_size
-    from vaegen.train import resolve_device
+    from vaegen.accel import resolve_device
 
     device = resolve_device(args.device)
     train_pixels = splits.train.images.to(device).flatten(1).float() / 255
@@ -187,7 +187,7 @@ def score_with_mixture(config, trained: Path, out: Path) -> dict:
     from vaegen.density import fit_model_density
     from vaegen.fid import eval_batch_size, run_evaluator, score_model
     from vaegen.plots import image_grid, save_png
-    from vaegen.train import resolve_device
+    from vaegen.accel import resolve_device
 
     device = resolve_device(config.train.device)
     model = vaegen.load(trained, device)

@@ -29,12 +29,12 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from vaegen.accel import apply_backend_flags, compile_step, resolve_step_options  # noqa: E402
+from vaegen.accel import apply_backend_flags, compile_step, resolve_device, resolve_step_options  # noqa: E402
 from vaegen.config import config_from_dict  # noqa: E402
 from vaegen.data import load_splits, to_device  # noqa: E402
 from vaegen.errors import VaegenError  # noqa: E402
 from vaegen.models import build_model  # noqa: E402
-from vaegen.train import build_optimizer, resolve_device, train_one_epoch, train_step  # noqa: E402
+from vaegen.train import build_optimizer, train_one_epoch, train_step  # noqa: E402
 
 
 def default_data() -> Path:

@@ -84,6 +84,16 @@ def test_a_compile_mode_without_compilation_is_refused():
         config_from_dict({"data": {"root": "x"}, "train": {"compile_mode": "fast"}})
 
 
+@pytest.mark.parametrize(("name", "message"), [("gpu", "device is 'gpu', which is not a device; use auto, cpu"), ("", "which is not a device")]
+                         + ([] if torch.cuda.is_available() else [("cuda", "device is cuda but CUDA is not available here; use device: auto or cpu")]))
+def test_device_names_are_checked_and_errors_name_the_setting(name, message):
+    from vaegen.accel import resolve_device
+
+    with pytest.raises(ConfigError, match=message):
+        resolve_device(name, key="device")
+    assert resolve_device("cpu").type == "cpu" and resolve_device(torch.device("cpu")).type == "cpu"
+
+
 def test_fp16_on_cpu_is_refused():
     with pytest.raises(ConfigError, match="fp16 needs CUDA"):
         resolve_step_options(TrainConfig(precision="fp16"), DataConfig(root="x"), torch.device("cpu"), 1)

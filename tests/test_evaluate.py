@@ -64,6 +64,27 @@ def test_vaegen_test_rejects_a_folder_that_is_not_a_model(tmp_path, capsys):
     assert "not a vaegen model folder" in capsys.readouterr().err
 
 
+def test_vaegen_test_names_a_missing_model_folder_and_the_ones_beside_it(trained, capsys):
+    model_dir, _ = trained
+    assert main(["test", "--checkpoint", str(model_dir / "best" / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert f"{model_dir / 'best' / 'nope'} does not exist" in err and f"Model folders in {model_dir / 'best'}: tiny." in err
+
+
+def test_vaegen_load_takes_auto_and_refuses_a_device_that_is_not_one(trained):
+    import torch
+
+    import vaegen
+
+    model_dir, _ = trained
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert next(vaegen.load(model_dir / "best" / "tiny", device="auto").parameters()).device.type == expected
+    from vaegen.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="device is .gpu., which is not a device"):
+        vaegen.load(model_dir / "best" / "tiny", device="gpu")
+
+
 def test_vaegen_test_unknown_key(tmp_path, capsys):
     assert main(["test", "--checkpoint", str(tmp_path), "--set", "num_sample=3"]) == 2
     assert "did you mean `num_samples`?" in capsys.readouterr().err
@@ -75,6 +96,47 @@ def test_vaegen_test_on_all_images_scores_train_and_val(trained, tmp_path):
     assert main(["test", "--checkpoint", str(model_dir / "best" / "tiny"), "--set", "split=all", "--set", "backbone=none",
                  "--set", f"output_dir={out}", "--set", "grid=2"]) == 0
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 300
+
+
+def _few_images(root: Path, per_class: dict[str, int]) -> Path:
+    import shutil
+
+    from test_train import SAMPLE
+
+    for name, count in per_class.items():
+        (root / name).mkdir(parents=True)
+        for image in sorted((SAMPLE / name).iterdir())[:count]:
+            shutil.copy(image, root / name / image.name)
+    return root
+
+
+def test_vaegen_test_on_a_one_image_split_skips_the_interpolation_and_scores_the_rest(trained, tmp_path):
+    model_dir, _ = trained
+    data, out = _few_images(tmp_path / "few", {"Golden": 1, "Golden-Red": 1, "Red": 2}), tmp_path / "out"
+    with pytest.warns(UserWarning, match="no interpolation.png: the val split has one image"):
+        code = main(["test", "--checkpoint", str(model_dir / "best" / "tiny"), "--set", f"data_root={data}",
+                     "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "backbone=none", "--set", f"output_dir={out}", "--set", "grid=2"])
+    assert code == 0  # it once stopped with a traceback from torch.cat, and wrote no metrics.json
+    assert json.loads((out / "metrics.json").read_text())["num_images"] == 1
+    assert not (out / "interpolation.png").exists()
+
+
+def test_vaegen_test_of_a_model_trained_without_a_validation_split_says_which_split_to_use(trained, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    model_dir, _ = trained
+    model = shutil.copytree(model_dir / "best" / "tiny", tmp_path / "no-val")
+    config = yaml.safe_load((model / "config.yaml").read_text())  # as `vaegen train` writes it for data.val_fraction: 0
+    config["data"]["val_fraction"], config["output"]["select"], config["eval"]["backbone"] = 0.0, "fid", "efficientnet-lite0"
+    (model / "config.yaml").write_text(yaml.safe_dump(config))
+    code = main(["test", "--checkpoint", str(model), "--set", "backbone=none", "--set", f"output_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "the val split of" in err and "has no images" in err and "(--set split=train)" in err
+    assert main(["test", "--checkpoint", str(model), "--set", "backbone=none", "--set", "split=train",
+                 "--set", f"output_dir={tmp_path / 'out'}", "--set", "grid=2"]) == 0
 
 
 def test_vaegen_test_scores_the_same_samples_on_extra_backbones(trained, tmp_path, monkeypatch):

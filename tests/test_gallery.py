@@ -160,6 +160,12 @@ def _foreign_weights(folder: Path) -> None:
     (lambda folder: (folder / "config.yaml").write_text("model: {latnt_dim: 3}\n"), "did you mean `latent_dim`"),
     (lambda folder: (folder / "metrics.json").write_text("{not json"), "metrics.json is not readable JSON"),
     (lambda folder: (folder / "sweep.json").write_text("[1, 2]"), "sweep.json holds a JSON list"),
+    # well-formed JSON of the wrong shape once raised on the page (AttributeError, ValueError) for every run
+    (lambda folder: (folder / "metrics.json").write_text('{"epoch": 2, "metrics": [1, 2]}'), "`metrics` as a JSON list"),
+    (lambda folder: (folder / "metrics.json").write_text('{"criterion": "fid", "value": "abc", "metrics": {"fd_x": "bad"}}'),
+     "`metrics.fd_x` = 'bad', not a number; `value` = 'abc', not a number"),
+    (lambda folder: (folder / "metrics.json").write_text('{"metrics": {"fd_x": 1.0}, "protocol": "x"}'), "`protocol` that is not an object"),
+    (lambda folder: (folder / "sweep.json").write_text('{"params": [1, 2]}'), "`params` that is not an object"),
 ])
 def test_broken_runs_are_listed_with_the_reason(tmp_path, damage, message):
     make_run(tmp_path, "good")

@@ -197,6 +197,47 @@ def test_single_label_is_broadcast_for_sampling():
     assert torch.equal(a, b)
 
 
+def _with_mixture(model, groups: int):
+    from vaegen.density import LatentGMM
+
+    model.latent_density = LatentGMM(torch.full((groups, 2), 0.5), torch.randn(groups, 2, 8), torch.eye(8).repeat(groups, 2, 1, 1), "full")
+    return model
+
+
+@pytest.mark.parametrize("mixture", [False, True], ids=["prior", "mixture"])
+def test_sample_checks_labels_the_same_way_from_the_prior_and_from_a_mixture(mixture):
+    cond = make(num_classes=3, conditional="onehot").eval()
+    cond.classes = ["Golden", "Golden-Red", "Red"]
+    if mixture:
+        _with_mixture(cond, groups=3)
+    with pytest.raises(ValueError, match="got 3 labels for a batch of 1"):  # a mixture once returned 3 images
+        cond.sample(1, labels=[0, 1, 2], seed=0)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):  # a mixture once raised IndexError
+        cond.sample(4, labels=3, seed=0)
+    with pytest.raises(ValueError, match="'Nope' is not a class of this model \\(Golden, Golden-Red, Red\\)"):
+        cond.sample(2, labels=["Red", "Nope"], seed=0)
+    # class names work where indices do; an empty request gives an empty batch
+    assert torch.equal(cond.sample(3, labels="Red", seed=5), cond.sample(3, labels=2, seed=5))
+    assert cond.sample(0, labels=[], seed=0).shape == (0, 3, 32, 32)
+
+
+@pytest.mark.parametrize("mixture", [False, True], ids=["prior", "mixture"])
+def test_sample_refuses_labels_for_an_unconditional_model_and_bad_counts_or_temperatures(mixture):
+    model = make().eval()
+    if mixture:
+        _with_mixture(model, groups=1)
+    for labels in (1, [0, 1], "Red"):  # once ignored from the prior, and counted (or a TypeError) from a mixture
+        with pytest.raises(ValueError, match="this model is not conditional, so it takes no labels"):
+            model.sample(2, labels=labels, seed=0)
+    for temperature in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match="temperature scales the spread"):
+            model.sample(2, temperature=temperature, seed=0)
+    for n in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="a whole number >= 0"):
+            model.sample(n, seed=0)
+    assert model.sample(0, seed=0).shape == (0, 3, 32, 32)
+
+
 # --- decoding and sampling ----------------------------------------------------------------
 
 

@@ -57,6 +57,25 @@ class StepOptions:
         )
 
 
+def resolve_device(name: str | torch.device, key: str = "train.device") -> torch.device:
+    """`auto` (CUDA, then MPS, then the CPU) or a named device that exists here; `key` names the setting in errors."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"{key} is {name!r}, which is not a device; use auto, cpu, cuda, cuda:N or mps.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{key} is {name} but CUDA is not available here; use {key}: auto or cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"{key} is {name} but MPS is not available here; use {key}: auto or cpu.")
+    return device
+
+
 def resolve_step_options(train: TrainConfig, data: DataConfig, device: torch.device, data_bytes: int) -> StepOptions:
     cuda = device.type == "cuda"
     precision = train.precision

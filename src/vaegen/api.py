@@ -23,6 +23,10 @@ from vaegen.errors import CheckpointError
 def read_model_folder(path: str | Path) -> tuple[Path, Config, dict[str, object]]:
     """The weights file, validated config and weights metadata of a model folder, checked without building the model."""
     folder = Path(path)
+    if not folder.exists():
+        runs = sorted(weights.parent.name for weights in folder.parent.glob("*/model.safetensors")) if folder.parent.is_dir() else []
+        there = f" Model folders in {folder.parent}: {', '.join(runs)}." if runs else ""
+        raise CheckpointError(f"{folder} does not exist; pass a model folder that `vaegen train` wrote (best_models/<run>).{there}")
     weights = folder / "model.safetensors" if folder.is_dir() else folder
     folder = weights.parent
     if not weights.is_file() or not (folder / "config.yaml").is_file():
@@ -38,9 +42,12 @@ def read_model_folder(path: str | Path) -> tuple[Path, Config, dict[str, object]
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Build the model described by <path>/config.yaml and load <path>/model.safetensors (no code runs)."""
+    """Build the model described by <path>/config.yaml and load <path>/model.safetensors (no code runs).
+    `device`: cpu, cuda, cuda:N, mps, or auto (the first of those that is here)."""
+    from vaegen.accel import resolve_device
     from vaegen.models import build_model
 
+    device = resolve_device(device, key="device")
     weights, config, metadata = read_model_folder(path)
     classes = metadata["classes"]
     model = build_model(config.model, config.data.image_size, config.data.channels, len(classes))

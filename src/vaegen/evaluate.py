@@ -8,6 +8,7 @@ interpolation.png and metrics.json (FID/KID with their protocol, reconstruction 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +19,14 @@ from vaegen.checkpoint import write_text_atomic
 from vaegen.config import SamplerConfig, TestConfig
 from vaegen.data import default_cache_dir, load_splits
 from vaegen.density import fit_model_density
-from vaegen.errors import ConfigError
+from vaegen.errors import ConfigError, DataError
 from vaegen.fid import build_evaluator, eval_batch_size, score_model
 from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.losses import kl_divergence, reconstruction_loss
 from vaegen.plots import image_grid, labelled_rows, reconstruction_grid, save_png
 from vaegen.samplers import per_class_samples, slerp
-from vaegen.train import resolve_device, to_input
+from vaegen.accel import resolve_device
+from vaegen.train import to_input
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class TestReport:
 def run_test(cfg: TestConfig) -> TestReport:
     if cfg.checkpoint is None:
         raise ConfigError("vaegen test needs a checkpoint: --checkpoint best_models/<run>, or `checkpoint:` in the test config.")
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, key="device")
     model = load(cfg.checkpoint, device)
     train_cfg = model.config
     data_cfg = train_cfg.data.model_copy(
@@ -61,6 +63,13 @@ def run_test(cfg: TestConfig) -> TestReport:
     out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint) / "test"
     out.mkdir(parents=True, exist_ok=True)
     split = splits.select(cfg.split)
+    if len(split.images) == 0:
+        other = "train" if cfg.split == "val" else "all"
+        raise DataError(
+            f"the {cfg.split} split of {data_cfg.root} has no images (data.val_fraction {data_cfg.val_fraction} of "
+            f"{len(splits.train.images) + len(splits.val.images)}), so there is nothing to reconstruct or score; "
+            f"test on another split (--set split={other}) or on a folder with more images."
+        )
     files = []
 
     samples = model.sample(cfg.grid * cfg.grid, labels=_grid_labels(model, cfg.grid * cfg.grid), temperature=cfg.temperature, seed=cfg.seed)
@@ -70,7 +79,10 @@ def run_test(cfg: TestConfig) -> TestReport:
     x = to_input(split.images[:32], device)
     y = split.labels[:32].to(device) if model.is_conditional else None
     files.append(_save(reconstruction_grid(x, model.reconstruct(x, y)), out / "reconstructions.png"))
-    files.append(_interpolation(model, split, cfg, device, out / "interpolation.png"))
+    if len(split.images) >= 2:
+        files.append(_interpolation(model, split, cfg, device, out / "interpolation.png"))
+    else:
+        warnings.warn(f"no interpolation.png: the {cfg.split} split has one image, and an interpolation runs between two.", stacklevel=2)
 
     metrics = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "num_images": len(split.images),
                "sampler": "prior" if model.latent_density is None else "gmm"}

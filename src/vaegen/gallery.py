@@ -104,8 +104,8 @@ def read_run(root: Path, name: str) -> Run:
     folder = open_run(root, name)
     try:
         _, config, metadata = read_model_folder(folder)
-        metrics = _read_json_object(folder / "metrics.json")
-        sweep = _read_json_object(folder / "sweep.json")
+        metrics = _checked(folder / "metrics.json", _read_json_object(folder / "metrics.json"), _metrics_problems)
+        sweep = _checked(folder / "sweep.json", _read_json_object(folder / "sweep.json"), _sweep_problems)
     except VaegenError as exc:
         return Run(name, folder, error=str(exc))
     return Run(name, folder, metadata, metrics, config, sweep)
@@ -122,6 +122,34 @@ def _read_json_object(path: Path) -> dict:
     if not isinstance(value, dict):
         raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not the object vaegen writes there.")
     return value
+
+
+def _checked(path: Path, value: dict, problems) -> dict:
+    """`value` if the fields the page reads have the types vaegen writes: a hand-edited file must not break the page."""
+    found = problems(value)
+    if found:
+        raise CheckpointError(f"{path} has {'; '.join(found)}; it should be what vaegen wrote there.")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _metrics_problems(metrics: dict) -> list[str]:
+    scores = metrics.get("metrics", {})
+    if not isinstance(scores, dict):
+        return [f"`metrics` as a JSON {type(scores).__name__}, not an object of numbers"]
+    found = [f"`metrics.{key}` = {value!r}, not a number" for key, value in scores.items() if key.startswith(("fid_", "fd_")) and not _is_number(value)]
+    if "criterion" in metrics and not _is_number(metrics.get("value")):
+        found.append(f"`value` = {metrics.get('value')!r}, not a number")
+    if "protocol" in metrics and not isinstance(metrics["protocol"], dict):
+        found.append("`protocol` that is not an object")
+    return found
+
+
+def _sweep_problems(sweep: dict) -> list[str]:
+    return [] if isinstance(sweep.get("params", {}), dict) else ["`params` that is not an object"]
 
 
 def how_to_train(root: Path) -> str:

@@ -11,6 +11,7 @@ size is derived from the image size and the widths, so any size divisible by
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -115,14 +116,14 @@ class ConvVAE(nn.Module):
             return None
         if labels is None:
             raise ValueError(
-                f"this model is conditional on {self.num_classes} classes; pass labels (class indices)"
+                f"this model is conditional on {self.num_classes} classes; pass labels (class indices, or names with vaegen.load)"
             )
         labels = torch.as_tensor(labels, device=self.to_mu.weight.device).long().reshape(-1)
         if labels.numel() == 1 and batch > 1:
             labels = labels.expand(batch)
         if labels.numel() != batch:
             raise ValueError(f"got {labels.numel()} labels for a batch of {batch}")
-        if labels.min() < 0 or labels.max() >= self.num_classes:
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
         return labels
 
@@ -168,7 +169,15 @@ class ConvVAE(nn.Module):
         seed: int | None = None,
     ) -> torch.Tensor:
         """`n` images in [0, 1]; same seed, same images. Codes come from `self.latent_density` (a fitted
-        `vaegen.density.LatentGMM`, set by `vaegen.load` when the checkpoint has one), else z ~ N(0, T² I)."""
+        `vaegen.density.LatentGMM`, set by `vaegen.load` when the checkpoint has one), else z ~ N(0, T² I).
+        `labels` (conditional models only): one class or one per image, as indices or `self.classes` names."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n is the number of images to draw, a whole number >= 0; got {n!r}")
+        if not (math.isfinite(temperature) and temperature >= 0):  # 0: every code at its mean
+            raise ValueError(f"temperature scales the spread of the latent codes and must be a number >= 0; got {temperature!r}")
+        if labels is not None and not self.is_conditional:
+            raise ValueError(f"this model is not conditional, so it takes no labels (got labels={labels!r}); leave labels out")
+        labels = self._check_labels(self._class_indices(labels), n)  # conditional: one label per image
         device = self.to_mu.weight.device
         generator = torch.Generator(device="cpu")
         if seed is None:
@@ -178,10 +187,20 @@ class ConvVAE(nn.Module):
         from vaegen.density import latent_codes
 
         density = getattr(self, "latent_density", None)
-        if density is not None and self.is_conditional and labels is None:
-            self._check_labels(None, n)  # the same error as decoding without labels
         density = density.to(device) if density is not None else None
         return self.decode(latent_codes(n, self.latent_dim, generator, labels, temperature, density).to(device), labels)
+
+    def _class_indices(self, labels):
+        """Class names (`self.classes`, set by `vaegen.load`) to indices; indices pass through."""
+        names = [labels] if isinstance(labels, str) else labels
+        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(name, str) for name in names):
+            return labels
+        classes = list(getattr(self, "classes", None) or [])
+        unknown = [name for name in names if name not in classes]
+        if unknown:
+            raise ValueError(f"{', '.join(map(repr, unknown))} is not a class of this model ({', '.join(classes) or 'no class names loaded'})")
+        indices = [classes.index(name) for name in names]
+        return indices[0] if isinstance(labels, str) else indices
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 import vaegen
 from vaegen import distributed
-from vaegen.accel import StepOptions, apply_backend_flags, autocast, compile_step, resolve_step_options
+from vaegen.accel import StepOptions, apply_backend_flags, autocast, compile_step, resolve_device, resolve_step_options
 from vaegen.adversarial import Adversary
 from vaegen.backbones import resolve_backbone_name, second_opinions
 from vaegen.checkpoint import (
@@ -110,21 +110,6 @@ class PhaseClock:
 
 # ---------------------------------------------------------------------------------------
 # Setup helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name} but CUDA is not available here; use train.device: auto or cpu.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device is {name} but MPS is not available here; use train.device: auto or cpu.")
-    return device
 
 
 def seed_everything(seed: int) -> None:
