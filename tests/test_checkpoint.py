@@ -28,9 +28,14 @@ def small_model(latent_dim: int = 8, size: int = 16, conditional: str = "none"):
     return build_model(ModelConfig(latent_dim=latent_dim, widths=(8, 16), conditional=conditional), (size, size), 3, 3)
 
 
+def training_state(epoch: int, **extra) -> dict:
+    """The parts every training state holds (load_training_state checks them), with dummy contents."""
+    return {"epoch": epoch, "model": {"w": torch.ones(3)}, "optimizer": {}, "rng": {}, "classes": ["a"], **extra}
+
+
 def test_atomic_write_keeps_old_file_when_write_fails(tmp_path):
     target = tmp_path / "last.pt"
-    save_training_state(target, {"epoch": 1, "w": torch.ones(3)})
+    save_training_state(target, training_state(1))
     before = target.read_bytes()
 
     def half_then_crash(tmp: Path) -> None:
@@ -46,8 +51,8 @@ def test_atomic_write_keeps_old_file_when_write_fails(tmp_path):
 
 def test_atomic_write_replaces_whole_file(tmp_path):
     target = tmp_path / "state.pt"
-    save_training_state(target, {"epoch": 1})
-    save_training_state(target, {"epoch": 2, "big": torch.zeros(1000)})
+    save_training_state(target, training_state(1))
+    save_training_state(target, training_state(2, big=torch.zeros(1000)))
     state = load_training_state(target)
     assert state["epoch"] == 2 and state["big"].shape == (1000,)
 

@@ -84,6 +84,29 @@ def test_resume_without_a_run_exits_2(tmp_path, capsys):
     assert "has no checkpoints/last.pt" in capsys.readouterr().err
 
 
+def test_resume_of_a_run_without_its_config_says_where_the_copy_is(tmp_path, capsys):
+    run_dir = tmp_path / "logs" / "r"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "has a checkpoint but no config.yaml" in err and f"Copy {run_dir / 'checkpoints' / 'config.yaml'}" in err
+    assert "--config" not in err  # the old advice (pass --config) is ignored when resuming
+
+
+@pytest.mark.parametrize(("command", "resume_hint"), [("train", True), ("config", False)])
+def test_ctrl_c_offers_resume_only_for_training(monkeypatch, capsys, command, resume_hint):
+    import vaegen.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(vaegen.cli.COMMANDS, command, interrupted)
+    assert main([command, "--config", "x.yaml"]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted.") and ("vaegen train --resume" in err) is resume_hint
+
+
 def test_train_without_config_exits_2(capsys):
     assert main(["train"]) == 2
     assert "needs --config" in capsys.readouterr().err

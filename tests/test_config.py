@@ -317,3 +317,54 @@ def test_empty_section_means_defaults(tmp_path):
     path.write_text("data:\n  root: x\nmodel:\ntrain:\n")
     cfg = load_config(path, ["model.latent_dim=3"])
     assert cfg.model.latent_dim == 3 and cfg.train.epochs == 100
+
+
+# --- values pydantic would coerce, files that are not configs, and messages that must stay one paragraph --------
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.epochs=true", "`train`: epochs is true, a yes/no value, where a number or a name is expected"),  # once read as 1
+    ("data.channels=true", "`data`: channels is true, a yes/no value"),
+    ("optim.lr=.inf", "`optim.lr` = inf is not allowed: Input should be a finite number"),  # once trained into NaN
+    ("eval.temperature=.nan", "`eval.temperature` = nan is not allowed"),
+    ("optim.betas=[1.5, -1]", "Adam's betas are decay rates, each in [0, 1)"),  # once torch's ValueError after setup
+    ("data.image_size=[64]", "`data.image_size` has too few values"),  # once "missing required key"
+])
+def test_values_that_would_be_coerced_or_fail_later_are_refused_up_front(tmp_path, override, message):
+    text = error(tmp_path, MINIMAL, [override])
+    assert message in text and "with its --set values has 1 problem" in text
+
+
+def test_yes_no_settings_still_take_yes_or_no(tmp_path):
+    cfg = load(tmp_path, MINIMAL, ["train.compile=true", "data.hflip=true", "train.channels_last=false"])
+    assert cfg.train.compile is True and cfg.data.hflip is True and cfg.train.channels_last is False
+
+
+def test_a_config_that_is_not_utf8_text_or_is_a_folder_is_named(tmp_path):
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="binary.yaml is not UTF-8 text .* so it cannot be a YAML config"):
+        load_config(binary)
+    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
+        load_config(tmp_path)
+
+
+def test_a_broken_override_value_is_reported_on_one_line(tmp_path):
+    message = error(tmp_path, MINIMAL, ["train.epochs=[1"])
+    assert "is not valid YAML" in message and "\n" not in message and "quote the whole --set argument" in message
+    assert "not of the form key.path=value" in error(tmp_path, MINIMAL, [".train=5"])  # once "unknown key ``"
+
+
+@pytest.mark.parametrize(("name", "command"), [("test_apples.yaml", "vaegen test"), ("tune_quick.yaml", "vaegen tune")])
+def test_another_commands_config_is_named_as_such_in_one_line(name, command):
+    with pytest.raises(ConfigError) as info:
+        load_config(Path(__file__).resolve().parents[1] / "configs" / name)
+    assert f"{name} is a `{command}` config" in str(info.value) and "unknown key" not in str(info.value)
+
+
+def test_a_test_given_a_training_config_says_so(tmp_path):
+    from vaegen.config import load_test_config
+
+    train_yaml = Path(__file__).resolve().parents[1] / "configs" / "train_apples.yaml"
+    with pytest.raises(ConfigError, match="train_apples.yaml with its --set values is a `vaegen train` config"):
+        load_test_config(train_yaml, ["checkpoint=best_models/x"])

@@ -508,7 +508,17 @@ def test_all_images_unreadable_is_an_error_even_with_skip_bad(tmp_path):
     root.mkdir()
     (root / "a.jpg").write_text("no")
     (root / "b.png").write_text("no")
-    with pytest.raises(DataError, match="none of the 2"):
+    with pytest.raises(DataError, match="none of the 2 images under .* could be read .*Check that they are image files"):
+        load_images(make_cfg(tmp_path, root, skip_bad=True))
+
+
+def test_a_class_left_without_readable_images_by_skip_bad_is_an_error(tmp_path):
+    root = tmp_path / "classes"
+    for i in range(2):
+        solid(root / "A" / f"good{i}.png", BLUE)
+    (root / "B").mkdir()
+    (root / "B" / "a.jpg").write_text("no")  # once trained as an empty class B
+    with pytest.raises(DataError, match=r"class folder\(s\) B under .* have no readable image once data.skip_bad drops"):
         load_images(make_cfg(tmp_path, root, skip_bad=True))
 
 

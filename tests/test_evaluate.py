@@ -85,6 +85,37 @@ def test_vaegen_load_takes_auto_and_refuses_a_device_that_is_not_one(trained):
         vaegen.load(model_dir / "best" / "tiny", device="gpu")
 
 
+def test_vaegen_test_takes_the_weights_file_and_refuses_an_output_dir_that_is_a_file(trained, tmp_path, capsys):
+    model_dir, _ = trained
+    best = model_dir / "best" / "tiny"
+    # once NotADirectoryError: the default output folder was made under the weights file
+    assert main(["test", "--checkpoint", str(best / "model.safetensors"), "--set", "backbone=none", "--set", "grid=2"]) == 0
+    assert (best / "test" / "metrics.json").is_file()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    capsys.readouterr()
+    assert main(["test", "--checkpoint", str(best), "--set", "backbone=none", "--set", f"output_dir={blocker}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{blocker} is a file, not a folder. Point output_dir at a folder" in err and "Traceback" not in err
+
+
+def test_vaegen_test_data_errors_name_its_own_settings_and_skip_bad_works(trained, tmp_path, capsys):
+    model_dir, _ = trained
+    best = str(model_dir / "best" / "tiny")
+    assert main(["test", "--checkpoint", best, "--set", "backbone=none", "--set", f"data_root={tmp_path / 'gone'}"]) == 2
+    err = capsys.readouterr().err
+    assert "--set data_root=path/to/images" in err and "data.root" not in err  # following the advice must work
+    data = _few_images(tmp_path / "few", {"Golden": 3, "Golden-Red": 3, "Red": 3})
+    (data / "Red" / "broken.jpg").write_text("not a picture")
+    common = ["--set", f"data_root={data}", "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "backbone=none",
+              "--set", f"output_dir={tmp_path / 'out'}", "--set", "grid=2"]
+    assert main(["test", "--checkpoint", best, *common]) == 2
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "set skip_bad: true (--set skip_bad=true)" in err and "data.skip_bad" not in err
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+        assert main(["test", "--checkpoint", best, *common, "--set", "skip_bad=true"]) == 0
+
+
 def test_vaegen_test_unknown_key(tmp_path, capsys):
     assert main(["test", "--checkpoint", str(tmp_path), "--set", "num_sample=3"]) == 2
     assert "did you mean `num_samples`?" in capsys.readouterr().err

@@ -229,3 +229,113 @@ def test_cli_builds_a_folder_vaegen_can_train_on(fruit: Path, tmp_path: Path, ca
     index = scan_folder(out)
     assert index.classes == ["Golden", "Golden-Red", "Red"] and len(index.files) == 16
     assert main(["data", "fruit360", "--src", str(fruit), "--out", str(out)]) == 2  # never overwrites
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    from vaegen.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in err and len(errors) == 1  # one paragraph, no traceback
+    return code, errors[0]
+
+
+def test_fruit360_out_under_a_file_or_being_a_file(fruit: Path, tmp_path: Path, capsys) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    code, msg = run_cli(["data", "fruit360", "--src", str(fruit), "--out", str(afile / "sub")], capsys)
+    assert code == 2
+    assert f"Cannot create the output folder {afile / 'sub'}: Not a directory ({afile} is a file)" in msg
+    assert "Choose --out in a place you can write to" in msg
+    code, msg = run_cli(["data", "fruit360", "--src", str(fruit), "--out", str(afile)], capsys)
+    assert code == 2
+    assert f"--out {afile} is a file, not a folder" in msg and "not empty" not in msg
+    assert afile.read_text() == ""
+
+
+def test_fruit360_copy_failure_is_one_paragraph(fruit: Path, tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    def full_disk(src, dest):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dest))
+
+    monkeypatch.setattr("vaegen.prepare.shutil.copy2", full_disk)
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"Could not copy .*: No space left on device\. .*delete the partly built"):
+        build_fruit360(fruit, out)
+
+
+def test_fruit360_class_whose_folders_hold_no_images(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    for cls in ALL_APPLES:
+        (root / "Test" / cls).mkdir(parents=True)
+        (root / "Training" / cls).mkdir(parents=True)
+    jpeg(root / "Training" / "Apple Golden 1" / "1_100.jpg")
+    jpeg(root / "Training" / "Apple Red 2" / "1_100.jpg")
+    (root / "Training" / "Apple Red Yellow 1" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError) as err:
+        build_fruit360(root, tmp_path / "out")
+    msg = str(err.value)
+    assert "No Fruit-360 images found for class(es) Golden-Red (looked in " in msg
+    assert str(root / "Training" / "Apple Red Yellow 1") in msg and str(root / "Test" / "Apple Red Yellow 2") in msg
+    assert "Apple Golden" not in msg and "moltean/fruits" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_wikiart_genre_files_not_utf8(wikiart: Path, tmp_path: Path) -> None:
+    csvs = wikiart / "wikiart_csv"
+    (csvs / "genre_train.csv").write_bytes(b"Impressionism/claude-monet_a\xe9.jpg,4\n")
+    with pytest.raises(DataError) as err:
+        build_wikiart(wikiart, tmp_path / "out", by="genre")
+    assert str(err.value).startswith(f"{csvs / 'genre_train.csv'} is not UTF-8 text")
+    assert "'<Style>/<file>,<genre index>' rows" in str(err.value) and "cs-chan/ArtGAN" in str(err.value)
+    (csvs / "genre_class.txt").write_bytes(b"0 landsc\xe9pe\n")
+    with pytest.raises(DataError) as err:
+        build_wikiart(wikiart, tmp_path / "out", by="genre")
+    assert str(err.value).startswith(f"{csvs / 'genre_class.txt'} is not UTF-8 text")
+    assert "'<index> <genre>' lines" in str(err.value)
+
+
+def test_wikiart_genres_needs_by_genre(wikiart: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code, msg = run_cli(["data", "wikiart", "--src", str(wikiart), "--out", str(out), "--genres", "portrait"], capsys)
+    assert code == 2
+    assert "--genres portrait only applies with --by genre. Add --by genre" in msg and "drop --genres" in msg
+    assert not out.exists()
+
+
+def test_wikiart_empty_genres_is_refused_not_read_as_every_genre(wikiart: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    code, msg = run_cli(["data", "wikiart", "--src", str(wikiart), "--out", str(out), "--by", "genre", "--genres", ""], capsys)
+    assert code == 2 and "Unknown genre(s) (none given)" in msg and not out.exists()
+
+
+def test_the_build_summary_counts_in_words(tmp_path: Path, capsys, monkeypatch) -> None:
+    import vaegen.prepare
+    from vaegen.cli import main
+
+    monkeypatch.setattr(vaegen.prepare, "build_fruit360", lambda src, out, link: {"Golden": 1, "Red": 2})
+    assert main(["data", "fruit360", "--src", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["Golden", "1", "image"] and lines[1].split() == ["Red", "2", "images"]
+    assert "(3 images); train on it" in lines[2]
+
+
+def test_wikiart_csv_row_outside_src_is_refused(wikiart: Path, tmp_path: Path) -> None:
+    jpeg(tmp_path / "secret_outside.jpg")
+    with (wikiart / "wikiart_csv" / "genre_train.csv").open("a") as f:
+        f.write("Impressionism/../../secret_outside.jpg,6\n")
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as err:
+        build_wikiart(wikiart, out, by="genre")
+    msg = str(err.value)
+    assert f"{wikiart / 'wikiart_csv' / 'genre_train.csv'}:5 points outside the dataset folder with '..'" in msg
+    assert "'Impressionism/../../secret_outside.jpg,6'" in msg and "restore genre_train.csv" in msg
+    assert not out.exists()
+
+
+def test_wikiart_one_missing_image_is_singular(wikiart: Path, tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match=r"^1 image listed in the genre CSVs is missing under .*gone\.jpg"):
+        build_wikiart(wikiart, tmp_path / "out", by="genre")
+    assert "skipped: 1 image.\n" in (tmp_path / "out" / "SOURCES.md").read_text()

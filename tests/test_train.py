@@ -209,6 +209,24 @@ def test_nan_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch, capsys):
     assert torch.isfinite(vaegen.load(tmp_path / "best" / "tiny").sample(2, seed=0)).all()
 
 
+def test_nan_loss_in_the_first_epoch_does_not_promise_a_checkpoint(tmp_path, capsys):
+    assert main(["train", "--config", str(tiny_config(tmp_path, optim={"lr": 1e30}, train={"epochs": 2, "log_every": 1}))]) == 3
+    err = capsys.readouterr().err
+    assert "NaN or infinite at epoch 1" in err and "before anything was saved" in err and "start the run again" in err
+    assert "--resume" not in err and not (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("setting", ["output.logs_dir", "output.best_dir"])
+def test_an_output_folder_that_cannot_be_made_stops_the_run_before_it_trains(tmp_path, capsys, setting):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["train", "--config", str(tiny_config(tmp_path)), "--set", f"{setting}={blocker / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{blocker} is a file, not a folder. Point {setting} at a folder you can write to" in err and "Traceback" not in err
+    # nothing trained: the best-model folder was once found unwritable only after the first epoch, before last.pt
+    assert not (tmp_path / "logs" / "tiny" / "metrics.jsonl").exists()
+
+
 def test_a_failed_checkpoint_write_is_still_reported_when_another_error_stops_the_run(tmp_path, monkeypatch, capsys):
     import vaegen.checkpoint
 

@@ -86,6 +86,19 @@ def _refusal_errno(exc: BaseException) -> int | None:
     return None
 
 
+def make_output_folder(folder: Path, setting: str) -> None:
+    """Create `folder` (and its parents) for `setting`, or say why it cannot be and what to change."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = storage_error(folder, exc)
+        reason = _REFUSALS[why.errno] if why is not None else (exc.strerror or str(exc)).lower()
+        clash = next((p for p in [Path(folder), *Path(folder).parents] if p.exists() and not p.is_dir()), None)
+        if clash is not None:
+            reason = f"{clash} is a file, not a folder"
+        raise StorageError(f"cannot create the folder {folder}: {reason}. Point {setting} at a folder you can write to (--set {setting}=DIR).") from None
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call write(tmp) and rename tmp over path only once it is complete and on disk."""
     path = Path(path)
@@ -213,18 +226,31 @@ class _FdWriter:
         pass
 
 
+# what every last.pt holds (optional parts: scaler, best_*, ema, adversary)
+TRAINING_STATE_KEYS = ("epoch", "model", "optimizer", "rng", "classes")
+
+
 def load_training_state(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no training checkpoint at {path}; start a new run without --resume.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"  # an empty file raises with no text
         raise CheckpointError(
-            f"{path} cannot be loaded safely ({type(exc).__name__}: {str(exc).splitlines()[0]}). It is either "
+            f"{path} cannot be loaded safely ({type(exc).__name__}: {reason}). It is either "
             f"damaged or holds pickled objects, which vaegen never executes. Resume from another run, or start "
             f"a new run without --resume."
         ) from exc
+    missing = [key for key in TRAINING_STATE_KEYS if key not in state] if isinstance(state, dict) else None
+    if missing is None or missing:
+        held = f"a {type(state).__name__}" if missing is None else f"no {', '.join(missing)}"
+        raise CheckpointError(
+            f"{path} is not a vaegen training state (it holds {held}); `vaegen train` writes checkpoints/last.pt with "
+            f"{', '.join(TRAINING_STATE_KEYS)} and more. Resume a run that vaegen wrote, or start a new run without --resume."
+        )
+    return state
 
 
 def save_model(path: Path, model: nn.Module, metadata: dict[str, object]) -> None:

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from vaegen import __version__
-from vaegen.errors import CheckpointError, ConfigError, VaegenError
+from vaegen.errors import CheckpointError, ConfigError, VaegenError, plural
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are not rerun")
     tune.add_argument("--address", metavar="HOST:PORT", help="join a running Ray cluster (`ray start --head` prints it)")
 
-    show = commands.add_parser("config", help="validate a config and print it with every default filled in")
-    show.add_argument("--config", type=Path, required=True)
-    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    show = commands.add_parser("config", help="validate a training config and print it with every default filled in")
+    show.add_argument("--config", type=Path, required=True, help="training YAML (see configs/)")
+    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value first, e.g. --set train.epochs=5 (repeatable; VALUE is YAML)")
 
     data = commands.add_parser("data", help="build a training folder from a downloaded dataset")
     builders = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted. Continue with `vaegen train --resume logs/<run>`; the last checkpoint is intact.", file=sys.stderr)
+        resume = " Continue with `vaegen train --resume logs/<run>`; the last checkpoint is intact." if args.command == "train" else ""
+        print(f"interrupted.{resume}", file=sys.stderr)
         return 130
 
 
@@ -191,6 +193,11 @@ def resolve_run(args):
             f"{run_dir} has no checkpoints/last.pt to resume from. Pass a run folder written by vaegen train "
             f"(logs/<run>), or start a new run without --resume."
         )
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(
+            f"{run_dir} has a checkpoint but no config.yaml, which --resume reads. Copy {run_dir / 'checkpoints' / 'config.yaml'} "
+            f"(the copy vaegen train keeps beside last.pt) to {run_dir / 'config.yaml'}, or start a new run without --resume."
+        )
     config = load_config(run_dir / "config.yaml", args.overrides)
     return config, RunPaths(run_dir.name, run_dir, config.output.best_dir / run_dir.name), True
 
@@ -212,11 +219,11 @@ def cmd_data(args) -> int:
     if args.dataset == "fruit360":
         counts = prepare.build_fruit360(args.src, args.out, link=args.link)
     else:
-        genres = args.genres.split(",") if args.genres else None
+        genres = [genre for genre in args.genres.split(",") if genre] if args.genres is not None else None  # "" keeps none
         counts = prepare.build_wikiart(args.src, args.out, style=args.style, by=args.by, genres=genres, link=args.link)
     for name, count in counts.items():
-        print(f"  {name:<20} {count:>6} images")
-    print(f"built {args.out} ({sum(counts.values())} images); train on it with --set data.root={args.out}")
+        print(f"  {name:<20} {count:>6} {'image' if count == 1 else 'images'}")
+    print(f"built {args.out} ({plural(sum(counts.values()), 'image')}); train on it with --set data.root={args.out}")
     return 0
 
 

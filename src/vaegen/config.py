@@ -14,11 +14,26 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from vaegen.errors import ConfigError
+from vaegen.errors import ConfigError, plural
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are valid YAML floats (.inf, .nan) but no setting means them
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_yes_no_for_numbers(cls, raw: Any) -> Any:
+        # pydantic reads true as 1 for a number; in a config that is a typo (epochs: true), never a count
+        for name, value in raw.items() if isinstance(raw, dict) else ():
+            field = cls.model_fields.get(name)
+            if isinstance(value, bool) and field is not None and not _mentions(field.annotation, bool):
+                raise ValueError(f"{name} is {str(value).lower()}, a yes/no value, where a number or a name is expected")
+        return raw
+
+
+def _mentions(annotation: Any, kind: type) -> bool:
+    return annotation is kind or any(_mentions(arg, kind) for arg in get_args(annotation))
 
 
 class DataConfig(Section):
@@ -104,6 +119,13 @@ class OptimConfig(Section):
     name: Literal["adam", "adamw"] = "adam"
     lr: float = Field(2e-4, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"Adam's betas are decay rates, each in [0, 1) (the default is [0.9, 0.999]); got {list(betas)}")
+        return betas
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; null = off")
     # Child 2021 (VDVAE): a rare batch with a huge gradient can undo hours of training in one update;
@@ -264,6 +286,7 @@ class TestConfig(Section):
     checkpoint: Path | None = Field(None, description="best_models/<run> (or --checkpoint)")
     data_root: Path | None = Field(None, description="default: the data.root the model was trained on")
     cache_dir: Path | None = None
+    skip_bad: bool | None = Field(None, description="leave out unreadable images; default: the training run's data.skip_bad")
     split: Literal["train", "val", "all"] = "val"
     backbone: Literal[BACKBONE_NAMES] = "auto"
     inception_weights: Path | None = None
@@ -301,7 +324,7 @@ def check_extra_backbones(backbone: str, extras: tuple[str, ...], prefix: str = 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> Config:
     """Read YAML `path` (or take `base`), apply `--set key.path=value` overrides, validate."""
-    source = str(path) if path is not None else "the config"
+    source = _source(path, overrides, "the config")
     raw = read_yaml(path) if path is not None else dict(base or {})
     for item in overrides:
         apply_override(raw, item)
@@ -311,12 +334,15 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
+        what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
         raise ConfigError(
-            f"config file {path} does not exist. Pass an existing YAML file with --config "
+            f"config file {path} {what}. Pass an existing YAML file with --config "
             f"(the repository's examples are in configs/)."
         )
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}), so it cannot be a YAML config; pass the .yaml file.") from None
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -340,14 +366,15 @@ def read_yaml(path: str | Path) -> dict:
 def apply_override(raw: dict, item: str) -> None:
     """Apply one `key.path=value` override in place; the value is parsed as YAML."""
     key_path, sep, text = item.partition("=")
-    if not sep or not key_path.strip():
+    if not sep or not all(key_path.strip().split(".")):
         raise ConfigError(
             f"--set {item!r} is not of the form key.path=value, e.g. --set train.epochs=5."
         )
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {item!r}: the value {text!r} is not valid YAML ({exc}).") from exc
+        reason = " ".join(str(exc).split())  # PyYAML's report spans lines with a caret drawing
+        raise ConfigError(f"--set {item!r}: the value {text!r} is not valid YAML ({reason}); quote the whole --set argument in the shell.") from exc
     set_key_path(raw, key_path.strip(), value, where=f"--set {item!r}")
 
 
@@ -384,7 +411,12 @@ def load_test_config(path: str | Path | None, overrides: list[str] = ()) -> Test
     raw = read_yaml(path) if path is not None else {}
     for item in overrides:
         apply_override(raw, item)
-    return config_from_dict(raw, str(path) if path else "the test config", schema=TestConfig)
+    return config_from_dict(raw, _source(path, overrides, "the test config"), schema=TestConfig)
+
+
+def _source(path: str | Path | None, overrides: list[str], default: str) -> str:
+    """How errors name the config: a problem may come from a --set value rather than the file."""
+    return (str(path) if path is not None else default) + (" with its --set values" if overrides else "")
 
 
 def config_from_dict(raw: dict, source: str = "the config", schema: type[Section] = Config) -> Config:
@@ -393,12 +425,27 @@ def config_from_dict(raw: dict, source: str = "the config", schema: type[Section
     try:
         return schema.model_validate(raw)
     except ValidationError as exc:
+        command = _meant_for(raw, schema)
+        if command is not None:  # one line, rather than an unknown-key error for each of its sections
+            raise ConfigError(
+                f"{source} is a `{command}` config (top-level keys {', '.join(sorted(map(str, raw)))}); "
+                f"pass it to `{command} --config`, or give this command one like those in configs/."
+            ) from None
         problems = [_describe(error, schema) for error in exc.errors()]
-        raise ConfigError(f"{source} has {_count(len(problems), 'problem')}: " + " ".join(problems)) from None
+        raise ConfigError(f"{source} has {plural(len(problems), 'problem')}: " + " ".join(problems)) from None
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+def _meant_for(raw: dict, schema: type[Section]) -> str | None:
+    """The command whose config `raw` is, when its top-level keys are another command's, not `schema`'s."""
+    unknown = set(raw) - set(schema.model_fields)
+    if len(unknown) < 2:  # one stray key is a typo, answered key by key
+        return None
+    if unknown & {"base", "space"}:  # a sweep (vaegen.tune builds its schema on top of this module)
+        return "vaegen tune"
+    for command, other in (("vaegen train", Config), ("vaegen test", TestConfig)):
+        if other is not schema and unknown <= set(other.model_fields):
+            return command
+    return None
 
 
 def _describe(error: dict, schema: type[BaseModel] = None) -> str:
@@ -412,6 +459,8 @@ def _describe(error: dict, schema: type[BaseModel] = None) -> str:
         close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
         hint = f"did you mean `{close[0]}`?" if close else f"valid keys in {where}: {', '.join(valid)}."
         return f"unknown key `{key}`; {hint}"
+    if kind == "missing" and any(isinstance(part, int) for part in error["loc"]):  # a list one item short
+        return f"`{key}` has too few values (e.g. [height, width] for an image size)."
     if kind == "missing":
         return f"missing required key `{key}`."
     if kind == "value_error" and not key:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from vaegen.checkpoint import atomic_write
 from vaegen.config import DataConfig
-from vaegen.errors import DataError
+from vaegen.errors import DataError, plural
 
 # Bump when decoding or resizing changes, so old caches are not reused.
 CACHE_FORMAT = 1
@@ -204,7 +204,17 @@ def load_images(cfg: DataConfig, workers: int = 4) -> DecodedImages:
         raise _unreadable(bad, len(index.files), index.root)
     keep = [i for i, array in enumerate(decoded) if array is not None]
     if not keep:
-        raise DataError(f"none of the {len(index.files)} image(s) under {index.root} could be read.")
+        raise DataError(
+            f"none of the {plural(len(index.files), 'image')} under {index.root} could be read ({_listing(bad)}). "
+            f"Check that they are image files (JPEG, PNG, ...) that open in an image viewer, or point data.root at another folder."
+        )
+    # a class whose every image was skipped would be trained on (and asked to generate) with no examples
+    emptied = [name for label, name in enumerate(index.classes) if not any(index.labels[i] == label for i in keep)]
+    if emptied:
+        raise DataError(
+            f"class folder(s) {', '.join(emptied)} under {index.root} have no readable image once data.skip_bad drops the "
+            f"unreadable ones ({_listing(bad)}). Add readable images to them, or move those folders out of data.root."
+        )
     result = DecodedImages(
         images=torch.from_numpy(np.stack([decoded[i] for i in keep])),
         labels=torch.tensor([index.labels[i] for i in keep], dtype=torch.int64),

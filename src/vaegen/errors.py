@@ -5,6 +5,11 @@ Anything raised as a `VaegenError` is printed as one paragraph without a traceba
 """
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 image', '2 images': messages count things."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class VaegenError(Exception):
     exit_code = 1
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from vaegen.errors import DataError
+from vaegen.errors import DataError, plural
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -55,7 +55,12 @@ def _require_src(src: Path, what: str, fix: str) -> None:
 
 
 def _require_empty(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise DataError(
+            f"--out {out} is a file, not a folder; vaegen data builds a folder of class subfolders there. "
+            f"Choose a new or empty folder for --out (or delete the file {out} yourself)."
+        )
+    if out.is_dir() and any(out.iterdir()):
         raise DataError(
             f"The output folder {out} already exists and is not empty; vaegen data never overwrites files. "
             f"Choose an empty or new folder for --out (or delete {out} yourself)."
@@ -73,10 +78,25 @@ def _place(src: Path, dest: Path, link: bool) -> None:
 
 
 def _write_all(jobs: list[Job], out: Path, link: bool, desc: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        # e.g. a parent of --out is a regular file, or the path is on a read-only or virtual filesystem
+        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{exc.strerror} ({blocker} is a file)" if blocker else exc.strerror
+        raise DataError(
+            f"Cannot create the output folder {out}: {reason}. Choose --out in a place you can write to, "
+            f"where every folder above it exists or can be created and none of them is a file."
+        ) from exc
     for src, dest in tqdm(jobs, desc=desc, unit="img"):
-        dest.parent.mkdir(exist_ok=True)
-        _place(src, dest, link)
+        try:
+            dest.parent.mkdir(exist_ok=True)
+            _place(src, dest, link)
+        except OSError as exc:
+            raise DataError(
+                f"Could not copy {src} to {dest}: {exc.strerror}. Fix the cause (disk space, permissions), "
+                f"delete the partly built {out}, and run vaegen data again."
+            ) from exc
 
 
 def _counts_table(counts: dict[str, int]) -> str:
@@ -135,16 +155,27 @@ def build_fruit360(src: Path, out: Path, link: bool = False) -> dict[str, int]:
 
     jobs: list[Job] = []
     counts = dict.fromkeys(FRUIT360_CLASSES, 0)
+    looked: dict[str, list[Path]] = {target: [] for target in FRUIT360_CLASSES}
     for target, sources in FRUIT360_CLASSES.items():
         for source in sources:
             for split in ("train", "test"):
                 folder = splits.get(split)
                 if folder is None or not (folder / source).is_dir():
                     continue
+                looked[target].append(folder / source)
                 for img in _images(folder / source):
                     name = f"{source.replace(' ', '_')}__{split}__{img.stem}{img.suffix}"
                     jobs.append((img, out / target / name))
                     counts[target] += 1
+    # a dataset silently missing a class would train a model on the wrong task
+    empty = [t for t, n in counts.items() if n == 0]
+    if empty:
+        detail = "; ".join(f"{t} (looked in {', '.join(str(p) for p in looked[t])})" for t in empty)
+        raise DataError(
+            f"No Fruit-360 images found for class(es) {detail}: those folders exist but hold no image files "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}), so the dataset would lack the class. The download is probably "
+            f"incompletely extracted. {FRUIT360_FIX}"
+        )
     _write_all(jobs, out, link, desc="Fruit-360 apples")
 
     mapping = "\n".join(f"- {t}: {', '.join(s)}" for t, s in FRUIT360_CLASSES.items())
@@ -191,9 +222,20 @@ def _find_genre_files(src: Path) -> tuple[Path | None, list[Path]]:
     return class_file, csvs
 
 
+def _not_utf8(path: Path, layout: str) -> DataError:
+    return DataError(
+        f"{path} is not UTF-8 text, so it is not the {path.name} of the ArtGAN WikiArt dump ({layout}). "
+        f"Restore it from the wikiart_csv folder of https://github.com/cs-chan/ArtGAN."
+    )
+
+
 def _read_genre_classes(path: Path) -> dict[int, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8(path, "'<index> <genre>' lines") from None
     classes: dict[int, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         index, _, name = line.strip().partition(" ")
@@ -209,7 +251,11 @@ def _read_genre_rows(path: Path, style: str, classes: dict[int, str]) -> list[tu
     """(relative path, genre name) for the rows of one CSV whose path lies in the style folder."""
     rows = []
     with path.open(newline="", encoding="utf-8") as f:
-        for lineno, row in enumerate(csv.reader(f), 1):
+        try:
+            lines = list(csv.reader(f))
+        except UnicodeDecodeError:
+            raise _not_utf8(path, "'<Style>/<file>,<genre index>' rows") from None
+        for lineno, row in enumerate(lines, 1):
             if not row or not row[0].strip():
                 continue
             label = row[1].strip() if len(row) > 1 else ""
@@ -221,6 +267,12 @@ def _read_genre_rows(path: Path, style: str, classes: dict[int, str]) -> list[tu
                     f"{WIKIART_CLASS_FILE} but reads {','.join(row)!r}. Restore the file from the dump."
                 )
             rel = row[0].strip().replace("\\", "/")
+            # the dump never climbs out of a style folder; a row that does would copy files from outside --src
+            if ".." in rel.split("/"):
+                raise DataError(
+                    f"{path}:{lineno} points outside the dataset folder with '..': {','.join(row)!r}. "
+                    f"The ArtGAN dump has no such rows; restore {path.name} from the dump."
+                )
             if rel.startswith(f"{style}/"):
                 rows.append((rel, classes[int(label)]))
     return rows
@@ -238,6 +290,12 @@ def build_wikiart(
     src, out = Path(src), Path(out)
     if by not in WIKIART_BY:
         raise DataError(f"--by {by!r} is not supported. Omit --by (one class for the whole style) or use --by genre.")
+    if genres is not None and by is None:
+        # without --by the whole style is one class, so a genre filter would be silently dropped
+        raise DataError(
+            f"--genres {','.join(genres)} only applies with --by genre. Add --by genre to build one folder per "
+            f"genre, or drop --genres to take every image of {style} as one class."
+        )
     _require_src(src, "WikiArt", WIKIART_FIX)
     style_dir = src / style
     if not style_dir.is_dir():
@@ -279,7 +337,8 @@ def build_wikiart(
             counts[genre] += 1
         if missing:
             warnings.warn(
-                f"{len(missing)} image(s) listed in the genre CSVs are missing under {src} "
+                f"{plural(len(missing), 'image')} listed in the genre CSVs "
+                f"{'is' if len(missing) == 1 else 'are'} missing under {src} "
                 f"(e.g. {missing[0]}); skipped.",
                 stacklevel=2,
             )
@@ -300,7 +359,7 @@ def build_wikiart(
         "non-commercial research use only.\n\n"
         f"Built by `vaegen data` from {src}: {selection}. "
         "File names are `<style>__<genre or all>__<original name>`.\n\n"
-        + (f"{len(missing)} listed image(s) were missing from the dump and skipped.\n\n" if missing else "")
+        + (f"Listed but missing from the dump, skipped: {plural(len(missing), 'image')}.\n\n" if missing else "")
         + f"## Counts\n\n{_counts_table(counts)}",
         encoding="utf-8",
     )

@@ -96,4 +96,9 @@ def _start_wandb(run_dir: Path, config: Config, run_name: str):
         teardown = getattr(wandb, "teardown", None)
         if teardown is not None:
             teardown()
-        return wandb.init(mode="offline", **settings)
+        try:
+            return wandb.init(mode="offline", **settings)
+        except Exception as offline_exc:  # e.g. a W&B service this process shares but cannot tear down
+            reason = next((line.strip() for line in str(offline_exc).splitlines() if line.strip()), type(offline_exc).__name__)
+            warnings.warn(f"W&B offline logging failed too ({reason}); this run logs to TensorBoard and metrics.jsonl only.")
+            return None

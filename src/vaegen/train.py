@@ -31,9 +31,11 @@ from vaegen.adversarial import Adversary
 from vaegen.backbones import resolve_backbone_name, second_opinions
 from vaegen.checkpoint import (
     BackgroundWriter,
+    StorageError,
     host_copy,
     load_state_checked,
     load_training_state,
+    make_output_folder,
     save_model,
     save_training_state,
     write_text_atomic,
@@ -292,11 +294,16 @@ def evaluate(model: torch.nn.Module, data: DecodedImages, config: Config, beta: 
 
 def _diverged(config: Config, epoch: int, step: int, beta: float) -> TrainingDiverged:
     clip = f"optim.grad_clip (now {config.optim.grad_clip})" if config.optim.grad_clip else "optim.grad_clip: 1.0"
+    fixes = f"Likely fixes: a lower optim.lr, a lower beta.max, or set {clip}"
+    if epoch == 1:  # a resumed run starts at epoch 2 or later: here nothing has been saved yet
+        return TrainingDiverged(
+            f"the loss became NaN or infinite at epoch 1, step {step} (lr {config.optim.lr:g}, β {beta:g}), before "
+            f"anything was saved. {fixes}; then start the run again."
+        )
     return TrainingDiverged(
         f"the loss became NaN or infinite at epoch {epoch}, step {step} (lr {config.optim.lr:g}, β {beta:g}). "
-        f"Nothing from this epoch was saved: the last checkpoint and the best model are intact. Likely fixes: a "
-        f"lower optim.lr, a lower beta.max, or set {clip}; then continue with `vaegen train --resume RUN_DIR "
-        f"--set optim.lr=...`."
+        f"Nothing from this epoch was saved: the last checkpoint and the best model are intact. {fixes}; then "
+        f"continue with `vaegen train --resume RUN_DIR --set optim.lr=...`."
     )
 
 
@@ -373,7 +380,12 @@ def _train(
     distributed.check_batch(config.train.batch_size)
     if config.adversarial.enabled and distributed.world_size() > 1:
         raise ConfigError("adversarial.enabled is not supported under torchrun yet; train the VAE-GAN in one process.")
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    # both output folders are checked before any training: a best model that cannot be written must
+    # not surface only after the first epoch, with no checkpoint to resume from
+    make_output_folder(paths.best_dir.parent, "output.best_dir")
+    if paths.best_dir.exists() and not paths.best_dir.is_dir():
+        raise StorageError(f"{paths.best_dir} is a file, where the run's best model folder goes; move it, or set output.best_dir or output.run_name.")
+    make_output_folder(paths.run_dir, "output.logs_dir")
     say = Console(paths.run_dir / "train.log", echo) if main_process else (lambda message: None)
     # the shared batch order comes from its own generator; the reparameterisation noise differs per process
     seed_everything(config.train.seed + distributed.rank())

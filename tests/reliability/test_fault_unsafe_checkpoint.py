@@ -52,3 +52,36 @@ def test_truncated_model_weights_name_the_file(trained, capsys, cut):
     with pytest.raises(CheckpointError) as info:
         vaegen.load(best)
     assert str(weights) in str(info.value)
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _a_tensor(path):
+    import torch
+
+    torch.save(torch.zeros(3), path)
+
+
+def _without_epoch(path):
+    import torch
+
+    state = torch.load(path, weights_only=True)
+    del state["epoch"]
+    torch.save(state, path)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (_empty, "cannot be loaded safely"),  # torch's error has no text: the message once failed to build (IndexError)
+    (_a_tensor, "is not a vaegen training state (it holds a Tensor)"),  # once AttributeError
+    (_without_epoch, "is not a vaegen training state (it holds no epoch)"),  # once KeyError
+])
+def test_resume_from_a_training_state_that_is_not_one_is_refused(trained, capsys, damage, message):
+    run, _ = trained
+    last = run / "checkpoints" / "last.pt"
+    damage(last)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2"]) == 2
+    error = cli_error(capsys.readouterr().err)
+    assert f"{last} " in error and message in error and "start a new run without --resume" in error
