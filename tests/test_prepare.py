@@ -246,8 +246,8 @@ def test_fruit360_out_under_a_file_or_being_a_file(fruit: Path, tmp_path: Path, 
     afile.write_text("")
     code, msg = run_cli(["data", "fruit360", "--src", str(fruit), "--out", str(afile / "sub")], capsys)
     assert code == 2
-    assert f"Cannot create the output folder {afile / 'sub'}: Not a directory ({afile} is a file)" in msg
-    assert "Choose --out in a place you can write to" in msg
+    assert f"cannot create the folder {afile / 'sub'}: {afile} is a file, not a folder" in msg
+    assert "Point --out at a folder you can write to (--out DIR)" in msg
     code, msg = run_cli(["data", "fruit360", "--src", str(fruit), "--out", str(afile)], capsys)
     assert code == 2
     assert f"--out {afile} is a file, not a folder" in msg and "not empty" not in msg

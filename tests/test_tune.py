@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -48,12 +50,23 @@ def tiny_sweep(tmp_path: Path, space: dict, **tune) -> Path:
     return path
 
 
+@pytest.fixture
+def ray_trial_log():
+    """What Ray's trial runner logs (trial failures), as the console shows it: tracebacks included."""
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)  # pytest cannot capture Ray's own handler: it keeps the stderr of its import
+    logger = logging.getLogger("ray.tune.execution.tune_controller")
+    logger.addHandler(handler)
+    yield text
+    logger.removeHandler(handler)
+
+
 def read_summary(tmp_path: Path) -> list[dict]:
     with (tmp_path / "logs" / "tiny" / "summary.csv").open() as handle:
         return list(csv.DictReader(handle))
 
 
-def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsys):
+def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsys, ray_trial_log):
     # the three trials are pinned, so the test knows which one must fail: batch size 0 is a bad sample
     config = tiny_sweep(
         tmp_path,
@@ -81,6 +94,9 @@ def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsy
     scores = [float(row["best_fd_efficientnet_lite0"]) for row in finished]
     assert all(0 < score < 1000 for score in scores)
     assert "failed" in out and "fd_efficientnet_lite0" in out
+    assert "1 of 3 trials failed; the sweep went on without them" in out
+    # the trial's vaegen error is one line in Ray's log, not Ray's traceback
+    assert ray_trial_log.getvalue() == f"Trial task failed for trial {failed[0]['trial']}: {failed[0]['error']}\n"
 
     with Image.open(tmp_path / "logs" / "tiny" / "fid_vs_params.png") as plot:
         assert plot.size[0] > 400
@@ -166,6 +182,89 @@ def test_bad_sweep_files_are_named_before_ray_starts(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_a_sweep_whose_every_trial_fails_exits_with_the_first_error(tmp_path, capsys, ray_trial_log):
+    # lr 5 makes the loss NaN in the first epoch; a sweep has no use for `vaegen train --resume` advice
+    config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 10]}}, num_samples=1, scheduler="fifo",
+                        points_to_evaluate=[{"optim.lr": 5}])
+    assert main(["tune", "--config", str(config)]) == 3  # TrainingDiverged's code
+    err = capsys.readouterr().err
+    (row,) = read_summary(tmp_path)
+    assert row["status"] == "failed" and row["error"].startswith("the loss became NaN or infinite at epoch 1")
+    message = err.split("error: ")[-1]
+    assert message.startswith(f"no trial of sweep 'tiny' succeeded: all 1 failed, so there is no best model. "
+                              f"The first, {row['trial']} (optim.lr=5), failed with: the loss became NaN")
+    assert "in the sweep's `space:` or `overrides:`" in message and "--set tune.name=NEW_NAME" in message
+    assert str(tmp_path / "logs" / "tiny" / "summary.csv") in message and len(message.strip().splitlines()) == 1
+    assert "then start the run again" not in err and "vaegen train --resume" not in err
+    assert "Traceback" not in err
+    assert ray_trial_log.getvalue() == f"Trial task failed for trial {row['trial']}: {row['error']}\n"
+    assert not (tmp_path / "best").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("space.optim.lr={}", "`space.optim.lr`: give exactly one of loguniform: [low, high], uniform: [low, high]"),
+        ("base=[1, 2]", "1 problem: `base` = [1, 2] is not allowed: base is the path of a train config file (relative"),
+        ("space.train.epochs={loguniform: [1, 3]}", "space searches train.epochs with {loguniform: [1.0, 3.0]}, "
+         "but a trial trains for a whole number of epochs (at least 1). Search it with int: [low, high]"),
+        ("space.train.epochs={choice: [2, abc]}", "space searches train.epochs with {choice: [2, abc]}, but a trial"),
+        ("space.train.epochs={uniform: [1, 3]}", "or a choice of whole numbers (e.g. {choice: [10, 20, 40]})"),
+    ],
+)
+def test_bad_set_overrides_of_a_sweep_are_named_before_ray_starts(tmp_path, capsys, monkeypatch, override, message):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started although the sweep is wrong"))
+    config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "model.latent_dim": {"choice": [8, 16]}})
+    assert main(["tune", "--config", str(config), "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and "lax-or-strict" not in err
+
+
+def test_asha_runs_trials_to_the_most_epochs_the_space_searches(tmp_path, monkeypatch):
+    import ray
+    import ray.tune.schedulers
+
+    class Built(Exception):
+        pass
+
+    def asha(**settings):
+        raise Built(settings)
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: None)
+    monkeypatch.setattr(ray.tune.schedulers, "ASHAScheduler", asha)
+    # the base trains 2 epochs; ASHA's max_t was those 2, and a grace period of 3 failed its assertion
+    config = tiny_sweep(tmp_path, {"train.epochs": {"int": [1, 4]}}, grace_period=3)
+    with pytest.raises(Built) as built:
+        main(["tune", "--config", str(config)])
+    assert built.value.args[0]["max_t"] == 4
+
+
+def test_unreachable_cluster_address_is_named_within_seconds(tmp_path, capsys, monkeypatch):
+    import socket
+
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init waits minutes where nothing answers"))
+    with socket.socket() as probe:  # a port that nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}})
+    started = time.monotonic()
+    assert main(["tune", "--config", str(config), "--address", f"127.0.0.1:{port}"]) == 2
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err
+    assert f"--address 127.0.0.1:{port}: no Ray cluster answers there (Connection refused). Start one with " \
+           f"`ray start --head` on the head node" in err
+    assert "drop --address to run the sweep on this machine" in err and "Traceback" not in err
+    assert not (tmp_path / "logs").exists()  # refused before the sweep wrote anything
+
+    assert main(["tune", "--config", str(config), "--address", "headnode"]) == 2
+    assert "--address 'headnode' is not HOST:PORT" in capsys.readouterr().err
 
 
 def test_overrides_are_checked_like_the_space_and_nested_forms_are_accepted(tmp_path, capsys):

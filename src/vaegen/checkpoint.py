@@ -87,7 +87,8 @@ def _refusal_errno(exc: BaseException) -> int | None:
 
 
 def make_output_folder(folder: Path, setting: str) -> None:
-    """Create `folder` (and its parents) for `setting`, or say why it cannot be and what to change."""
+    """Create `folder` (and its parents), or say why it cannot be and how to choose another:
+    `setting` is how the user names it ("output.logs_dir", or a command-line option such as "--out")."""
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -96,7 +97,8 @@ def make_output_folder(folder: Path, setting: str) -> None:
         clash = next((p for p in [Path(folder), *Path(folder).parents] if p.exists() and not p.is_dir()), None)
         if clash is not None:
             reason = f"{clash} is a file, not a folder"
-        raise StorageError(f"cannot create the folder {folder}: {reason}. Point {setting} at a folder you can write to (--set {setting}=DIR).") from None
+        how = f"{setting} DIR" if setting.startswith("--") else f"--set {setting}=DIR"
+        raise StorageError(f"cannot create the folder {folder}: {reason}. Point {setting} at a folder you can write to ({how}).") from None
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -33,9 +33,16 @@ class CheckpointError(VaegenError):
 
 
 class TrainingDiverged(VaegenError):
-    """The loss became NaN or infinite; checkpoints written before it are kept."""
+    """The loss became NaN or infinite; checkpoints written before it are kept.
+
+    `diagnosis` is the message without its last sentence, what to do next with the run, so that a
+    caller that is not a plain run (a sweep's trial) can say its own next step."""
 
     exit_code = 3
+
+    def __init__(self, message: str, diagnosis: str | None = None):
+        super().__init__(message)
+        self.diagnosis = diagnosis or message
 
 
 class OutOfMemory(VaegenError):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from vaegen.checkpoint import make_output_folder
 from vaegen.errors import DataError, plural
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -78,16 +79,7 @@ def _place(src: Path, dest: Path, link: bool) -> None:
 
 
 def _write_all(jobs: list[Job], out: Path, link: bool, desc: str) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        # e.g. a parent of --out is a regular file, or the path is on a read-only or virtual filesystem
-        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
-        reason = f"{exc.strerror} ({blocker} is a file)" if blocker else exc.strerror
-        raise DataError(
-            f"Cannot create the output folder {out}: {reason}. Choose --out in a place you can write to, "
-            f"where every folder above it exists or can be created and none of them is a file."
-        ) from exc
+    make_output_folder(out, "--out")
     for src, dest in tqdm(jobs, desc=desc, unit="img"):
         try:
             dest.parent.mkdir(exist_ok=True)

@@ -296,15 +296,16 @@ def _diverged(config: Config, epoch: int, step: int, beta: float) -> TrainingDiv
     clip = f"optim.grad_clip (now {config.optim.grad_clip})" if config.optim.grad_clip else "optim.grad_clip: 1.0"
     fixes = f"Likely fixes: a lower optim.lr, a lower beta.max, or set {clip}"
     if epoch == 1:  # a resumed run starts at epoch 2 or later: here nothing has been saved yet
-        return TrainingDiverged(
+        diagnosis = (
             f"the loss became NaN or infinite at epoch 1, step {step} (lr {config.optim.lr:g}, β {beta:g}), before "
-            f"anything was saved. {fixes}; then start the run again."
+            f"anything was saved. {fixes}"
         )
-    return TrainingDiverged(
+        return TrainingDiverged(f"{diagnosis}; then start the run again.", diagnosis)
+    diagnosis = (
         f"the loss became NaN or infinite at epoch {epoch}, step {step} (lr {config.optim.lr:g}, β {beta:g}). "
-        f"Nothing from this epoch was saved: the last checkpoint and the best model are intact. {fixes}; then "
-        f"continue with `vaegen train --resume RUN_DIR --set optim.lr=...`."
+        f"Nothing from this epoch was saved: the last checkpoint and the best model are intact. {fixes}"
     )
+    return TrainingDiverged(f"{diagnosis}; then continue with `vaegen train --resume RUN_DIR --set optim.lr=...`.", diagnosis)
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,15 +23,17 @@ from __future__ import annotations
 import builtins
 import csv
 import json
+import logging
 import os
 import shutil
+import socket
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from vaegen.config import (
     Config,
@@ -41,7 +43,7 @@ from vaegen.config import (
     read_yaml,
     set_key_path,
 )
-from vaegen.errors import ConfigError, VaegenError
+from vaegen.errors import ConfigError, TrainingDiverged, VaegenError
 
 # ---------------------------------------------------------------------------------------
 # The sweep file
@@ -103,6 +105,17 @@ class SweepConfig(Section):
     space: dict[str, Distribution] = Field(min_length=1)
     tune: TuneSection = TuneSection()
 
+    @field_validator("base", mode="before")
+    @classmethod
+    def _path_or_mapping(cls, base: Any) -> Any:
+        # checked here because pydantic names a failed `Path | dict` by its internal validators, not by `base`
+        if not isinstance(base, (str, os.PathLike, dict)):
+            raise ValueError(
+                "base is the path of a train config file (relative to the sweep file), e.g. base: train_apples.yaml, "
+                "or the train config itself as a mapping"
+            )
+        return base
+
     @model_validator(mode="before")
     @classmethod
     def _flatten_key_paths(cls, raw: Any) -> Any:
@@ -112,9 +125,10 @@ class SweepConfig(Section):
             if isinstance(raw.get("overrides"), dict):
                 raw["overrides"] = _flatten(raw["overrides"], is_leaf=lambda value: not isinstance(value, dict))
             if isinstance(raw.get("space"), dict):
-                # a distribution is the first mapping that holds a non-mapping (its bounds or choices)
-                raw["space"] = _flatten(raw["space"], is_leaf=lambda value: not isinstance(value, dict) or not all(
-                    isinstance(inner, dict) for inner in value.values()))
+                # a distribution is the first mapping that holds a non-mapping (its bounds or choices); an empty
+                # one is a distribution too, so that it is reported instead of vanishing from the space
+                raw["space"] = _flatten(raw["space"], is_leaf=lambda value: not isinstance(value, dict) or not value
+                                        or not all(isinstance(inner, dict) for inner in value.values()))
         return raw
 
 
@@ -214,6 +228,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     if _get(base_raw, "output.best_dir") is None:
         set_key_path(base_raw, "output.best_dir", str(Path("best_models").resolve()))
     base = config_from_dict(base_raw, f"{path} (base train config)")
+    _check_searched_epochs(settings.space.get("train.epochs"), path)
     sweep = Sweep(settings, path, base_raw, base, selection_metric(base))
     if settings.tune.scheduler == "asha" and settings.tune.grace_period > max_epochs(sweep):
         raise ConfigError(
@@ -222,6 +237,22 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
             f"epochs), or set tune.scheduler: fifo to run every trial to the end."
         )
     return sweep
+
+
+def _check_searched_epochs(distribution: Distribution | None, path: Path) -> None:
+    """ASHA needs the longest trial's epoch count, and a trial fails on a fractional one: only whole numbers."""
+    if distribution is None:
+        return
+    values = {"int": distribution.int, "choice": distribution.choice}.get(distribution.kind)
+    whole = values is not None and all(isinstance(value, int) and not isinstance(value, bool) and value >= 1
+                                       for value in values)
+    if not whole:
+        searched = {distribution.kind: getattr(distribution, distribution.kind)}
+        raise ConfigError(
+            f"{path}: space searches train.epochs with {yaml.safe_dump(searched, default_flow_style=True).strip()}, "
+            f"but a trial trains for a whole number of epochs (at least 1). Search it with int: [low, high] "
+            f"(e.g. train.epochs: {{int: [10, 50]}}) or a choice of whole numbers (e.g. {{choice: [10, 20, 40]}})."
+        )
 
 
 def selection_metric(config: Config) -> str:
@@ -323,7 +354,11 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         else:
             tune.report(metrics)
 
-    train(config, paths, resume=paths.last_checkpoint.is_file(), on_epoch=report, echo=False)
+    try:
+        train(config, paths, resume=paths.last_checkpoint.is_file(), on_epoch=report, echo=False)
+    except TrainingDiverged as exc:
+        # a plain run's next step (`vaegen train --resume RUN_DIR`) is not a sweep's: the fixes go in the sweep file
+        raise TrainingDiverged(f"{exc.diagnosis} (in the sweep's `space:` or `overrides:`).", exc.diagnosis) from None
 
 
 def format_params(params: dict[str, Any]) -> str:
@@ -348,6 +383,14 @@ class TrialSummary:
     error: str = ""
 
 
+class NoTrialSucceeded(VaegenError):
+    """Every trial failed; the sweep exits with the first trial error's code (3 when the loss diverged)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 @dataclass(frozen=True)
 class SweepResult:
     trials: list[TrialSummary]
@@ -365,6 +408,8 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
 
     from vaegen.data import load_splits
 
+    if address:
+        check_reachable(address)
     settings = sweep.settings.tune
     # keeping only the best checkpoint makes Ray snapshot its state at each improvement, and warn that it does
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -398,9 +443,15 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
         {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu},
     )
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:  # something listens there, but not Ray's GCS
+            raise unreachable(address, _first_line(exc)) from None
     else:
         ray.init(include_dashboard=False, log_to_driver=False)
+    ray_log = logging.getLogger("ray.tune.execution.tune_controller")
+    one_line = _OneLineTrialErrors()
+    ray_log.addFilter(one_line)
     try:
         if resume:
             tuner = tune.Tuner.restore(sweep.experiment_path, trainable, resume_unfinished=True, resume_errored=False)
@@ -416,7 +467,7 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
             if settings.scheduler == "asha":
                 scheduler = ASHAScheduler(
                     time_attr="epoch",
-                    max_t=sweep.base.train.epochs,
+                    max_t=max_epochs(sweep),  # ASHA stops every trial at max_t, also one that searched more epochs
                     grace_period=settings.grace_period,
                     reduction_factor=settings.reduction_factor,
                 )
@@ -450,16 +501,68 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
         summary_csv = write_summary(trials, sweep)
         plot = plot_sweep(trials, sweep)
         best_dir = copy_best(grid, trials, sweep)
+        if trials and all(t.status == "failed" for t in trials):
+            raise no_trial_succeeded(grid, trials, sweep)
     finally:
+        ray_log.removeFilter(one_line)
         ray.shutdown()
     return SweepResult(trials, complete, summary_csv, plot, best_dir)
+
+
+class _OneLineTrialErrors(logging.Filter):
+    """Ray logs a failed trial with its traceback; a vaegen error's message says all there is, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(getattr(error, "cause", error), VaegenError):
+            record.msg, record.args = f"{record.getMessage()}: {_first_line(error)}", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def no_trial_succeeded(grid, trials: list[TrialSummary], sweep: Sweep) -> NoTrialSucceeded:
+    first = next(result for result in grid if result.error is not None)  # the grid lists trials in start order
+    trial = next(t for t in trials if t.trial == Path(first.path).name)
+    cause = getattr(first.error, "cause", first.error)
+    return NoTrialSucceeded(
+        f"no trial of sweep {sweep.name!r} succeeded: all {len(trials)} failed, so there is no best model. The first, "
+        f"{trial.trial} ({format_params(trial.params)}), failed with: {trial.error} Fix what it names and start a "
+        f"new sweep with --set tune.name=NEW_NAME (every trial's error is in {sweep.sweep_dir / 'summary.csv'}).",
+        exit_code=getattr(cause, "exit_code", 1),
+    )
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a cluster address nothing listens at: ray.init waits minutes for it, printing timeouts."""
+    if address in ("auto", "local"):  # Ray finds (or starts) these itself
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(
+            f"--address {address!r} is not HOST:PORT. Pass the address `ray start --head` printed on the head node "
+            f"(e.g. --address 10.0.0.5:6379), or drop --address to run the sweep on this machine."
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except TimeoutError:
+        raise unreachable(address, f"no answer within {timeout_s:g} s") from None
+    except OSError as exc:
+        raise unreachable(address, exc.strerror or str(exc)) from None
+
+
+def unreachable(address: str, reason: str) -> ConfigError:
+    return ConfigError(
+        f"--address {address}: no Ray cluster answers there ({reason}). Start one with `ray start --head` on the "
+        f"head node and pass the address it prints, check the host, port and firewall, or drop --address to run "
+        f"the sweep on this machine."
+    )
 
 
 def max_epochs(sweep: Sweep) -> int:
     searched = sweep.settings.space.get("train.epochs")
     if searched is None:
         return sweep.base.train.epochs
-    return int(max(searched.choice) if searched.kind == "choice" else (searched.int or searched.uniform)[1])
+    return max(searched.choice) if searched.kind == "choice" else searched.int[1]  # whole numbers: load_sweep checked
 
 
 def _trial_id(trial) -> str:
@@ -544,6 +647,10 @@ def format_table(trials: list[TrialSummary], sweep: Sweep) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     widths[-1] = 0  # the status column may hold a long error: never pad it
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip() for line in [header, *rows]]
+    failed = sum(t.status == "failed" for t in trials)
+    if failed:
+        lines.append(f"\n{failed} of {len(trials)} trials failed; the sweep went on without them (errors above and "
+                     f"in {sweep.sweep_dir / 'summary.csv'}).")
     return "\n".join(lines)
 
 
