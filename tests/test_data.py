@@ -512,6 +512,16 @@ def test_all_images_unreadable_is_an_error_even_with_skip_bad(tmp_path):
         load_images(make_cfg(tmp_path, root, skip_bad=True))
 
 
+def test_a_cache_folder_that_is_a_file_is_named_and_the_data_still_loads(tmp_path, with_bad):
+    (tmp_path / "not-a-folder").write_text("")
+    cfg = make_cfg(tmp_path, with_bad, skip_bad=True, cache_dir=tmp_path / "not-a-folder")
+    with pytest.warns(UserWarning) as record:
+        images = load_images(cfg)
+    said = " ".join(str(w.message) for w in record)
+    assert f"({tmp_path / 'not-a-folder'} is a file, not a folder)" in said and "Set data.cache_dir" in said  # once "(File exists)"
+    assert "skipped 2 unreadable images (skip_bad is on)" in said and len(images.files) == 3
+
+
 def test_a_class_left_without_readable_images_by_skip_bad_is_an_error(tmp_path):
     root = tmp_path / "classes"
     for i in range(2):

@@ -95,6 +95,7 @@ def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsy
     assert all(0 < score < 1000 for score in scores)
     assert "failed" in out and "fd_efficientnet_lite0" in out
     assert "1 of 3 trials failed; the sweep went on without them" in out
+    assert "sweep tiny: 3 trials (1 failed) in " in out
     # the trial's vaegen error is one line in Ray's log, not Ray's traceback
     assert ray_trial_log.getvalue() == f"Trial task failed for trial {failed[0]['trial']}: {failed[0]['error']}\n"
 
@@ -212,6 +213,7 @@ def test_a_sweep_whose_every_trial_fails_exits_with_the_first_error(tmp_path, ca
          "but a trial trains for a whole number of epochs (at least 1). Search it with int: [low, high]"),
         ("space.train.epochs={choice: [2, abc]}", "space searches train.epochs with {choice: [2, abc]}, but a trial"),
         ("space.train.epochs={uniform: [1, 3]}", "or a choice of whole numbers (e.g. {choice: [10, 20, 40]})"),
+        ("space={}", "`space`: space is empty, so there is nothing to search; name at least one setting"),
     ],
 )
 def test_bad_set_overrides_of_a_sweep_are_named_before_ray_starts(tmp_path, capsys, monkeypatch, override, message):

@@ -84,7 +84,11 @@ def cmd_tune(args) -> int:
     started = time.perf_counter()
     result = run_sweep(sweep, resume=args.resume, address=args.address)
     print(f"\n{format_table(result.trials, sweep)}\n")
-    print(f"sweep {sweep.name}: {len(result.trials)} trial(s) in {time.perf_counter() - started:.0f} s, optimising {sweep.metric}")
+    failed = sum(trial.status == "failed" for trial in result.trials)
+    print(
+        f"sweep {sweep.name}: {plural(len(result.trials), 'trial')}{f' ({failed} failed)' if failed else ''} in "
+        f"{time.perf_counter() - started:.0f} s, optimising {sweep.metric}"
+    )
     print(f"  summary          {result.summary_csv}")
     if result.plot:
         print(f"  plot             {result.plot}")

@@ -245,7 +245,7 @@ def _report_skipped(images: DecodedImages, cfg: DataConfig) -> DecodedImages:
         raise _unreadable(images.skipped, len(images.files) + len(images.skipped), cfg.root)
     if images.skipped:
         warnings.warn(
-            f"skipped {len(images.skipped)} unreadable image(s) (data.skip_bad is true): {_listing(images.skipped)}",
+            f"skipped {plural(len(images.skipped), 'unreadable image')} (skip_bad is on): {_listing(images.skipped)}",
             stacklevel=3,
         )
     return images
@@ -258,8 +258,13 @@ def _write_cache(path: Path, images: DecodedImages) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     except OSError as exc:  # a full or read-only disk included (checkpoint.StorageError): the cache is optional
-        reason = os.strerror(exc.errno) if exc.errno else exc
-        warnings.warn(f"could not write the data cache {path} ({reason}); the next run decodes again.", stacklevel=3)
+        clash = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{clash} is a file, not a folder" if clash else os.strerror(exc.errno) if exc.errno else exc
+        warnings.warn(
+            f"could not write the data cache {path} ({reason}); the next run decodes again. Set data.cache_dir "
+            f"(or $VAEGEN_CACHE) to a folder you can write to.",
+            stacklevel=3,
+        )
 
 
 def _read_cache(path: Path, fingerprint: str) -> DecodedImages | None:

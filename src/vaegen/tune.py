@@ -105,6 +105,14 @@ class SweepConfig(Section):
     space: dict[str, Distribution] = Field(min_length=1)
     tune: TuneSection = TuneSection()
 
+    @field_validator("space", mode="before")
+    @classmethod
+    def _something_to_search(cls, space: Any) -> Any:
+        if isinstance(space, dict) and not space:  # pydantic's own words here ("at least 1 item") name no fix
+            raise ValueError("space is empty, so there is nothing to search; name at least one setting, e.g. "
+                             "space: {optim.lr: {loguniform: [1.0e-4, 1.0e-2]}}")
+        return space
+
     @field_validator("base", mode="before")
     @classmethod
     def _path_or_mapping(cls, base: Any) -> Any:
