@@ -470,7 +470,7 @@ def test_unreadable_images_are_an_error_naming_them(tmp_path, with_bad):
     message = str(info.value)
     assert "truncated.jpg" in message
     assert "notes.jpg" in message
-    assert "data.skip_bad" in message
+    assert "set data.skip_bad: true (--set data.skip_bad=true)" in message
     assert "good0.png" not in message
 
 
@@ -519,7 +519,7 @@ def test_a_cache_folder_that_is_a_file_is_named_and_the_data_still_loads(tmp_pat
         images = load_images(cfg)
     said = " ".join(str(w.message) for w in record)
     assert f"({tmp_path / 'not-a-folder'} is a file, not a folder)" in said and "Set data.cache_dir" in said  # once "(File exists)"
-    assert "skipped 2 unreadable images (skip_bad is on)" in said and len(images.files) == 3
+    assert "skipped 2 unreadable images (data.skip_bad is true)" in said and len(images.files) == 3
 
 
 def test_a_class_left_without_readable_images_by_skip_bad_is_an_error(tmp_path):

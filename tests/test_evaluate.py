@@ -112,7 +112,7 @@ def test_vaegen_test_data_errors_name_its_own_settings_and_skip_bad_works(traine
     assert main(["test", "--checkpoint", best, *common]) == 2
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "set skip_bad: true (--set skip_bad=true)" in err and "data.skip_bad" not in err
-    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image \(skip_bad is true\)"):
         assert main(["test", "--checkpoint", best, *common, "--set", "skip_bad=true"]) == 0
 
 
@@ -150,6 +150,16 @@ def test_vaegen_test_on_a_one_image_split_skips_the_interpolation_and_scores_the
     assert code == 0  # it once stopped with a traceback from torch.cat, and wrote no metrics.json
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 1
     assert not (out / "interpolation.png").exists()
+
+
+def test_vaegen_test_on_a_folder_too_small_for_the_models_split_names_its_own_setting(trained, tmp_path, capsys):
+    model_dir, _ = trained
+    data = _few_images(tmp_path / "few", {"Golden": 1, "Golden-Red": 1, "Red": 1})
+    assert main(["test", "--checkpoint", str(model_dir / "best" / "tiny"), "--set", f"data_root={data}",
+                 "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "backbone=none"]) == 2
+    err = capsys.readouterr().err
+    assert f"data_root {data} is too small for a validation split" in err and "(leave data_root out)" in err
+    assert "data.val_fraction" not in err and "output.select" not in err  # training's fix, which vaegen test cannot take
 
 
 def test_vaegen_test_of_a_model_trained_without_a_validation_split_says_which_split_to_use(trained, tmp_path, capsys):

@@ -227,6 +227,14 @@ def test_an_output_folder_that_cannot_be_made_stops_the_run_before_it_trains(tmp
     assert not (tmp_path / "logs" / "tiny" / "metrics.jsonl").exists()
 
 
+def test_a_file_where_the_runs_best_model_folder_goes_stops_the_run_before_it_trains(tmp_path, capsys):
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "tiny").write_text("not a folder")
+    assert main(["train", "--config", str(tiny_config(tmp_path))]) == 2
+    assert f"{tmp_path / 'best' / 'tiny'} is a file, where the run's best model folder goes" in capsys.readouterr().err
+    assert not (tmp_path / "logs" / "tiny").exists()
+
+
 def test_a_failed_checkpoint_write_is_still_reported_when_another_error_stops_the_run(tmp_path, monkeypatch, capsys):
     import vaegen.checkpoint
 

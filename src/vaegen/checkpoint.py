@@ -86,6 +86,11 @@ def _refusal_errno(exc: BaseException) -> int | None:
     return None
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """`folder` or the first of its parents that exists as a file, which no folder can be made under."""
+    return next((p for p in [Path(folder), *Path(folder).parents] if p.exists() and not p.is_dir()), None)
+
+
 def make_output_folder(folder: Path, setting: str) -> None:
     """Create `folder` (and its parents), or say why it cannot be and how to choose another:
     `setting` is how the user names it ("output.logs_dir", or a command-line option such as "--out")."""
@@ -94,7 +99,7 @@ def make_output_folder(folder: Path, setting: str) -> None:
     except OSError as exc:
         why = storage_error(folder, exc)
         reason = _REFUSALS[why.errno] if why is not None else (exc.strerror or str(exc)).lower()
-        clash = next((p for p in [Path(folder), *Path(folder).parents] if p.exists() and not p.is_dir()), None)
+        clash = file_in_the_way(folder)
         if clash is not None:
             reason = f"{clash} is a file, not a folder"
         how = f"{setting} DIR" if setting.startswith("--") else f"--set {setting}=DIR"

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm.auto import tqdm
 
-from vaegen.checkpoint import atomic_write
+from vaegen.checkpoint import atomic_write, file_in_the_way
 from vaegen.config import DataConfig
 from vaegen.errors import DataError, plural
 
@@ -78,20 +78,34 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
 
 
-def scan_folder(root: Path) -> ImageIndex:
+@dataclass(frozen=True)
+class Settings:
+    """How the user spells the data settings that error messages tell them to change."""
+
+    root: str = "data.root"
+    skip_bad: str = "data.skip_bad"
+    too_small_for_val: str = "set data.val_fraction: 0 with a different output.select"
+
+
+TRAIN_SETTINGS = Settings()
+# `vaegen test` takes the data folder and skip_bad as its own keys, and cannot change the split's size
+TEST_SETTINGS = Settings(root="data_root", skip_bad="skip_bad", too_small_for_val="test on the data the model was trained on (leave data_root out)")
+
+
+def scan_folder(root: Path, names: Settings = TRAIN_SETTINGS) -> ImageIndex:
     """An ImageFolder (one subfolder per class) or a flat folder of images (one class)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(
-            f"data.root {root} does not exist or is not a folder. Point data.root at a folder with one "
-            f"subfolder of images per class (or a flat folder of images), e.g. --set data.root=path/to/images."
+            f"{names.root} {root} does not exist or is not a folder. Point {names.root} at a folder with one "
+            f"subfolder of images per class (or a flat folder of images), e.g. --set {names.root}=path/to/images."
         )
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         files = sorted(p for p in root.iterdir() if _is_image(p))
         if not files:
             raise DataError(
-                f"data.root {root} holds no images (looked for {', '.join(sorted(IMG_EXTENSIONS))}). "
+                f"{names.root} {root} holds no images (looked for {', '.join(sorted(IMG_EXTENSIONS))}). "
                 f"Put images in it, or in one subfolder per class."
             )
         return ImageIndex(root, files, [0] * len(files), [root.name])
@@ -105,8 +119,8 @@ def scan_folder(root: Path) -> ImageIndex:
         labels += [label] * len(class_files)
     if empty:
         raise DataError(
-            f"class folder(s) with no images in {root}: {', '.join(empty)}. Every subfolder of data.root "
-            f"is a class; add images to it or move it out of data.root."
+            f"class folder(s) with no images in {root}: {', '.join(empty)}. Every subfolder of {names.root} "
+            f"is a class; add images to it or move it out of {names.root}."
         )
     loose = [p.name for p in root.iterdir() if _is_image(p)]
     if loose:
@@ -177,9 +191,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("VAEGEN_CACHE", Path.home() / ".cache" / "vaegen"))
 
 
-def load_images(cfg: DataConfig, workers: int = 4) -> DecodedImages:
+def load_images(cfg: DataConfig, workers: int = 4, names: Settings = TRAIN_SETTINGS) -> DecodedImages:
     """Decode every image under cfg.root once; later calls read the cached tensor."""
-    index = scan_folder(cfg.root)
+    index = scan_folder(cfg.root, names)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     height, width = cfg.image_size
     fingerprint = cache_key(index, cfg)
@@ -187,7 +201,7 @@ def load_images(cfg: DataConfig, workers: int = 4) -> DecodedImages:
     if cache_file.is_file():
         cached = _read_cache(cache_file, fingerprint)
         if cached is not None:
-            return _report_skipped(cached, cfg)
+            return _report_skipped(cached, cfg, names)
 
     def decode_or_none(path: Path) -> np.ndarray | None:
         try:
@@ -201,19 +215,19 @@ def load_images(cfg: DataConfig, workers: int = 4) -> DecodedImages:
         )
     bad = [str(path) for path, array in zip(index.files, decoded) if array is None]
     if bad and not cfg.skip_bad:
-        raise _unreadable(bad, len(index.files), index.root)
+        raise _unreadable(bad, len(index.files), index.root, names)
     keep = [i for i, array in enumerate(decoded) if array is not None]
     if not keep:
         raise DataError(
             f"none of the {plural(len(index.files), 'image')} under {index.root} could be read ({_listing(bad)}). "
-            f"Check that they are image files (JPEG, PNG, ...) that open in an image viewer, or point data.root at another folder."
+            f"Check that they are image files (JPEG, PNG, ...) that open in an image viewer, or point {names.root} at another folder."
         )
     # a class whose every image was skipped would be trained on (and asked to generate) with no examples
     emptied = [name for label, name in enumerate(index.classes) if not any(index.labels[i] == label for i in keep)]
     if emptied:
         raise DataError(
-            f"class folder(s) {', '.join(emptied)} under {index.root} have no readable image once data.skip_bad drops the "
-            f"unreadable ones ({_listing(bad)}). Add readable images to them, or move those folders out of data.root."
+            f"class folder(s) {', '.join(emptied)} under {index.root} have no readable image once {names.skip_bad} drops the "
+            f"unreadable ones ({_listing(bad)}). Add readable images to them, or move those folders out of {names.root}."
         )
     result = DecodedImages(
         images=torch.from_numpy(np.stack([decoded[i] for i in keep])),
@@ -224,7 +238,7 @@ def load_images(cfg: DataConfig, workers: int = 4) -> DecodedImages:
         fingerprint=fingerprint,
     )
     _write_cache(cache_file, result)
-    return _report_skipped(result, cfg)
+    return _report_skipped(result, cfg, names)
 
 
 def _listing(paths: list[str], limit: int = 10) -> str:
@@ -232,20 +246,20 @@ def _listing(paths: list[str], limit: int = 10) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def _unreadable(bad: list[str], total: int, root: Path) -> DataError:
+def _unreadable(bad: list[str], total: int, root: Path, names: Settings) -> DataError:
     return DataError(
         f"{len(bad)} of {total} image(s) under {root} could not be read: {_listing(bad)}. "
-        f"Delete or replace them, or set data.skip_bad: true to train without them."
+        f"Delete or replace them, or set {names.skip_bad}: true (--set {names.skip_bad}=true) to go on without them."
     )
 
 
-def _report_skipped(images: DecodedImages, cfg: DataConfig) -> DecodedImages:
+def _report_skipped(images: DecodedImages, cfg: DataConfig, names: Settings) -> DecodedImages:
     """A cache written with skip_bad: true still holds the bad list, so skip_bad: false fails the same way."""
     if images.skipped and not cfg.skip_bad:
-        raise _unreadable(images.skipped, len(images.files) + len(images.skipped), cfg.root)
+        raise _unreadable(images.skipped, len(images.files) + len(images.skipped), cfg.root, names)
     if images.skipped:
         warnings.warn(
-            f"skipped {plural(len(images.skipped), 'unreadable image')} (skip_bad is on): {_listing(images.skipped)}",
+            f"skipped {plural(len(images.skipped), 'unreadable image')} ({names.skip_bad} is true): {_listing(images.skipped)}",
             stacklevel=3,
         )
     return images
@@ -258,7 +272,7 @@ def _write_cache(path: Path, images: DecodedImages) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     except OSError as exc:  # a full or read-only disk included (checkpoint.StorageError): the cache is optional
-        clash = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        clash = file_in_the_way(path.parent)
         reason = f"{clash} is a file, not a folder" if clash else os.strerror(exc.errno) if exc.errno else exc
         warnings.warn(
             f"could not write the data cache {path} ({reason}); the next run decodes again. Set data.cache_dir "
@@ -322,14 +336,15 @@ def to_device(splits: Splits, device: torch.device) -> Splits:
     return Splits(move(splits.train), move(splits.val))
 
 
-def load_splits(cfg: DataConfig, seed: int) -> Splits:
-    splits = split(load_images(cfg), cfg.val_fraction, seed)
+def load_splits(cfg: DataConfig, seed: int, names: Settings = TRAIN_SETTINGS) -> Splits:
+    """The decoded images, split; `names` spells the settings the errors point at (training's or `vaegen test`'s)."""
+    splits = split(load_images(cfg, names=names), cfg.val_fraction, seed)
     if len(splits.train.images) == 0:
-        raise DataError(f"data.root {cfg.root} leaves no training images after the validation split.")
+        raise DataError(f"{names.root} {cfg.root} leaves no training images after the validation split.")
     if cfg.val_fraction > 0 and len(splits.val.images) == 0:
         raise DataError(
-            f"data.root {cfg.root} is too small for a validation split (need at least 2 images per class); "
-            f"add images or set data.val_fraction: 0 with a different output.select."
+            f"{names.root} {cfg.root} is too small for a validation split (need at least 2 images per class); "
+            f"add images or {names.too_small_for_val}."
         )
     return splits
 

@@ -17,7 +17,7 @@ import torch
 from vaegen.api import load
 from vaegen.checkpoint import make_output_folder, write_text_atomic
 from vaegen.config import SamplerConfig, TestConfig
-from vaegen.data import default_cache_dir, load_splits
+from vaegen.data import TEST_SETTINGS, default_cache_dir, load_splits
 from vaegen.density import fit_model_density
 from vaegen.errors import ConfigError, DataError
 from vaegen.fid import build_evaluator, eval_batch_size, score_model
@@ -46,10 +46,7 @@ def run_test(cfg: TestConfig) -> TestReport:
     train_cfg = model.config
     overrides = {"root": cfg.data_root, "cache_dir": cfg.cache_dir, "skip_bad": cfg.skip_bad}
     data_cfg = train_cfg.data.model_copy(update={key: value for key, value in overrides.items() if value is not None})
-    try:
-        splits = load_splits(data_cfg, train_cfg.train.seed)
-    except DataError as exc:
-        raise DataError(_in_test_settings(str(exc))) from None
+    splits = load_splits(data_cfg, train_cfg.train.seed, TEST_SETTINGS)
     if splits.train.classes != model.classes:
         raise ConfigError(
             f"the model was trained on classes {model.classes} but {data_cfg.root} has {splits.train.classes}; "
@@ -99,23 +96,6 @@ def run_test(cfg: TestConfig) -> TestReport:
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     files.append(out / "metrics.json")
     return TestReport(out, metrics, files)
-
-
-# The data checks are shared with training and name its settings; here the same fixes are spelled
-# as `vaegen test` settings, and the training-only ones (the split's size) as a choice of split.
-_TEST_SETTINGS = {
-    "--set data.root=": "--set data_root=",
-    "set data.skip_bad: true": "set skip_bad: true (--set skip_bad=true)",
-    "set data.val_fraction: 0 with a different output.select": "test on --set split=train",
-    "data.root": "data_root",
-    "data.skip_bad": "skip_bad",
-}
-
-
-def _in_test_settings(message: str) -> str:
-    for training, testing in _TEST_SETTINGS.items():
-        message = message.replace(training, testing)
-    return message
 
 
 def _save(grid: torch.Tensor, path: Path) -> Path:

@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,15 +105,17 @@ def read_run(root: Path, name: str) -> Run:
     folder = open_run(root, name)
     try:
         _, config, metadata = read_model_folder(folder)
-        metrics = _checked(folder / "metrics.json", _read_json_object(folder / "metrics.json"), _metrics_problems)
-        sweep = _checked(folder / "sweep.json", _read_json_object(folder / "sweep.json"), _sweep_problems)
+        metrics = _read_json_object(folder / "metrics.json", _metrics_problems)
+        sweep = _read_json_object(folder / "sweep.json", _sweep_problems)
     except VaegenError as exc:
         return Run(name, folder, error=str(exc))
     return Run(name, folder, metadata, metrics, config, sweep)
 
 
-def _read_json_object(path: Path) -> dict:
-    """metrics.json or sweep.json; both optional: the weights and the config are enough to use the model."""
+def _read_json_object(path: Path, problems: Callable[[dict], list[str]]) -> dict:
+    """metrics.json or sweep.json; both optional: the weights and the config are enough to use the model.
+    `problems` lists fields the page reads whose types are not what vaegen writes: a hand-edited file
+    must not break the page."""
     if not path.is_file():
         return {}
     try:
@@ -121,11 +124,6 @@ def _read_json_object(path: Path) -> dict:
         raise CheckpointError(f"{path} is not readable JSON ({exc}); it should be what vaegen wrote there.") from exc
     if not isinstance(value, dict):
         raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not the object vaegen writes there.")
-    return value
-
-
-def _checked(path: Path, value: dict, problems) -> dict:
-    """`value` if the fields the page reads have the types vaegen writes: a hand-edited file must not break the page."""
     found = problems(value)
     if found:
         raise CheckpointError(f"{path} has {'; '.join(found)}; it should be what vaegen wrote there.")
@@ -259,9 +257,7 @@ def row_labels(model: torch.nn.Module, choice: str | None) -> list[int | None]:
         return [None]
     if choice == ALL_CLASSES:
         return list(range(model.num_classes))
-    if choice not in model.classes:
-        raise ValueError(f"{choice!r} is not a class of this model ({', '.join(model.classes)})")
-    return [model.classes.index(choice)]
+    return [model.class_indices(choice)]
 
 
 def _page(model: torch.nn.Module, images: torch.Tensor, labels: list[int | None], per_row: int | None) -> Image.Image:

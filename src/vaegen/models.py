@@ -177,7 +177,7 @@ class ConvVAE(nn.Module):
             raise ValueError(f"temperature scales the spread of the latent codes and must be a number >= 0; got {temperature!r}")
         if labels is not None and not self.is_conditional:
             raise ValueError(f"this model is not conditional, so it takes no labels (got labels={labels!r}); leave labels out")
-        labels = self._check_labels(self._class_indices(labels), n)  # conditional: one label per image
+        labels = self._check_labels(self.class_indices(labels), n)  # conditional: one label per image
         device = self.to_mu.weight.device
         generator = torch.Generator(device="cpu")
         if seed is None:
@@ -190,7 +190,7 @@ class ConvVAE(nn.Module):
         density = density.to(device) if density is not None else None
         return self.decode(latent_codes(n, self.latent_dim, generator, labels, temperature, density).to(device), labels)
 
-    def _class_indices(self, labels):
+    def class_indices(self, labels):
         """Class names (`self.classes`, set by `vaegen.load`) to indices; indices pass through."""
         names = [labels] if isinstance(labels, str) else labels
         if not isinstance(names, (list, tuple)) or not names or not all(isinstance(name, str) for name in names):

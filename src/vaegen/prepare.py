@@ -16,7 +16,6 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from vaegen.checkpoint import make_output_folder
 from vaegen.errors import DataError, plural
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -79,6 +78,8 @@ def _place(src: Path, dest: Path, link: bool) -> None:
 
 
 def _write_all(jobs: list[Job], out: Path, link: bool, desc: str) -> None:
+    from vaegen.checkpoint import make_output_folder  # it imports torch: only once there is something to write
+
     make_output_folder(out, "--out")
     for src, dest in tqdm(jobs, desc=desc, unit="img"):
         try:

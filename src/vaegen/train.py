@@ -32,6 +32,7 @@ from vaegen.backbones import resolve_backbone_name, second_opinions
 from vaegen.checkpoint import (
     BackgroundWriter,
     StorageError,
+    file_in_the_way,
     host_copy,
     load_state_checked,
     load_training_state,
@@ -384,7 +385,7 @@ def _train(
     # both output folders are checked before any training: a best model that cannot be written must
     # not surface only after the first epoch, with no checkpoint to resume from
     make_output_folder(paths.best_dir.parent, "output.best_dir")
-    if paths.best_dir.exists() and not paths.best_dir.is_dir():
+    if file_in_the_way(paths.best_dir) is not None:  # the run's own folder is made only when it has a model to hold
         raise StorageError(f"{paths.best_dir} is a file, where the run's best model folder goes; move it, or set output.best_dir or output.run_name.")
     make_output_folder(paths.run_dir, "output.logs_dir")
     say = Console(paths.run_dir / "train.log", echo) if main_process else (lambda message: None)
