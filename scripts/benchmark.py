@@ -29,7 +29,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from vaegen.accel import apply_backend_flags, compile_step, resolve_device, resolve_step_options  # noqa: E402
+from vaegen.accel import CapturedStep, apply_backend_flags, compile_step, resolve_device, resolve_step_options  # noqa: E402
 from vaegen.config import config_from_dict  # noqa: E402
 from vaegen.data import load_splits, to_device  # noqa: E402
 from vaegen.errors import VaegenError  # noqa: E402
@@ -107,14 +107,23 @@ def reference_loop(config, device):
     return run
 
 
-def ceiling_loop(config, options, device, num_classes: int):
-    """(b) The same step on one synthetic batch that never leaves the device: the model's speed limit."""
+def build_step(config, options, device, num_classes: int):
+    """Model, compiled step, optimizer, scaler and (train.cuda_graph) the captured step, as `vaegen train` builds them."""
     model = build_model(config.model, config.data.image_size, 3, num_classes).to(device)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(config, model, fused=options.fused_optimizer)
+    optimizer = build_optimizer(config, model, fused=options.fused_optimizer, capturable=options.step_graph)
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
     step_model = compile_step(model, options)
+    captured = None
+    if options.step_graph:
+        captured = CapturedStep(lambda x, y, beta: train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device), device)
+    return model, step_model, optimizer, scaler, captured
+
+
+def ceiling_loop(config, options, device, num_classes: int):
+    """(b) The same step on one synthetic batch that never leaves the device: the model's speed limit."""
+    model, step_model, optimizer, scaler, captured = build_step(config, options, device, num_classes)
     x = torch.rand(config.train.batch_size, 3, *config.data.image_size, device=device)
     if options.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -125,7 +134,10 @@ def ceiling_loop(config, options, device, num_classes: int):
         sync(device)
         start = time.perf_counter()
         for _ in range(steps):
-            train_step(model, step_model, optimizer, scaler, x, None, config, options, 1.0, device)
+            if captured is not None:
+                captured(x, None, 1.0)
+            else:
+                train_step(model, step_model, optimizer, scaler, x, None, config, options, 1.0, device)
         sync(device)
         return steps * len(x) / (time.perf_counter() - start)
 
@@ -134,12 +146,7 @@ def ceiling_loop(config, options, device, num_classes: int):
 
 def vaegen_loop(config, options, device, splits):
     """(c) vaegen's own epoch function on the decoded cache, whole epochs (its rate is the epoch's images/s)."""
-    model = build_model(config.model, config.data.image_size, 3, len(splits.train.classes)).to(device)
-    if options.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(config, model, fused=options.fused_optimizer)
-    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
-    step_model = compile_step(model, options)
+    model, step_model, optimizer, scaler, captured = build_step(config, options, device, len(splits.train.classes))
     shuffle = torch.Generator().manual_seed(0)
     steps_per_epoch = max(1, len(splits.train.images) // config.train.batch_size)
     epoch = 0
@@ -150,7 +157,9 @@ def vaegen_loop(config, options, device, splits):
         rates = []
         for _ in range(max(1, round(steps / steps_per_epoch))):
             epoch += 1
-            stats = train_one_epoch(model, step_model, optimizer, scaler, splits.train, config, options, 1.0, epoch, device, shuffle)
+            stats = train_one_epoch(
+                model, step_model, optimizer, scaler, splits.train, config, options, 1.0, epoch, device, shuffle, captured=captured
+            )
             rates.append(stats["images_per_s"])
         return statistics.mean(rates)
 
@@ -171,6 +180,7 @@ def main() -> None:
     parser.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                         help="torch.compile mode for (b), (c) and the full run; reduce-overhead = CUDA graphs")
     parser.add_argument("--cudnn-benchmark", default="auto", choices=["auto", "true", "false"])
+    parser.add_argument("--cuda-graph", action="store_true", help="train.cuda_graph for (b), (c) and the full run: the whole step replayed as a CUDA graph")
     parser.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"])
     parser.add_argument("--full", action="store_true", help="also time a whole configs/train_apples.yaml run")
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
@@ -181,7 +191,7 @@ def main() -> None:
     config = config_from_dict({
         "data": {"root": str(data_root), "image_size": args.size, "val_fraction": 0.1},
         "train": {"batch_size": args.batch, "device": args.device, "precision": args.precision, "compile": flag[args.compile],
-                  "compile_mode": args.compile_mode, "cudnn_benchmark": flag[args.cudnn_benchmark],
+                  "compile_mode": args.compile_mode, "cudnn_benchmark": flag[args.cudnn_benchmark], "cuda_graph": args.cuda_graph,
                   "channels_last": flag[args.channels_last], "log_every": 10**9},
         "eval": {"backbone": "none"},
         "output": {"select": "val_nelbo"},
@@ -230,6 +240,7 @@ def main() -> None:
         vaegen_main(["train", "--config", str(REPO / "configs" / "train_apples.yaml"), "--set", f"data.root={data_root}",
                      "--set", f"train.device={args.device}", "--set", f"train.compile={flag[args.compile]}",
                      "--set", f"train.compile_mode={args.compile_mode}", "--set", f"train.cudnn_benchmark={flag[args.cudnn_benchmark]}",
+                     "--set", f"train.cuda_graph={args.cuda_graph}",
                      "--set", "output.run_name=benchmark-full",
                      "--set", "output.logs_dir=/tmp/vaegen-benchmark/logs", "--set", "output.best_dir=/tmp/vaegen-benchmark/best"])
         full = f"{time.perf_counter() - start:.0f} s"

@@ -84,6 +84,75 @@ def test_a_compile_mode_without_compilation_is_refused():
         config_from_dict({"data": {"root": "x"}, "train": {"compile_mode": "fast"}})
 
 
+def test_a_captured_step_needs_cuda_and_says_so_when_it_runs():
+    from dataclasses import replace
+
+    with pytest.warns(UserWarning, match="train.cuda_graph replays the step as a CUDA graph, which needs CUDA; on cpu the step runs as usual"):
+        options = resolve_step_options(TrainConfig(cuda_graph=True), DataConfig(root="x"), torch.device("cpu"), 1)
+    assert options.step_graph is False and "CUDA graph" not in options.describe()
+    assert replace(options, step_graph=True).describe().endswith(", the whole step replayed as a CUDA graph")
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"train": {"precision": "fp16"}}, "train.precision fp16 (its loss scaler reads"),
+        ({"optim": {"skip_grad_norm": 10.0}}, "optim.skip_grad_norm (reads the gradient norm on the host every step) needs the host"),
+        ({"train": {"ema": 0.999}}, "train.ema (its decay changes with a step counter kept on the host)"),
+        ({"adversarial": {"enabled": True}}, "adversarial.enabled"),
+    ],
+)
+def test_a_captured_step_refuses_what_needs_the_host_between_steps(settings, named):
+    raw = {"data": {"root": "x"}, **settings}
+    raw["train"] = {**raw.get("train", {}), "cuda_graph": True}
+    with pytest.raises(ConfigError, match="train.cuda_graph replays one recorded step, but ") as info:
+        config_from_dict(raw)
+    assert named in str(info.value) and "set train.cuda_graph: false, or turn it off" in str(info.value)
+    raw["train"]["cuda_graph"] = False
+    config_from_dict(raw)  # each of them is fine without the graph
+
+
+def test_a_captured_step_is_not_captured_twice():
+    with pytest.raises(ConfigError, match="train.cuda_graph captures the whole step .* train.compile_mode reduce-overhead captures"):
+        config_from_dict({"data": {"root": "x"}, "train": {"cuda_graph": True, "compile_mode": "reduce-overhead"}})
+    assert config_from_dict({"data": {"root": "x"}, "train": {"cuda_graph": True, "compile": True}}).train.cuda_graph is True
+
+
+def test_a_captured_step_keeps_no_autocast_cache():
+    """torch.cuda.graph's rule: weights autocast cached during the capture would be stale in every replay."""
+    from dataclasses import replace
+
+    from vaegen.accel import autocast
+
+    options = replace(resolve_step_options(TrainConfig(precision="bf16"), DataConfig(root="x"), torch.device("cpu"), 1), step_graph=True)
+    with autocast(options, torch.device("cpu")):
+        assert torch.is_autocast_enabled("cpu") and not torch.is_autocast_cache_enabled()
+    with autocast(replace(options, step_graph=False), torch.device("cpu")):
+        assert torch.is_autocast_cache_enabled()
+
+
+def test_the_step_takes_beta_as_a_tensor_as_it_takes_a_number():
+    """A captured step gets β as a device tensor (one recording serves every epoch's β): same loss, same update."""
+    from vaegen.accel import compile_step
+    from vaegen.models import build_model
+    from vaegen.train import build_optimizer, to_input, train_step
+
+    config = config_from_dict({"data": {"root": str(SAMPLE), "image_size": 16}, "model": {"widths": [8, 16], "latent_dim": 8}})
+    options = resolve_step_options(config.train, config.data, torch.device("cpu"), 1)
+    images = to_input(torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)), torch.device("cpu"))
+    results = []
+    for beta in (0.7, torch.tensor(0.7)):
+        torch.manual_seed(0)
+        model = build_model(config.model, (16, 16), 3, 1)
+        optimizer = build_optimizer(config, model, fused=True, capturable=True)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        terms = train_step(model, compile_step(model, options), optimizer, scaler, images, None, config, options, beta, torch.device("cpu"))
+        results.append((terms, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (terms_float, weights_float), (terms_tensor, weights_tensor) = results
+    assert terms_float[2] > 0 and torch.equal(terms_float, terms_tensor)
+    assert torch.equal(weights_float, weights_tensor)
+
+
 @pytest.mark.parametrize(("name", "message"), [("gpu", "device is 'gpu', which is not a device; use auto, cpu"), ("", "which is not a device")]
                          + ([] if torch.cuda.is_available() else [("cuda", "device is cuda but CUDA is not available here; use device: auto or cpu")]))
 def test_device_names_are_checked_and_errors_name_the_setting(name, message):
@@ -198,6 +267,136 @@ def test_cuda_graphs_replay_the_step_and_train_like_the_default_compiled_step():
         assert counters["inductor"]["cudagraph_skips"] == 0
     # the reparameterisation noise may be drawn differently; the fit to the batch may not
     assert final["reduce-overhead"] == pytest.approx(final["default"], rel=0.05)
+
+
+@pytest.fixture
+def fake_cuda_graphs(monkeypatch):
+    """torch.cuda's graph and stream calls stood in for on the CPU: a recording registers what its replay
+    runs (`recording["graph"].body`) instead of running it. Yields the dict that holds the graph being recorded."""
+    import contextlib
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        body = None
+
+        def replay(self):
+            self.body()
+
+    recording = {}
+
+    @contextlib.contextmanager
+    def record(graph, stream=None, capture_error_mode=None):
+        recording["graph"] = graph
+        try:
+            yield
+        finally:
+            recording.pop("graph")
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "graph", record)
+    return recording
+
+
+def test_the_captured_step_warms_up_records_once_and_replays_on_new_inputs(fake_cuda_graphs):
+    """CapturedStep's bookkeeping: three ordinary steps, then one recording into static inputs (which runs
+    nothing) replayed at once, then replays that see each new batch and β; every result is a tensor of its own."""
+    from vaegen.accel import CapturedStep
+
+    recording, runs = fake_cuda_graphs, []
+
+    def step(x, y, beta):  # stands for train_step: what a replay computes is what the recording saw
+        assert isinstance(beta, torch.Tensor)
+        compute = lambda: torch.stack([x.sum() * beta, y.sum().float()])  # noqa: E731
+        if "graph" not in recording:
+            runs.append("step")
+            return compute()
+        out = torch.empty(2)
+        recording["graph"].body = lambda: (runs.append("replay"), out.copy_(compute()))
+        return out
+
+    captured = CapturedStep(step, torch.device("cpu"))
+    results = [captured(torch.full((2, 2), float(i)), torch.tensor([i, 1]), beta=0.5 * i) for i in range(1, 7)]
+    assert runs == ["step"] * 3 + ["replay"] * 3
+    # call i sums a 2x2 batch of i's, times β = i/2, and its labels i + 1
+    assert [r.tolist() for r in results] == [[4.0 * i * 0.5 * i, i + 1.0] for i in range(1, 7)]
+    assert results[3].data_ptr() != results[4].data_ptr() != captured.terms.data_ptr()
+
+
+def test_a_step_that_cannot_be_recorded_names_the_setting(fake_cuda_graphs):
+    from vaegen.accel import CapturedStep
+
+    def step(x, y, beta):
+        if "graph" in fake_cuda_graphs:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore detail")
+        return x.sum()
+
+    captured = CapturedStep(step, torch.device("cpu"))
+    for _ in range(3):
+        captured(torch.ones(2), None, 1.0)
+    with pytest.raises(ConfigError, match=r"could not be recorded as a CUDA graph \(CUDA error: operation not permitted when stream is capturing\); set train.cuda_graph: false"):
+        captured(torch.ones(2), None, 1.0)
+
+
+@cuda
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_the_captured_step_replays_and_trains_like_the_step_itself(compile):
+    """train.cuda_graph: 30 calls (3 warm-up, 1 capture, 26 replays) take 30 optimizer steps, replays never
+    sync with the host, β set between replays reaches the recorded loss, and the fit matches the plain step's."""
+    from vaegen.accel import CapturedStep
+    from vaegen.train import build_optimizer, to_input, train_step
+
+    final = {}
+    for graphed in (False, True):
+        torch._dynamo.reset()
+        config, options, model, step_model, _, scaler, images = _cuda_step_setup({"compile": compile, "precision": "fp32", "cuda_graph": graphed})
+        assert options.step_graph is graphed
+        optimizer = build_optimizer(config, model, fused=options.fused_optimizer, capturable=graphed)
+        x = to_input(images, images.device, True)
+        step = lambda x, y, beta: train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, images.device)  # noqa: E731
+        captured = CapturedStep(step, images.device) if graphed else None
+        for call in range(30):
+            if captured is None:
+                terms = step(x, None, 1.0)
+                continue
+            if call == 4:  # calls 0-2 warm up, call 3 records and replays, the rest replay
+                before = [p.detach().clone() for p in model.parameters()]
+            if call >= 4:
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                terms = captured(x, None, 1.0)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        final[graphed] = float(terms[0])
+        if graphed:
+            assert captured.graph is not None
+            assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # the replays update the weights
+            state = optimizer.state[next(model.parameters())]
+            assert float(state["step"]) == 30
+            # β is read from its tensor at every replay: β 0 drops the KL term from the total
+            zero = captured(x, None, 0.0)
+            assert float(zero[0]) == pytest.approx(float(zero[1]), rel=1e-5) and float(zero[2]) > 0
+    assert final[True] == pytest.approx(final[False], rel=0.05)
+
+
+@cuda
+def test_a_run_with_the_captured_step_checkpoints_and_resumes(tmp_path):
+    """End to end on CUDA: two epochs with train.cuda_graph, then a resume (a new capture) to a third; the
+    capturable optimizer's state goes through last.pt like any other."""
+    config = tiny_config(tmp_path, train={"epochs": 2, "device": "cuda", "compile": False, "cuda_graph": True})
+    assert main(["train", "--config", str(config)]) == 0
+    log = (tmp_path / "logs" / "tiny" / "train.log").read_text()
+    assert "the whole step replayed as a CUDA graph" in log and "first epoch, capturing" in log
+    assert main(["train", "--config", str(config), "--resume", "--set", "train.epochs=3"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "logs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(row["train_loss"])) for row in rows)
+    assert rows[2]["train_recon"] < rows[0]["train_recon"]  # the replays train
 
 
 def test_benchmark_script_prints_each_row_and_the_ratios(tmp_path):

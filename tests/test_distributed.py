@@ -75,3 +75,18 @@ def test_sync_batchnorm_on_cpu_is_refused(tmp_path):
     assert done.returncode != 0
     assert done.stderr.count("error: train.sync_batchnorm needs CUDA") == 1  # said once, by process 0
     assert "(exitcode: 2)" in done.stderr  # the processes end with vaegen's config-error code
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"adversarial": {"enabled": True}}, "adversarial.enabled is not supported under torchrun yet; train the VAE-GAN in one process"),
+        ({"train": {"cuda_graph": True}}, "train.cuda_graph is not supported under torchrun yet; set train.cuda_graph: false"),
+    ],
+)
+def test_one_process_options_are_refused_under_torchrun(tmp_path, monkeypatch, capsys, settings, message):
+    """Refused before anything is built or written, in every process (the group is faked: two processes)."""
+    monkeypatch.setattr("vaegen.distributed.world_size", lambda: 2)
+    assert main(["train", "--config", str(tiny_config(tmp_path, **settings))]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "logs").exists()

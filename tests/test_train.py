@@ -329,6 +329,34 @@ def test_checkpoint_every_writes_the_training_state_less_often(tmp_path, monkeyp
     assert len(_rows(tmp_path / "logs" / "tiny")) == 5
 
 
+def test_an_epoch_that_ends_during_a_write_leaves_its_state_to_the_next_one(tmp_path, monkeypatch):
+    """A fast GPU can end epochs faster than the disk takes a state: training does not wait for the disk.
+    The state is written at the first epoch end that finds the writer free; the last epoch always writes."""
+    import threading
+
+    disk_free = threading.Event()
+    saved_epochs = []
+    real_save, real_log = vaegen.train.save_training_state, vaegen.train.Tracker.log_epoch
+
+    def slow_save(path, state):
+        if state["epoch"] == 1:
+            assert disk_free.wait(timeout=60)  # epoch 1's write takes until epoch 3 has ended
+        saved_epochs.append(state["epoch"])
+        real_save(path, state)
+
+    def log_epoch(self, row):
+        real_log(self, row)
+        if row["epoch"] == 3:
+            disk_free.set()
+
+    monkeypatch.setattr(vaegen.train, "save_training_state", slow_save)
+    monkeypatch.setattr(vaegen.train.Tracker, "log_epoch", log_epoch)
+    assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 4}))]) == 0
+    # epoch 2 ended while epoch 1's write was going; epoch 3 may find it still finishing
+    assert saved_epochs in ([1, 3, 4], [1, 4])
+    assert load_training_state(tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt")["epoch"] == 4
+
+
 def _one_step(skip_grad_norm: float | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     from vaegen.accel import resolve_step_options
     from vaegen.config import config_from_dict

@@ -194,6 +194,11 @@ class BackgroundWriter:
         self._thread = threading.Thread(target=run, name=WRITER_THREAD)
         self._thread.start()
 
+    @property
+    def busy(self) -> bool:
+        """A write is still going."""
+        return self._thread is not None and self._thread.is_alive()
+
     def wait(self) -> None:
         """Block until the write in flight is on disk; raise its error if it failed."""
         error = self.join()

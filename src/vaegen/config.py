@@ -150,6 +150,10 @@ class TrainConfig(Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile's mode when the step is compiled; reduce-overhead replays it as CUDA graphs"
     )
+    cuda_graph: bool = Field(
+        False,
+        description="capture the whole step (forward, loss, backward, optimizer) once as a CUDA graph and replay it; CUDA only, opt-in until measured",
+    )
     sync_batchnorm: bool = Field(False, description="under torchrun: BatchNorm statistics over the global batch, not each process's share")
     ema: float | None = Field(
         None, gt=0.0, lt=1.0, description="decay of a moving average of the weights used to evaluate and export (e.g. 0.999); null = off"
@@ -161,6 +165,15 @@ class TrainConfig(Section):
             raise ValueError(
                 f"train.compile_mode is {self.compile_mode} but train.compile is false, so nothing is compiled; "
                 "set train.compile to auto or true, or remove train.compile_mode"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _graph_once(self) -> TrainConfig:
+        if self.cuda_graph and self.compile_mode in ("reduce-overhead", "max-autotune"):
+            raise ValueError(
+                f"train.cuda_graph captures the whole step as one CUDA graph, and train.compile_mode {self.compile_mode} "
+                "captures the compiled part again inside it; use one: remove train.compile_mode, or set train.cuda_graph: false"
             )
         return self
 
@@ -220,7 +233,7 @@ class OutputConfig(Section):
     # schedule, so a cyclic schedule's β = 0 epochs cannot win by dropping the KL term
     # fid = the Fréchet distance of eval.backbone (lower is better), measured every eval.every epochs
     select: Literal["fid", "val_nelbo", "val_recon", "val_loss"] = "fid"
-    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints/last.pt writes (the last epoch always writes)")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints/last.pt writes, more while the previous write is still going (the last epoch always writes)")
 
 
 class Config(Section):
@@ -267,7 +280,24 @@ class Config(Section):
             raise ValueError(problem)
         if self.eval.reference == "val" and self.data.val_fraction == 0:
             raise ValueError("eval.reference is val but data.val_fraction is 0; use eval.reference: train or all")
+        if self.train.cuda_graph:
+            self._check_step_replays()
         return self
+
+    def _check_step_replays(self) -> None:
+        """A replayed graph repeats the device work of one step: nothing in it may need the host."""
+        host_parts = {
+            "train.precision fp16 (its loss scaler reads the gradients' inf checks on the host)": self.train.precision == "fp16",
+            "optim.skip_grad_norm (reads the gradient norm on the host every step)": self.optim.skip_grad_norm is not None,
+            "train.ema (its decay changes with a step counter kept on the host)": self.train.ema is not None,
+            "adversarial.enabled (the discriminator joins the step at a later epoch)": self.adversarial.enabled,
+        }
+        clashes = [name for name, clash in host_parts.items() if clash]
+        if clashes:
+            raise ValueError(
+                f"train.cuda_graph replays one recorded step, but {'; and '.join(clashes)} {'need' if len(clashes) > 1 else 'needs'} "
+                f"the host between steps; set train.cuda_graph: false, or turn {'them' if len(clashes) > 1 else 'it'} off"
+            )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -2,7 +2,8 @@
 
 One epoch = `train_one_epoch` (the training step is inside it, in plain sight) followed by
 `evaluate` on the validation split. After every epoch the whole training state goes to
-`logs/<run>/checkpoints/last.pt` (written on a background thread while the next epoch trains);
+`logs/<run>/checkpoints/last.pt` (written on a background thread while the next epoch trains, or
+at a later epoch's end if that write is still going);
 whenever the selection metric improves, the model goes to `best_models/<run>/`. Resuming restores
 weights, optimizer, epoch, best score and every RNG stream, so an interrupted run ends with the
 same weights as an uninterrupted one. Each run ends with a line saying where its time went.
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 import vaegen
 from vaegen import distributed
-from vaegen.accel import StepOptions, apply_backend_flags, autocast, compile_step, resolve_device, resolve_step_options
+from vaegen.accel import CapturedStep, StepOptions, apply_backend_flags, autocast, compile_step, resolve_device, resolve_step_options
 from vaegen.adversarial import Adversary
 from vaegen.backbones import resolve_backbone_name, second_opinions
 from vaegen.checkpoint import (
@@ -121,9 +122,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(config: Config, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(config: Config, model: torch.nn.Module, fused: bool = False, capturable: bool = False) -> torch.optim.Optimizer:
+    """`capturable`: its step counters live on the device, so a CUDA graph can record the update."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.optim.name]
-    kwargs = {"fused": True} if fused else {}
+    kwargs = {**({"fused": True} if fused else {}), **({"capturable": True} if capturable else {})}
     return cls(model.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay, **kwargs)
 
 
@@ -174,7 +176,7 @@ def train_step(
     y: torch.Tensor | None,
     config: Config,
     options: StepOptions,
-    beta: float,
+    beta: float | torch.Tensor,
     device: torch.device,
     ema: EMA | None = None,
     adversary: Adversary | None = None,
@@ -235,8 +237,10 @@ def train_one_epoch(
     ema: EMA | None = None,
     adversary: Adversary | None = None,
     perceptual: PerceptualLoss | None = None,
+    captured: CapturedStep | None = None,
 ) -> dict[str, float]:
-    """One pass over the training split. `step_model` is `model`, compiled when options.compile."""
+    """One pass over the training split. `step_model` is `model`, compiled when options.compile;
+    `captured` is the same step recorded as a CUDA graph (train.cuda_graph), replayed in its place."""
     model.train()
     conditional = model.is_conditional
     total_steps = steps_per_epoch(len(data.images), config.train.batch_size)
@@ -252,7 +256,10 @@ def train_one_epoch(
         images_u8, labels = distributed.shard(images_u8, labels)  # under torchrun: this process's share
         x = to_input(images_u8, device, options.channels_last)
         y = labels.to(device) if conditional else None
-        terms = train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device, ema, adversary, perceptual)
+        if captured is not None:
+            terms = captured(x, y, beta)
+        else:
+            terms = train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device, ema, adversary, perceptual)
         sums[:3] += terms[:3] * len(x)
         sums[3] += terms[3]
         seen += len(x)
@@ -382,6 +389,8 @@ def _train(
     distributed.check_batch(config.train.batch_size)
     if config.adversarial.enabled and distributed.world_size() > 1:
         raise ConfigError("adversarial.enabled is not supported under torchrun yet; train the VAE-GAN in one process.")
+    if config.train.cuda_graph and distributed.world_size() > 1:
+        raise ConfigError("train.cuda_graph is not supported under torchrun yet; set train.cuda_graph: false, or train in one process.")
     # both output folders are checked before any training: a best model that cannot be written must
     # not surface only after the first epoch, with no checkpoint to resume from
     make_output_folder(paths.best_dir.parent, "output.best_dir")
@@ -410,7 +419,7 @@ def _train(
     model = build_model(config.model, config.data.image_size, config.data.channels, len(classes)).to(device)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(config, model, fused=options.fused_optimizer)
+    optimizer = build_optimizer(config, model, fused=options.fused_optimizer, capturable=options.step_graph)
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
     step_model = compile_step(distributed.wrap(model, device, config.train.sync_batchnorm), options)
     # built before a resume restores the RNG streams: its initialisation draws from them
@@ -479,17 +488,24 @@ def _train(
     # the same latent vectors every evaluation, so sample grids show progress rather than noise
     fixed_z = torch.randn(config.eval.num_grid, config.model.latent_dim, generator=torch.Generator().manual_seed(config.train.seed + 2))
     last_samples = None
+    captured = None  # train.cuda_graph: the step itself, recorded once and replayed (the config refused what it cannot hold)
+    if options.step_graph:
+        captured = CapturedStep(lambda x, y, beta: train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device, perceptual=perceptual), device)
     writer = BackgroundWriter()
+    checkpoint_due = False
     clock.seconds["setup"] = time.perf_counter() - setup_started
     try:
         for epoch in range(start_epoch + 1, config.train.epochs + 1):
             beta = beta_at(epoch)
             adversary_now = adversary if adversary is not None and epoch >= config.adversarial.start_epoch else None
-            # compilation happens in the first steps: its cost is shown apart from the steady state
-            first_compiled = options.compile and epoch == start_epoch + 1
-            with clock("first epoch, compiling" if first_compiled else "training steps"):
+            # compilation and the step's capture happen in the first steps: their cost is shown apart from the steady state
+            phase = "training steps"
+            if epoch == start_epoch + 1 and (options.compile or options.step_graph):
+                phase = "first epoch, compiling" if options.compile else "first epoch, capturing"
+            with clock(phase):
                 train_stats = train_one_epoch(
-                    model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle, ema, adversary_now, perceptual
+                    model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle, ema, adversary_now, perceptual,
+                    captured,
                 )
             if not main_process:
                 continue  # the others wait for process 0 in the next epoch's first gradient all-reduce
@@ -534,12 +550,16 @@ def _train(
                     grid = sample_grid(eval_model, fixed_z, device, density)
                     export_best(paths, eval_model, config, classes, row, criterion, protocol, grid, density)
 
-            # a large model's state is hundreds of MB: fast runs may write it less often
-            if epoch % config.output.checkpoint_every == 0 or epoch == config.train.epochs:
-                with clock("checkpoints"):  # the snapshot, and waiting for the previous write if it is still going
+            # a large model's state is hundreds of MB: runs may write it less often (checkpoint_every), and an
+            # epoch that ends while the previous write is still going leaves its state to the next epoch's end
+            # rather than hold training up for the disk; the last epoch always writes
+            checkpoint_due = checkpoint_due or epoch % config.output.checkpoint_every == 0
+            if epoch == config.train.epochs or (checkpoint_due and not writer.busy):
+                with clock("checkpoints"):  # the snapshot (and, at the end, waiting for the previous write)
                     save_checkpoint(
                         writer, paths, config_yaml, epoch, model, optimizer, scaler, shuffle, criterion, best_epoch, best_value, classes, ema, adversary
                     )
+                checkpoint_due = False
             if on_epoch is not None:
                 writer.wait()  # a sweep's scheduler may end this process inside the callback: the state is on disk first
                 tracker.flush()
