@@ -5,9 +5,10 @@
 #   2. the benchmark at batch 64, the recipe's batch, with the whole step replayed as a CUDA graph
 #      (train.cuda_graph), timing a whole configs/train_apples.yaml run with it too (its `time:` line
 #      says where the run goes),
-#   3. the same at batch 256 (where the c/a target is set), then batch 256 and batch 64 as they run
+#   3. the same full run with the step eager (not compiled) but replayed, as `vaegen train` (no benchmark rows),
+#   4. the benchmark at batch 256 with the graph (where the c/a target is set), then batch 256 and batch 64 as they run
 #      by default (torch.compile's default mode), to compare with 2 and 3,
-#   4. batch 64 with torch.compile's own CUDA graphs (reduce-overhead), batch 256 without cuDNN's autotuner.
+#   5. batch 64 with torch.compile's own CUDA graphs (reduce-overhead), batch 256 without cuDNN's autotuner.
 # Each part has its own time limit, the whole a budget (BUDGET seconds, default 540: parts that no
 # longer fit are skipped, so the most wanted ones come back from a short lease), and a failed part does
 # not stop the next. Everything is logged to LOG (default logs/gpu_check.log); each benchmark appends
@@ -44,6 +45,10 @@ $py -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'error: 
 bench=(scripts/benchmark.py --device cuda --size 96 --steps 300 --data "$data")
 part cuda-tests 180 $py -m pytest -q -p no:cacheprovider tests/test_accel.py -k "gives_the_same_batches or syncs or cuda_graphs or captured"
 part batch64-step-graph-full 300 $py "${bench[@]}" --batch 64 --cuda-graph --full
+# with the step replayed, compilation may cost more than it saves in a 100-epoch run: the same run, eager
+part full-step-graph-eager 240 $py -m vaegen train --config configs/train_apples.yaml --set "data.root=$data" --set train.compile=false \
+    --set train.cuda_graph=true --set output.run_name=gpu-check-eager --set output.logs_dir=/tmp/vaegen-gpu-check/logs \
+    --set output.best_dir=/tmp/vaegen-gpu-check/best
 part batch256-step-graph 120 $py "${bench[@]}" --batch 256 --steps 150 --cuda-graph
 part batch256-default 120 $py "${bench[@]}" --batch 256 --steps 150
 part batch64-default 120 $py "${bench[@]}" --batch 64
