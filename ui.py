@@ -15,7 +15,7 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from vaegen import gallery
-from vaegen.errors import VaegenError
+from vaegen.errors import VaegenError, plural
 
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMG_EXTENSIONS)  # what the training data may be made of
 
@@ -27,14 +27,45 @@ def cached_model(path: str, mtime_ns: int):
     return gallery.load_model(Path(path))
 
 
-def show(image, caption: str, file_name: str, key: str) -> None:
-    """The picture, enlarged for the screen, and a button that downloads it at the model's resolution."""
-    st.image(gallery.png_bytes(gallery.enlarge(image)), caption=caption, output_format="PNG")  # pixels as drawn, not JPEG
-    st.download_button("Download PNG", gallery.png_bytes(image), file_name=file_name, mime="image/png", key=key, on_click="ignore")
+def pngs(picture: gallery.Picture) -> tuple[bytes, bytes]:
+    """The picture enlarged for the screen, and at the model's resolution (labels included) for the download."""
+    return gallery.png_bytes(picture.render(picture.screen_scale())), gallery.png_bytes(picture.render(1))
+
+
+# Streamlit reruns the whole page on every click, in any tab: each picture is drawn (and encoded) once per
+# model version and settings. The model is keyed by (folder, weights file time), like cached_model; `_model`
+# itself is not hashed. max_entries bounds what a long session keeps.
+@st.cache_data(max_entries=32, show_spinner="drawing")
+def samples_png(model_key: tuple[str, int], _model, count: int, seed: int, temperature: float, choice: str | None):
+    return pngs(gallery.sample_view(_model, count, seed, temperature, choice))
+
+
+@st.cache_data(max_entries=32, show_spinner="drawing")
+def interpolation_png(model_key: tuple[str, int], _model, steps: int, choice: str | None, seed: int = 0,
+                      temperature: float = 1.0, uploads: tuple[bytes, bytes] | None = None):
+    """Between two random codes from `seed`, or between the two uploaded image files."""
+    images = None if uploads is None else torch.cat([gallery.prepare_upload(data, _model) for data in uploads])
+    return pngs(gallery.interpolation_view(_model, steps, choice, seed, temperature, images))
+
+
+@st.cache_data(max_entries=32, show_spinner="drawing")
+def reconstruction_png(model_key: tuple[str, int], _model, upload: bytes, choice: str | None):
+    return pngs(gallery.reconstruction_view(_model, gallery.prepare_upload(upload, _model), choice))
+
+
+def show(pictures: tuple[bytes, bytes], caption: str, file_name: str, key: str) -> None:
+    screen, download = pictures
+    # PNG: pixels as drawn, not JPEG. The caption goes below rather than into st.image, where a caption longer
+    # than the picture widens the element and the browser stretches the picture to it, blurred; the caption is
+    # the picture's alt text too. A picture wider than the column is shrunk to it.
+    st.image(screen, alt=caption, output_format="PNG")
+    st.caption(caption)
+    st.download_button("Download PNG", download, file_name=file_name, mime="image/png", key=key, on_click="ignore")
 
 
 def pick_run(root: Path, runs: list[gallery.Run]) -> gallery.Run:
-    """The sidebar: every run with a one-line summary, the chosen one's metadata; ?run=NAME preselects one."""
+    """The sidebar: every run with a one-line summary, the chosen one's metadata; ?run=NAME preselects one,
+    otherwise the first run that can be opened."""
     names = [run.name for run in runs]
     requested = st.query_params.get("run")
     if requested is not None and requested not in names:
@@ -44,47 +75,57 @@ def pick_run(root: Path, runs: list[gallery.Run]) -> gallery.Run:
         except VaegenError as exc:
             st.error(str(exc))
         requested = None
+    working = next((index for index, run in enumerate(runs) if run.error is None), 0)
     name = st.sidebar.radio(
         "Models",
         names,
-        index=names.index(requested) if requested else 0,
+        index=names.index(requested) if requested else working,
         captions=[gallery.summary(run) for run in runs],
         key="run",
     )
     st.query_params["run"] = name  # a link to this page opens this model
     run = runs[names.index(name)]
-    st.sidebar.markdown("\n".join(f"- **{label}**: {text}" for label, text in gallery.describe(run).items()))
+    rows = gallery.describe(run)
+    if rows:
+        st.sidebar.markdown("\n".join(f"- **{label}**: {text}" for label, text in rows.items()))
     return run
 
 
-def generate_tab(model, stem: str, choice: str | None) -> None:
+def generate_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
     all_rows = choice == gallery.ALL_CLASSES
+    limit = gallery.max_samples(choice)
     controls, picture = st.columns([1, 2], gap="large")
     with controls.form("generate"):
-        count = st.number_input("samples per class row" if all_rows else "samples", 1, 256, 16, key="count")
+        count = st.number_input("samples per class" if all_rows else "samples", 1, limit, 16, key="count")
         seed = st.number_input("seed", 0, 2**31 - 1, 0, key="seed")
-        temperature = st.slider("temperature (standard deviation of z)", 0.0, 2.0, 1.0, 0.05, key="temperature")
+        temperature = st.slider(gallery.temperature_label(model), 0.0, 2.0, 1.0, 0.05, key="temperature")
         if st.form_submit_button("Generate", type="primary", key="generate"):
-            # kept, so the grid stays while other widgets (download, tabs) rerun the page
-            st.session_state["generated"] = (int(count), int(seed), float(temperature))
-    if "generated" not in st.session_state:
-        picture.caption("Press Generate to draw samples from the prior.")
+            # kept, so the grid stays while other widgets (download, tabs) rerun the page; it names the model
+            # folder it was made for, so picking another model does not draw with these settings unasked
+            st.session_state["generated"] = (model_key[0], int(count), int(seed), float(temperature))
+    folder, count, seed, temperature = st.session_state.get("generated", (None, 0, 0, 0.0))
+    if folder != model_key[0]:
+        picture.caption(f"Press Generate to draw samples from {gallery.draws_from(model)}.")
         return
-    count, seed, temperature = st.session_state["generated"]
-    grid = gallery.sample_view(model, count, seed, temperature, choice)
-    label = f"{choice}, " if choice else ""
+    count = min(count, limit)  # a request made for one class may be larger than all classes allow
+    if all_rows:
+        label = f"{choice}, {plural(count, 'sample')} per class"
+    else:
+        label = f"{choice + ', ' if choice else ''}{plural(count, 'sample')}"
     with picture:
-        show(grid, f"{label}{count} samples, seed {seed}, temperature {temperature:g}",
+        show(samples_png(model_key, model, count, seed, temperature, choice), f"{label}, seed {seed}, temperature {temperature:g}",
              f"{stem}-samples-seed{seed}.png", key="download_samples")
 
 
-def interpolate_tab(model, stem: str, choice: str | None) -> None:
+def interpolate_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
     between = st.radio("between", ["two random latents", "two uploaded images"], horizontal=True, key="between")
     steps = st.slider("steps", 3, 16, 8, key="steps")
     if between == "two random latents":
-        seed = st.number_input("seed of the two latents", 0, 2**31 - 1, 0, key="interp_seed")
-        view = gallery.interpolation_view(model, steps, choice, seed=seed)
-        caption = f"{steps} steps between two prior draws (seed {seed})"
+        left, right = st.columns(2)
+        seed = left.number_input("seed of the two latents", 0, 2**31 - 1, 0, key="interp_seed")
+        temperature = right.slider(gallery.temperature_label(model), 0.0, 2.0, 1.0, 0.05, key="interp_temperature")
+        pictures = interpolation_png(model_key, model, steps, choice, seed, temperature)
+        caption = f"{steps} steps between two draws from {gallery.draws_from(model)} (seed {seed}, temperature {temperature:g})"
     else:
         left, right = st.columns(2)
         first = left.file_uploader("first image", UPLOAD_TYPES, key="interp_first")
@@ -93,28 +134,26 @@ def interpolate_tab(model, stem: str, choice: str | None) -> None:
             st.caption("Upload two images; each is resized and converted like the training data.")
             return
         try:
-            images = [gallery.prepare_upload(upload.getvalue(), model) for upload in (first, second)]
+            pictures = interpolation_png(model_key, model, steps, choice, uploads=(first.getvalue(), second.getvalue()))
         except VaegenError as exc:
             st.error(str(exc))
             return
-        view = gallery.interpolation_view(model, steps, choice, images=torch.cat(images))
         caption = f"{first.name} → {second.name}: the images at the ends, {steps} decoded steps between their codes"
-    show(view, caption, f"{stem}-interpolation.png", key="download_interpolation")
+    show(pictures, caption, f"{stem}-interpolation.png", key="download_interpolation")
 
 
-def reconstruct_tab(model, stem: str, choice: str | None) -> None:
+def reconstruct_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
     upload = st.file_uploader("an image", UPLOAD_TYPES, key="recon_upload")
     if upload is None:
         st.caption("Upload an image of any size or mode; it is resized and converted like the training data.")
         return
     try:
-        image = gallery.prepare_upload(upload.getvalue(), model)
+        pictures = reconstruction_png(model_key, model, upload.getvalue(), choice)
     except VaegenError as exc:
         st.error(str(exc))
         return
-    height, width = model.config.data.image_size
-    show(gallery.reconstruction_view(model, image, choice),
-         f"{upload.name} as the model sees it ({height}×{width}), and its reconstruction",
+    fitted = gallery.upload_fit(upload.getvalue(), model)
+    show(pictures, f"{upload.name} as the model sees it ({fitted}), and its reconstruction",
          f"{stem}-reconstruction.png", key="download_reconstruction")
 
 
@@ -126,7 +165,10 @@ def main() -> None:
     runs = gallery.find_runs(root)
     if not runs:
         st.title("vaegen gallery")
-        st.info(gallery.how_to_train(root))
+        if root.is_dir():
+            st.info(gallery.how_to_train(root))
+        else:  # most likely a mistyped --best-dir: a problem, not a fresh start
+            st.warning(gallery.how_to_train(root))
         return
     run = pick_run(root, runs)
     st.title(run.name)
@@ -134,7 +176,8 @@ def main() -> None:
         st.error(run.error)
         return
     try:
-        model = cached_model(str(run.path), (run.path / gallery.WEIGHTS).stat().st_mtime_ns)
+        model_key = (str(run.path), (run.path / gallery.WEIGHTS).stat().st_mtime_ns)
+        model = cached_model(*model_key)
     except (VaegenError, OSError) as exc:  # OSError: the folder vanished or became unreadable since the listing
         st.error(str(exc))
         return
@@ -144,11 +187,11 @@ def main() -> None:
     stem = run.path.name if run.name == "." else run.name.replace("/", "_")  # download file names
     generate, interpolate, reconstruct = st.tabs(["Generate", "Interpolate", "Reconstruct"])
     with generate:
-        generate_tab(model, stem, choice)
+        generate_tab(model, model_key, stem, choice)
     with interpolate:
-        interpolate_tab(model, stem, choice)
+        interpolate_tab(model, model_key, stem, choice)
     with reconstruct:
-        reconstruct_tab(model, stem, choice)
+        reconstruct_tab(model, model_key, stem, choice)
 
 
 main()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from test_train import tiny_config
 from vaegen.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +54,7 @@ def test_missing_data_root_exits_2(tmp_path):
     assert result.returncode == 2
     assert f"data.root {tmp_path / 'nowhere'} does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+    assert list((tmp_path / "logs").iterdir()) == []  # no empty run folder left behind for each typo
 
 
 def test_config_command_prints_effective_config():
@@ -63,6 +65,14 @@ def test_config_command_prints_effective_config():
     assert effective["data"]["image_size"] == [96, 96]
     assert effective["beta"] == {"schedule": "cyclic", "max": 4.0, "warmup": 10, "cycle": 20}
     assert effective["optim"]["lr"] == pytest.approx(2e-4)
+
+
+def test_config_command_notes_a_data_root_that_is_not_there(tmp_path):
+    """Valid as a config, but training would stop at once: said before training finds out."""
+    missing = run("config", "--config", str(REPO / "configs" / "train_apples.yaml"), "--set", f"data.root={tmp_path / 'nowhere'}")
+    assert missing.returncode == 0 and f"note: data.root {tmp_path / 'nowhere'} does not exist here yet" in missing.stderr
+    present = run("config", "--config", str(REPO / "configs" / "quickstart.yaml"), "--set", f"data.root={tmp_path}")
+    assert present.returncode == 0 and "note:" not in present.stderr
 
 
 @pytest.mark.parametrize("name", ["quickstart", "train_apples", "train_apples_cvae", "train_impressionism"])
@@ -94,17 +104,48 @@ def test_resume_of_a_run_without_its_config_says_where_the_copy_is(tmp_path, cap
     assert "--config" not in err  # the old advice (pass --config) is ignored when resuming
 
 
-@pytest.mark.parametrize(("command", "resume_hint"), [("train", True), ("config", False)])
-def test_ctrl_c_offers_resume_only_for_training(monkeypatch, capsys, command, resume_hint):
+@pytest.mark.parametrize("stop_in_epoch", [1, 3])
+def test_ctrl_c_names_the_run_to_resume_and_its_epoch(tmp_path, monkeypatch, capsys, stop_in_epoch):
+    import vaegen.train
+
+    real_epoch = vaegen.train.train_one_epoch
+
+    def epoch(*args, **kwargs):
+        if args[8] == stop_in_epoch:  # the epoch number
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(vaegen.train, "train_one_epoch", epoch)
+    assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 4}))]) == 130
+    err = capsys.readouterr().err
+    run = tmp_path / "logs" / "tiny"
+    if stop_in_epoch == 1:
+        assert f"interrupted. Nothing of {run} was saved yet" in err and "--resume" not in err
+    else:
+        assert f"interrupted. Continue with `vaegen train --resume {run}`: it picks up after epoch 2." in err
+
+
+def test_ctrl_c_outside_training_offers_no_resume(monkeypatch, capsys):
     import vaegen.cli
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(vaegen.cli.COMMANDS, command, interrupted)
-    assert main([command, "--config", "x.yaml"]) == 130
-    err = capsys.readouterr().err
-    assert err.startswith("interrupted.") and ("vaegen train --resume" in err) is resume_hint
+    monkeypatch.setitem(vaegen.cli.COMMANDS, "config", interrupted)
+    assert main(["config", "--config", "x.yaml"]) == 130
+    assert capsys.readouterr().err == "interrupted.\n"
+
+
+def test_resume_by_config_says_which_newer_run_had_nothing_to_resume(tmp_path, capsys):
+    config = tiny_config(tmp_path, train={"epochs": 1}, output={"run_name": None})
+    assert main(["train", "--config", str(config)]) == 0
+    logs = tmp_path / "logs"
+    (finished,) = logs.iterdir()
+    empty = logs / "tiny-20991231-235959"  # a later run stopped before its first checkpoint
+    empty.mkdir()
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--resume", "--set", "train.epochs=2"]) == 0
+    assert f"note: resuming {finished}; the newer {empty.name} has no checkpoint to resume from." in capsys.readouterr().err
 
 
 def test_train_without_config_exits_2(capsys):

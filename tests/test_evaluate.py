@@ -47,6 +47,11 @@ def test_vaegen_test_writes_every_file(trained, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "val" and metrics["num_images"] == 60
     assert metrics["nelbo"] == pytest.approx(metrics["recon"] + metrics["kl"])
+    # computed as training computes it (the same fixed noise): the number the run selected its model on
+    # (it once decoded the posterior mean instead, and disagreed with val_nelbo by 10-20 %)
+    selected = json.loads((tmp_path / "best" / "tiny" / "metrics.json").read_text())
+    assert selected["criterion"] == "val_nelbo" and metrics["nelbo"] == pytest.approx(selected["value"], rel=1e-5)
+    assert metrics["mse"] == pytest.approx(selected["metrics"]["val_mse"], rel=1e-5)
     assert metrics["fd_efficientnet_lite0"] > 0 and "kd_efficientnet_lite0" in metrics
     assert metrics["protocol"]["num_generated"] == 24 and metrics["protocol"]["num_real"] == 60
     assert metrics["protocol"]["backbone"] == "efficientnet-lite0" and metrics["protocol"]["feature_dim"] == 1280
@@ -216,3 +221,16 @@ def test_vaegen_test_refuses_a_network_listed_twice(trained, capsys):
         sets = [arg for setting in repeat.split() for arg in ("--set", setting)]
         assert main(["test", "--checkpoint", checkpoint, *sets]) == 2
         assert "repeats a network" in capsys.readouterr().err
+
+
+def test_vaegen_test_given_a_training_run_or_its_state_names_the_runs_model_folder(trained, capsys):
+    """logs/<run> and its checkpoints/last.pt are the usual mix-ups for best_models/<run>: last.pt was once
+    called a corrupt safetensors file, with advice to retrain."""
+    model_dir, _ = trained
+    run = model_dir / "logs" / "tiny"
+    for given, what in [(run, "a training run's log folder"),
+                        (run / "checkpoints" / "last.pt", "the training state that `vaegen train --resume` continues from")]:
+        assert main(["test", "--checkpoint", str(given)]) == 2
+        err = capsys.readouterr().err
+        assert f"{given} is {what}, not a model folder; pass the run's best model folder, {model_dir / 'best' / 'tiny'}," in err
+        assert "safetensors" not in err

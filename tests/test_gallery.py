@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import types
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,13 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from vaegen import gallery, samplers
-from vaegen.config import config_from_dict
+from vaegen import evaluate, gallery, samplers
+from vaegen.config import TestConfig, config_from_dict
 from vaegen.data import decode_image
 from vaegen.density import SAMPLER_FILE, fit_latent_gmm
 from vaegen.errors import CheckpointError, DataError
 from vaegen.models import build_model
-from vaegen.plots import image_grid, to_pil
+from vaegen.plots import BLOCK_COLUMNS, image_grid, labelled_rows, to_pil
 from vaegen.train import RunPaths, export_best
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +63,15 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image).astype(np.int16)
 
 
+def same_pixels(a: Image.Image, b: Image.Image) -> bool:
+    return a.size == b.size and np.array_equal(pixels(a.convert("RGB")), pixels(b.convert("RGB")))
+
+
+def ink_rows(page: Image.Image, left: int, right: int) -> np.ndarray:
+    """The rows of `page` with dark (text) pixels between columns left and right."""
+    return np.flatnonzero((pixels(page.convert("L"))[:, left:right] < 128).any(axis=1))
+
+
 # ---------------------------------------------------------------------------------------
 # Where the runs are
 
@@ -76,7 +86,7 @@ def test_checkpoint_root_prefers_the_argument_then_the_environment(monkeypatch, 
     assert gallery.checkpoint_root(["--best", "x"], tmp_path / "default") == tmp_path / "env"
 
 
-def test_find_runs_lists_nested_runs_newest_first(tmp_path):
+def test_find_runs_lists_nested_runs_newest_first_and_broken_ones_last(tmp_path):
     best = tmp_path / "best"
     make_run(best, "older")
     make_run(best, "sweep/trial_1")  # a sweep's bests one level deeper
@@ -90,6 +100,12 @@ def test_find_runs_lists_nested_runs_newest_first(tmp_path):
     assert [run.name for run in runs] == ["newest", "sweep/trial_1", "older"]
     assert all(run.error is None and run.metadata["classes"] == CLASSES for run in runs)
     assert gallery.find_runs(tmp_path / "missing") == []
+    # the newest weights, but unreadable: listed after every run that can be opened, not first
+    _truncate(make_run(best, "broken-newest"))
+    _truncate(make_run(best, "broken-older"))
+    os.utime(best / "broken-newest" / "model.safetensors", ns=(3_000_000_000_000_000_000,) * 2)
+    os.utime(best / "broken-older" / "model.safetensors", ns=(1_000_000_000_000_000_000,) * 2)
+    assert [run.name for run in gallery.find_runs(best)] == ["newest", "sweep/trial_1", "older", "broken-newest", "broken-older"]
 
 
 @pytest.mark.parametrize("name", ["../../etc", "..", "/etc", "ok/../../outside", "../best-sibling/run"])
@@ -128,7 +144,8 @@ def test_describe_reads_weights_metadata_metrics_and_fid_protocol(tmp_path):
     assert rows["classes"] == "3: Golden, Golden-Red, Red"
     assert rows["epoch"] == "5"
     assert rows["selected on"] == "val_nelbo = 123.5"
-    assert rows["FID"] == (
+    assert "FID" not in rows  # efficientnet features: a Fréchet distance, not FID
+    assert rows["Fréchet distance"] == (
         "fd_efficientnet_lite0 = 45.68 (efficientnet-lite0 features (1280-d), 500 generated vs 240 real train images "
         "at 16×16, prior sampler, T=1.0)"
     )
@@ -140,8 +157,25 @@ def test_describe_reads_weights_metadata_metrics_and_fid_protocol(tmp_path):
 def test_describe_without_fid_says_it_was_not_measured(tmp_path):
     make_run(tmp_path, "run", channels=1)
     rows = gallery.describe(gallery.read_run(tmp_path, "run"))
-    assert rows["FID"] == "not measured (eval.backbone: none)"
+    assert rows["Fréchet distance"] == "not measured (eval.backbone: none)" and "FID" not in rows
     assert rows["image size"] == "16×16, grayscale"
+
+
+def test_only_inception_distances_are_called_fid(tmp_path):
+    folder = make_run(tmp_path, "run", fid=45.678)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["metrics"] = {"fid_inception": 12.34}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    rows = gallery.describe(gallery.read_run(tmp_path, "run"))
+    assert rows["FID"].startswith("fid_inception = 12.34 (") and "Fréchet distance" not in rows
+    assert [gallery.distance_label(name) for name in ["fid_inception", "fd_dinov2", None]] == ["FID", "Fréchet distance", "Fréchet distance"]
+
+
+def test_an_unconditional_model_does_not_offer_its_classes(tmp_path):
+    make_run(tmp_path, "run")
+    run = gallery.read_run(tmp_path, "run")
+    assert gallery.describe(run)["classes"] == "3 in the training data (Golden, Golden-Red, Red); the model is unconditional"
+    assert gallery.summary(run) == "apples_sample · 16×16 · unconditional · epoch 5"
 
 
 def _truncate(folder: Path) -> None:
@@ -173,14 +207,23 @@ def test_broken_runs_are_listed_with_the_reason(tmp_path, damage, message):
     runs = {run.name: run for run in gallery.find_runs(tmp_path)}
     assert runs["good"].error is None
     assert message in runs["broken"].error
-    assert gallery.describe(runs["broken"]) == {"error": runs["broken"].error}
-    assert gallery.summary(runs["broken"]).startswith("cannot be opened: ")
+    # the main page shows the error, once: the sidebar says only that the run cannot be opened
+    assert gallery.describe(runs["broken"]) == {}
+    assert gallery.summary(runs["broken"]) == "cannot be opened (select it to see why)"
 
 
 def test_how_to_train_shows_the_readme_quickstart_command(tmp_path):
     text = gallery.how_to_train(tmp_path)
-    assert f"```bash\n{gallery.QUICKSTART}\n```" in text and str(tmp_path) in text
+    assert f"```bash\n{gallery.QUICKSTART}\n```" in text and text.startswith(f"No trained models under `{tmp_path}` yet.")
     assert gallery.QUICKSTART in (REPO / "README.md").read_text()  # the page and the README name the same command
+
+
+def test_how_to_train_says_when_the_root_does_not_exist(tmp_path):
+    text = gallery.how_to_train(tmp_path / "bets_models")  # a typo must not read as "no models yet"
+    assert text.startswith(f"`{tmp_path / 'bets_models'}` does not exist;") and "No trained models" not in text
+    assert gallery.QUICKSTART in text
+    (tmp_path / "file").write_text("")
+    assert gallery.how_to_train(tmp_path / "file").startswith(f"`{tmp_path / 'file'}` is not a folder;")
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,16 +232,16 @@ def test_how_to_train_shows_the_readme_quickstart_command(tmp_path):
 
 def test_sample_view_is_a_grid_reproducible_by_seed(models):
     model = models["plain"]
-    grid = gallery.sample_view(model, 6, seed=7, temperature=1.0)
+    grid = gallery.sample_view(model, 6, seed=7, temperature=1.0).render()
     assert grid.size == (3 * 18 + 2, 2 * 18 + 2)  # 6 images of 16 px: 3 per row, 2 px padding
-    assert np.array_equal(pixels(grid), pixels(gallery.sample_view(model, 6, seed=7, temperature=1.0)))
-    assert not np.array_equal(pixels(grid), pixels(gallery.sample_view(model, 6, seed=8, temperature=1.0)))
+    assert np.array_equal(pixels(grid), pixels(gallery.sample_view(model, 6, seed=7, temperature=1.0).render()))
+    assert not np.array_equal(pixels(grid), pixels(gallery.sample_view(model, 6, seed=8, temperature=1.0).render()))
     expected = to_pil(image_grid(model.sample(6, seed=7, temperature=0.5)))
-    assert np.array_equal(pixels(gallery.sample_view(model, 6, seed=7, temperature=0.5)), pixels(expected))
+    assert np.array_equal(pixels(gallery.sample_view(model, 6, seed=7, temperature=0.5).render()), pixels(expected))
 
 
 def test_temperature_zero_decodes_the_mean_code_everywhere(models):
-    grid = pixels(gallery.sample_view(models["plain"], 4, seed=1, temperature=0.0))
+    grid = pixels(gallery.sample_view(models["plain"], 4, seed=1, temperature=0.0).render())
     tiles = [grid[2 + 18 * r : 18 + 18 * r, 2 + 18 * c : 18 + 18 * c] for r in range(2) for c in range(2)]
     assert all(np.array_equal(tile, tiles[0]) for tile in tiles)
 
@@ -207,20 +250,110 @@ def test_one_class_is_that_class_and_all_classes_are_labelled_rows(models):
     model = models["cvae"]
     assert gallery.class_choices(model) == [*CLASSES, gallery.ALL_CLASSES]
     assert gallery.class_choices(models["plain"]) == []
-    red = gallery.sample_view(model, 4, seed=2, temperature=1.0, choice="Red")
+    red = gallery.sample_view(model, 4, seed=2, temperature=1.0, choice="Red").render()
     assert np.array_equal(pixels(red), pixels(to_pil(image_grid(model.sample(4, labels=2, seed=2)))))
 
-    page = gallery.sample_view(model, 4, seed=2, temperature=1.0, choice=gallery.ALL_CLASSES)
+    page = gallery.sample_view(model, 4, seed=2, temperature=1.0, choice=gallery.ALL_CLASSES).render()
     margin = page.width - (4 * 18 + 2)
-    assert margin == 8 + 7 * len("Golden-Red") and page.height == 3 * 18 + 2
+    assert margin > 0 and page.height == 3 * 18 + 2  # up to BLOCK_COLUMNS samples: one row per class, no gap
     body = pixels(page)[:, margin:]
     z = torch.randn(4, model.latent_dim, generator=torch.Generator().manual_seed(2))
     for k in range(3):  # row k: the same four codes decoded as class k
         expected = pixels(to_pil(image_grid(model.decode(z, torch.full((4,), k)), nrow=4)).convert("RGB"))
         assert np.array_equal(body[18 * k : 18 * k + 20], expected)
-        assert (pixels(page)[18 * k + 4 : 18 * k + 16, :margin] < 128).any(), f"row {k} has no label"
+        assert len(ink_rows(page.crop((0, 18 * k + 2, margin, 18 * k + 18)), 0, margin)), f"row {k} has no label"
     with pytest.raises(ValueError, match="'Green' is not a class"):
         gallery.sample_view(model, 4, 0, 1.0, choice="Green")
+
+
+def test_all_classes_wrap_each_class_into_a_labelled_block(models):
+    """16 samples per class once made one 16-tile row per class (624x104 at 32 px), which the browser shrank to
+    a strip of 30 px tiles; each class is now a block of BLOCK_COLUMNS columns, its name centred on it."""
+    model = models["cvae"]
+    assert BLOCK_COLUMNS == 8
+    picture = gallery.sample_view(model, 16, seed=2, temperature=1.0, choice=gallery.ALL_CLASSES)
+    assert picture.columns == BLOCK_COLUMNS and picture.names == tuple(CLASSES)
+    page = picture.render()
+    block = 2 * 18 + 2  # two rows of 16 px tiles with their padding
+    margin = page.width - (8 * 18 + 2)
+    assert margin > 0
+    gaps = page.height - (3 * block - 2 * 2)  # three blocks, sharing their padding as rows do, and two gaps
+    gap = gaps // 2
+    assert gap > 0 and gaps == 2 * gap
+    step = block - 2 + gap
+    z = torch.randn(16, model.latent_dim, generator=torch.Generator().manual_seed(2))
+    for k in range(3):
+        top = k * step
+        expected = pixels(to_pil(image_grid(model.decode(z, torch.full((16,), k)), nrow=8)).convert("RGB"))
+        assert np.array_equal(pixels(page)[top : top + block, margin:], expected)  # samples 9-16 on the second row
+        ink = ink_rows(page.crop((0, top, margin, top + block)), 0, margin)
+        assert abs((ink.min() + ink.max()) / 2 - block / 2) <= 2, f"class {k}'s name is not centred on its block"
+        if k:  # a rule across the gap above the block, the names' margin included
+            assert (pixels(page)[top - gap : top + 2, : margin // 2] < 250).any()
+    assert len(gallery.sample_view(model, 64, 0, 1.0, gallery.ALL_CLASSES).images) == 3 * 64
+    assert (gallery.max_samples(gallery.ALL_CLASSES), gallery.max_samples("Red"), gallery.max_samples(None)) == (64, 256, 256)
+
+
+def test_vaegen_test_per_class_png_wraps_the_same_way(models, tmp_path):
+    model = models["cvae"]
+    path = evaluate._per_class(model, TestConfig(grid=16, seed=2), tmp_path / "per_class.png")
+    expected = gallery.sample_view(model, 16, seed=2, temperature=1.0, choice=gallery.ALL_CLASSES).render()
+    with Image.open(path) as written:
+        assert same_pixels(written, expected) and written.height > 3 * 2 * 18  # blocks of two rows, labelled
+
+
+def test_labels_are_drawn_after_scaling(models):
+    """Nearest-neighbour enlargement of a 10 px label made blocky text; the names are drawn at the display scale."""
+    picture = gallery.sample_view(models["cvae"], 4, seed=2, temperature=1.0, choice=gallery.ALL_CLASSES)
+    small, big = picture.render(1), picture.render(6)
+    small_margin, big_margin = small.width - (4 * 18 + 2), big.width - 6 * (4 * 18 + 2)
+    assert big.height == 6 * small.height
+    body = small.crop((small_margin, 0, small.width, small.height))
+    assert np.array_equal(pixels(big.crop((big_margin, 0, big.width, big.height))),
+                          pixels(body.resize((6 * body.width, 6 * body.height), Image.Resampling.NEAREST)))
+    ink = ink_rows(big.crop((0, 0, big_margin, 6 * 18)), 0, big_margin)
+    assert 8 <= ink.max() - ink.min() <= 24  # text of a readable size, not a 6x enlarged bitmap
+    gray = np.asarray(big.convert("L"))[:6 * 18, :big_margin]
+    assert ((gray > 40) & (gray < 215)).any()  # anti-aliased edges: drawn, not blown up
+    assert big_margin < 6 * small_margin
+
+
+def test_labelled_rows_keeps_a_path_on_one_row():
+    images = torch.rand(3 * 12, 3, 16, 16)
+    assert labelled_rows(images, ["a", "b", "c"]).height == 3 * 18 + 2  # no columns: one row per name
+    wrapped = labelled_rows(images, ["a", "b", "c"], columns=BLOCK_COLUMNS)
+    assert wrapped.height > 2 * 3 * 18
+
+
+def test_screen_scale_follows_the_tile_size_within_limits():
+    """The old factor, 512 // width, never enlarged anything wider than 256 px: an 8-step interpolation of a 32 px
+    model (274 px wide) was shown at 32 px per tile, and a 64-sample grid smaller than a 16-sample one."""
+    def picture(count: int, size: int, columns: int | None = None) -> gallery.Picture:
+        return gallery.Picture(torch.rand(count, 3, size, size), columns)
+
+    interpolation = picture(8, 32, columns=8)
+    assert interpolation.render().width == 274
+    assert interpolation.screen_scale() == 3 and interpolation.render(3).size == (3 * 274, 3 * 34 + 6)
+    assert picture(64, 32).screen_scale() == picture(16, 32).screen_scale() == 3  # tiles of 96 px either way
+    assert picture(16, 16).screen_scale() == 6 and picture(4, 128).screen_scale() == 1
+    wide = picture(256, 32, columns=64)  # 2178 px at scale 1: not enlarged
+    assert wide.screen_scale() == 1
+    assert picture(256, 32).render(picture(256, 32).screen_scale()).width <= gallery.SCREEN_MAX_WIDTH
+    tall = picture(960, 16, columns=8)  # 146 x 2162 px: 6x would be 21 Mpx
+    scale = tall.screen_scale()
+    width, height = tall.render().size
+    assert 1 <= scale < 6 and width * height * scale**2 <= gallery.SCREEN_MAX_PIXELS
+    big = interpolation.render(3)
+    assert big.getpixel((6, 6)) == interpolation.render().getpixel((2, 2))  # whole pixels, no blur
+    assert big.getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_sampler_wording(models):
+    model = models["plain"]
+    assert gallery.draws_from(model) == "the prior" and gallery.temperature_label(model) == "temperature (standard deviation of z)"
+    with_mixture = types.SimpleNamespace(latent_density=object())  # what vaegen.load attaches when the run has a mixture
+    assert gallery.draws_from(with_mixture) == "the latent mixture"
+    assert gallery.temperature_label(with_mixture) == "temperature (spread of the codes)"
 
 
 def test_slerp_keeps_the_norm_where_lerp_shrinks_it():
@@ -243,21 +376,41 @@ def test_slerp_keeps_the_norm_where_lerp_shrinks_it():
 
 def test_interpolation_between_random_latents(models):
     model = models["plain"]
-    row = gallery.interpolation_view(model, steps=5, seed=4)
+    row = gallery.interpolation_view(model, steps=5, seed=4).render()
     assert row.size == (5 * 18 + 2, 18 + 2)
-    assert np.array_equal(pixels(row), pixels(gallery.interpolation_view(model, steps=5, seed=4)))
+    assert np.array_equal(pixels(row), pixels(gallery.interpolation_view(model, steps=5, seed=4).render()))
+    hotter = gallery.interpolation_view(model, steps=5, seed=4, temperature=1.5).render()
+    assert not np.array_equal(pixels(row), pixels(hotter))
     ends = torch.randn(2, model.latent_dim, generator=torch.Generator().manual_seed(4))
     first_and_last = to_pil(image_grid(model.decode(ends), nrow=2))
     assert np.array_equal(pixels(row)[:, :18], pixels(first_and_last)[:, :18])  # step 0 is the first draw
     assert np.array_equal(pixels(row)[:, -18:], pixels(first_and_last)[:, -18:])  # the last step is the second
 
 
+def test_random_interpolation_draws_its_ends_from_the_latent_mixture(tmp_path):
+    """The ends once came from N(0, I) whatever the checkpoint shipped; they come from its mixture, per class."""
+    folder = make_run(tmp_path, "cvae", conditional="onehot")
+    codes = torch.randn(60, 8, generator=torch.Generator().manual_seed(0)) * 0.1 + 3.0
+    fit_latent_gmm(codes, torch.arange(60) % 3, 3, 2, "full", seed=0).save(folder / SAMPLER_FILE, {})
+    model = gallery.load_model(folder)
+    assert model.latent_density is not None
+    page = gallery.interpolation_view(model, steps=3, choice=gallery.ALL_CLASSES, seed=5, temperature=0.5)
+    for k in range(3):
+        ends = model.latent_density.sample(2, torch.Generator().manual_seed(5), torch.tensor(k), 0.5)
+        path = model.decode(samplers.slerp(ends[0], ends[1], torch.linspace(0, 1, 3)), k)
+        assert torch.allclose(page.images[3 * k : 3 * k + 3], path)
+    red = gallery.interpolation_view(model, 3, "Red", seed=5, temperature=0.5).images
+    assert torch.allclose(red, page.images[6:9])
+    model.latent_density = None  # the prior's ends: another path
+    assert not torch.allclose(gallery.interpolation_view(model, 3, "Red", seed=5, temperature=0.5).images, red)
+
+
 def test_interpolation_between_images_shows_them_at_the_ends(models):
     model = models["cvae"]
     images = torch.stack([torch.full((3, 16, 16), 0.2), torch.full((3, 16, 16), 0.9)])
-    page = gallery.interpolation_view(model, steps=4, choice=gallery.ALL_CLASSES, images=images)
+    page = gallery.interpolation_view(model, steps=4, choice=gallery.ALL_CLASSES, images=images).render()
     margin = page.width - (6 * 18 + 2)
-    assert margin > 0 and page.height == 3 * 18 + 2
+    assert margin > 0 and page.height == 3 * 18 + 2  # a path is one row per class, never wrapped
     tile = pixels(page)[2:18, margin + 2 : margin + 18]
     assert (tile == round(0.2 * 255)).all()  # the first uploaded image opens each row
     tile = pixels(page)[2 + 36 : 18 + 36, -18:-2]
@@ -286,28 +439,38 @@ def test_uploads_are_converted_and_resized_like_training_data(models, tmp_path):
     assert gray.shape == (1, 3, 16, 16) and torch.allclose(gray, torch.full_like(gray, 64 / 255))
     cmyk = gallery.prepare_upload(_png(Image.new("CMYK", (33, 17), (0, 0, 0, 0)), "JPEG"), model)
     assert cmyk.shape == (1, 3, 16, 16) and cmyk.min() > 0.95
-    with pytest.raises(DataError, match="not an image that can be read"):
+    with pytest.raises(DataError, match="not an image that can be read") as error:
         gallery.prepare_upload(b"GIF89a but not really", model)
+    # PIL's message named the upload "<_io.BytesIO object at 0x7f...>"
+    assert "0x" not in str(error.value) and "BytesIO" not in str(error.value)
+    assert str(error.value) == ("the uploaded file is not an image that can be read (cannot identify image file); "
+                                "upload a PNG, JPEG, WebP, BMP or TIFF file.")
+
+
+@pytest.mark.parametrize("size, resize, text", [
+    ((2000, 100), "center_crop", "center-cropped and resized from 2000×100 to 16×16"),
+    ((2000, 100), "stretch", "stretched from 2000×100 to 16×16"),
+    ((64, 64), "center_crop", "resized from 64×64 to 16×16"),
+    ((16, 16), "stretch", "16×16, as uploaded"),
+])
+def test_upload_fit_says_how_the_upload_was_fitted(tmp_path, size, resize, text):
+    model = gallery.load_model(make_run(tmp_path, "run", resize=resize))
+    assert gallery.upload_fit(_png(Image.new("RGB", size, "red")), model) == text
 
 
 def test_reconstruction_pairs_the_image_with_its_reconstruction(models):
     model = models["cvae"]
     x = gallery.prepare_upload(_png(Image.new("RGB", (16, 16), (200, 40, 40))), model)
-    pair = gallery.reconstruction_view(model, x, choice="Golden")
+    pair = gallery.reconstruction_view(model, x, choice="Golden").render()
     assert pair.size == (2 * 18 + 2, 18 + 2)
     expected = to_pil(image_grid(torch.cat([x, model.reconstruct(x, torch.tensor([0]))]), nrow=2))
     assert np.array_equal(pixels(pair), pixels(expected))
-    every_class = gallery.reconstruction_view(model, x, choice=gallery.ALL_CLASSES)
+    every_class = gallery.reconstruction_view(model, x, choice=gallery.ALL_CLASSES).render()
     assert every_class.height == 3 * 18 + 2
 
 
-def test_enlarge_and_png_bytes():
+def test_png_bytes():
     small = Image.new("RGB", (56, 38), (10, 20, 30))
-    small.putpixel((0, 0), (255, 255, 255))
-    big = gallery.enlarge(small, max_width=512)
-    assert big.size == (9 * 56, 9 * 38)
-    assert big.getpixel((8, 8)) == (255, 255, 255) and big.getpixel((9, 9)) == (10, 20, 30)  # whole pixels, no blur
-    assert gallery.enlarge(big, max_width=512) is big
     again = Image.open(io.BytesIO(gallery.png_bytes(small)))
     assert again.format == "PNG" and np.array_equal(np.asarray(again), np.asarray(small))
 

@@ -221,6 +221,32 @@ def test_sample_checks_labels_the_same_way_from_the_prior_and_from_a_mixture(mix
     assert cond.sample(0, labels=[], seed=0).shape == (0, 3, 32, 32)
 
 
+@pytest.mark.parametrize("conditional", ["onehot", "embedding"])
+def test_encode_decode_and_reconstruct_take_class_names_as_sample_does(conditional):
+    """The error for missing labels offers names, so every method that takes labels takes them."""
+    torch.manual_seed(0)
+    cond = make(num_classes=3, conditional=conditional).eval()
+    cond.classes = ["Golden", "Golden-Red", "Red"]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(cond.encode(x, "Red")[0], cond.encode(x, 2)[0])
+        assert torch.equal(cond.reconstruct(x, ["Red", "Golden"]), cond.reconstruct(x, torch.tensor([2, 0])))
+        z = torch.randn(2, 8)
+        assert torch.equal(cond.decode(z, "Golden-Red"), cond.decode(z, [1, 1]))
+    with pytest.raises(ValueError, match="'Green' is not a class of this model"):
+        cond.encode(x, "Green")
+
+
+def test_images_or_codes_of_the_wrong_shape_are_named():
+    model = make().eval()
+    with pytest.raises(ValueError, match=r"takes images of shape \[N, 3, 32, 32\] in \[0, 1\]; got \[2, 3, 64, 64\]; resize them to 32x32"):
+        model.reconstruct(torch.rand(2, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"got \[3, 32, 32\]"):  # one image without its batch dimension
+        model.encode(torch.rand(3, 32, 32))
+    with pytest.raises(ValueError, match=r"decodes latent codes of shape \[N, 8\]; got \[2, 16\]"):
+        model.decode(torch.randn(2, 16))
+
+
 @pytest.mark.parametrize("mixture", [False, True], ids=["prior", "mixture"])
 def test_sample_refuses_labels_for_an_unconditional_model_and_bad_counts_or_temperatures(mixture):
     model = make().eval()

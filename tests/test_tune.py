@@ -311,3 +311,18 @@ def test_sweep_joins_a_running_cluster_with_address(tmp_path):
     (row,) = read_summary(tmp_path)
     assert row["status"] == "finished" and float(row["best_fd_efficientnet_lite0"]) > 0
     assert (tmp_path / "best" / "tiny-best" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "labels"),
+    [
+        (1.25e-3, 3.8e-3, ["0.002", "0.003"]),  # within a decade: matplotlib's log axis labelled nothing here
+        (4e-4, 3e-3, ["0.0005", "0.001", "0.002"]),
+        (1e-4, 1e-2, ["0.0001", "0.0005", "0.002", "0.01"]),  # thinned to at most five
+        (2e-4, 2e-4, ["0.0002"]),
+    ],
+)
+def test_log_axes_of_the_sweep_plot_get_round_labelled_ticks(low, high, labels):
+    from vaegen.tune import round_log_ticks
+
+    assert [f"{tick:g}" for tick in round_log_ticks(low, high)] == labels

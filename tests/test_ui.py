@@ -29,6 +29,7 @@ from vaegen import gallery  # noqa: E402
 from vaegen.checkpoint import read_model_metadata, save_model  # noqa: E402
 from vaegen.cli import main  # noqa: E402
 from vaegen.config import ModelConfig  # noqa: E402
+from vaegen.density import SAMPLER_FILE, fit_latent_gmm  # noqa: E402
 from vaegen.models import build_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,8 +79,13 @@ def fetched(media, url: str) -> Image.Image:
 
 def shown(at: AppTest, media, caption_start: str) -> Image.Image:
     """The one picture whose caption starts with `caption_start`, as the page displays it (enlarged)."""
-    (url,) = [image.value[0] for image in at.image if image.captions[0].startswith(caption_start)]
+    (url,) = [image.value[0] for image in at.image if image.proto.imgs[0].alt.startswith(caption_start)]
+    assert any(caption.value.startswith(caption_start) for caption in at.caption)  # the caption under it
     return fetched(media, url)
+
+
+def on_screen(picture: gallery.Picture) -> Image.Image:
+    return picture.render(picture.screen_scale())
 
 
 def downloaded(at: AppTest, media, key: str) -> Image.Image:
@@ -94,6 +100,18 @@ def png(image: Image.Image, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def sidebar_text(at: AppTest) -> str:
+    return "\n".join(block.value for block in at.sidebar.markdown)
+
+
+def with_mixture(best: Path, root: Path) -> Path:
+    """A copy of the `cvae` run that ships a latent mixture (vaegen.load attaches it; Generate draws from it)."""
+    shutil.copytree(best / "cvae", root / "cvae-gmm")
+    codes = torch.randn(60, 8, generator=torch.Generator().manual_seed(0))
+    fit_latent_gmm(codes, torch.arange(60) % 3, 3, 2, "full", seed=0).save(root / "cvae-gmm" / SAMPLER_FILE, {})
+    return root / "cvae-gmm"
 
 
 def generate(at: AppTest, count: int, seed: int, temperature: float = 1.0) -> AppTest:
@@ -121,14 +139,15 @@ def test_sidebar_lists_every_run_with_its_metadata(best, monkeypatch):
     assert radio.options == ["cvae", "plain"]  # newest first
     assert radio.value == "cvae" and at.query_params["run"] == "cvae"
     assert list(radio.proto.captions) == [gallery.summary(gallery.read_run(best, name)) for name in radio.options]
-    assert list(radio.proto.captions)[1].startswith("apples_sample · 16×16 · 3 classes · epoch 2")
+    assert list(radio.proto.captions)[0].startswith("apples_sample · 16×16 · 3 classes · epoch 2")
+    assert list(radio.proto.captions)[1].startswith("apples_sample · 16×16 · unconditional · epoch 2")
 
     radio.set_value("plain").run()
     (text,) = [block.value for block in at.sidebar.markdown if "**dataset**" in block.value]
     assert "- **image size**: 16×16, RGB" in text
-    assert "- **classes**: 3: Golden, Golden-Red, Red" in text
+    assert "- **classes**: 3 in the training data (Golden, Golden-Red, Red); the model is unconditional" in text
     assert "- **epoch**: 2" in text and "- **selected on**: val_nelbo = " in text
-    assert "- **FID**: not measured" in text
+    assert "- **Fréchet distance**: not measured" in text and "FID" not in text
     assert "- **model**: conv_vae, latent 8, widths [8, 16], conditional none" in text
     assert at.title[0].value == "plain" and at.query_params["run"] == "plain"
     assert not at.selectbox  # no class selector for an unconditional model
@@ -138,31 +157,38 @@ def test_sidebar_shows_fid_with_its_protocol(tmp_path, monkeypatch):
     make_run(tmp_path, "scored", fid=45.678)
     at = app(tmp_path, monkeypatch)
     (text,) = [block.value for block in at.sidebar.markdown if "**dataset**" in block.value]
-    assert "- **FID**: fd_efficientnet_lite0 = 45.68 (efficientnet-lite0 features (1280-d), 500 generated" in text
+    # efficientnet features: training says these are not FID values, and so does the page
+    assert "- **Fréchet distance**: fd_efficientnet_lite0 = 45.68 (efficientnet-lite0 features (1280-d), 500 generated" in text
+    assert "FID" not in text
 
 
 def test_generate_same_seed_same_image_and_download_png(best, monkeypatch, media):
     at = app(best, monkeypatch, run="plain")
-    assert not at.image or all(not image.captions[0].endswith("temperature 1") for image in at.image)
+    assert not [caption for caption in at.caption if caption.value.endswith("temperature 1")]
+    assert "Press Generate to draw samples from the prior." in [caption.value for caption in at.caption]
+    assert at.slider(key="temperature").label == "temperature (standard deviation of z)"
     generate(at, count=6, seed=7)
     model = vaegen.load(best / "plain")
-    expected = gallery.sample_view(model, 6, 7, 1.0)
+    expected = gallery.sample_view(model, 6, 7, 1.0).render()
     assert expected.size == (3 * 18 + 2, 2 * 18 + 2)
     assert same(downloaded(at, media, "download_samples"), expected)  # the download is the grid at model resolution
     assert media[Path(at.download_button(key="download_samples").proto.url).stem][1] == "plain-samples-seed7.png"
     first = shown(at, media, "6 samples, seed 7")
-    assert same(first, gallery.enlarge(expected)) and first.width == 9 * expected.width  # enlarged to fit 512 px
+    assert same(first, on_screen(gallery.sample_view(model, 6, 7, 1.0)))
+    assert first.width == 6 * expected.width  # 16 px tiles shown about 96 px tall
 
     generate(at, count=6, seed=7)
     assert same(shown(at, media, "6 samples, seed 7"), first)
     generate(at, count=6, seed=8)
     assert not same(shown(at, media, "6 samples, seed 8"), first)
     generate(at, count=6, seed=8, temperature=0.0)  # every sample decodes z = 0
-    assert same(downloaded(at, media, "download_samples"), gallery.sample_view(model, 6, 0, 0.0))
+    assert same(downloaded(at, media, "download_samples"), gallery.sample_view(model, 6, 0, 0.0).render())
 
     at.download_button(key="download_samples").click().run()  # downloading keeps the grid on the page
     assert not at.exception
-    assert same(shown(at, media, "6 samples, seed 8, temperature 0"), gallery.enlarge(gallery.sample_view(model, 6, 8, 0.0)))
+    assert same(shown(at, media, "6 samples, seed 8, temperature 0"), on_screen(gallery.sample_view(model, 6, 8, 0.0)))
+    generate(at, count=1, seed=8)
+    assert shown(at, media, "1 sample, seed 8, temperature 1")
 
 
 def test_class_selector_one_class_and_all_classes(best, monkeypatch, media):
@@ -172,17 +198,26 @@ def test_class_selector_one_class_and_all_classes(best, monkeypatch, media):
     model = vaegen.load(best / "cvae")
 
     selector.set_value("Red").run()
+    assert at.number_input(key="count").proto.max == 256
     generate(at, count=4, seed=3)
-    assert same(downloaded(at, media, "download_samples"), gallery.sample_view(model, 4, 3, 1.0, "Red"))
-    assert not same(downloaded(at, media, "download_samples"), gallery.sample_view(model, 4, 3, 1.0, "Golden"))
+    assert same(downloaded(at, media, "download_samples"), gallery.sample_view(model, 4, 3, 1.0, "Red").render())
+    assert not same(downloaded(at, media, "download_samples"), gallery.sample_view(model, 4, 3, 1.0, "Golden").render())
 
     at.selectbox(key="class").set_value("all classes").run()
-    assert at.number_input(key="count").label == "samples per class row"
-    generate(at, count=4, seed=3)
+    count = at.number_input(key="count")
+    assert count.label == "samples per class" and count.proto.max == 64
+    generate(at, count=16, seed=3)
     page = downloaded(at, media, "download_samples")
-    assert same(page, gallery.sample_view(model, 4, 3, 1.0, gallery.ALL_CLASSES))
-    assert page.height == 3 * 18 + 2 and page.width > 4 * 18 + 2  # three rows, names in a left margin
-    assert shown(at, media, "all classes, 4 samples, seed 3")
+    assert same(page, gallery.sample_view(model, 16, 3, 1.0, gallery.ALL_CLASSES).render())
+    # each class a labelled block of 8 columns and 2 rows (once one 16-tile row), names in a left margin
+    assert page.height > 3 * (2 * 18) and 8 * 18 + 2 < page.width < 16 * 18 + 2
+    screen = shown(at, media, "all classes, 16 samples per class, seed 3")
+    assert screen.height == 6 * page.height  # 16 px tiles shown 96 px tall
+
+    at.selectbox(key="class").set_value("Red").run()
+    generate(at, count=256, seed=3)
+    at.selectbox(key="class").set_value("all classes").run()  # 256 asked for one class: all classes draw 64 each
+    assert shown(at, media, "all classes, 64 samples per class, seed 3")
 
 
 def test_interpolation_between_random_latents_and_uploaded_images(best, monkeypatch, media):
@@ -191,9 +226,13 @@ def test_interpolation_between_random_latents_and_uploaded_images(best, monkeypa
     at.slider(key="steps").set_value(5)
     at.number_input(key="interp_seed").set_value(3).run()
     row = downloaded(at, media, "download_interpolation")
-    assert same(row, gallery.interpolation_view(model, 5, seed=3)) and row.size == (5 * 18 + 2, 20)
+    assert same(row, gallery.interpolation_view(model, 5, seed=3).render()) and row.size == (5 * 18 + 2, 20)
+    assert shown(at, media, "5 steps between two draws from the prior (seed 3, temperature 1)").width == 6 * row.width
     at.number_input(key="interp_seed").set_value(4).run()
     assert not same(downloaded(at, media, "download_interpolation"), row)
+    assert at.slider(key="interp_temperature").value == 1.0
+    at.slider(key="interp_temperature").set_value(0.5).run()
+    assert same(downloaded(at, media, "download_interpolation"), gallery.interpolation_view(model, 5, seed=4, temperature=0.5).render())
 
     at.radio(key="between").set_value("two uploaded images").run()
     assert "download_interpolation" not in [button.key for button in at.download_button]  # waits for two images
@@ -206,7 +245,7 @@ def test_interpolation_between_random_latents_and_uploaded_images(best, monkeypa
         model, 5, images=torch.cat([gallery.prepare_upload(first, model), gallery.prepare_upload(second, model)])
     )
     row = downloaded(at, media, "download_interpolation")
-    assert same(row, expected) and row.size == (7 * 18 + 2, 20)  # the two images at the ends, 5 steps between
+    assert same(row, expected.render()) and row.size == (7 * 18 + 2, 20)  # the two images at the ends, 5 steps between
     assert np.asarray(row)[9, 9].tolist() == [220, 30, 30]  # the first tile is the uploaded red image
     assert shown(at, media, "red.png → gray.png")
 
@@ -220,27 +259,42 @@ def test_reconstruction_of_an_upload_of_any_size_and_mode(best, monkeypatch, med
     at.file_uploader(key="recon_upload").upload("apple.png", data, "image/png").run()
     assert not at.exception, at.exception
     pair = downloaded(at, media, "download_reconstruction")
-    assert same(pair, gallery.reconstruction_view(model, gallery.prepare_upload(data, model), "Golden"))
+    assert same(pair, gallery.reconstruction_view(model, gallery.prepare_upload(data, model), "Golden").render())
     assert pair.size == (2 * 18 + 2, 20)
-    assert shown(at, media, "apple.png as the model sees it (16×16)")
+    assert shown(at, media, "apple.png as the model sees it (center-cropped and resized from 50×30 to 16×16), and its reconstruction")
 
     at.selectbox(key="class").set_value("all classes").run()
     assert downloaded(at, media, "download_reconstruction").height == 3 * 18 + 2  # one pair per class
 
     at.file_uploader(key="recon_upload").set_value(("notes.png", b"not an image at all", "image/png")).run()
     assert not at.exception
-    assert any("not an image that can be read" in error.value for error in at.error)
+    (error,) = [error.value for error in at.error]
+    assert "not an image that can be read" in error and "upload a PNG, JPEG" in error
+    assert "0x" not in error and "BytesIO" not in error  # no Python object reprs
     assert at.button(key="generate")  # the rest of the page still works
 
 
-@pytest.mark.parametrize("folder", ["empty", "missing"])
-def test_empty_root_shows_how_to_train_one(tmp_path, monkeypatch, folder):
-    if folder == "empty":
-        (tmp_path / folder).mkdir()
-    at = app(tmp_path / folder, monkeypatch)
+def test_a_wide_upload_says_it_was_cropped(best, monkeypatch, media):
+    at = app(best, monkeypatch, run="plain")
+    at.file_uploader(key="recon_upload").upload("strip.png", png(Image.new("RGB", (2000, 100), "red")), "image/png").run()
+    assert not at.exception, at.exception
+    assert shown(at, media, "strip.png as the model sees it (center-cropped and resized from 2000×100 to 16×16)")
+
+
+def test_empty_root_shows_how_to_train_one(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    at = app(tmp_path / "empty", monkeypatch)
     (info,) = at.info
-    assert "bash scripts/quickstart.sh" in info.value and str(tmp_path / folder) in info.value
-    assert not at.sidebar.radio and not at.error
+    assert "bash scripts/quickstart.sh" in info.value and f"No trained models under `{tmp_path / 'empty'}` yet" in info.value
+    assert not at.sidebar.radio and not at.error and not at.warning
+
+
+def test_a_missing_root_says_it_does_not_exist(tmp_path, monkeypatch):
+    at = app(tmp_path / "bets_models", monkeypatch)  # a typo once read as "no trained models yet"
+    (warning,) = at.warning
+    assert warning.value.startswith(f"`{tmp_path / 'bets_models'}` does not exist;") and "No trained models" not in warning.value
+    assert "bash scripts/quickstart.sh" in warning.value  # a fresh clone has no best_models/ yet
+    assert not at.sidebar.radio and not at.info
 
 
 def _broken_root(best: Path, root: Path) -> Path:
@@ -270,11 +324,36 @@ def test_broken_or_foreign_checkpoint_shows_an_error_and_the_rest_works(best, tm
     assert any(message in error.value for error in at.error), [error.value for error in at.error]
     assert sorted(at.sidebar.radio(key="run").options) == ["foreign", "other-model", "plain", "truncated"]
     assert not at.button  # nothing to generate with
+    # the error once, on the main page: not again in the sidebar's caption or metadata
+    assert not any(message in block.value for block in at.sidebar.markdown)
+    radio = at.sidebar.radio(key="run")
+    caption = list(radio.proto.captions)[radio.options.index(name)]
+    assert caption == ("cannot be opened (select it to see why)" if name != "other-model" else gallery.summary(gallery.read_run(root, name)))
 
     at.sidebar.radio(key="run").set_value("plain").run()
     assert not at.exception and not at.error
     generate(at, count=4, seed=0)
-    assert same(downloaded(at, media, "download_samples"), gallery.sample_view(vaegen.load(root / "plain"), 4, 0, 1.0))
+    assert same(downloaded(at, media, "download_samples"), gallery.sample_view(vaegen.load(root / "plain"), 4, 0, 1.0).render())
+
+
+def test_the_page_opens_the_newest_working_model(best, tmp_path, monkeypatch):
+    """Broken checkpoints, however new, once became the model the page opened."""
+    root = _broken_root(best, tmp_path)
+    for age, name in enumerate(["truncated", "foreign", "plain"]):  # broken ones newer than the working one
+        os.utime(root / name / "model.safetensors", ns=(2_000_000_000_000_000_000 - age * 10**9,) * 2)
+    os.utime(root / "other-model" / "model.safetensors", ns=(1_000_000_000_000_000_000,) * 2)
+    at = app(root, monkeypatch)
+    radio = at.sidebar.radio(key="run")
+    assert radio.options == ["plain", "other-model", "truncated", "foreign"]  # the ones that open first, newest first
+    assert radio.value == "plain" and not at.error and at.button(key="generate")
+
+    monkeypatch.setenv("VAEGEN_BEST_DIR", str(root))
+    at = AppTest.from_file(UI, default_timeout=60)
+    at.query_params["run"] = "no-such-run"
+    at.run()
+    assert at.sidebar.radio(key="run").value == "plain"
+    (error,) = [error.value for error in at.error]  # the refusal, and no broken model's error under it
+    assert "no model named 'no-such-run'" in error
 
 
 @pytest.mark.parametrize("crafted", ["../../etc", "/etc", "../ui"])
@@ -313,3 +392,57 @@ def test_model_is_loaded_once_per_weights_file_version(best, tmp_path, monkeypat
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # training rewrote the best model
     at.run()
     assert loads == [tmp_path / "plain"] * 2
+
+
+def test_a_generate_request_belongs_to_its_model(best, monkeypatch, media):
+    """256 samples drawn on one model were once drawn at once on any model picked next, unasked."""
+    at = app(best, monkeypatch, run="plain")
+    generate(at, count=9, seed=1)
+    assert shown(at, media, "9 samples, seed 1")
+    at.sidebar.radio(key="run").set_value("cvae").run()
+    assert not [caption for caption in at.caption if "samples, seed" in caption.value]
+    assert "Press Generate to draw samples from the prior." in [caption.value for caption in at.caption]
+    at.sidebar.radio(key="run").set_value("plain").run()  # back to the model it was made for
+    assert shown(at, media, "9 samples, seed 1")
+
+
+def test_pictures_are_drawn_once_per_model_and_settings(best, monkeypatch, media):
+    """Every click reruns the whole page, every tab included; the pictures come from a cache."""
+    calls = {"sample_view": 0, "interpolation_view": 0, "reconstruction_view": 0}
+
+    def counting(name, real):
+        def view(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return view
+
+    for name in calls:
+        monkeypatch.setattr(gallery, name, counting(name, getattr(gallery, name)))
+    st.cache_data.clear()
+    at = app(best, monkeypatch)
+    generate(at, count=64, seed=1)
+    at.file_uploader(key="recon_upload").upload("red.png", png(Image.new("RGB", (20, 20), "red")), "image/png").run()
+    assert calls == {"sample_view": 1, "interpolation_view": 1, "reconstruction_view": 1}
+    at.number_input(key="interp_seed").set_value(5).run()  # only the interpolation changed
+    at.download_button(key="download_samples").click().run()
+    at.run()
+    assert calls == {"sample_view": 1, "interpolation_view": 2, "reconstruction_view": 1}
+    at.number_input(key="interp_seed").set_value(0).run()  # drawn before: from the cache
+    assert calls["interpolation_view"] == 2
+    assert shown(at, media, "Golden, 64 samples, seed 1")
+
+
+def test_a_model_with_a_latent_mixture_says_so(best, tmp_path, monkeypatch, media):
+    with_mixture(best, tmp_path)
+    at = app(tmp_path, monkeypatch)
+    assert "Press Generate to draw samples from the latent mixture." in [caption.value for caption in at.caption]
+    assert at.slider(key="temperature").label == "temperature (spread of the codes)"
+    assert at.slider(key="interp_temperature").label == "temperature (spread of the codes)"
+    at.selectbox(key="class").set_value("all classes").run()
+    at.slider(key="steps").set_value(3)
+    at.slider(key="interp_temperature").set_value(0.5).run()
+    model = vaegen.load(tmp_path / "cvae-gmm")
+    assert model.latent_density is not None
+    expected = gallery.interpolation_view(model, 3, gallery.ALL_CLASSES, seed=0, temperature=0.5)
+    assert same(downloaded(at, media, "download_interpolation"), expected.render())
+    assert shown(at, media, "3 steps between two draws from the latent mixture (seed 0, temperature 0.5)")

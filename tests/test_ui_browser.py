@@ -85,12 +85,26 @@ def test_generate_in_a_real_browser(gallery_url, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(gallery_url)
             page.get_by_role("button", name="Generate").click(timeout=60_000)
-            grid = page.locator('[data-testid="stImage"]', has_text="samples, seed 0").locator("img")
+            grid = page.get_by_alt_text("samples, seed 0")  # the caption is the picture's alt text
             grid.wait_for(state="visible", timeout=60_000)
             # a decoded picture, not a broken-image icon: the PNG arrived and has the enlarged grid's size
-            size = grid.evaluate("img => img.complete ? [img.naturalWidth, img.naturalHeight] : [0, 0]")
+            size = grid.evaluate("img => img.complete ? [img.naturalWidth, img.naturalHeight, img.clientWidth] : [0, 0, 0]")
             assert size[0] >= 256 and size[1] >= 256, size
+            assert size[2] <= size[0], size  # shown at most at its own size: a browser's stretching blurs the pixels
             assert page.get_by_role("button", name="Download PNG").first.is_visible()
+
+            # all classes: a labelled block per class, 16 samples wrapping after 8 columns; once one long
+            # row per class, which the column shrank to tiles of about 30 px
+            page.get_by_test_id("stSelectbox").click()
+            page.get_by_role("option", name="all classes").click()
+            page.get_by_role("button", name="Generate").click()
+            blocks = page.get_by_alt_text("16 samples per class, seed 0")
+            blocks.wait_for(state="visible", timeout=60_000)
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=blocks.element_handle())
+            natural, shown = blocks.evaluate("img => [[img.naturalWidth, img.naturalHeight], [img.clientWidth, img.clientHeight]]")
+            assert natural[1] > natural[0] / 2, natural  # three blocks of two rows: no longer a strip
+            rows_on_screen = 3 * 2
+            assert shown[1] / rows_on_screen >= 64, shown  # tiles (with their padding) at least 64 px tall on screen
             page.wait_for_timeout(500)  # let the sidebar and fonts settle for the picture
             shot = tmp_path / "gallery.png"
             page.screenshot(path=str(shot), full_page=True)

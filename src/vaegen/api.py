@@ -17,7 +17,7 @@ import torch
 from vaegen.checkpoint import load_model_weights, read_model_metadata
 from vaegen.config import Config, load_config
 from vaegen.density import SAMPLER_FILE, LatentGMM
-from vaegen.errors import CheckpointError
+from vaegen.errors import CheckpointError, VaegenError
 
 
 def read_model_folder(path: str | Path) -> tuple[Path, Config, dict[str, object]]:
@@ -27,6 +27,9 @@ def read_model_folder(path: str | Path) -> tuple[Path, Config, dict[str, object]
         runs = sorted(weights.parent.name for weights in folder.parent.glob("*/model.safetensors")) if folder.parent.is_dir() else []
         there = f" Model folders in {folder.parent}: {', '.join(runs)}." if runs else ""
         raise CheckpointError(f"{folder} does not exist; pass a model folder that `vaegen train` wrote (best_models/<run>).{there}")
+    mix_up = _training_run_given(folder)
+    if mix_up:
+        raise CheckpointError(mix_up)
     weights = folder / "model.safetensors" if folder.is_dir() else folder
     folder = weights.parent
     if not weights.is_file() or not (folder / "config.yaml").is_file():
@@ -39,6 +42,20 @@ def read_model_folder(path: str | Path) -> tuple[Path, Config, dict[str, object]
     if not isinstance(metadata.get("classes"), list):
         raise CheckpointError(f"{weights} has no class list in its metadata; it was not written by vaegen train.")
     return weights, config, metadata
+
+
+def _training_run_given(path: Path) -> str | None:
+    """A training run's log folder (logs/<run>) or its state (checkpoints/last.pt) where a model folder goes:
+    the usual mix-up, answered with where that run's model is."""
+    run_dir = path.parent.parent if path.suffix == ".pt" else path
+    if not (run_dir / "checkpoints" / "last.pt").is_file() or (path / "model.safetensors").is_file():
+        return None
+    try:
+        best = load_config(run_dir / "config.yaml").output.best_dir / run_dir.name
+    except VaegenError:
+        best = Path("best_models") / run_dir.name
+    what = "the training state that `vaegen train --resume` continues from" if path.suffix == ".pt" else "a training run's log folder"
+    return f"{path} is {what}, not a model folder; pass the run's best model folder, {best}, which `vaegen train` exported."
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

@@ -44,17 +44,30 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config value first, e.g. --set train.epochs=5 (repeatable; VALUE is YAML)")
 
+    from vaegen.prepare import WIKIART_GENRES  # light: vaegen data imports torch only once it writes
+
     data = commands.add_parser("data", help="build a training folder from a downloaded dataset")
     builders = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    fruit = builders.add_parser("fruit360", help="3 apple classes (Golden, Golden-Red, Red) from Fruit-360")
-    wikiart = builders.add_parser("wikiart", help="one WikiArt style, optionally one folder per genre")
+    fruit_help = "3 apple classes (Golden, Golden-Red, Red) from Fruit-360"
+    fruit = builders.add_parser(
+        "fruit360", help=fruit_help,
+        description=f"{fruit_help}: Golden = Apple Golden 1-3, Golden-Red = Apple Red Yellow 1-2, Red = Apple Red 1-3, "
+        "from both Training/ and Test/. Download from Kaggle (moltean/fruits) or GitHub (Horea94/Fruit-Images-Dataset).",
+    )
+    wikiart_help = "one WikiArt style, optionally one folder per genre"
+    wikiart = builders.add_parser(
+        "wikiart", help=wikiart_help,
+        description=f"{wikiart_help}, from the ArtGAN WikiArt dump (the wikiart/ images and wikiart_csv/).",
+    )
+    fruit.add_argument("--src", type=Path, required=True, help="the extracted download: the folder holding Training/ and Test/")
+    wikiart.add_argument("--src", type=Path, required=True, help="the extracted wikiart/ folder: one folder per style (Impressionism/, ...), with wikiart_csv/ in it")
     for sub in (fruit, wikiart):
-        sub.add_argument("--src", type=Path, required=True, help="the extracted download")
         sub.add_argument("--out", type=Path, required=True, help="an empty or new folder to build into")
         sub.add_argument("--link", action="store_true", help="hard-link instead of copying where possible")
-    wikiart.add_argument("--style", default="Impressionism")
-    wikiart.add_argument("--by", choices=["genre"], default=None, help="one class folder per genre")
-    wikiart.add_argument("--genres", default=None, help="comma-separated genres to keep with --by genre")
+    wikiart.add_argument("--style", default="Impressionism", help="the style folder to take (default: %(default)s)")
+    wikiart.add_argument("--by", choices=["genre"], default=None, help="one class folder per genre (default: the whole style is one class)")
+    wikiart.add_argument("--genres", default=None,
+                         help=f"comma-separated genres to keep with --by genre (default: {','.join(WIKIART_GENRES)})")
     return parser
 
 
@@ -71,9 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (isinstance(exc, ConfigError) and os.environ.get("RANK", "0") != "0"):
             print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        resume = " Continue with `vaegen train --resume logs/<run>`; the last checkpoint is intact." if args.command == "train" else ""
-        print(f"interrupted.{resume}", file=sys.stderr)
+    except KeyboardInterrupt:  # `vaegen train` says itself where a run it started can continue
+        print("interrupted.", file=sys.stderr)
         return 130
 
 
@@ -104,7 +116,11 @@ def cmd_tune(args) -> int:
 def cmd_config(args) -> int:
     from vaegen.config import load_config
 
-    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    config = load_config(args.config, args.overrides)
+    print(config.to_yaml(), end="")
+    if not config.data.root.is_dir():  # valid as a config, but training would stop at once
+        print(f"note: data.root {config.data.root} does not exist here yet; build it (README, Datasets) or "
+              f"point at a copy with --set data.root=DIR.", file=sys.stderr)
     return 0
 
 
@@ -143,6 +159,10 @@ def cmd_train(args) -> int:
     main_process = distributed.is_main()
     try:
         result = train(config, paths, resume=resume)
+    except KeyboardInterrupt:
+        if main_process:
+            print(f"interrupted. {where_to_continue(paths)}", file=sys.stderr)
+        return 130
     finally:
         distributed.finish()
     if not main_process:
@@ -158,6 +178,19 @@ def cmd_train(args) -> int:
     print(f"  TensorBoard      tensorboard --logdir {paths.run_dir / 'tensorboard'}")
     print(f"  continue         vaegen train --resume {paths.run_dir} --set train.epochs={config.train.epochs * 2}")
     return 0
+
+
+def where_to_continue(paths) -> str:
+    """After Ctrl+C: the command that continues this run, and from which epoch (the write in flight has finished)."""
+    from vaegen.checkpoint import load_training_state
+
+    if not paths.last_checkpoint.is_file():
+        return f"Nothing of {paths.run_dir} was saved yet (the first checkpoint is written when the first epoch ends); start the run again."
+    try:
+        epoch = f"after epoch {load_training_state(paths.last_checkpoint)['epoch']}"
+    except (VaegenError, KeyError):
+        epoch = f"from {paths.last_checkpoint}"
+    return f"Continue with `vaegen train --resume {paths.run_dir}`: it picks up {epoch}."
 
 
 def resolve_run(args):
@@ -214,7 +247,11 @@ def latest_run(logs_dir: Path, name: str, exact: bool) -> Path:
             f"found no run of {name!r} with a checkpoint in {logs_dir}/ to resume. Start one without --resume, "
             f"or pass the run folder: --resume logs/<run>."
         )
-    return max(runs, key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime)
+    latest = max(runs, key=lambda p: (p / "checkpoints" / "last.pt").stat().st_mtime)
+    newer = [p.name for p in candidates if p.is_dir() and p not in runs and p.stat().st_mtime >= latest.stat().st_mtime]
+    if newer:  # e.g. a run stopped before its first epoch ended: there is nothing in it to resume
+        print(f"note: resuming {latest}; the newer {', '.join(newer)} has no checkpoint to resume from.", file=sys.stderr)
+    return latest
 
 
 def cmd_data(args) -> int:

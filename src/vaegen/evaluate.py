@@ -2,7 +2,8 @@
 
 Loads `best_models/<run>` (safetensors, no code runs), reads the data it was trained on, and
 writes to one folder: samples.png, per_class.png (conditional models), reconstructions.png,
-interpolation.png and metrics.json (FID/KID with their protocol, reconstruction error, KL).
+interpolation.png and metrics.json (FID/KID with their protocol; the validation loss terms as training
+computes them).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from vaegen.density import fit_model_density
 from vaegen.errors import ConfigError, DataError
 from vaegen.fid import build_evaluator, eval_batch_size, score_model
 from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
-from vaegen.losses import kl_divergence, reconstruction_loss
-from vaegen.plots import image_grid, labelled_rows, reconstruction_grid, save_png
+from vaegen.plots import BLOCK_COLUMNS, image_grid, labelled_rows, reconstruction_grid, save_png
 from vaegen.samplers import per_class_samples, slerp
 from vaegen.accel import resolve_device
+from vaegen.train import evaluate as validation_terms
 from vaegen.train import to_input
 
 
@@ -86,7 +87,7 @@ def run_test(cfg: TestConfig) -> TestReport:
 
     metrics = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "num_images": len(split.images),
                "sampler": "prior" if model.latent_density is None else "gmm"}
-    metrics.update(_likelihood_terms(model, split, train_cfg.loss.recon, eval_batch_size(cfg.batch_size, device), device))
+    metrics.update(_likelihood_terms(model, split, train_cfg))
     if cfg.backbone != "none":
         metrics.update(_distances(model, splits, data_cfg, train_cfg.train.seed, cfg, device))
     if model.is_conditional and model.num_classes > 1:
@@ -108,8 +109,9 @@ def _grid_labels(model, n: int) -> torch.Tensor | None:
 
 
 def _per_class(model, cfg: TestConfig, path: Path) -> Path:
-    """One labelled row per class, the same latent codes in every row."""
-    save_png(labelled_rows(per_class_samples(model, cfg.grid, cfg.seed, cfg.temperature), model.classes), path)
+    """One labelled block of samples per class, wrapping after BLOCK_COLUMNS (from the prior, the same codes in each)."""
+    images = per_class_samples(model, cfg.grid, cfg.seed, cfg.temperature)
+    save_png(labelled_rows(images, model.classes, BLOCK_COLUMNS), path)
     return path
 
 
@@ -134,18 +136,12 @@ def _interpolation(model, split, cfg: TestConfig, device, path: Path) -> Path:
     return _save(image_grid(torch.cat(images), nrow=cfg.interpolation.steps + 2), path)
 
 
-@torch.no_grad()
-def _likelihood_terms(model, split, recon_kind: str, batch_size: int, device) -> dict:
-    """Reconstruction error and KL per image on the split, with the posterior mean decoded (deterministic)."""
-    recon_sum = kl_sum = 0.0
-    for start in range(0, len(split.images), batch_size):
-        x = to_input(split.images[start : start + batch_size], device)
-        y = split.labels[start : start + batch_size].to(device) if model.is_conditional else None
-        mu, logvar = model.encode(x, y)
-        recon_sum += float(reconstruction_loss(model.decode_logits(mu, y), x, recon_kind)) * len(x)
-        kl_sum += float(kl_divergence(mu, logvar)) * len(x)
-    n = len(split.images)
-    return {"recon": recon_sum / n, "recon_kind": recon_kind, "kl": kl_sum / n, "nelbo": (recon_sum + kl_sum) / n}
+def _likelihood_terms(model, split, train_cfg) -> dict:
+    """The validation loss terms exactly as training computes them (the same fixed noise, so `nelbo` here is the
+    run's `val_nelbo` on the same split), and `mse`, the squared error of the posterior-mean reconstruction."""
+    terms = validation_terms(model, split, train_cfg, 1.0, next(model.parameters()).device)
+    return {"recon": terms["val_recon"], "recon_kind": train_cfg.loss.recon, "kl": terms["val_kl"], "nelbo": terms["val_nelbo"],
+            "mse": terms["val_mse"]}
 
 
 def _distances(model, splits, data_cfg, seed: int, cfg: TestConfig, device) -> dict:

@@ -1,6 +1,7 @@
 """What the gallery (`streamlit run ui.py`) shows, without Streamlit: the runs under a checkpoint
-root and their metadata, sample grids, one labelled row per class, latent interpolations and
-reconstructions of an uploaded image, each as a PIL image, plus the PNG bytes to download.
+root and their metadata, sample grids, one labelled block per class, latent interpolations and
+reconstructions of an uploaded image, each as a `Picture` that renders at the screen's scale or
+at the model's resolution (the download), plus the PNG bytes.
 
 ui.py is a thin page of widgets over these functions, so everything here is unit-tested
 without a browser. Models come from `vaegen.api.load` (safetensors and YAML: no code runs),
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +26,9 @@ from PIL import Image
 from vaegen.api import load, read_model_folder
 from vaegen.config import Config
 from vaegen.data import decode_image
-from vaegen.density import SAMPLER_FILE
+from vaegen.density import SAMPLER_FILE, latent_codes
 from vaegen.errors import CheckpointError, DataError, VaegenError
-from vaegen.plots import image_grid, labelled_rows, to_pil
+from vaegen.plots import BLOCK_COLUMNS, image_grid, labelled_rows, scaled, to_pil
 from vaegen.samplers import per_class_samples, slerp
 from vaegen.train import to_input
 
@@ -36,6 +39,15 @@ ALL_CLASSES = "all classes"
 # tree cheap to scan.
 MAX_DEPTH = 4
 QUICKSTART = "bash scripts/quickstart.sh"
+MAX_SAMPLES = 256
+MAX_SAMPLES_PER_CLASS = 64  # all classes draw this many per class: 3 classes at 64 are already 192 tiles
+# The screen scale: a whole factor that shows a tile about SCREEN_TILE px tall (16 or 32 px samples are
+# unreadable at their size), unless the picture would outgrow SCREEN_MAX_WIDTH or SCREEN_MAX_PIXELS;
+# the page column shrinks what is wider than it. Streamlit resamples (bilinear, blurred) any picture wider
+# than its widest layout, 1460 px, so pixels stay sharp only up to that.
+SCREEN_TILE = 96
+SCREEN_MAX_WIDTH = 1460
+SCREEN_MAX_PIXELS = 2048 * 2048
 
 
 # ---------------------------------------------------------------------------------------
@@ -66,7 +78,8 @@ class Run:
 
 
 def find_runs(root: Path) -> list[Run]:
-    """Every folder under `root` holding model.safetensors, newest weights first."""
+    """Every folder under `root` holding model.safetensors, newest weights first, those that cannot be
+    opened after those that can (the page opens the first working one)."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -78,7 +91,8 @@ def find_runs(root: Path) -> list[Run]:
         if WEIGHTS in files:
             found.append(Path(folder))
     found.sort(key=lambda folder: (-(folder / WEIGHTS).stat().st_mtime_ns, str(folder)))
-    return [read_run(root, folder.relative_to(root).as_posix()) for folder in found]
+    runs = [read_run(root, folder.relative_to(root).as_posix()) for folder in found]
+    return sorted(runs, key=lambda run: run.error is not None)  # stable: each group stays newest first
 
 
 def open_run(root: Path, name: str) -> Path:
@@ -151,9 +165,15 @@ def _sweep_problems(sweep: dict) -> list[str]:
 
 
 def how_to_train(root: Path) -> str:
-    """Markdown for an empty root: the README's quickstart command and where its model lands."""
+    """Markdown for a root without runs: whether it exists (a typo must not read as "no models yet"),
+    then the README's quickstart command and where its model lands."""
+    if Path(root).is_dir():
+        found = f"No trained models under `{root}` yet."
+    else:
+        problem = "is not a folder" if Path(root).exists() else "does not exist"
+        found = f"`{root}` {problem}; if you named it with --best-dir or $VAEGEN_BEST_DIR, check the path."
     return (
-        f"No trained models under `{root}` yet. Train one with the README's quickstart (about a minute on a CPU):\n\n"
+        f"{found} Train a model with the README's quickstart (about a minute on a CPU):\n\n"
         f"```bash\n{QUICKSTART}\n```\n\n"
         f"or `vaegen train --config configs/quickstart.yaml`. Its best checkpoint lands in `best_models/<run>/`; "
         f"reload this page. To browse another folder: `streamlit run ui.py -- --best-dir DIR`."
@@ -162,6 +182,11 @@ def how_to_train(root: Path) -> str:
 
 # ---------------------------------------------------------------------------------------
 # What the sidebar says about a run
+
+
+def distance_label(name: str | None) -> str:
+    """FID only for the standard Inception features (fid_*); other backbones' numbers are not FID values."""
+    return "FID" if name is not None and name.startswith("fid_") else "Fréchet distance"
 
 
 def fid(run: Run) -> tuple[str, float] | None:
@@ -183,26 +208,32 @@ def protocol_text(protocol: dict) -> str:
 
 
 def describe(run: Run) -> dict[str, str]:
-    """The run's metadata as label -> text, in the order the sidebar shows it."""
+    """The run's metadata as label -> text, in the order the sidebar shows it; nothing for a run that
+    cannot be opened (the page shows its error once, on the main page)."""
     if run.error is not None:
-        return {"error": run.error}
+        return {}
     config, meta = run.config, run.metadata
     height, width = meta.get("image_size", config.data.image_size)
     classes = meta["classes"]
+    if config.model.conditional == "none":
+        classes_text = f"{len(classes)} in the training data ({', '.join(classes)}); the model is unconditional"
+    else:
+        classes_text = f"{len(classes)}: {', '.join(classes)}"
     rows = {
         "dataset": f"{Path(config.data.root).name} ({config.data.root})",
         "image size": f"{height}×{width}, {'RGB' if config.data.channels == 3 else 'grayscale'}",
-        "classes": f"{len(classes)}: {', '.join(classes)}",
+        "classes": classes_text,
         "epoch": str(run.metrics.get("epoch", meta.get("epoch", "?"))),
     }
     if "criterion" in run.metrics:
         rows["selected on"] = f"{run.metrics['criterion']} = {run.metrics['value']:.4g}"
     score = fid(run)
     if score is None:
-        rows["FID"] = "not measured (eval.backbone: none)"
+        rows[distance_label(None)] = "not measured (eval.backbone: none)"
     else:
         protocol = run.metrics.get("protocol")
-        rows["FID"] = f"{score[0]} = {score[1]:.4g}" + (f" ({protocol_text(protocol)})" if protocol else "")
+        text = f"{score[0]} = {score[1]:.4g}" + (f" ({protocol_text(protocol)})" if protocol else "")
+        rows[distance_label(score[0])] = text
     # vaegen.load picks up a fitted latent mixture, and Generate then draws from it instead of the prior
     if (run.path / SAMPLER_FILE).is_file():
         rows["sampler"] = f"gmm fitted on the training codes ({config.sampler.components} components, {config.sampler.covariance} covariance)"
@@ -225,9 +256,10 @@ def describe(run: Run) -> dict[str, str]:
 def summary(run: Run) -> str:
     """One line under the run's name in the list."""
     if run.error is not None:
-        return "cannot be opened: " + run.error.split(";")[0]
+        return "cannot be opened (select it to see why)"
     height, width = run.metadata.get("image_size", run.config.data.image_size)
-    parts = [Path(run.config.data.root).name, f"{height}×{width}", f"{len(run.metadata['classes'])} classes"]
+    classes = "unconditional" if run.config.model.conditional == "none" else f"{len(run.metadata['classes'])} classes"
+    parts = [Path(run.config.data.root).name, f"{height}×{width}", classes]
     parts.append(f"epoch {run.metrics.get('epoch', run.metadata.get('epoch', '?'))}")
     score = fid(run)
     if score is not None:
@@ -252,7 +284,7 @@ def class_choices(model: torch.nn.Module) -> list[str]:
 
 
 def row_labels(model: torch.nn.Module, choice: str | None) -> list[int | None]:
-    """The class of each row a view draws: [None] unconditional, [k] for one class, every class for ALL_CLASSES."""
+    """The class of each block a view draws: [None] unconditional, [k] for one class, every class for ALL_CLASSES."""
     if not model.is_conditional:
         return [None]
     if choice == ALL_CLASSES:
@@ -260,41 +292,92 @@ def row_labels(model: torch.nn.Module, choice: str | None) -> list[int | None]:
     return [model.class_indices(choice)]
 
 
-def _page(model: torch.nn.Module, images: torch.Tensor, labels: list[int | None], per_row: int | None) -> Image.Image:
-    """A grid with `per_row` images per row (None: square-ish); labelled with class names when it shows every class."""
-    if len(labels) > 1:
-        return labelled_rows(images, [model.classes[label] for label in labels])
-    return to_pil(image_grid(images, nrow=per_row))
+def max_samples(choice: str | None) -> int:
+    """The most samples Generate draws: per class for ALL_CLASSES, else in all."""
+    return MAX_SAMPLES_PER_CLASS if choice == ALL_CLASSES else MAX_SAMPLES
+
+
+def draws_from(model: torch.nn.Module) -> str:
+    """Where generated codes come from, in the page's words (vaegen.load attaches the run's fitted mixture, if any)."""
+    return "the prior" if getattr(model, "latent_density", None) is None else "the latent mixture"
+
+
+def temperature_label(model: torch.nn.Module) -> str:
+    if getattr(model, "latent_density", None) is None:
+        return "temperature (standard deviation of z)"
+    return "temperature (spread of the codes)"  # around each mixture component's mean
+
+
+@dataclass(frozen=True, eq=False)
+class Picture:
+    """What a view drew, before it is laid out: `images` [N, C, H, W] in [0, 1] on the CPU, `columns` per
+    row (None: square-ish), or in one block per name in `names` (one per class, labelled), each wrapping
+    after `columns`. Rendered at the screen's scale for the page and at scale 1 for the download."""
+
+    images: torch.Tensor
+    columns: int | None = None
+    names: tuple[str, ...] | None = None
+
+    def render(self, scale: int = 1) -> Image.Image:
+        """The picture with each pixel `scale`×`scale` (nearest neighbour: sharp pixels, no invented detail);
+        class names are drawn after scaling, so they stay sharp."""
+        if self.names is not None:
+            return labelled_rows(self.images, list(self.names), self.columns, scale)
+        return scaled(to_pil(image_grid(self.images, nrow=self.columns)), scale)
+
+    def screen_scale(self) -> int:
+        """The whole factor that shows a tile about SCREEN_TILE px tall, within the width and pixel limits."""
+        width, height = self.render().size
+        factor = min(
+            math.ceil(SCREEN_TILE / self.images.shape[-2]),
+            SCREEN_MAX_WIDTH // width,
+            math.isqrt(SCREEN_MAX_PIXELS // (width * height)),
+        )
+        return max(1, factor)
+
+
+def _picture(model: torch.nn.Module, images: torch.Tensor, labels: list[int | None], columns: int | None) -> Picture:
+    names = tuple(model.classes[label] for label in labels) if len(labels) > 1 else None
+    return Picture(images.detach().cpu(), columns, names)
 
 
 @torch.no_grad()
-def sample_view(model: torch.nn.Module, count: int, seed: int, temperature: float, choice: str | None = None) -> Image.Image:
-    """`count` samples (a row per class for ALL_CLASSES), from the checkpoint's latent mixture when it ships one,
-    else from z ~ N(0, temperature² I); same seed, same picture."""
+def sample_view(
+    model: torch.nn.Module, count: int, seed: int, temperature: float, choice: str | None = None
+) -> Picture:
+    """`count` samples (a block of `count` per class for ALL_CLASSES), from the checkpoint's latent mixture
+    when it ships one, else from z ~ N(0, temperature² I); same seed, same picture."""
     labels = row_labels(model, choice)
-    if len(labels) > 1:  # the same codes in every row, so the rows differ only by the class
-        return _page(model, per_class_samples(model, count, seed, temperature), labels, count)
+    if len(labels) > 1:  # from the prior, the same codes in every block, so the blocks differ only by the class
+        return _picture(model, per_class_samples(model, count, seed, temperature), labels, BLOCK_COLUMNS)
     images = model.sample(count, labels=labels[0], temperature=temperature, seed=seed)
-    return _page(model, images, labels, per_row=None)
+    return _picture(model, images, labels, columns=None)
 
 
 @torch.no_grad()
 def interpolation_view(
-    model: torch.nn.Module, steps: int, choice: str | None = None, seed: int = 0, images: torch.Tensor | None = None
-) -> Image.Image:
-    """Decoded steps along the path between two codes: two prior draws from `seed`, or the posterior
-    means of `images` ([2, C, H, W], then shown at the ends of each row). One row per class for ALL_CLASSES."""
+    model: torch.nn.Module, steps: int, choice: str | None = None, seed: int = 0, temperature: float = 1.0,
+    images: torch.Tensor | None = None,
+) -> Picture:
+    """Decoded steps along the path between two codes: two draws from `seed` (from the latent mixture when the
+    checkpoint ships one, else the prior, at `temperature`), or the posterior means of `images` ([2, C, H, W],
+    then shown at the ends of each row). One row per class for ALL_CLASSES: a path reads left to right, unwrapped."""
     device = next(model.parameters()).device
+    density = getattr(model, "latent_density", None)
+    density = None if density is None else density.to(device)
     labels = row_labels(model, choice)
     weights = torch.linspace(0, 1, steps, device=device)
-    ends = None if images is not None else torch.randn(2, model.latent_dim, generator=torch.Generator().manual_seed(seed)).to(device)
     rows = []
     for label in labels:
         if images is not None:  # a conditional encoder reads the class too, so each row encodes its own ends
             ends, _ = model.encode(images, label)
+        else:  # the same generator state for every row: from the prior, every row joins the same two codes
+            generator = torch.Generator().manual_seed(seed)
+            classes = None if label is None else torch.tensor(label)
+            ends = latent_codes(2, model.latent_dim, generator, classes, temperature, density).to(device)
         path = model.decode(slerp(ends[0], ends[1], weights), label)
         rows.append(path if images is None else torch.cat([images[:1], path, images[1:]]))
-    return _page(model, torch.cat(rows), labels, per_row=len(rows[0]))
+    return _picture(model, torch.cat(rows), labels, columns=len(rows[0]))
 
 
 def prepare_upload(data: bytes, model: torch.nn.Module) -> torch.Tensor:
@@ -303,27 +386,38 @@ def prepare_upload(data: bytes, model: torch.nn.Module) -> torch.Tensor:
     try:
         array = decode_image(io.BytesIO(data), model.config.data)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL's ways of saying "not an image I can read"
-        raise DataError(f"the uploaded file is not an image that can be read ({exc}); upload a PNG, JPEG, WebP, BMP or TIFF file.") from exc
+        # PIL names the in-memory file by its repr ("<_io.BytesIO object at 0x7f...>"): noise to the person uploading
+        reason = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc))
+        raise DataError(
+            f"the uploaded file is not an image that can be read ({reason}); upload a PNG, JPEG, WebP, BMP or TIFF file."
+        ) from exc
     return to_input(torch.tensor(array)[None], next(model.parameters()).device)  # a copy: PIL's array is read-only
 
 
+def upload_fit(data: bytes, model: torch.nn.Module) -> str:
+    """How prepare_upload fitted an image file to the model's size, from its data.resize, in words."""
+    height, width = model.config.data.image_size
+    with Image.open(io.BytesIO(data)) as image:
+        original_width, original_height = image.size
+    if (original_width, original_height) == (width, height):
+        return f"{width}×{height}, as uploaded"
+    if original_width * height == original_height * width:  # the same shape: cropping removes nothing
+        how = "resized"
+    else:
+        how = "center-cropped and resized" if model.config.data.resize == "center_crop" else "stretched"
+    return f"{how} from {original_width}×{original_height} to {width}×{height}"
+
+
 @torch.no_grad()
-def reconstruction_view(model: torch.nn.Module, image: torch.Tensor, choice: str | None = None) -> Image.Image:
+def reconstruction_view(model: torch.nn.Module, image: torch.Tensor, choice: str | None = None) -> Picture:
     """`image` ([1, C, H, W]) beside its reconstruction (the decoded posterior mean); one pair per class for ALL_CLASSES."""
     labels = row_labels(model, choice)
     pairs = [torch.cat([image, model.reconstruct(image, label)]) for label in labels]
-    return _page(model, torch.cat(pairs), labels, per_row=2)
+    return _picture(model, torch.cat(pairs), labels, columns=2)
 
 
 # ---------------------------------------------------------------------------------------
-# Showing and saving
-
-
-def enlarge(image: Image.Image, max_width: int = 512) -> Image.Image:
-    """A small grid scaled up for the screen by the largest whole factor that keeps it within `max_width`
-    (nearest neighbour: sharp pixels, no invented detail). 16 or 32 px samples are unreadable at their size."""
-    factor = max(1, max_width // image.width)
-    return image if factor == 1 else image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+# Saving
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -118,7 +118,7 @@ class ConvVAE(nn.Module):
             raise ValueError(
                 f"this model is conditional on {self.num_classes} classes; pass labels (class indices, or names with vaegen.load)"
             )
-        labels = torch.as_tensor(labels, device=self.to_mu.weight.device).long().reshape(-1)
+        labels = torch.as_tensor(self.class_indices(labels), device=self.to_mu.weight.device).long().reshape(-1)
         if labels.numel() == 1 and batch > 1:
             labels = labels.expand(batch)
         if labels.numel() != batch:
@@ -129,6 +129,12 @@ class ConvVAE(nn.Module):
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of q(z | x)."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != (self.channels, *self.image_size):
+            height, width = self.image_size
+            raise ValueError(
+                f"this model takes images of shape [N, {self.channels}, {height}, {width}] in [0, 1]; got {list(x.shape)}; "
+                f"resize them to {height}x{width} first"
+            )
         labels = self._check_labels(labels, x.shape[0])
         if self.conditional == "onehot":
             planes = F.one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None]
@@ -137,6 +143,8 @@ class ConvVAE(nn.Module):
         return self.to_mu(features), self.to_logvar(features)
 
     def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if z.dim() != 2 or z.shape[1] != self.latent_dim:
+            raise ValueError(f"this model decodes latent codes of shape [N, {self.latent_dim}]; got {list(z.shape)}")
         labels = self._check_labels(labels, z.shape[0])
         if self.conditional == "onehot":
             z = torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], dim=1)

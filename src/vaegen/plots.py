@@ -10,6 +10,9 @@ from torchvision.utils import make_grid
 
 from vaegen.checkpoint import atomic_write
 
+# a class's samples wrap onto more rows after this many: one long row per class shrinks to a hairline on a page
+BLOCK_COLUMNS = 8
+
 
 def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     """[N, C, H, W] in [0, 1] to one [3 or C, H', W'] grid; square-ish unless nrow is given."""
@@ -27,18 +30,41 @@ def to_pil(grid: torch.Tensor):
     return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
 
-def labelled_rows(images: torch.Tensor, names: list[str]):
-    """Equal rows of images (len(images) divisible by len(names)), each with its name in a left margin, as RGB PIL."""
-    from PIL import Image, ImageDraw
+def scaled(image, scale: int):
+    """`image` enlarged by a whole factor, nearest neighbour: sharp pixels, no invented detail."""
+    from PIL import Image
 
-    body = to_pil(image_grid(images, nrow=len(images) // len(names))).convert("RGB")
-    margin = 8 + 7 * max(len(name) for name in names)  # PIL's default bitmap font is about 6 px per character
-    page = Image.new("RGB", (body.width + margin, body.height), "white")
-    page.paste(body, (margin, 0))
+    return image if scale == 1 else image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+
+def labelled_rows(images: torch.Tensor, names: list[str], columns: int | None = None, scale: int = 1):
+    """The images in len(names) equal blocks (len(images) divisible by len(names)), each block's name in a
+    left margin, vertically centred on it, as RGB PIL. A block wraps after `columns` images (None: one row),
+    and blocks of more than one row are set apart by a gap with a rule. `scale` enlarges the images before
+    the names are drawn, so the text is sharp at any scale."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    per_block = len(images) // len(names)
+    columns = min(columns or per_block, per_block)
+    blocks = [to_pil(image_grid(block, nrow=columns)).convert("RGB") for block in images.split(per_block)]
+    blocks = [scaled(block, scale) for block in blocks]
+    tile = images.shape[-2] * scale
+    # readable at the model's resolution, and still on screen when the page column shrinks a wide picture
+    font = ImageFont.load_default(size=min(24, max(11, tile // 4)))
+    pad = font.size // 2
+    margin = 2 * pad + math.ceil(max(font.getlength(name) for name in names))
+    shared = 2 * scale  # the padding between two blocks is drawn once, as between two rows of one grid
+    gap = images.shape[-2] // 3 * scale if per_block > columns else 0  # a whole number of pixels at scale 1
+    step = blocks[0].height - shared + gap
+    page = Image.new("RGB", (margin + blocks[0].width, step * (len(blocks) - 1) + blocks[0].height), "white")
     draw = ImageDraw.Draw(page)
-    row_height = (body.height - 2) / len(names)
-    for row, name in enumerate(names):
-        draw.text((4, 2 + row_height * (row + 0.5) - 5), name, fill="black")
+    for index, (block, name) in enumerate(zip(blocks, names)):
+        top = index * step
+        page.paste(block, (margin, top))
+        draw.text((pad, top + block.height / 2), name, fill="black", font=font, anchor="lm")
+        if gap and index:
+            rule = top - gap / 2 + shared / 2
+            draw.line([(pad, rule), (page.width - pad, rule)], fill=(200, 200, 200), width=max(1, scale // 2))
     return page
 
 
@@ -66,6 +92,7 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = [
         ("loss (recon + β·KL)", ["train_loss", "val_loss"]),
@@ -89,6 +116,7 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
             ax.set_yscale("log")  # the first epochs' losses would otherwise flatten the rest
         ax.set_title(name)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # not 1.5 on a short run
         ax.grid(alpha=0.3)
         if len(keys) > 1 or keys == distances:
             ax.legend()

@@ -300,6 +300,11 @@ def evaluate(model: torch.nn.Module, data: DecodedImages, config: Config, beta: 
     return {"val_loss": total, "val_recon": recon, "val_kl": kl, "val_nelbo": recon + kl, "val_mse": mse}
 
 
+def shown_on_the_epoch_line(key: str) -> bool:
+    """The evaluation's headline numbers: each network's distances, and how often samples show their class."""
+    return key == "cond_fidelity" or (key.startswith(("fd_", "fid_", "kd_", "kid_")) and not key.endswith("_std"))
+
+
 def _diverged(config: Config, epoch: int, step: int, beta: float) -> TrainingDiverged:
     clip = f"optim.grad_clip (now {config.optim.grad_clip})" if config.optim.grad_clip else "optim.grad_clip: 1.0"
     fixes = f"Likely fixes: a lower optim.lr, a lower beta.max, or set {clip}"
@@ -368,8 +373,13 @@ def train(
     """
     try:
         return _train(config, paths, resume, on_epoch, echo)
-    except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-        if not isinstance(exc, torch.cuda.OutOfMemoryError) and "can't allocate memory" not in str(exc):
+    except BaseException as exc:
+        # a run stopped before it wrote anything (a data.root typo) leaves no empty folder behind; rmdir
+        # removes only an empty one
+        with contextlib.suppress(OSError):
+            paths.run_dir.rmdir()
+        host_memory = isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+        if not (isinstance(exc, torch.cuda.OutOfMemoryError) or host_memory):
             raise
         raise OutOfMemory(
             f"training ran out of {'GPU' if isinstance(exc, torch.cuda.OutOfMemoryError) else 'host'} memory "
@@ -426,7 +436,8 @@ def _train(
     adversary = Adversary(config.adversarial, config.data.channels, device) if config.adversarial.enabled else None
     beta_at = build_beta_schedule(config.beta)
     shuffle = torch.Generator().manual_seed(config.train.seed)
-    say(f"model: {config.model.name} ({config.model.conditional} conditioning), {count_parameters(model):,} parameters, on {device} ({options.describe()})")
+    conditioning = "unconditional" if config.model.conditional == "none" else f"{config.model.conditional} conditioning"
+    say(f"model: {config.model.name} ({conditioning}), {count_parameters(model):,} parameters, on {device} ({options.describe()})")
 
     # FID/KID: the backbone and the real features are set up once; the features are cached on disk
     # refused before any network loads: "auto" is checked here, once it resolves (the build below warns about it)
@@ -470,7 +481,8 @@ def _train(
         resumed_ema = state.get("ema")
         if adversary is not None and "adversary" in state:
             adversary.load_state_dict(state["adversary"])
-        say(f"resumed {paths.run_dir} at epoch {start_epoch} (best {criterion} {best_value} at epoch {best_epoch})")
+        best = f"best {criterion} {best_value:.4g} at epoch {best_epoch}" if best_value is not None else f"no best {criterion} yet"
+        say(f"resumed {paths.run_dir} at epoch {start_epoch} ({best})")
         if start_epoch >= config.train.epochs:
             say(f"nothing to do: the run already has {start_epoch} of train.epochs={config.train.epochs}; raise it with --set train.epochs=N")
 
@@ -537,7 +549,7 @@ def _train(
                 f"epoch {epoch:>3}/{config.train.epochs}  β {beta:.3g}  train {train_stats['train_loss']:.2f} "
                 f"(recon {train_stats['train_recon']:.2f}, KL {train_stats['train_kl']:.2f})  val {val_stats['val_loss']:.2f} "
                 f"(recon + KL {val_stats['val_nelbo']:.2f})  {train_stats['images_per_s']:.0f} img/s"
-                + "".join(f"  {key} {value:.4g}" for key, value in row.items() if key.startswith(("fd_", "fid_", "kd_", "kid_")) and not key.endswith("_std"))
+                + "".join(f"  {key} {value:.4g}" for key, value in row.items() if shown_on_the_epoch_line(key))
             )
 
             value = row.get(criterion)  # FID exists only in evaluation epochs

@@ -24,6 +24,7 @@ import builtins
 import csv
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -690,6 +691,9 @@ def plot_sweep(trials: list[TrialSummary], sweep: Sweep) -> Path | None:
             if distribution.kind == "loguniform":
                 ax.set_xscale("log")
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on short ranges
+                # the values tried often lie within a decade, where matplotlib labels no tick at all
+                ticks = round_log_ticks(min(xs), max(xs))
+                ax.set_xticks(ticks, [f"{tick:g}" for tick in ticks])
         colors = ["tab:blue" if t.status == "finished" else "tab:gray" for t in scored]
         ax.scatter(xs, [t.best for t in scored], c=colors, s=30)
         ax.scatter([best_x], [best.best], marker="*", s=220, c="tab:orange", zorder=3, label=f"best ({best.trial})")
@@ -699,13 +703,25 @@ def plot_sweep(trials: list[TrialSummary], sweep: Sweep) -> Path | None:
     axes[0][0].set_ylabel(f"best {sweep.metric} (lower is better)")
     axes[0][0].legend(fontsize=8)
     failed = sum(t.status == "failed" for t in trials)
-    fig.suptitle(f"{sweep.name}: {len(scored)} scored trials (gray: stopped early)" + (f", {failed} failed" if failed else ""))
+    stopped = " (gray: stopped early)" if any(t.status != "finished" for t in scored) else ""
+    fig.suptitle(f"{sweep.name}: {len(scored)} scored trials{stopped}" + (f", {failed} failed" if failed else ""))
     fig.tight_layout()
     name = "fid_vs_params.png" if sweep.base.output.select == "fid" else f"{sweep.metric}_vs_params.png"
     path = sweep.sweep_dir / name
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def round_log_ticks(low: float, high: float, most: int = 5) -> list[float]:
+    """At most `most` round values in [low, high] for a log axis: 1, 2 and 5 times powers of ten, or
+    1-9 times them when those leave fewer than two."""
+    decades = range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+    for multiples in ((1, 2, 5), range(1, 10)):
+        ticks = [m * 10.0**k for k in decades for m in multiples if low <= m * 10.0**k <= high]
+        if len(ticks) >= 2:
+            return ticks[:: math.ceil(len(ticks) / most)]
+    return [low, high] if low != high else [low]
 
 
 def copy_best(grid, trials: list[TrialSummary], sweep: Sweep) -> Path | None:
