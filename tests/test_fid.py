@@ -101,10 +101,12 @@ def fid_config(tmp_path: Path, **sections) -> Path:
     )
 
 
-def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_path, counting_backbone):
+def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_path, counting_backbone, capsys):
     assert main(["train", "--config", str(fid_config(tmp_path, train={"epochs": 4}))]) == 0
     # 240 real training images once, then 40 samples per evaluation
     assert counting_backbone.images_seen == 240 + 4 * 40
+    # said before the work, which is silent where progress bars are off
+    assert "features of 240 real images: computed once, then read from" in capsys.readouterr().out
     rows = [json.loads(line) for line in (tmp_path / "logs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
     fds = [row["fd_efficientnet_lite0"] for row in rows]
     assert all("kd_efficientnet_lite0" in row and "kd_efficientnet_lite0_std" in row for row in rows)
@@ -121,6 +123,7 @@ def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_pat
     counting_backbone.images_seen = 0
     assert main(["train", "--config", str(fid_config(tmp_path / "again", train={"epochs": 1}, data={"cache_dir": str(tmp_path / "cache")}))]) == 0
     assert counting_backbone.images_seen == 40
+    assert "real images: computed once" not in capsys.readouterr().out
 
 
 def test_resume_stays_exact_with_fid_evaluations(tmp_path, counting_backbone):

@@ -31,12 +31,13 @@ def test_real_images_agree_with_their_labels_and_shuffled_labels_do_not(apples):
     assert label_agreement(classifier, val.images, shuffled) == pytest.approx(1 / 3, abs=0.15)
 
 
-def test_the_classifier_is_trained_once_and_cached(apples, monkeypatch):
+def test_the_classifier_is_trained_once_and_cached(apples, monkeypatch, capsys):
     splits, classifier, cache = apples
     import vaegen.fidelity
 
     monkeypatch.setattr(vaegen.fidelity, "train_classifier", lambda *a, **k: pytest.fail("retrained despite the cache"))
     again = load_or_train_classifier(splits.train, 3, cache, torch.device("cpu"), seed=0)
+    assert "classifier" not in capsys.readouterr().out  # the training's one-line notice is for the first time only
     assert all(torch.equal(a, b) for a, b in zip(classifier.state_dict().values(), again.state_dict().values()))
 
 

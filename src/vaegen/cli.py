@@ -80,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     except VaegenError as exc:
         if args.debug:
             raise
-        # under torchrun every process meets the same config error: process 0 says it for all of them
-        if not (isinstance(exc, ConfigError) and os.environ.get("RANK", "0") != "0"):
+        # under torchrun every process meets the same config error: process 0 says it for all of them, and
+        # the others leave a moment later, since torchrun stops every process once the first one has exited
+        if isinstance(exc, ConfigError) and os.environ.get("RANK", "0") != "0":
+            time.sleep(2.0)
+        else:
             print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # `vaegen train` says itself where a run it started can continue

@@ -111,6 +111,9 @@ def real_features(
                 return cached
         except Exception:  # a damaged cache is recomputed, never trusted
             pass
+    # minutes on a CPU for a few thousand images, and silent where progress bars are off (not a terminal)
+    tqdm.write(f"{getattr(backbone, 'name', 'backbone')} features of {len(images_u8)} real images: computed once, "
+               f"then read from {cache_file.parent}")
     features = extract_features(backbone, images_u8, batch_size, device, desc="real features")
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,7 @@ def load_or_train_classifier(data, num_classes: int, cache_dir: Path, device: to
         net = ClassifierNet(data.images.shape[1], num_classes)
         net.load_state_dict(load_file(str(path)))
         return net.to(device).eval()
+    tqdm.write(f"the class-fidelity classifier: trained once on {len(data.images)} real images, then read from {path.parent}")
     net = train_classifier(data.images, data.labels, num_classes, device, seed)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in net.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
