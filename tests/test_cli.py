@@ -162,3 +162,13 @@ def test_data_command_reports_missing_source(tmp_path):
 def test_version_and_console_script():
     result = subprocess.run([Path(sys.executable).parent / "vaegen", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("vaegen ")
+
+
+def test_resume_with_nothing_left_to_do_says_so_before_any_setup(tmp_path, capsys):
+    assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 1}))]) == 0
+    capsys.readouterr()
+    run = tmp_path / "logs" / "tiny"
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"nothing to do: {run} already has 1 of train.epochs=1; raise it with --set train.epochs=N" in out
+    assert "data:" not in out  # the data, the model and the evaluation were not set up for nothing

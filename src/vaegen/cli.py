@@ -155,6 +155,14 @@ def cmd_train(args) -> int:
     from vaegen.train import train
 
     config, paths, resume = resolve_run(args)
+    if resume and not distributed.launched_by_torchrun():
+        from vaegen.checkpoint import load_training_state
+
+        done = load_training_state(paths.last_checkpoint)["epoch"]
+        if done >= config.train.epochs:  # said before the data, the networks and the real features are set up
+            print(f"nothing to do: {paths.run_dir} already has {done} of train.epochs={config.train.epochs}; "
+                  f"raise it with --set train.epochs=N")
+            return 0
     if distributed.launched_by_torchrun():  # one run folder for every process (new names carry the time)
         distributed.init(config.train.device)
         paths = distributed.broadcast(paths)
