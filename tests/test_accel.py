@@ -93,6 +93,14 @@ def test_a_captured_step_needs_cuda_and_says_so_when_it_runs():
     assert replace(options, step_graph=True).describe().endswith(", the whole step replayed as a CUDA graph")
 
 
+def test_warnings_of_a_run_are_kept_in_its_train_log(tmp_path):
+    """train.log keeps what the console showed, warnings (on stderr) included."""
+    with pytest.warns(UserWarning, match="train.cuda_graph replays the step as a CUDA graph, which needs CUDA"):
+        assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 1, "cuda_graph": True}))]) == 0
+    log = (tmp_path / "logs" / "tiny" / "train.log").read_text()
+    assert "warning: train.cuda_graph replays the step as a CUDA graph, which needs CUDA; on cpu the step runs as usual." in log
+
+
 @pytest.mark.parametrize(
     ("settings", "named"),
     [

@@ -123,6 +123,7 @@ def test_ctrl_c_names_the_run_to_resume_and_its_epoch(tmp_path, monkeypatch, cap
         assert f"interrupted. Nothing of {run} was saved yet" in err and "--resume" not in err
     else:
         assert f"interrupted. Continue with `vaegen train --resume {run}`: it picks up after epoch 2." in err
+    assert (run / "train.log").read_text().splitlines()[-1] == err.strip().splitlines()[-1]  # the log keeps it too
 
 
 def test_ctrl_c_outside_training_offers_no_resume(monkeypatch, capsys):

@@ -172,7 +172,11 @@ def cmd_train(args) -> int:
         result = train(config, paths, resume=resume)
     except KeyboardInterrupt:
         if main_process:
-            print(f"interrupted. {where_to_continue(paths)}", file=sys.stderr)
+            said = f"interrupted. {where_to_continue(paths)}"
+            print(said, file=sys.stderr)
+            if paths.run_dir.is_dir():  # train.log keeps what the console showed
+                with (paths.run_dir / "train.log").open("a") as log:
+                    log.write(said + "\n")
         return 130
     finally:
         distributed.finish()

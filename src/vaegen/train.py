@@ -158,6 +158,22 @@ class Console:
             handle.write(message + "\n")
 
 
+@contextlib.contextmanager
+def warnings_kept_in(log_file: Path):
+    """Warnings shown during a run (on stderr) go to train.log too, which keeps what the console showed."""
+    with warnings.catch_warnings():  # restores warnings.showwarning on the way out
+        show = warnings.showwarning
+
+        def show_and_keep(message, category, filename, lineno, file=None, line=None):
+            show(message, category, filename, lineno, file, line)
+            if log_file.parent.is_dir() and distributed.is_main():
+                with log_file.open("a") as handle:
+                    handle.write(f"warning: {message}\n")
+
+        warnings.showwarning = show_and_keep
+        yield
+
+
 # ---------------------------------------------------------------------------------------
 # One epoch of training, one pass of evaluation
 
@@ -372,7 +388,8 @@ def train(
     Tune through it). `echo=False` keeps the per-epoch lines out of stdout (train.log has them).
     """
     try:
-        return _train(config, paths, resume, on_epoch, echo)
+        with warnings_kept_in(paths.run_dir / "train.log"):
+            return _train(config, paths, resume, on_epoch, echo)
     except BaseException as exc:
         # a run stopped before it wrote anything (a data.root typo) leaves no empty folder behind; rmdir
         # removes only an empty one
