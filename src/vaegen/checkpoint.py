@@ -242,12 +242,13 @@ class _FdWriter:
 TRAINING_STATE_KEYS = ("epoch", "model", "optimizer", "rng", "classes")
 
 
-def load_training_state(path: Path) -> dict:
+def load_training_state(path: Path, mmap: bool = False) -> dict:
+    """The training state in `path`, checked; `mmap` maps the tensors instead of reading them (to look at the epoch)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no training checkpoint at {path}; start a new run without --resume.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"  # an empty file raises with no text
         raise CheckpointError(

@@ -152,13 +152,13 @@ def cmd_test(args) -> int:
 
 def cmd_train(args) -> int:
     from vaegen import distributed
-    from vaegen.train import train
+    from vaegen.train import keep_in_log, train
 
     config, paths, resume = resolve_run(args)
     if resume and not distributed.launched_by_torchrun():
         from vaegen.checkpoint import load_training_state
 
-        done = load_training_state(paths.last_checkpoint)["epoch"]
+        done = load_training_state(paths.last_checkpoint, mmap=True)["epoch"]  # train() reads the tensors
         if done >= config.train.epochs:  # said before the data, the networks and the real features are set up
             print(f"nothing to do: {paths.run_dir} already has {done} of train.epochs={config.train.epochs}; "
                   f"raise it with --set train.epochs=N")
@@ -175,8 +175,7 @@ def cmd_train(args) -> int:
             said = f"interrupted. {where_to_continue(paths)}"
             print(said, file=sys.stderr)
             if paths.run_dir.is_dir():  # train.log keeps what the console showed
-                with (paths.run_dir / "train.log").open("a") as log:
-                    log.write(said + "\n")
+                keep_in_log(paths.run_dir / "train.log", said)
         return 130
     finally:
         distributed.finish()
@@ -202,7 +201,7 @@ def where_to_continue(paths) -> str:
     if not paths.last_checkpoint.is_file():
         return f"Nothing of {paths.run_dir} was saved yet (the first checkpoint is written when the first epoch ends); start the run again."
     try:
-        epoch = f"after epoch {load_training_state(paths.last_checkpoint)['epoch']}"
+        epoch = f"after epoch {load_training_state(paths.last_checkpoint, mmap=True)['epoch']}"
     except (VaegenError, KeyError):
         epoch = f"from {paths.last_checkpoint}"
     return f"Continue with `vaegen train --resume {paths.run_dir}`: it picks up {epoch}."

@@ -185,7 +185,7 @@ class ConvVAE(nn.Module):
             raise ValueError(f"temperature scales the spread of the latent codes and must be a number >= 0; got {temperature!r}")
         if labels is not None and not self.is_conditional:
             raise ValueError(f"this model is not conditional, so it takes no labels (got labels={labels!r}); leave labels out")
-        labels = self._check_labels(self.class_indices(labels), n)  # conditional: one label per image
+        labels = self._check_labels(labels, n)  # conditional: one label per image, names or indices
         device = self.to_mu.weight.device
         generator = torch.Generator(device="cpu")
         if seed is None:

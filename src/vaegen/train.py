@@ -154,8 +154,13 @@ class Console:
     def __call__(self, message: str) -> None:
         if self.echo:
             tqdm.write(message)
-        with self.log_file.open("a") as handle:
-            handle.write(message + "\n")
+        keep_in_log(self.log_file, message)
+
+
+def keep_in_log(log_file: Path, message: str) -> None:
+    """One more line in train.log, which keeps what the console showed."""
+    with log_file.open("a") as handle:
+        handle.write(message + "\n")
 
 
 @contextlib.contextmanager
@@ -167,8 +172,7 @@ def warnings_kept_in(log_file: Path):
         def show_and_keep(message, category, filename, lineno, file=None, line=None):
             show(message, category, filename, lineno, file, line)
             if log_file.parent.is_dir() and distributed.is_main():
-                with log_file.open("a") as handle:
-                    handle.write(f"warning: {message}\n")
+                keep_in_log(log_file, f"warning: {message}")
 
         warnings.showwarning = show_and_keep
         yield
