@@ -166,6 +166,26 @@ def test_missing_root(tmp_path):
     assert "missing required key `data.root`" in message
 
 
+def test_an_empty_root_says_it_is_empty_not_that_none_is_no_path(tmp_path):
+    message = error(tmp_path, MINIMAL, ["data.root="])
+    assert "`data.root` is empty: give it a value (ImageFolder (one subfolder per class) or a flat folder of images)." in message
+
+
+def test_an_empty_value_with_a_default_offers_the_default(tmp_path):
+    assert "`train.epochs` is empty: give it a value, or leave it out for the default, 100." in error(tmp_path, MINIMAL + "train:\n  epochs:\n")
+
+
+@pytest.mark.parametrize(("override", "tail"), [
+    ("data.root=''", "give a path."),
+    ("data.cache_dir=''", "give a path, or leave it out for the default."),
+    ("output.best_dir=' '", "give a path, or leave it out for the default."),
+])
+def test_an_empty_string_is_not_read_as_the_current_folder(tmp_path, override, tail):
+    key, value = override.split("=")
+    message = error(tmp_path, MINIMAL, [override])
+    assert f"`{key}` = {value[1:-1]!r} is not allowed: an empty string is no path; {tail}" in message
+
+
 def test_unknown_model_name_lists_registered_models(tmp_path):
     message = error(tmp_path, MINIMAL + "model:\n  name: transformer\n")
     assert "`model.name`" in message

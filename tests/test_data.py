@@ -427,6 +427,66 @@ def test_adding_a_file_decodes_again(tmp_path, pets, decoded_paths):
     assert result.labels.tolist() == [0, 0, 0, 1, 1, 1]
 
 
+def derived(tmp_path: Path, folder: str, name: str, made_from: str | None) -> Path:
+    """A cache file computed from a decoded entry, as vaegen.fid and vaegen.fidelity write them."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "cache" / folder / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"x": torch.zeros(2)}, str(path), metadata=None if made_from is None else {data.FROM_ENTRY: made_from})
+    return path
+
+
+def test_a_changed_folder_replaces_its_cache_entry_and_what_was_computed_from_it(tmp_path, pets):
+    cfg = make_cfg(tmp_path, pets)
+    old = load_images(cfg)
+    other_size = load_images(make_cfg(tmp_path, pets, image_size=(8, 8)))  # same folder, another transform
+    old_features = derived(tmp_path, "features", "old", old.fingerprint)
+    old_classifier = derived(tmp_path, "classifiers", "old", old.fingerprint)
+    kept_features = derived(tmp_path, "features", "other-size", other_size.fingerprint)
+    unnamed = derived(tmp_path, "features", "unnamed", None)  # from before entries were named: left alone
+
+    solid(pets / "dog" / "2.png", GREEN)
+    new = load_images(cfg)
+
+    assert new.fingerprint != old.fingerprint
+    assert [f.name for f in cache_files(tmp_path)] == sorted(
+        f"pets-{h}x{h}x3-{fp}.safetensors" for h, fp in [(16, new.fingerprint), (8, other_size.fingerprint)]
+    )
+    assert not old_features.exists() and not old_classifier.exists()
+    assert kept_features.exists() and unnamed.exists()
+
+
+def test_entries_of_folders_that_are_gone_are_pruned_when_another_is_decoded(tmp_path):
+    gone = make_classes(tmp_path / "clone1", {"cat": 1, "dog": 1})
+    before = load_images(make_cfg(tmp_path, gone))
+    gone_features = derived(tmp_path, "features", "gone", before.fingerprint)
+    legacy = tmp_path / "cache" / f"old-16x16x3-{'0' * 20}.safetensors"  # written before entries named their folder
+    legacy.write_bytes(cache_files(tmp_path)[0].read_bytes().replace(b'"source"', b'"sourcX"'))
+    stranger = tmp_path / "cache" / "notes.safetensors"  # not a name vaegen gives
+    stranger.write_bytes(b"not ours")
+    for path in (gone / "cat" / "0.png", gone / "dog" / "0.png"):
+        path.unlink()
+    for folder in (gone / "cat", gone / "dog", gone):
+        folder.rmdir()
+
+    load_images(make_cfg(tmp_path, make_classes(tmp_path / "clone2", {"cat": 1, "dog": 1})))
+
+    assert [f.name for f in cache_files(tmp_path)] == sorted(
+        [legacy.name, stranger.name, next(f.name for f in cache_files(tmp_path) if f.name.startswith("clone2-"))]
+    )
+    assert not gone_features.exists()
+
+
+def test_a_cache_hit_prunes_nothing(tmp_path, pets):
+    cfg = make_cfg(tmp_path, pets)
+    first = load_images(cfg)
+    orphan = derived(tmp_path, "features", "orphan", "f" * 20)
+
+    assert load_images(cfg).fingerprint == first.fingerprint
+    assert orphan.exists()  # pruning runs only when a new entry is written
+
+
 def test_corrupted_cache_is_ignored_with_a_warning_and_rebuilt(tmp_path, pets, decoded_paths):
     cfg = make_cfg(tmp_path, pets)
     first = load_images(cfg)

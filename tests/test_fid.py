@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -90,15 +91,11 @@ def counting_backbone(monkeypatch):
     return CountingBackbone
 
 
-def fid_config(tmp_path: Path, **sections) -> Path:
+def fid_config(tmp_path: Path, eval: dict | None = None, **sections) -> Path:
     from test_train import tiny_config
 
-    return tiny_config(
-        tmp_path,
-        eval={"every": 1, "backbone": "efficientnet-lite0", "num_samples": 40, "batch_size": 20, "kid_subset_size": 20},
-        output={"select": "fid"},
-        **sections,
-    )
+    evaluation = {"every": 1, "backbone": "efficientnet-lite0", "num_samples": 40, "batch_size": 20, "kid_subset_size": 20}
+    return tiny_config(tmp_path, eval={**evaluation, **(eval or {})}, output={"select": "fid"}, **sections)
 
 
 def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_path, counting_backbone, capsys):
@@ -124,6 +121,31 @@ def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_pat
     assert main(["train", "--config", str(fid_config(tmp_path / "again", train={"epochs": 1}, data={"cache_dir": str(tmp_path / "cache")}))]) == 0
     assert counting_backbone.images_seen == 40
     assert "real images: computed once" not in capsys.readouterr().out
+
+
+def test_a_distance_on_fewer_images_than_feature_dimensions_says_it_is_biased(tmp_path, counting_backbone):
+    config = fid_config(tmp_path, train={"epochs": 1}, eval={"num_samples": 8, "batch_size": 8, "kid_subset_size": 8})
+    with pytest.warns(UserWarning) as caught:
+        assert main(["train", "--config", str(config)]) == 0
+    [message] = [str(w.message) for w in caught if "covariance is singular" in str(w.message)]
+    # 8-d features: 240 real images are enough, 8 generated ones are not
+    assert message.startswith("fd_efficientnet_lite0 compares 8-d features of only 8 generated images, fewer than the dimensions")
+    assert "kd_efficientnet_lite0 (KID, unbiased at any count)" in message
+    assert "covariance is singular" in (tmp_path / "logs" / "tiny" / "train.log").read_text()
+
+
+@pytest.mark.parametrize(("num_real", "num_generated", "said"), [
+    (300, 64, "of only 300 real images and 64 generated images"),
+    (2000, 1280, "of only 1280 generated images"),
+    (1281, 1281, None),
+])
+def test_the_singular_covariance_warning_names_the_short_side(num_real, num_generated, said):
+    from vaegen.fid import warn_if_covariance_is_singular
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_if_covariance_is_singular(("fd_x", "kd_x"), 1280, num_real, num_generated)
+    assert [said in str(w.message) for w in caught] == ([] if said is None else [True])
 
 
 def test_resume_stays_exact_with_fid_evaluations(tmp_path, counting_backbone):

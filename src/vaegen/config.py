@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vaegen.errors import ConfigError, plural
 
@@ -30,6 +30,15 @@ class Section(BaseModel):
             if isinstance(value, bool) and field is not None and not _mentions(field.annotation, bool):
                 raise ValueError(f"{name} is {str(value).lower()}, a yes/no value, where a number or a name is expected")
         return raw
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_empty_paths(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads '' as the current folder, which no one means by an empty value
+        field = cls.model_fields[info.field_name]
+        if isinstance(value, str) and not value.strip() and _mentions(field.annotation, Path):
+            raise ValueError("an empty string is no path; give a path" + ("" if field.is_required() else ", or leave it out for the default"))
+        return value
 
 
 def _mentions(annotation: Any, kind: type) -> bool:
@@ -498,6 +507,12 @@ def _describe(error: dict, schema: type[BaseModel] = None) -> str:
     if kind == "value_error" and isinstance(error.get("input"), dict):  # a section's own check: its dict would bury the message
         return f"`{key}`: {_clean(error['msg'])}."
     value = error.get("input")
+    if value is None:  # `key:` with nothing after it, or --set key=
+        section = _section_at(loc[:-1], schema or Config)
+        field = section.model_fields.get(loc[-1]) if section else None
+        what = f" ({field.description})" if field is not None and field.description else ""
+        instead = "" if field is None or field.is_required() else f", or leave it out for the default, {field.default!r}"
+        return f"`{key}` is empty: give it a value{what}{instead}."
     return f"`{key}` = {value!r} is not allowed: {_clean(error['msg'])}."
 
 

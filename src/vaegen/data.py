@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +36,11 @@ from vaegen.errors import DataError, plural
 
 # Bump when decoding or resizing changes, so old caches are not reused.
 CACHE_FORMAT = 1
+# What is computed from a decoded entry (real features, the fidelity classifier) lives in these subfolders of the
+# cache folder and names its entry's fingerprint in its metadata, so that it goes when its entry goes.
+DERIVED_FOLDERS = ("features", "classifiers")
+FROM_ENTRY = "data_fingerprint"
+_ENTRY_NAME = re.compile(r"-(?P<size>\d+x\d+x\d+)-(?P<fingerprint>[0-9a-f]{20})\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -237,7 +243,8 @@ def load_images(cfg: DataConfig, workers: int = 4, names: Settings = TRAIN_SETTI
         skipped=bad,
         fingerprint=fingerprint,
     )
-    _write_cache(cache_file, result)
+    if _write_cache(cache_file, result, index.root, cfg):
+        prune_cache(cache_dir, cache_file)
     return _report_skipped(result, cfg, names)
 
 
@@ -265,12 +272,18 @@ def _report_skipped(images: DecodedImages, cfg: DataConfig, names: Settings) -> 
     return images
 
 
-def _write_cache(path: Path, images: DecodedImages) -> None:
-    metadata = {"classes": json.dumps(images.classes), "files": json.dumps(images.files), "skipped": json.dumps(images.skipped)}
+def _write_cache(path: Path, images: DecodedImages, root: Path, cfg: DataConfig) -> bool:
+    metadata = {
+        "classes": json.dumps(images.classes),
+        "files": json.dumps(images.files),
+        "skipped": json.dumps(images.skipped),
+        "source": _source(root, cfg),  # what prune_cache compares
+    }
     tensors = {"images": images.images.contiguous(), "labels": images.labels}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        return True
     except OSError as exc:  # a full or read-only disk included (checkpoint.StorageError): the cache is optional
         clash = file_in_the_way(path.parent)
         reason = f"{clash} is a file, not a folder" if clash else os.strerror(exc.errno) if exc.errno else exc
@@ -279,6 +292,57 @@ def _write_cache(path: Path, images: DecodedImages) -> None:
             f"(or $VAEGEN_CACHE) to a folder you can write to.",
             stacklevel=3,
         )
+        return False
+
+
+def _source(root: Path, cfg: DataConfig) -> str:
+    """The folder and the transform an entry was decoded from and with: one folder decoded the same way needs
+    one entry, its newest; a fresh clone of a repository, or a changed file, makes a new one."""
+    return json.dumps({"root": str(Path(root).resolve()), "size": list(cfg.image_size), "channels": cfg.channels, "resize": cfg.resize})
+
+
+def prune_cache(cache_dir: Path, newest: Path) -> list[Path]:
+    """Remove the entries `newest` replaces (same folder, same transform) and those of folders that no longer
+    exist, then what was computed from entries that are gone. Entries from before their source was recorded,
+    and files vaegen did not name, are left alone. Returns the removed files."""
+    newest_source = _metadata(newest).get("source")
+    removed, fingerprints = [], set()
+    for entry in sorted(cache_dir.glob("*.safetensors")):
+        match = _ENTRY_NAME.search(entry.name)
+        if match is None:
+            continue
+        source = _metadata(entry).get("source")
+        stale = entry != newest and source is not None and (
+            source == newest_source or not Path(json.loads(source)["root"]).is_dir()
+        )
+        if stale and _remove(entry):
+            removed.append(entry)
+        else:
+            fingerprints.add(match["fingerprint"])
+    for folder in DERIVED_FOLDERS:
+        for derived in sorted((cache_dir / folder).glob("*.safetensors")):
+            made_from = _metadata(derived).get(FROM_ENTRY)
+            if made_from is not None and made_from not in fingerprints and _remove(derived):
+                removed.append(derived)
+    return removed
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except Exception:  # unreadable (being written, damaged): not ours to judge here
+        return {}
+
+
+def _remove(path: Path) -> bool:
+    try:
+        path.unlink()
+        return True
+    except OSError:  # another process removed it first, or the folder is read-only: it stays a cache entry
+        return False
 
 
 def _read_cache(path: Path, fingerprint: str) -> DecodedImages | None:

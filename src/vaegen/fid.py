@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vaegen.checkpoint import atomic_write
+from vaegen.data import DERIVED_FOLDERS, FROM_ENTRY, default_cache_dir
 
 # Bump when feature extraction changes, so cached real features are recomputed.
 FEATURE_FORMAT = 1
@@ -93,7 +94,7 @@ def extract_features(backbone: nn.Module, images_u8: torch.Tensor, batch_size: i
 
 def real_cache_file(cache_dir: Path, fingerprint: str, split: str, backbone: str) -> Path:
     key = hashlib.sha256(json.dumps([FEATURE_FORMAT, fingerprint, split, backbone]).encode()).hexdigest()[:20]
-    return Path(cache_dir) / "features" / f"{backbone}-{split}-{key}.safetensors"
+    return Path(cache_dir) / DERIVED_FOLDERS[0] / f"{backbone}-{split}-{key}.safetensors"
 
 
 def real_features(
@@ -102,8 +103,10 @@ def real_features(
     cache_file: Path,
     batch_size: int,
     device: torch.device,
+    data_fingerprint: str = "",
 ) -> torch.Tensor:
-    """Features of the real reference images, from the cache when it holds them."""
+    """Features of the real reference images, from the cache when it holds them (an entry that names
+    `data_fingerprint`, the decoded images' cache key, and goes when that entry is pruned)."""
     if cache_file.is_file():
         try:
             cached = load_file(str(cache_file))["features"]
@@ -117,7 +120,7 @@ def real_features(
     features = extract_features(backbone, images_u8, batch_size, device, desc="real features")
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(cache_file, lambda tmp: save_file({"features": features.contiguous()}, str(tmp)))
+        atomic_write(cache_file, lambda tmp: save_file({"features": features.contiguous()}, str(tmp), metadata={FROM_ENTRY: data_fingerprint}))
     except OSError:
         pass  # a read-only cache only costs time
     return features
@@ -235,6 +238,21 @@ def prior_name(metric: str) -> str:
     return f"{metric[:-4]}_prior_std" if metric.endswith("_std") else f"{metric}_prior"
 
 
+def warn_if_covariance_is_singular(names: tuple[str, str], dim: int, num_real: int, num_generated: int) -> None:
+    """A Fréchet distance needs more images than feature dimensions on both sides: below that a covariance
+    is singular, and the distance is biased upward by an amount that depends on the counts, not the model."""
+    short = [f"{count} {side} images" for side, count in (("real", num_real), ("generated", num_generated)) if count <= dim]
+    if short:
+        fd_name, kd_name = names
+        warnings.warn(
+            f"{fd_name} compares {dim}-d features of only {' and '.join(short)}, fewer than the dimensions: the "
+            f"covariance is singular, so {fd_name} is biased upward and changes with the number of images. Compare it "
+            f"only between runs with the same real images and number of samples (metrics.json's protocol), and read "
+            f"{kd_name} (KID, unbiased at any count) for how far the samples are from the real ones.",
+            stacklevel=3,
+        )
+
+
 def reference_images(splits, reference: str, seed: int, val_fraction: float) -> tuple[torch.Tensor, str]:
     """The real images FID compares against, and the split's name in the cache key."""
     key = "all" if reference == "all" else f"{reference}-seed{seed}-val{val_fraction}"
@@ -264,7 +282,6 @@ def build_evaluator(
 ) -> Evaluator | None:
     """The Evaluator for a run or a test, its real features cached; None when the backbone is "none"."""
     from vaegen.backbones import load_backbone, resolve_backbone_name, second_opinions
-    from vaegen.data import default_cache_dir
 
     if backbone == "none":
         return None
@@ -279,11 +296,13 @@ def build_evaluator(
             network = load_backbone(name, device, inception_weights)
         # features differ (slightly) between precisions, so each precision has its own cache entry
         cache_file = real_cache_file(cache_dir, splits.train.fingerprint, split_name, f"{name}-{getattr(network, 'precision', 'fp32')}")
-        return network, real_features(network, images, cache_file, batch_size, device)
+        return network, real_features(network, images, cache_file, batch_size, device, splits.train.fingerprint)
 
     name = resolve_backbone_name(backbone, inception_weights)
     network, real = network_and_real_features(name)
     extras = [network_and_real_features(extra) for extra in second_opinions(name, extra_backbones)]
+    for scoring_network, features in [(network, real), *extras]:
+        warn_if_covariance_is_singular(metric_names(scoring_network.name), features.shape[1], len(features), num_samples)
     return Evaluator(network, real, reference, data_cfg.image_size, num_samples, batch_size, kid_subset_size, device, seed, extras)
 
 
