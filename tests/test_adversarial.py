@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from test_train import _rows, _weights, tiny_config
 from vaegen.adversarial import Adversary, PatchDiscriminator, discriminator_loss, generator_loss

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -31,18 +32,22 @@ def test_vaegen_test_writes_every_file(trained, capsys):
         "--set", "interpolation.steps=5",
     ])
     assert code == 0
-    expected = {"samples.png", "reconstructions.png", "interpolation.png", "metrics.json"}
-    if conditional == "onehot":
-        expected.add("per_class.png")
-    assert expected == {p.name for p in out.iterdir()}
+    # conditional models: samples.png is one labelled block per class (per_class.png was the same picture twice over)
+    assert {"samples.png", "reconstructions.png", "interpolation.png", "metrics.json"} == {p.name for p in out.iterdir()}
 
+    # 16 px tiles are written 6x (96 px), so they can be looked at
     with Image.open(out / "samples.png") as grid:
-        assert grid.size == (4 * 18 + 2, 4 * 18 + 2)
+        if conditional == "onehot":  # 16 // 3 = 5 samples per class in one row, the names in a left margin
+            margin = grid.width - 6 * (5 * 18 + 2)
+            assert margin > 0 and grid.height == 6 * (3 * 18 + 2)
+            names = np.asarray(grid.convert("L"))[:, :margin] < 128
+            assert all(names[6 * 18 * k : 6 * 18 * (k + 1)].any() for k in range(3)), "a class has no name"
+        else:
+            assert grid.size == (6 * (4 * 18 + 2), 6 * (4 * 18 + 2))
     with Image.open(out / "interpolation.png") as grid:
-        assert grid.size == (7 * 18 + 2, 3 * 18 + 2)  # original, 5 steps, original; 3 rows
-    if conditional == "onehot":
-        with Image.open(out / "per_class.png") as grid:
-            assert grid.height == 3 * 18 + 2 and grid.width > 4 * 18 + 2  # one row per class plus labels
+        assert grid.size == (6 * (7 * 18 + 2), 6 * (3 * 18 + 2))  # original, 5 steps, original; 3 rows
+    with Image.open(out / "reconstructions.png") as grid:
+        assert grid.size == (6 * (8 * 18 + 2), 6 * (8 * 18 + 2))  # 32 validation images over their reconstructions
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["split"] == "val" and metrics["num_images"] == 60

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 import vaegen.backbones
 from vaegen.checkpoint import load_training_state
 from vaegen.cli import main
+from vaegen.data import FROM_ENTRY
 from vaegen.fid import frechet_distance, kernel_distance, metric_names
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,6 +106,10 @@ def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_pat
     assert counting_backbone.images_seen == 240 + 4 * 40
     # said before the work, which is silent where progress bars are off
     assert "features of 240 real images: computed once, then read from" in capsys.readouterr().out
+    [features] = (tmp_path / "cache" / "features").glob("*.safetensors")
+    [entry] = (tmp_path / "cache").glob("*.safetensors")
+    with safe_open(str(features), framework="pt") as handle:  # so that they go when the decoded images' entry goes
+        assert entry.name.endswith(f"-{handle.metadata()[FROM_ENTRY]}.safetensors")
     rows = [json.loads(line) for line in (tmp_path / "logs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
     fds = [row["fd_efficientnet_lite0"] for row in rows]
     assert all("kd_efficientnet_lite0" in row and "kd_efficientnet_lite0_std" in row for row in rows)

@@ -41,6 +41,22 @@ def test_the_classifier_is_trained_once_and_cached(apples, monkeypatch, capsys):
     assert all(torch.equal(a, b) for a, b in zip(classifier.state_dict().values(), again.state_dict().values()))
 
 
+def test_the_first_training_says_so_and_its_cache_names_the_data_it_came_from(apples, tmp_path, monkeypatch, capsys):
+    from safetensors import safe_open
+
+    import vaegen.fidelity
+    from vaegen.data import FROM_ENTRY
+
+    splits, classifier, _ = apples
+    monkeypatch.setattr(vaegen.fidelity, "train_classifier", lambda *a, **k: classifier)  # the training itself is tested above
+    load_or_train_classifier(splits.train, 3, tmp_path, torch.device("cpu"), seed=0)
+    [cached] = (tmp_path / "classifiers").glob("*.safetensors")
+    assert capsys.readouterr().out == (f"the class-fidelity classifier: trained once on {len(splits.train.images)} "
+                                       f"real images, then read from {cached.parent}\n")
+    with safe_open(str(cached), framework="pt") as handle:  # so that it goes when its data cache entry goes
+        assert handle.metadata() == {FROM_ENTRY: splits.train.fingerprint}
+
+
 def test_a_model_that_ignores_its_label_scores_about_one_in_three(apples):
     splits, classifier, _ = apples
 

@@ -294,12 +294,12 @@ def test_all_classes_wrap_each_class_into_a_labelled_block(models):
     assert (gallery.max_samples(gallery.ALL_CLASSES), gallery.max_samples("Red"), gallery.max_samples(None)) == (64, 256, 256)
 
 
-def test_vaegen_test_per_class_png_wraps_the_same_way(models, tmp_path):
+def test_vaegen_test_samples_png_wraps_the_same_way(models, tmp_path):
     model = models["cvae"]
-    path = evaluate._per_class(model, TestConfig(grid=16, seed=2), tmp_path / "per_class.png")
-    expected = gallery.sample_view(model, 16, seed=2, temperature=1.0, choice=gallery.ALL_CLASSES).render()
+    path = evaluate._samples(model, TestConfig(grid=8, seed=2), tmp_path / "samples.png")  # 64 // 3: 16 per class
+    expected = gallery.sample_view(model, 16, seed=2, temperature=1.0, choice=gallery.ALL_CLASSES).render(6)  # 16 px tiles at 96 px
     with Image.open(path) as written:
-        assert same_pixels(written, expected) and written.height > 3 * 2 * 18  # blocks of two rows, labelled
+        assert same_pixels(written, expected) and written.height > 6 * 3 * 2 * 18  # blocks of two rows, labelled
 
 
 def test_labels_are_drawn_after_scaling(models):

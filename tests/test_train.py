@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -73,9 +74,13 @@ def test_train_writes_every_file(tmp_path, capsys):
 
     out = capsys.readouterr().out
     assert f"best checkpoint  {best}/" in out and "tensorboard --logdir" in out
-    # sample grid: 12 images of 16 px with 2 px padding, 4 per row
-    with Image.open(best / "samples.png") as grid:
-        assert grid.size == (4 * 18 + 2, 3 * 18 + 2)
+    # sample grid: 12 images of 16 px with 2 px padding, 4 per row, enlarged 6x (96 px tiles) and unlabelled
+    for path in [best / "samples.png", run / "samples_epoch0002.png", run / "samples_epoch0003.png"]:
+        with Image.open(path) as grid:
+            assert grid.size == (6 * (4 * 18 + 2), 6 * (3 * 18 + 2)), path
+    with Image.open(run / "recon_epoch0003.png") as grid:  # 12 images and their reconstructions, 8 a row: 4 rows
+        assert grid.size == (6 * (8 * 18 + 2), 6 * (4 * 18 + 2))
+    assert _tensorboard_image_sizes(run, "samples") == [(6 * (4 * 18 + 2), 6 * (3 * 18 + 2))] * 2
 
 
 def test_loaded_model_matches_training_state(tmp_path):
@@ -258,17 +263,73 @@ def test_a_failed_checkpoint_write_is_still_reported_when_another_error_stops_th
     assert not (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").exists()
 
 
+def _tensorboard_image_sizes(run: Path, tag: str) -> list[tuple[int, int]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    return [(image.width, image.height) for image in events.Images(tag)]
+
+
+def _ink(picture: Image.Image, box: tuple[int, int, int, int]) -> bool:
+    """Whether `box` of `picture` holds dark (text) pixels."""
+    return bool((np.asarray(picture.convert("L").crop(box)) < 128).any())
+
+
 def test_grayscale_and_conditional_end_to_end(tmp_path):
     config = tiny_config(tmp_path, data={"channels": 1}, model={"conditional": "onehot"}, train={"epochs": 1})
     assert main(["train", "--config", str(config)]) == 0
-    best = tmp_path / "best" / "tiny"
-    with Image.open(best / "samples.png") as grid:
+    best, run = tmp_path / "best" / "tiny", tmp_path / "logs" / "tiny"
+    with Image.open(best / "samples.png") as grid, Image.open(run / "samples_epoch0001.png") as latest:
         assert grid.mode == "L"
+        # one block per class, 12 // 3 = 4 samples in each, with the class names in a left margin
+        block = 6 * (4 * 18 + 2)
+        margin = grid.width - block
+        assert margin > 0 and grid.height == 6 * (3 * 18 + 2)
+        assert all(_ink(grid, (0, 6 * 18 * k, margin, 6 * 18 * (k + 1))) for k in range(3)), "a class has no name"
+        # the epoch's evaluation and the best-model export draw the picture separately: the same pixels
+        assert np.array_equal(np.asarray(grid), np.asarray(latest))
+    assert _tensorboard_image_sizes(run, "samples") == [(grid.width, grid.height)]
     model = vaegen.load(best)
     images = model.sample(3, labels=[0, 1, 2], seed=0)
     assert images.shape == (3, 1, 16, 16)
     with pytest.raises(ValueError, match="pass labels"):
         model.sample(3)
+
+
+def test_conditional_samples_are_labelled_blocks_of_the_same_draws_at_every_evaluation():
+    """samples_epoch*.png once cycled the classes across unlabelled columns; each class is now a labelled block,
+    drawn from the same codes (the prior) or the same seeded mixture draws at every evaluation."""
+    from vaegen.config import ModelConfig
+    from vaegen.density import LatentGMM
+    from vaegen.models import build_model
+    from vaegen.plots import image_grid, scaled, to_pil
+    from vaegen.train import sample_picture
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(latent_dim=8, widths=(8, 16), conditional="onehot"), (16, 16), 3, 3).eval()
+    classes, cpu = ["Golden", "Golden-Red", "Red"], torch.device("cpu")
+    fixed_z = torch.randn(12, 8, generator=torch.Generator().manual_seed(2))
+    picture = sample_picture(model, fixed_z, classes, cpu)
+    block = 6 * (4 * 18 + 2)  # 12 // 3 = 4 samples per class in one row, 16 px tiles enlarged 6x
+    margin = picture.width - block
+    assert margin > 0 and picture.height == 6 * (3 * 18 + 2)
+    tiles = np.asarray(picture)[:, margin:]
+    with torch.no_grad():
+        for k in range(3):  # block k: the first four codes of fixed_z, decoded as class k
+            expected = np.asarray(scaled(to_pil(image_grid(model.decode(fixed_z[:4], torch.full((4,), k)), nrow=4)), 6))
+            assert np.array_equal(tiles[6 * 18 * k : 6 * 18 * k + 6 * 20], expected)
+            assert _ink(picture, (0, 6 * 18 * k, margin, 6 * 18 * (k + 1))), f"class {k} has no name"
+    torch.manual_seed(1)  # training moved the global random stream on before the next evaluation
+    assert np.array_equal(np.asarray(sample_picture(model, fixed_z, classes, cpu)), np.asarray(picture))
+
+    # a fitted mixture: one component per class, far apart, so each block shows its own class's codes
+    eye = torch.eye(8).expand(3, 1, 8, 8)
+    density = LatentGMM(torch.ones(3, 1), torch.arange(3.0)[:, None, None].expand(3, 1, 8) * 3, eye.clone(), "full")
+    drawn = sample_picture(model, fixed_z, classes, cpu, density)
+    torch.manual_seed(2)
+    assert drawn.size == picture.size and np.array_equal(np.asarray(sample_picture(model, fixed_z, classes, cpu, density)), np.asarray(drawn))
+    assert not np.array_equal(np.asarray(drawn), np.asarray(picture))
 
 
 def test_new_run_refuses_to_overwrite_named_run(tmp_path, capsys):

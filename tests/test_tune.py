@@ -96,8 +96,28 @@ def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsy
     assert "failed" in out and "fd_efficientnet_lite0" in out
     assert "1 of 3 trials failed; the sweep went on without them" in out
     assert "sweep tiny: 3 trials (1 failed) in " in out
-    # the trial's vaegen error is one line in Ray's log, not Ray's traceback
-    assert ray_trial_log.getvalue() == f"Trial task failed for trial {failed[0]['trial']}: {failed[0]['error']}\n"
+    # vaegen's lines say what happens as it happens, in place of Ray's tables and its TensorBoard hint
+    sweep_dir = tmp_path / "logs" / "tiny"
+    assert out.startswith(f"starting sweep tiny: 3 trials, 2 at a time, in {sweep_dir}/  "
+                          f"(TensorBoard: tensorboard --logdir {sweep_dir / 'trials'})\n")
+    assert "tensorboard --logdir /tmp/ray" not in out and "Trial status" not in out and "╭" not in out
+    for row in rows:
+        assert f"trial {row['trial']} started: optim.lr={float(row['optim.lr']):.3g}, " \
+               f"train.batch_size={row['train.batch_size']}\n" in out
+    ended = {"finished": "finished: 2 of 2 epochs", "stopped early": "stopped early by ASHA: 1 of 2 epochs"}
+    for row in finished:
+        best = float(row["best_fd_efficientnet_lite0"])
+        assert f"trial {row['trial']} {ended[row['status']]}, best fd_efficientnet_lite0 {best:.4g} " \
+               f"(epoch {row['epoch']})\n" in out
+        assert f"trial {row['trial']}  epoch 1/2  fd_efficientnet_lite0 " in out
+    assert f"trial {failed[0]['trial']} failed: {failed[0]['error']}\n" in out
+    evaluations = sum(2 if row["status"] == "finished" else 1 for row in finished)
+    assert out.count("  best so far ") == evaluations
+    leader = min(finished, key=lambda row: float(row["best_fd_efficientnet_lite0"]))["trial"]
+    last_evaluation = [line for line in out.splitlines() if "  best so far " in line][-1]
+    assert last_evaluation.endswith(f"best so far {min(scores):.4g} ({leader})")
+    # the trial's vaegen error is said once, in the line above: Ray's log adds neither it nor its traceback
+    assert ray_trial_log.getvalue() == ""
 
     with Image.open(tmp_path / "logs" / "tiny" / "fid_vs_params.png") as plot:
         assert plot.size[0] > 400
@@ -123,7 +143,7 @@ def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsy
         assert (run / "curves.png").is_file()
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, capsys):
     config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}}, max_concurrent=1, scheduler="fifo")
     trials = tmp_path / "logs" / "tiny" / "trials"
     command = [sys.executable, "-m", "vaegen", "tune", "--config", str(config)]
@@ -139,17 +159,21 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     finally:
         sweep.kill()
     assert sweep.returncode == 130, output
-    assert "--resume" in output
+    assert "--resume" in output and "Tuner.restore" not in output  # vaegen's way to continue, not Ray's
+    assert "starting sweep tiny: 3 trials, 1 at a time, in " in output and "╭" not in output
 
     starts_before = {run.name: (run / "train.log").read_text().count("\nmodel:") for run in trials.iterdir()}
     first = min(trials.iterdir(), key=lambda run: (run / "params.json").stat().st_mtime)
     assert len((first / "metrics.jsonl").read_text().splitlines()) == 2  # it had finished
 
     assert main(["tune", "--config", str(config), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resuming sweep tiny: 3 trials, 1 at a time, in ") and "╭" not in out
     rows = read_summary(tmp_path)
     assert len(rows) == 3 and {row["status"] for row in rows} == {"finished"}
     starts_after = {run.name: (run / "train.log").read_text().count("\nmodel:") for run in trials.iterdir()}
     assert starts_after[first.name] == starts_before[first.name] == 1  # not run again
+    assert f"trial {first.name} started" not in out
     assert sum(starts_after.values()) <= 4  # the interrupted trial continued once, nothing else repeated
 
 
@@ -190,7 +214,7 @@ def test_a_sweep_whose_every_trial_fails_exits_with_the_first_error(tmp_path, ca
     config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 10]}}, num_samples=1, scheduler="fifo",
                         points_to_evaluate=[{"optim.lr": 5}])
     assert main(["tune", "--config", str(config)]) == 3  # TrainingDiverged's code
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     (row,) = read_summary(tmp_path)
     assert row["status"] == "failed" and row["error"].startswith("the loss became NaN or infinite at epoch 1")
     message = err.split("error: ")[-1]
@@ -200,7 +224,8 @@ def test_a_sweep_whose_every_trial_fails_exits_with_the_first_error(tmp_path, ca
     assert str(tmp_path / "logs" / "tiny" / "summary.csv") in message and len(message.strip().splitlines()) == 1
     assert "then start the run again" not in err and "vaegen train --resume" not in err
     assert "Traceback" not in err
-    assert ray_trial_log.getvalue() == f"Trial task failed for trial {row['trial']}: {row['error']}\n"
+    assert f"trial {row['trial']} failed: {row['error']}\n" in out
+    assert ray_trial_log.getvalue() == ""  # said once, by vaegen's console line
     assert not (tmp_path / "best").exists()
 
 
@@ -269,6 +294,51 @@ def test_unreachable_cluster_address_is_named_within_seconds(tmp_path, capsys, m
     assert "--address 'headnode' is not HOST:PORT" in capsys.readouterr().err
 
 
+def serve_once(answer: bytes | None):
+    """A local port whose server reads what the client sends and answers `answer` (None: says nothing)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(1024)
+            if answer is not None:
+                connection.sendall(answer)
+            time.sleep(2)  # silent: the client gives up first
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize(("answer", "heard"), [
+    (b"HTTP/1.1 400 Bad Request\r\n\r\n", "it answered a web page's answer (Ray's dashboard is such a port, 8265 by default)"),
+    (None, "it answered nothing, and ray.init would wait there for minutes"),
+    (b"SSH-2.0-OpenSSH_9.6\r\n", "it answered b'SSH-2.0-O', not gRPC"),  # the first 9 bytes, a frame header's length
+])
+def test_an_address_where_something_else_than_ray_listens_is_named(answer, heard):
+    from vaegen.errors import ConfigError
+    from vaegen.tune import check_reachable
+
+    with serve_once(answer) as server:
+        address = f"127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(ConfigError) as refused:
+            check_reachable(address, timeout_s=0.5)
+    message = str(refused.value)
+    assert message.startswith(f"--address {address}: something listens there, but not a Ray cluster: asked as Ray's GCS is asked, {heard}")
+    assert "drop --address to run the sweep on this machine" in message
+
+
+def test_an_address_that_answers_as_grpc_does_passes():
+    from vaegen.tune import check_reachable
+
+    settings_frame = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # what Ray's GCS sends first (checked against Ray 2.x)
+    with serve_once(settings_frame) as server:
+        check_reachable(f"127.0.0.1:{server.getsockname()[1]}", timeout_s=0.5)
+
+
 def test_overrides_are_checked_like_the_space_and_nested_forms_are_accepted(tmp_path, capsys):
     from vaegen.tune import load_sweep
 
@@ -281,6 +351,62 @@ def test_overrides_are_checked_like_the_space_and_nested_forms_are_accepted(tmp_
 
     assert main(["tune", "--config", str(config), "--set", "overrides.train.epochz=5"]) == 2
     assert "unknown key `train.epochz`; did you mean `epochs`?" in capsys.readouterr().err
+
+
+def test_sweep_console_says_when_each_trial_starts_scores_and_ends(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    import ray.cloudpickle
+    from ray.exceptions import RayTaskError
+
+    from vaegen.errors import TrainingDiverged
+    from vaegen.tune import SweepConsole
+
+    def trial(trial_id: str, epochs: int, error: Exception | None = None):
+        pickled = None
+        if error is not None:  # what Ray writes beside a trial whose function raised
+            pickled = tmp_path / f"{trial_id}.pkl"
+            pickled.write_bytes(ray.cloudpickle.dumps(RayTaskError("run_trial", "Traceback ...", error)))
+        return SimpleNamespace(trial_id=trial_id, config={"optim.lr": 0.00123456, "train.epochs": epochs},
+                               last_result={}, pickled_error_file=pickled and str(pickled), error_file=None)
+
+    def report(console, trial, epoch, value):
+        trial.last_result = {"epoch": epoch, "fd": value}  # Ray updates it after the callbacks; the end reads it
+        console.on_trial_result(iteration=0, trials=[], trial=trial, result={"epoch": epoch, "fd": value})
+
+    console = SweepConsole("fd", ["optim.lr", "train.epochs"], base_epochs=3)
+    weak, strong, broken = trial("aaaa0001", 4), trial("bbbb0002", 2), trial("cccc0003", 3, TrainingDiverged(
+        "the loss became NaN or infinite at epoch 1; lower optim.lr (in the sweep's `space:` or `overrides:`)."))
+    console.on_trial_start(iteration=0, trials=[], trial=weak)
+    console.on_trial_start(iteration=0, trials=[], trial=strong)
+    report(console, weak, 1, 50.0)
+    report(console, strong, 1, 60.5)
+    report(console, strong, 2, 40.25)
+    console.on_trial_result(iteration=0, trials=[], trial=strong, result={"epoch": 2})  # no evaluation: no line
+    report(console, weak, 2, 45.0)
+    console.on_trial_complete(iteration=0, trials=[], trial=weak)  # 2 of its searched 4 epochs: ASHA stopped it
+    console.on_trial_complete(iteration=0, trials=[], trial=strong)  # all 2 of its epochs, though the base has 3
+    console.on_trial_start(iteration=0, trials=[], trial=broken)
+    console.on_trial_error(iteration=0, trials=[], trial=broken)
+    # a resumed sweep's console gets the state Ray kept: the best so far still counts the trials before
+    resumed = SweepConsole("fd", ["optim.lr", "train.epochs"], base_epochs=3)
+    resumed.set_state(console.get_state())
+    report(resumed, trial("dddd0004", 3), 1, 41.0)
+
+    assert capsys.readouterr().out.splitlines() == [
+        "trial aaaa0001 started: optim.lr=0.00123, train.epochs=4",
+        "trial bbbb0002 started: optim.lr=0.00123, train.epochs=2",
+        "trial aaaa0001  epoch 1/4  fd 50  best so far 50 (aaaa0001)",
+        "trial bbbb0002  epoch 1/2  fd 60.5  best so far 50 (aaaa0001)",
+        "trial bbbb0002  epoch 2/2  fd 40.25  best so far 40.25 (bbbb0002)",
+        "trial aaaa0001  epoch 2/4  fd 45  best so far 40.25 (bbbb0002)",
+        "trial aaaa0001 stopped early by ASHA: 2 of 4 epochs, best fd 45 (epoch 2)",
+        "trial bbbb0002 finished: 2 of 2 epochs, best fd 40.25 (epoch 2)",
+        "trial cccc0003 started: optim.lr=0.00123, train.epochs=3",
+        "trial cccc0003 failed: the loss became NaN or infinite at epoch 1; lower optim.lr (in the sweep's `space:` "
+        "or `overrides:`).",
+        "trial dddd0004  epoch 1/3  fd 41  best so far 40.25 (bbbb0002)",
+    ]
 
 
 def test_list_choices_travel_through_optuna_as_text(tmp_path):

@@ -1,9 +1,9 @@
 """`vaegen test`: score a trained model and draw what people look at.
 
 Loads `best_models/<run>` (safetensors, no code runs), reads the data it was trained on, and
-writes to one folder: samples.png, per_class.png (conditional models), reconstructions.png,
-interpolation.png and metrics.json (FID/KID with their protocol; the validation loss terms as training
-computes them).
+writes to one folder: samples.png (one labelled block per class for conditional models), reconstructions.png,
+interpolation.png (each enlarged by a whole factor when the model's images are small: plots.view_scale) and
+metrics.json (FID/KID with their protocol; the validation loss terms as training computes them).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from vaegen.density import fit_model_density
 from vaegen.errors import ConfigError, DataError
 from vaegen.fid import build_evaluator, eval_batch_size, score_model
 from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
-from vaegen.plots import BLOCK_COLUMNS, image_grid, labelled_rows, reconstruction_grid, save_png
+from vaegen.plots import class_blocks, for_viewing, image_grid, reconstruction_grid, samples_per_class, save_png
 from vaegen.samplers import per_class_samples, slerp
 from vaegen.accel import resolve_device
 from vaegen.train import evaluate as validation_terms
@@ -73,13 +73,10 @@ def run_test(cfg: TestConfig) -> TestReport:
         )
     files = []
 
-    samples = model.sample(cfg.grid * cfg.grid, labels=_grid_labels(model, cfg.grid * cfg.grid), temperature=cfg.temperature, seed=cfg.seed)
-    files.append(_save(image_grid(samples, nrow=cfg.grid), out / "samples.png"))
-    if model.is_conditional:
-        files.append(_per_class(model, cfg, out / "per_class.png"))
+    files.append(_samples(model, cfg, out / "samples.png"))
     x = to_input(split.images[:32], device)
     y = split.labels[:32].to(device) if model.is_conditional else None
-    files.append(_save(reconstruction_grid(x, model.reconstruct(x, y)), out / "reconstructions.png"))
+    files.append(_save(for_viewing(reconstruction_grid(x, model.reconstruct(x, y)), x), out / "reconstructions.png"))
     if len(split.images) >= 2:
         files.append(_interpolation(model, split, cfg, device, out / "interpolation.png"))
     else:
@@ -99,20 +96,20 @@ def run_test(cfg: TestConfig) -> TestReport:
     return TestReport(out, metrics, files)
 
 
-def _save(grid: torch.Tensor, path: Path) -> Path:
-    save_png(grid, path)
+def _save(picture, path: Path) -> Path:
+    save_png(picture, path)
     return path
 
 
-def _grid_labels(model, n: int) -> torch.Tensor | None:
-    return torch.arange(n) % model.num_classes if model.is_conditional else None
-
-
-def _per_class(model, cfg: TestConfig, path: Path) -> Path:
-    """One labelled block of samples per class, wrapping after BLOCK_COLUMNS (from the prior, the same codes in each)."""
-    images = per_class_samples(model, cfg.grid, cfg.seed, cfg.temperature)
-    save_png(labelled_rows(images, model.classes, BLOCK_COLUMNS), path)
-    return path
+def _samples(model, cfg: TestConfig, path: Path) -> Path:
+    """A grid × grid grid of samples; conditional models: one labelled block per class, samples_per_class(grid²)
+    in each, wrapping after BLOCK_COLUMNS (from the prior every block decodes the same codes, so the blocks
+    differ only by the class; a fitted mixture draws each class's codes from its own components)."""
+    if model.is_conditional:
+        images = per_class_samples(model, samples_per_class(cfg.grid * cfg.grid, model.num_classes), cfg.seed, cfg.temperature)
+        return _save(class_blocks(images, model.classes), path)
+    images = model.sample(cfg.grid * cfg.grid, temperature=cfg.temperature, seed=cfg.seed)
+    return _save(for_viewing(image_grid(images, nrow=cfg.grid), images), path)
 
 
 @torch.no_grad()
@@ -133,7 +130,8 @@ def _interpolation(model, split, cfg: TestConfig, device, path: Path) -> Path:
         if y is not None:  # the class switches half-way: conditional codes live per class
             labels = torch.where(weights < 0.5, y[a], y[b])
         images += [x[a : a + 1], model.decode(z, labels), x[b : b + 1]]
-    return _save(image_grid(torch.cat(images), nrow=cfg.interpolation.steps + 2), path)
+    images = torch.cat(images)
+    return _save(for_viewing(image_grid(images, nrow=cfg.interpolation.steps + 2), images), path)
 
 
 def _likelihood_terms(model, split, train_cfg) -> dict:

@@ -12,6 +12,9 @@ from vaegen.checkpoint import atomic_write
 
 # a class's samples wrap onto more rows after this many: one long row per class shrinks to a hairline on a page
 BLOCK_COLUMNS = 8
+# pictures written for people to open (vaegen test's, a run's samples and reconstructions): tiles smaller than
+# this are enlarged by a whole factor towards it, since a 16 or 32 px tile is a smudge in an image viewer
+VIEW_TILE = 96
 
 
 def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
@@ -37,16 +40,43 @@ def scaled(image, scale: int):
     return image if scale == 1 else image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
 
 
+def view_scale(images: torch.Tensor) -> int:
+    """The whole factor that enlarges tiles of `images` ([N, C, H, W]) to at most VIEW_TILE px on their longer
+    side: 16 px tiles 6x, 32 px 3x, 48 px 2x; tiles over VIEW_TILE / 2 px (64 px, say) stay as they are."""
+    return max(1, VIEW_TILE // max(images.shape[-2:]))
+
+
+def for_viewing(grid: torch.Tensor, images: torch.Tensor):
+    """A grid of `images` (from `image_grid` or `reconstruction_grid`) as PIL, enlarged by `view_scale(images)`:
+    what is written for people to open."""
+    return scaled(to_pil(grid), view_scale(images))
+
+
+def class_blocks(images: torch.Tensor, names: list[str]):
+    """One labelled block per class (`labelled_rows` wrapping after BLOCK_COLUMNS), enlarged by `view_scale`
+    with the names drawn at that size."""
+    return labelled_rows(images, names, BLOCK_COLUMNS, view_scale(images))
+
+
+def samples_per_class(total: int, num_classes: int) -> int:
+    """How many samples each class's block holds when about `total` are shown in all: the same number for
+    every class, never more than total // num_classes (so the codes of a `total`-sample grid suffice), and in
+    whole rows of BLOCK_COLUMNS once a block wraps (64 in all for 3 classes: two rows of 8 each)."""
+    share = max(1, total // num_classes)
+    return share if share <= BLOCK_COLUMNS else share // BLOCK_COLUMNS * BLOCK_COLUMNS
+
+
 def labelled_rows(images: torch.Tensor, names: list[str], columns: int | None = None, scale: int = 1):
     """The images in len(names) equal blocks (len(images) divisible by len(names)), each block's name in a
-    left margin, vertically centred on it, as RGB PIL. A block wraps after `columns` images (None: one row),
-    and blocks of more than one row are set apart by a gap with a rule. `scale` enlarges the images before
-    the names are drawn, so the text is sharp at any scale."""
+    left margin, vertically centred on it, as PIL (RGB; L for one-channel images). A block wraps after `columns`
+    images (None: one row), and blocks of more than one row are set apart by a gap with a rule. `scale` enlarges
+    the images before the names are drawn, so the text is sharp at any scale."""
     from PIL import Image, ImageDraw, ImageFont
 
     per_block = len(images) // len(names)
     columns = min(columns or per_block, per_block)
-    blocks = [to_pil(image_grid(block, nrow=columns)).convert("RGB") for block in images.split(per_block)]
+    mode = "L" if images.shape[1] == 1 else "RGB"
+    blocks = [to_pil(image_grid(block, nrow=columns)).convert(mode) for block in images.split(per_block)]
     blocks = [scaled(block, scale) for block in blocks]
     tile = images.shape[-2] * scale
     # readable at the model's resolution, and still on screen when the page column shrinks a wide picture
@@ -56,7 +86,7 @@ def labelled_rows(images: torch.Tensor, names: list[str], columns: int | None = 
     shared = 2 * scale  # the padding between two blocks is drawn once, as between two rows of one grid
     gap = images.shape[-2] // 3 * scale if per_block > columns else 0  # a whole number of pixels at scale 1
     step = blocks[0].height - shared + gap
-    page = Image.new("RGB", (margin + blocks[0].width, step * (len(blocks) - 1) + blocks[0].height), "white")
+    page = Image.new(mode, (margin + blocks[0].width, step * (len(blocks) - 1) + blocks[0].height), "white")
     draw = ImageDraw.Draw(page)
     for index, (block, name) in enumerate(zip(blocks, names)):
         top = index * step
@@ -64,7 +94,7 @@ def labelled_rows(images: torch.Tensor, names: list[str], columns: int | None = 
         draw.text((pad, top + block.height / 2), name, fill="black", font=font, anchor="lm")
         if gap and index:
             rule = top - gap / 2 + shared / 2
-            draw.line([(pad, rule), (page.width - pad, rule)], fill=(200, 200, 200), width=max(1, scale // 2))
+            draw.line([(pad, rule), (page.width - pad, rule)], fill=200 if mode == "L" else (200, 200, 200), width=max(1, scale // 2))
     return page
 
 

@@ -11,7 +11,8 @@ import os
 import warnings
 from pathlib import Path
 
-import torch
+import numpy as np
+from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from vaegen.checkpoint import storage_error, write_text_atomic
@@ -49,12 +50,14 @@ class Tracker:
         if self.wandb_run is not None:
             self.wandb_run.log(row, step=epoch)
 
-    def log_image(self, tag: str, grid: torch.Tensor, epoch: int) -> None:
-        self.tensorboard.add_image(tag, grid, epoch)
+    def log_image(self, tag: str, image: Image.Image, epoch: int) -> None:
+        """`image`: the picture as written beside the run (PIL, RGB or L), class names and enlargement included."""
+        array = np.asarray(image)  # uint8: TensorBoard takes it as 0-255
+        self.tensorboard.add_image(tag, array, epoch, dataformats="HWC" if array.ndim == 3 else "HW")
         if self.wandb_run is not None:
             import wandb
 
-            self.wandb_run.log({tag: wandb.Image(grid.permute(1, 2, 0).cpu().numpy())}, step=epoch)
+            self.wandb_run.log({tag: wandb.Image(image)}, step=epoch)
 
     def flush(self) -> None:
         self.tensorboard.flush()

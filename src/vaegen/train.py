@@ -52,7 +52,7 @@ from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train
 from vaegen.losses import vae_loss
 from vaegen.models import build_model, count_parameters
 from vaegen.perceptual import PerceptualLoss, evaluation_network_problem
-from vaegen.plots import image_grid, plot_curves, reconstruction_grid, save_png
+from vaegen.plots import class_blocks, for_viewing, image_grid, plot_curves, reconstruction_grid, samples_per_class, save_png
 from vaegen.schedules import build_beta_schedule
 from vaegen.tracking import Tracker, read_metrics
 
@@ -345,33 +345,33 @@ def _diverged(config: Config, epoch: int, step: int, beta: float) -> TrainingDiv
 # Pictures
 
 
-def grid_labels(num_images: int, num_classes: int) -> tuple[torch.Tensor, int]:
-    """Labels for full rows whose columns cycle through the classes, and the row length."""
-    per_row = num_classes * max(1, round(math.sqrt(num_images) / num_classes))
-    rows = max(1, num_images // per_row)
-    return torch.arange(rows * per_row) % num_classes, per_row
-
-
 @torch.no_grad()
-def sample_grid(model, fixed_z: torch.Tensor, device: torch.device, density: LatentGMM | None = None) -> torch.Tensor:
-    """Prior: decodes `fixed_z`. Mixture: the same seeded draws from the mixture at every evaluation."""
+def sample_picture(model, fixed_z: torch.Tensor, classes: list[str], device: torch.device, density: LatentGMM | None = None):
+    """The run's sample picture (PIL, enlarged by plots.view_scale), the same draws at every evaluation so
+    epochs compare: from the prior it decodes `fixed_z`, from a mixture the same seeded draws. Conditional
+    models: one labelled block per class, samples_per_class(len(fixed_z)) in each; from the prior every block
+    decodes the same first codes of `fixed_z`, so the blocks differ only by the class."""
     model.eval()
-    labels, per_row = grid_labels(len(fixed_z), model.num_classes) if model.is_conditional else (None, None)
-    if density is not None:
-        z = density.to(device).sample(len(fixed_z) if labels is None else len(labels), torch.Generator().manual_seed(0), labels)
-    elif labels is None:
-        z = fixed_z
+    if not model.is_conditional:
+        z = fixed_z if density is None else density.to(device).sample(len(fixed_z), torch.Generator().manual_seed(0))
+        images = model.decode(z.to(device), None)
+        return for_viewing(image_grid(images), images)
+    per_class = samples_per_class(len(fixed_z), model.num_classes)
+    labels = torch.arange(model.num_classes).repeat_interleave(per_class)
+    if density is None:
+        z = fixed_z[:per_class].repeat(model.num_classes, 1)
     else:
-        z = fixed_z.repeat(math.ceil(len(labels) / len(fixed_z)), 1)[: len(labels)]
-    return image_grid(model.decode(z.to(device), None if labels is None else labels.to(device)), nrow=per_row)
+        z = density.to(device).sample(len(labels), torch.Generator().manual_seed(0), labels)
+    return class_blocks(model.decode(z.to(device), labels.to(device)), classes)
 
 
 @torch.no_grad()
-def reconstruction_grid_for(model, data: DecodedImages, count: int, device: torch.device) -> torch.Tensor:
+def reconstruction_picture(model, data: DecodedImages, count: int, device: torch.device):
+    """The first `count` images of `data` above their reconstructions (PIL, enlarged by plots.view_scale)."""
     model.eval()
     x = to_input(data.images[:count], device)
     y = data.labels[:count].to(device) if model.is_conditional else None
-    return reconstruction_grid(x, model.reconstruct(x, y))
+    return for_viewing(reconstruction_grid(x, model.reconstruct(x, y)), x)
 
 
 # ---------------------------------------------------------------------------------------
@@ -550,8 +550,8 @@ def _train(
                 with clock("evaluation"):
                     eval_model.eval()
                     density = fit_density(eval_model, splits.train, config, device)
-                    samples = sample_grid(eval_model, fixed_z, device, density)
-                    reconstructions = reconstruction_grid_for(eval_model, splits.val, min(32, config.eval.num_grid), device)
+                    samples = sample_picture(eval_model, fixed_z, classes, device, density)
+                    reconstructions = reconstruction_picture(eval_model, splits.val, min(32, config.eval.num_grid), device)
                     last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
                     save_png(samples, last_samples)
                     save_png(reconstructions, paths.run_dir / f"recon_epoch{epoch:04d}.png")
@@ -580,8 +580,8 @@ def _train(
                 with clock("best-model exports"):
                     if density is None:  # selecting on a validation loss can pick an epoch without an evaluation
                         density = fit_density(eval_model, splits.train, config, device)
-                    grid = sample_grid(eval_model, fixed_z, device, density)
-                    export_best(paths, eval_model, config, classes, row, criterion, protocol, grid, density)
+                    samples = sample_picture(eval_model, fixed_z, classes, device, density)
+                    export_best(paths, eval_model, config, classes, row, criterion, protocol, samples, density)
 
             # a large model's state is hundreds of MB: runs may write it less often (checkpoint_every), and an
             # epoch that ends while the previous write is still going leaves its state to the next epoch's end
@@ -666,10 +666,11 @@ def export_best(
     row: dict,
     criterion: str,
     protocol: dict | None,
-    samples: torch.Tensor,
+    samples,
     density: LatentGMM | None = None,
 ) -> None:
-    """best_models/<run>/: weights first, metrics.json last, so metrics never describe missing weights."""
+    """best_models/<run>/: weights first, metrics.json last, so metrics never describe missing weights.
+    `samples` is the run's sample picture (PIL, from `sample_picture`; a grid tensor is written as it is)."""
     import json
 
     metadata = {

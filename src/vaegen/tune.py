@@ -44,7 +44,12 @@ from vaegen.config import (
     read_yaml,
     set_key_path,
 )
-from vaegen.errors import ConfigError, TrainingDiverged, VaegenError
+from vaegen.errors import ConfigError, TrainingDiverged, VaegenError, plural
+
+try:  # Ray is the `tune` extra; without it run_sweep says how to install it before anything needs this
+    from ray.tune import Callback as _RayCallback
+except ImportError:
+    _RayCallback = object
 
 # ---------------------------------------------------------------------------------------
 # The sweep file
@@ -370,6 +375,21 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         raise TrainingDiverged(f"{exc.diagnosis} (in the sweep's `space:` or `overrides:`).", exc.diagnosis) from None
 
 
+def trial_epochs(params: dict[str, Any], base_epochs: int) -> int:
+    """The epochs a trial trains for: its searched train.epochs, or the base config's."""
+    return int(params.get("train.epochs") or base_epochs)
+
+
+def trial_status(failed: bool, last_epoch: int, epochs: int, ended: bool = True) -> str:
+    """failed; finished (it ran all its epochs); stopped early (it ended before them without an error: ASHA
+    stopped it); or not finished (the sweep was interrupted before the trial ended)."""
+    if failed:
+        return "failed"
+    if last_epoch >= epochs:
+        return "finished"
+    return "stopped early" if ended else "not finished"
+
+
 def format_params(params: dict[str, Any]) -> str:
     return ", ".join(f"{key}={_short(value)}" for key, value in params.items())
 
@@ -422,6 +442,10 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
     settings = sweep.settings.tune
     # keeping only the best checkpoint makes Ray snapshot its state at each improvement, and warn that it does
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # SweepConsole says what happens; Ray's new output engine prints its tables and a TensorBoard hint at any
+    # verbosity, the legacy one prints nothing at verbose=0
+    users_output_engine = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     can_restore = tune.Tuner.can_restore(sweep.experiment_path)
     if resume and not can_restore:
         raise ConfigError(
@@ -445,6 +469,7 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
             f"({started_with}). Start a new sweep (--set tune.name=NEW_NAME) to search something else.",
             stacklevel=2,
         )
+    print(sweep_header(sweep, resume), flush=True)
 
     context = TrialContext(sweep.base_raw, dict(sweep.settings.space), sweep.trials_dir, sweep.metric, settings.resources.cpu)
     trainable = tune.with_resources(
@@ -458,9 +483,11 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
             raise unreachable(address, _first_line(exc)) from None
     else:
         ray.init(include_dashboard=False, log_to_driver=False)
-    ray_log = logging.getLogger("ray.tune.execution.tune_controller")
-    one_line = _OneLineTrialErrors()
-    ray_log.addFilter(one_line)
+    # what SweepConsole and the CLI say already: a vaegen error of a trial, and how to resume (Ray's own way)
+    said_by_vaegen = {logging.getLogger("ray.tune.execution.tune_controller"): _VaegenTrialErrors(),
+                      logging.getLogger("ray.tune.tune"): _RaysResumeAdvice()}
+    for ray_log, said in said_by_vaegen.items():
+        ray_log.addFilter(said)
     try:
         if resume:
             tuner = tune.Tuner.restore(sweep.experiment_path, trainable, resume_unfinished=True, resume_errored=False)
@@ -501,7 +528,9 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
                         num_to_keep=1, checkpoint_score_attribute=sweep.metric, checkpoint_score_order="min"
                     ),
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                    verbose=1,
+                    # kept in the sweep's state, so a resumed sweep prints the same lines (Ray restores the best values)
+                    callbacks=[SweepConsole(sweep.metric, list(sweep.settings.space), sweep.base.train.epochs)],
+                    verbose=0,
                 ),
             )
         grid = tuner.fit()
@@ -513,20 +542,101 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
         if trials and all(t.status == "failed" for t in trials):
             raise no_trial_succeeded(grid, trials, sweep)
     finally:
-        ray_log.removeFilter(one_line)
+        for ray_log, said in said_by_vaegen.items():
+            ray_log.removeFilter(said)
         ray.shutdown()
+        if users_output_engine is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = users_output_engine
     return SweepResult(trials, complete, summary_csv, plot, best_dir)
 
 
-class _OneLineTrialErrors(logging.Filter):
-    """Ray logs a failed trial with its traceback; a vaegen error's message says all there is, in one line."""
+def sweep_header(sweep: Sweep, resume: bool) -> str:
+    settings = sweep.settings.tune
+    return (f"{'resuming' if resume else 'starting'} sweep {sweep.name}: {plural(settings.num_samples, 'trial')}, "
+            f"{settings.max_concurrent} at a time, in {sweep.sweep_dir}/  "
+            f"(TensorBoard: tensorboard --logdir {sweep.trials_dir})")
+
+
+class SweepConsole(_RayCallback):
+    """vaegen's console for a sweep, in place of Ray's tables: one line when a trial starts, one per evaluation
+    (with the best value of the whole sweep so far), one when it ends. Ray calls it in the driver."""
+
+    def __init__(self, metric: str, keys: list[str], base_epochs: int):
+        self.metric = metric
+        self.keys = keys  # the searched key paths
+        self.base_epochs = base_epochs
+        self.best: dict[str, tuple[float, int]] = {}  # trial id: (its best value, that epoch)
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self._say(f"trial {trial.trial_id} started: {format_params(self._params(trial))}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        value = result.get(self.metric)
+        if value is None:
+            return
+        trial_id, epoch = trial.trial_id, result["epoch"]
+        if trial_id not in self.best or value < self.best[trial_id][0]:
+            self.best[trial_id] = (value, epoch)
+        leader = min(self.best, key=lambda t: self.best[t][0])  # ties: the trial that got there first
+        self._say(f"trial {trial_id}  epoch {epoch}/{self._epochs(trial)}  {self.metric} {value:.4g}  "
+                  f"best so far {self.best[leader][0]:.4g} ({leader})")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        epochs = self._epochs(trial)
+        last_epoch = trial.last_result.get("epoch") or 0
+        status = trial_status(False, last_epoch, epochs)
+        how = "finished" if status == "finished" else "stopped early by ASHA"
+        best = self.best.get(trial.trial_id)
+        scored = f", best {self.metric} {best[0]:.4g} (epoch {best[1]})" if best else ""
+        self._say(f"trial {trial.trial_id} {how}: {last_epoch} of {epochs} epochs{scored}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._say(f"trial {trial.trial_id} failed: {_trial_error(trial)}")
+
+    def get_state(self) -> dict:
+        return {"best": dict(self.best)}
+
+    def set_state(self, state: dict) -> None:
+        self.best = dict(state["best"])
+
+    def _params(self, trial) -> dict[str, Any]:
+        return {key: trial.config.get(key) for key in self.keys}
+
+    def _epochs(self, trial) -> int:
+        return trial_epochs(self._params(trial), self.base_epochs)
+
+    @staticmethod
+    def _say(line: str) -> None:
+        print(line, flush=True)
+
+
+def _trial_error(trial) -> str:
+    """A failed trial's error in one line, from the files Ray has just written for it on this machine."""
+    import ray.cloudpickle
+
+    if trial.pickled_error_file and Path(trial.pickled_error_file).is_file():
+        return _first_line(ray.cloudpickle.loads(Path(trial.pickled_error_file).read_bytes()))
+    if trial.error_file and Path(trial.error_file).is_file():
+        return _first_line(RuntimeError(Path(trial.error_file).read_text()))
+    return "its error is in Ray's log above"
+
+
+class _VaegenTrialErrors(logging.Filter):
+    """Ray logs a failed trial with its traceback. A vaegen error's message says all there is, and SweepConsole
+    has said it in one line; any other error (a bug) keeps Ray's traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(getattr(error, "cause", error), VaegenError):
-            record.msg, record.args = f"{record.getMessage()}: {_first_line(error)}", ()
-            record.exc_info = record.exc_text = None
-        return True
+        return not isinstance(getattr(error, "cause", error), VaegenError)
+
+
+class _RaysResumeAdvice(logging.Filter):
+    """On Ctrl+C Ray advises `Tuner.restore(...)`; the CLI names `vaegen tune --resume` instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Resume experiment with" not in record.getMessage()
 
 
 def no_trial_succeeded(grid, trials: list[TrialSummary], sweep: Sweep) -> NoTrialSucceeded:
@@ -552,11 +662,38 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
             f"(e.g. --address 10.0.0.5:6379), or drop --address to run the sweep on this machine."
         )
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
+            answer = _first_http2_frame(connection)
     except TimeoutError:
         raise unreachable(address, f"no answer within {timeout_s:g} s") from None
     except OSError as exc:
         raise unreachable(address, exc.strerror or str(exc)) from None
+    if len(answer) < 9 or answer[3] != HTTP2_SETTINGS:
+        heard = "a web page's answer (Ray's dashboard is such a port, 8265 by default)" if answer.startswith(b"HTTP/") else (
+            f"{answer!r}, not gRPC" if answer else "nothing")
+        raise ConfigError(
+            f"--address {address}: something listens there, but not a Ray cluster: asked as Ray's GCS is asked, it "
+            f"answered {heard}, and ray.init would wait there for minutes. Pass the address `ray start --head` "
+            f"printed on the head node (its GCS port, 6379 unless --port chose another; ray://HOST:10001 for Ray "
+            f"Client), or drop --address to run the sweep on this machine."
+        )
+
+
+# Ray's GCS (and Ray Client) speak gRPC, HTTP/2 underneath: a client's connection preface is answered with the
+# server's SETTINGS frame (a 9-byte frame header whose fourth byte is the frame type, 4)
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
+
+
+def _first_http2_frame(connection: socket.socket) -> bytes:
+    connection.sendall(HTTP2_PREFACE)
+    answer = b""
+    try:
+        while len(answer) < 9 and (chunk := connection.recv(9 - len(answer))):
+            answer += chunk
+    except TimeoutError:  # listening, silent: what ray.init would wait on
+        pass
+    return answer
 
 
 def unreachable(address: str, reason: str) -> ConfigError:
@@ -618,12 +755,9 @@ def summarize(grid, sweep: Sweep) -> list[TrialSummary]:
                 row = scored.loc[scored[sweep.metric].idxmin()]
                 best, epoch = float(row[sweep.metric]), int(row["epoch"])
         last_epoch = (result.metrics or {}).get("epoch") or 0
-        if result.error is not None:
-            status, error = "failed", _first_line(result.error)
-        elif last_epoch >= int(params.get("train.epochs") or sweep.base.train.epochs):
-            status, error = "finished", ""
-        else:
-            status, error = ("stopped early" if all_ended else "not finished"), ""
+        epochs = trial_epochs(params, sweep.base.train.epochs)
+        status = trial_status(result.error is not None, last_epoch, epochs, all_ended)
+        error = _first_line(result.error) if result.error is not None else ""
         trials.append(TrialSummary(Path(result.path).name, params, best, epoch, status, error))
     # best first; unscored (failed, or interrupted before an evaluation) last
     return sorted(trials, key=lambda t: (t.best is None, t.best if t.best is not None else 0.0, t.trial))
