@@ -333,7 +333,7 @@ class TestConfig(Section):
     num_samples: int = Field(5000, ge=2)
     batch_size: Literal["auto"] | PositiveInt = "auto"
     kid_subset_size: int = Field(1000, ge=2)
-    grid: int = Field(8, ge=1, description="samples.png is grid x grid")
+    grid: int = Field(8, ge=1, description="samples.png holds grid x grid samples (conditional models: about as many, one labelled block per class)")
     seed: int = 0
     temperature: float = Field(1.0, gt=0.0)
     sampler: Literal["auto", "prior", "gmm"] = Field(
