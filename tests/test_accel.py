@@ -213,13 +213,13 @@ def test_bf16_training_reaches_the_fp32_loss(tmp_path):
     assert finals["bf16"] == pytest.approx(finals["fp32"], rel=0.05)
 
 
-def _cuda_step_setup(train: dict):
+def _cuda_step_setup(train: dict, conditional: str = "none"):
     from vaegen.accel import compile_step
     from vaegen.models import build_model
     from vaegen.train import build_optimizer
 
     config = config_from_dict(
-        {"data": {"root": str(SAMPLE), "image_size": 32}, "model": {"widths": [8, 16]}, "eval": {"backbone": "none"},
+        {"data": {"root": str(SAMPLE), "image_size": 32}, "model": {"widths": [8, 16], "conditional": conditional}, "eval": {"backbone": "none"},
          "output": {"select": "val_nelbo"}, "train": train}
     )
     device = torch.device("cuda")
@@ -233,21 +233,27 @@ def _cuda_step_setup(train: dict):
 
 
 @cuda
-@pytest.mark.parametrize("train", [{"compile": False}, {"compile": True, "compile_mode": "reduce-overhead"}], ids=["eager", "cuda-graphs"])
-def test_training_step_never_syncs_with_the_host(train):
+@pytest.mark.parametrize(("train", "conditional"), [
+    ({"compile": False}, "none"),
+    ({"compile": True, "compile_mode": "reduce-overhead"}, "none"),
+    ({"compile": False}, "onehot"),  # the labels' range is checked where users pass them, not in the step
+    ({"compile": False}, "embedding"),
+], ids=["eager", "cuda-graphs", "eager-onehot", "eager-embedding"])
+def test_training_step_never_syncs_with_the_host(train, conditional):
     """Every step of an epoch but the logging ones runs under sync-debug 'error': no hidden .item()."""
     from vaegen.train import to_input, train_step
 
-    config, options, model, step_model, optimizer, scaler, images = _cuda_step_setup(train)
+    config, options, model, step_model, optimizer, scaler, images = _cuda_step_setup(train, conditional)
     device = images.device
+    labels = None if conditional == "none" else torch.arange(len(images), device=device) % 3
     for _ in range(3):  # warm-up: compilation, and CUDA graphs record on a later call than the first
-        train_step(model, step_model, optimizer, scaler, to_input(images, device, True), None, config, options, 1.0, device)
+        train_step(model, step_model, optimizer, scaler, to_input(images, device, True), labels, config, options, 1.0, device)
     torch.cuda.synchronize()
     sums = torch.zeros(4, device=device)
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            sums += train_step(model, step_model, optimizer, scaler, to_input(images, device, True), None, config, options, 1.0, device)
+            sums += train_step(model, step_model, optimizer, scaler, to_input(images, device, True), labels, config, options, 1.0, device)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(sums).all()

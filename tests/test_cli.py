@@ -36,8 +36,9 @@ def test_unknown_key_exits_2_with_suggestion_and_no_traceback(tmp_path):
 def test_debug_flag_shows_the_traceback(tmp_path):
     path = write(tmp_path, {"data": {"root": "x"}, "model": {"latnt_dim": 64}})
     result = run("--debug", "train", "--config", str(path))
-    assert result.returncode != 0
+    assert result.returncode == 2  # the same exit code as without --debug
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "did you mean `latent_dim`?" in result.stderr
 
 
 def test_bad_set_override_exits_2(tmp_path):

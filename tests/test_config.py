@@ -343,8 +343,8 @@ def test_empty_section_means_defaults(tmp_path):
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("train.epochs=true", "`train`: epochs is true, a yes/no value, where a number or a name is expected"),  # once read as 1
-    ("data.channels=true", "`data`: channels is true, a yes/no value"),
+    ("train.epochs=true", "`train.epochs` is true, a yes/no value, where a number is expected"),  # once read as 1
+    ("data.channels=true", "`data.channels` is true, a yes/no value, where 1 or 3 is expected"),
     ("optim.lr=.inf", "`optim.lr` = inf is not allowed: Input should be a finite number"),  # once trained into NaN
     ("eval.temperature=.nan", "`eval.temperature` = nan is not allowed"),
     ("optim.betas=[1.5, -1]", "Adam's betas are decay rates, each in [0, 1)"),  # once torch's ValueError after setup
@@ -388,3 +388,45 @@ def test_a_test_given_a_training_config_says_so(tmp_path):
     train_yaml = Path(__file__).resolve().parents[1] / "configs" / "train_apples.yaml"
     with pytest.raises(ConfigError, match="train_apples.yaml with its --set values is a `vaegen train` config"):
         load_test_config(train_yaml, ["checkpoint=best_models/x"])
+
+
+def test_each_yes_no_value_is_named_by_its_own_key_with_what_it_takes(tmp_path):
+    message = error(tmp_path, MINIMAL, ["model.conditional=yes", "model.latent_dim=yes", "model.widths=[8, no]"])
+    assert "has 3 problems" in message  # once 1: the section's first yes/no value hid the others
+    assert "`model.conditional` is true, a yes/no value, where 'none', 'onehot' or 'embedding' is expected." in message
+    assert "`model.latent_dim` is true, a yes/no value, where a number is expected." in message
+    assert "`model.widths` item 2 is false, a yes/no value, where a number is expected." in message  # once read as width 0
+
+
+def test_a_setting_of_two_kinds_is_one_problem_in_its_own_words(tmp_path):
+    message = error(tmp_path, MINIMAL, ["eval.batch_size=abc", "data.on_device=maybe", "train.batch_size=64"])
+    assert "has 2 problems" in message and "literal[" not in message and "constrained-int" not in message
+    assert "`eval.batch_size` = 'abc' is not allowed: Input should be a number or 'auto'." in message
+    assert "`data.on_device` = 'maybe' is not allowed: Input should be 'auto', true or false." in message
+    assert "`eval.batch_size` = 0 is not allowed: Input should be greater than 0." in error(tmp_path, MINIMAL, ["eval.batch_size=0"])
+
+
+@pytest.mark.parametrize(("text", "what"), [("", "is empty"), ("# a config\n\n  # to fill in\n", "holds only comments"), ("{}\n", "holds no settings")])
+def test_an_empty_config_file_says_so_and_what_it_needs_at_least(tmp_path, text, what):
+    message = error(tmp_path, text)
+    assert message == (
+        f"{tmp_path / 'run.yaml'} {what}: a config needs at least the folder of training images, `data: {{root: path/to/images}}` "
+        "(or --set data.root=path/to/images); every other key has a default, and configs/quickstart.yaml is a complete example."
+    )  # once "has 1 problem: missing required key `data`"
+    assert load(tmp_path, text, ["data.root=x"]).data.root == Path("x")
+
+
+def test_a_section_given_a_single_value_is_shown_written_as_a_section(tmp_path):
+    message = error(tmp_path, "data: data/apples_sample\nsampler: gmm\nmodel: 5\n")
+    assert "DataConfig" not in message and "dictionary" not in message  # once pydantic's class name
+    assert "`data` is a section of keys, not a single value (data/apples_sample); write it as `data: {root: data/apples_sample}`." in message
+    assert "`sampler` is a section of keys, not a single value (gmm); write it as `sampler: {name: gmm}`." in message
+    assert ("`model` is a section of keys (name, latent_dim, widths, conditional, blocks), not a single value (5); "
+            "write it as e.g. `model: {name: conv_vae}`.") in message
+
+
+def test_keys_under_a_single_value_are_named(tmp_path):
+    message = error(tmp_path, MINIMAL, ["train.epochs.x=1", "model.widths.deep=1"])
+    assert ("`train.epochs` is a single value with no keys under it, so it has no `x`; "
+            "give `train.epochs` a value itself (the default is 100).") in message  # once "Input should be a valid integer"
+    assert "`model.widths` is a list with no keys under it, so it has no `deep`" in message

@@ -179,6 +179,11 @@ def test_conditional_requires_labels(conditional):
 def test_conditional_rejects_out_of_range_labels(conditional, bad):
     cond = make(num_classes=3, conditional=conditional)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
+        cond.encode(torch.rand(2, 3, 32, 32), torch.tensor(bad))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
+        cond.decode(torch.randn(2, cond.latent_dim), torch.tensor(bad))
+    # the training step does not read the labels' values (a host sync on a GPU): torch's own indexing refuses them
+    with pytest.raises((RuntimeError, IndexError)):
         cond(torch.rand(2, 3, 32, 32), torch.tensor(bad))
 
 
@@ -241,8 +246,12 @@ def test_images_or_codes_of_the_wrong_shape_are_named():
     model = make().eval()
     with pytest.raises(ValueError, match=r"takes images of shape \[N, 3, 32, 32\] in \[0, 1\]; got \[2, 3, 64, 64\]; resize them to 32x32"):
         model.reconstruct(torch.rand(2, 3, 64, 64))
-    with pytest.raises(ValueError, match=r"got \[3, 32, 32\]"):  # one image without its batch dimension
-        model.encode(torch.rand(3, 32, 32))
+    with pytest.raises(ValueError, match=r"got \[3, 32, 32\]; one image without its batch dimension: add one \(x\[None\] or x.unsqueeze\(0\)\)$"):
+        model.encode(torch.rand(3, 32, 32))  # once "resize them to 32x32 first"
+    with pytest.raises(ValueError, match=r"got \[2, 32, 32, 3\]; channels last; move them to dimension 1 \(x.permute\(0, 3, 1, 2\)\)"):
+        model.encode(torch.rand(2, 32, 32, 3))
+    with pytest.raises(ValueError, match=r"got \[2, 1, 32, 32\]; convert them to 3 channel\(s\)"):
+        model.reconstruct(torch.rand(2, 1, 32, 32))
     with pytest.raises(ValueError, match=r"decodes latent codes of shape \[N, 8\]; got \[2, 16\]"):
         model.decode(torch.randn(2, 16))
 
@@ -262,6 +271,55 @@ def test_sample_refuses_labels_for_an_unconditional_model_and_bad_counts_or_temp
         with pytest.raises(ValueError, match="a whole number >= 0"):
             model.sample(n, seed=0)
     assert model.sample(0, seed=0).shape == (0, 3, 32, 32)
+
+
+def test_a_single_label_applies_to_any_number_of_images_none_included():
+    cond = make(num_classes=3, conditional="embedding").eval()
+    cond.classes = ["Golden", "Golden-Red", "Red"]
+    assert cond.sample(0, labels="Red", seed=0).shape == (0, 3, 32, 32)  # once "got 1 labels for a batch of 0"
+    assert cond.sample(0, labels=2, seed=0).shape == (0, 3, 32, 32)
+
+
+@pytest.mark.parametrize(("labels", "what"), [
+    (True, "got True, a yes/no value; pass the class's index or name"),
+    ([True, 0], "got [True, 0], which holds yes/no values"),
+    (1.0, "got 1.0, a float; pass whole numbers, e.g. 1 (labels.long() converts a float tensor)"),
+    ([1, 1.5], "got [1, 1.5], which holds floats"),
+    (torch.tensor([0.0, 1.0]), "a tensor of floats"),
+    (["Red", 1], "got ['Red', 1], which is neither; pass all indices or all names"),
+])
+def test_labels_that_are_not_indices_or_names_are_refused(labels, what):
+    cond = make(num_classes=3, conditional="onehot").eval()
+    cond.classes = ["Golden", "Golden-Red", "Red"]
+    start = "labels are class indices (whole numbers from 0 to 2) or class names (Golden, Golden-Red, Red); "
+    with pytest.raises(ValueError) as info:  # True and 1.0 were once read as class 1, 1.5 too
+        cond.sample(2, labels=labels, seed=0)
+    assert str(info.value).startswith(start) and what in str(info.value)
+
+
+def test_images_outside_the_unit_interval_are_refused_and_uint8_images_are_converted():
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.rand(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]; these range from .* to .*; they look like 0-255 pixel values: divide uint8 images by 255"):
+        model.reconstruct(x * 255)  # once encoded without a word
+    with pytest.raises(ValueError, match=r"they look normalized to \[-1, 1\]: map them back with \(x \+ 1\) / 2"):
+        model.encode(x * 2 - 1)
+    with pytest.raises(ValueError, match="hold NaN or infinite values"):
+        model.encode(x + float("nan"))
+    with pytest.raises(ValueError, match="takes float images in \\[0, 1\\] \\(or uint8 images in 0-255\\); got a torch.int64 tensor"):
+        model.encode(x.long())
+    pixels = (x * 255).round().to(torch.uint8)
+    assert torch.equal(model.reconstruct(pixels), model.reconstruct(pixels.float() / 255))
+    model.encode(x * 1.2 - 0.1)  # a little outside, as augmentations and float noise leave images, is fine
+
+
+def test_load_says_what_it_takes():
+    import vaegen
+
+    with pytest.raises(TypeError, match=r"^vaegen.load takes the path of a model folder that `vaegen train` wrote \(best_models/<run>\), "
+                                        r"as a str or pathlib.Path; got None.$"):
+        vaegen.load(None)  # once a bare TypeError from pathlib
 
 
 # --- decoding and sampling ----------------------------------------------------------------

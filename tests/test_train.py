@@ -206,6 +206,9 @@ def test_nan_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch, capsys):
     assert "NaN or infinite at epoch 2, step 3" in err
     assert "optim.lr" in err and "beta.max" in err and "optim.grad_clip" in err
     assert "Traceback" not in err
+    run_dir = tmp_path / "logs" / "tiny"
+    assert f"then continue with `vaegen train --resume {run_dir} --set optim.lr=...`." in err  # the run, not a placeholder
+    assert (run_dir / "train.log").read_text().endswith(err.strip().splitlines()[-1] + "\n")  # the log keeps what the console said
 
     state = load_training_state(tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt")
     assert state["epoch"] == 1
@@ -339,6 +342,28 @@ def test_new_run_refuses_to_overwrite_named_run(tmp_path, capsys):
     assert main(["train", "--config", str(config)]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_new_run_refuses_to_overwrite_the_best_model_of_a_run_whose_log_folder_is_gone(tmp_path, capsys):
+    import shutil
+
+    config = tiny_config(tmp_path, train={"epochs": 1})
+    assert main(["train", "--config", str(config)]) == 0
+    shutil.rmtree(tmp_path / "logs")
+    best = tmp_path / "best" / "tiny"
+    before = {path.name: path.read_bytes() for path in best.iterdir()}
+
+    assert main(["train", "--config", str(config)]) == 2
+    assert f"{best} already holds the best model of an earlier run named tiny" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in best.iterdir()} == before
+    assert not (tmp_path / "logs" / "tiny").exists()
+
+
+def test_the_done_block_is_kept_in_train_log(tmp_path, capsys):
+    assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 1}))]) == 0
+    out = capsys.readouterr().out
+    done = out[out.index("\ndone: "):]
+    assert (tmp_path / "logs" / "tiny" / "train.log").read_text().endswith(done)
 
 
 def test_wandb_offline_logs_without_network(tmp_path, monkeypatch):

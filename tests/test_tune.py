@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -61,12 +62,52 @@ def ray_trial_log():
     logger.removeHandler(handler)
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+
+@pytest.fixture
+def ray_and_optuna_console():
+    """Every line Ray's and Optuna's loggers put on the console, as "LEVEL logger: message" (pytest cannot capture
+    Ray's own handler, see ray_trial_log); after the test, checks that the sweep put their log levels back."""
+    import optuna
+
+    records = _Records()
+    loggers = [logging.getLogger("ray"), logging.getLogger("optuna")]
+    ray_level, optuna_level = loggers[0].level, optuna.logging.get_verbosity()
+    for logger in loggers:
+        logger.addHandler(records)
+    yield records.lines
+    for logger in loggers:
+        logger.removeHandler(records)
+    assert (loggers[0].level, optuna.logging.get_verbosity()) == (ray_level, optuna_level)
+
+
+# what Ray and Optuna printed in every sweep, and vaegen's console says better (or there is nothing to do about)
+SAID_BY_VAEGEN = ("Token authentication is enabled", "Started a local Ray instance", "A new study created",
+                  "Wrote the latest version of all result files", "Trials did not complete")
+
+
+def assert_only_what_vaegen_does_not_say(console: str | list[str]) -> None:
+    text = console if isinstance(console, str) else "\n".join(console)
+    for line in SAID_BY_VAEGEN:
+        assert line not in text
+    if isinstance(console, list):  # records: no INFO or DEBUG line of Ray's or Optuna's at all
+        assert [line for line in console if line.split(" ", 1)[0] in ("INFO", "DEBUG")] == []
+
+
 def read_summary(tmp_path: Path) -> list[dict]:
     with (tmp_path / "logs" / "tiny" / "summary.csv").open() as handle:
         return list(csv.DictReader(handle))
 
 
-def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsys, ray_trial_log):
+def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsys, ray_trial_log,
+                                                                 ray_and_optuna_console):
     # the three trials are pinned, so the test knows which one must fail: batch size 0 is a bad sample
     config = tiny_sweep(
         tmp_path,
@@ -118,6 +159,8 @@ def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsy
     assert last_evaluation.endswith(f"best so far {min(scores):.4g} ({leader})")
     # the trial's vaegen error is said once, in the line above: Ray's log adds neither it nor its traceback
     assert ray_trial_log.getvalue() == ""
+    # nor which trials did not complete, nor its and Optuna's INFO lines (Ray started, study created, state written)
+    assert_only_what_vaegen_does_not_say(ray_and_optuna_console)
 
     with Image.open(tmp_path / "logs" / "tiny" / "fid_vs_params.png") as plot:
         assert plot.size[0] > 400
@@ -143,11 +186,15 @@ def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsy
         assert (run / "curves.png").is_file()
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, capsys):
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, capsys, ray_and_optuna_console):
     config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}}, max_concurrent=1, scheduler="fifo")
     trials = tmp_path / "logs" / "tiny" / "trials"
     command = [sys.executable, "-m", "vaegen", "tune", "--config", str(config)]
-    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    # Ray's default, token authentication, as a user meets it (the token in the environment, not in ~/.ray)
+    env = {key: value for key, value in os.environ.items() if key != "RAY_AUTH_MODE"}
+    env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                             env=env)
     try:
         # interrupt once the first trial has finished and the second has begun
         deadline = time.monotonic() + 600  # a bound on waiting, not a speed goal: loaded CI machines are slow
@@ -161,6 +208,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, c
     assert sweep.returncode == 130, output
     assert "--resume" in output and "Tuner.restore" not in output  # vaegen's way to continue, not Ray's
     assert "starting sweep tiny: 3 trials, 1 at a time, in " in output and "╭" not in output
+    assert_only_what_vaegen_does_not_say(output)  # the whole console of a real process: stdout and stderr
 
     starts_before = {run.name: (run / "train.log").read_text().count("\nmodel:") for run in trials.iterdir()}
     first = min(trials.iterdir(), key=lambda run: (run / "params.json").stat().st_mtime)
@@ -169,6 +217,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, c
     assert main(["tune", "--config", str(config), "--resume"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("resuming sweep tiny: 3 trials, 1 at a time, in ") and "╭" not in out
+    assert_only_what_vaegen_does_not_say(ray_and_optuna_console)
     rows = read_summary(tmp_path)
     assert len(rows) == 3 and {row["status"] for row in rows} == {"finished"}
     starts_after = {run.name: (run / "train.log").read_text().count("\nmodel:") for run in trials.iterdir()}
@@ -181,6 +230,54 @@ def test_resume_of_a_sweep_that_never_ran_is_refused(tmp_path, capsys):
     config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}})
     assert main(["tune", "--config", str(config), "--resume"]) == 2
     assert "no sweep 'tiny' to continue" in capsys.readouterr().err
+
+
+def test_data_errors_of_a_sweep_name_its_own_keys_before_anything_else(tmp_path, capsys, monkeypatch, recwarn):
+    import ray
+
+    import vaegen.backbones
+
+    class RayStarted(Exception):
+        pass
+
+    def init(*args, **kwargs):
+        raise RayStarted
+
+    monkeypatch.setattr(ray, "init", init)
+    # eval.backbone auto without Inception weights: falls back to efficientnet-lite0, with a warning
+    monkeypatch.delenv("VAEGEN_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(vaegen.backbones, "_hub_checkpoints", lambda: tmp_path / "no-hub")
+    missing = (tmp_path / "data" / "apples").resolve()  # as load_sweep makes it
+    config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}})
+    sweep = yaml.safe_load(config.read_text())
+    sweep["base"]["data"]["root"] = str(missing)
+    sweep["base"]["eval"]["backbone"] = "auto"
+    config.write_text(yaml.safe_dump(sweep))
+
+    # in a sweep `--set data.root=...` is refused; the data of every trial is set through `overrides:`
+    assert main(["tune", "--config", str(config)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"error: overrides.data.root {missing} does not exist or is not a folder. Point overrides.data.root "
+                   f"at a folder with one subfolder of images per class (or a flat folder of images), e.g. "
+                   f"--set overrides.data.root=path/to/images.\n")
+    assert not [warning for warning in recwarn if "backbone" in str(warning.message)]  # it waits for the data
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sweep.yaml"]  # no logs/, best/ or cache/
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    Image.new("RGB", (20, 20), "red").save(broken / "good.png")
+    (broken / "bad.png").write_bytes(b"not an image")
+    assert main(["tune", "--config", str(config), "--set", f"overrides.data.root={broken}"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: 1 of 2 image(s) under {broken.resolve()} could not be read: {broken.resolve() / 'bad.png'}. Delete or "
+        f"replace them, or set overrides.data.skip_bad: true (--set overrides.data.skip_bad=true) to go on without "
+        f"them.\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["broken", "sweep.yaml"]
+
+    # what the message says to do works: the data loads, then the evaluation's warning, then Ray starts
+    with pytest.warns(UserWarning, match="backbone auto: no weights-inception"), pytest.raises(RayStarted):
+        main(["tune", "--config", str(config), "--set", f"overrides.data.root={SAMPLE}"])
 
 
 @pytest.mark.parametrize(
@@ -209,7 +306,8 @@ def test_bad_sweep_files_are_named_before_ray_starts(tmp_path, capsys, monkeypat
     assert "Traceback" not in err
 
 
-def test_a_sweep_whose_every_trial_fails_exits_with_the_first_error(tmp_path, capsys, ray_trial_log):
+def test_a_sweep_whose_every_trial_fails_exits_with_the_first_error(tmp_path, capsys, ray_trial_log,
+                                                                     ray_and_optuna_console):
     # lr 5 makes the loss NaN in the first epoch; a sweep has no use for `vaegen train --resume` advice
     config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 10]}}, num_samples=1, scheduler="fifo",
                         points_to_evaluate=[{"optim.lr": 5}])
@@ -226,6 +324,7 @@ def test_a_sweep_whose_every_trial_fails_exits_with_the_first_error(tmp_path, ca
     assert "Traceback" not in err
     assert f"trial {row['trial']} failed: {row['error']}\n" in out
     assert ray_trial_log.getvalue() == ""  # said once, by vaegen's console line
+    assert_only_what_vaegen_does_not_say(ray_and_optuna_console)
     assert not (tmp_path / "best").exists()
 
 

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import os
+import reprlib
 from pathlib import Path
 
 import torch
@@ -64,6 +66,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     from vaegen.accel import resolve_device
     from vaegen.models import build_model
 
+    if not isinstance(path, (str, os.PathLike)):
+        given = "None" if path is None else f"{reprlib.repr(path)} ({type(path).__name__})"
+        raise TypeError(
+            f"vaegen.load takes the path of a model folder that `vaegen train` wrote (best_models/<run>), "
+            f"as a str or pathlib.Path; got {given}."
+        )
     device = resolve_device(device, key="device")
     weights, config, metadata = read_model_folder(path)
     classes = metadata["classes"]

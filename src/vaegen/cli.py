@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
 
@@ -78,14 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except VaegenError as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback as well, and still the error's own exit code
+            traceback.print_exc()
         # under torchrun every process meets the same config error: process 0 says it for all of them, and
-        # the others leave a moment later, since torchrun stops every process once the first one has exited
-        if isinstance(exc, ConfigError) and os.environ.get("RANK", "0") != "0":
-            time.sleep(2.0)
-        else:
-            print(f"error: {exc}", file=sys.stderr)
+        # torchrun stops the others as soon as it exits. They wait for that rather than race it (a loaded
+        # machine can hold process 0 back for seconds), and say the error themselves only if process 0 never
+        # does, because the error was theirs alone
+        if isinstance(exc, ConfigError) and os.environ.get("RANK", "0") != "0":  # distributed.launched_first, without importing torch
+            time.sleep(30.0)
+        print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # `vaegen train` says itself where a run it started can continue
         print("interrupted.", file=sys.stderr)
@@ -168,29 +170,37 @@ def cmd_train(args) -> int:
         paths = distributed.broadcast(paths)
     started = time.perf_counter()
     main_process = distributed.is_main()
+    log_file = paths.run_dir / "train.log"
+
+    def say(line: str, stream=sys.stdout) -> None:
+        print(line, file=stream)
+        if main_process and log_file.is_file():  # train.log keeps what the console showed
+            keep_in_log(log_file, line)
+
     try:
         result = train(config, paths, resume=resume)
     except KeyboardInterrupt:
         if main_process:
-            said = f"interrupted. {where_to_continue(paths)}"
-            print(said, file=sys.stderr)
-            if paths.run_dir.is_dir():  # train.log keeps what the console showed
-                keep_in_log(paths.run_dir / "train.log", said)
+            say(f"interrupted. {where_to_continue(paths)}", sys.stderr)
         return 130
+    except VaegenError as exc:
+        if main_process and log_file.is_file():  # main() prints it; the run's log keeps it too
+            keep_in_log(log_file, f"error: {exc}")
+        raise
     finally:
         distributed.finish()
     if not main_process:
         return 0
     seconds = time.perf_counter() - started
-    print(f"\ndone: {result.epochs_run} epoch(s) in {seconds:.0f} s")
+    say(f"\ndone: {result.epochs_run} epoch(s) in {seconds:.0f} s")
     if result.best_epoch is not None:
-        print(f"  best checkpoint  {paths.best_dir}/  (epoch {result.best_epoch}, {result.criterion} {result.best_value:.4f})")
-        print(f"  best samples     {paths.best_dir / 'samples.png'}")
+        say(f"  best checkpoint  {paths.best_dir}/  (epoch {result.best_epoch}, {result.criterion} {result.best_value:.4f})")
+        say(f"  best samples     {paths.best_dir / 'samples.png'}")
     if result.last_samples:
-        print(f"  latest samples   {result.last_samples}")
-    print(f"  curves           {paths.run_dir / 'curves.png'}")
-    print(f"  TensorBoard      tensorboard --logdir {paths.run_dir / 'tensorboard'}")
-    print(f"  continue         vaegen train --resume {paths.run_dir} --set train.epochs={config.train.epochs * 2}")
+        say(f"  latest samples   {result.last_samples}")
+    say(f"  curves           {paths.run_dir / 'curves.png'}")
+    say(f"  TensorBoard      tensorboard --logdir {paths.run_dir / 'tensorboard'}")
+    say(f"  continue         vaegen train --resume {paths.run_dir} --set train.epochs={config.train.epochs * 2}")
     return 0
 
 
@@ -218,14 +228,11 @@ def resolve_run(args):
         config = load_config(args.config, args.overrides)
         name = new_run_name(config, args.config)
         paths = RunPaths.for_config(config, name)
-        if paths.last_checkpoint.exists():
+        if taken(paths):
             if config.output.run_name:
-                raise ConfigError(
-                    f"{paths.run_dir} already holds a run named {name}. Continue it with --resume {paths.run_dir}, "
-                    f"or start another with --set output.run_name=NEW_NAME."
-                )
+                raise name_taken(paths)
             suffix = 2
-            while RunPaths.for_config(config, f"{name}-{suffix}").last_checkpoint.exists():
+            while taken(RunPaths.for_config(config, f"{name}-{suffix}")):
                 suffix += 1
             paths = RunPaths.for_config(config, f"{name}-{suffix}")
         return config, paths, False
@@ -251,6 +258,25 @@ def resolve_run(args):
         )
     config = load_config(run_dir / "config.yaml", args.overrides)
     return config, RunPaths(run_dir.name, run_dir, config.output.best_dir / run_dir.name), True
+
+
+def taken(paths) -> bool:
+    """A new run may not write into another's folders: its training state, or its best model (whose
+    training folder may be gone: a best model outlives a cleaned-up logs/)."""
+    return paths.last_checkpoint.exists() or (paths.best_dir.is_dir() and any(paths.best_dir.iterdir()))
+
+
+def name_taken(paths) -> ConfigError:
+    if paths.last_checkpoint.exists():
+        return ConfigError(
+            f"{paths.run_dir} already holds a run named {paths.name}. Continue it with --resume {paths.run_dir}, "
+            f"or start another with --set output.run_name=NEW_NAME."
+        )
+    return ConfigError(
+        f"{paths.best_dir} already holds the best model of an earlier run named {paths.name} (its training folder "
+        f"{paths.run_dir} is gone, so it cannot be continued), and a new run would overwrite it. Start the new run "
+        f"with --set output.run_name=NEW_NAME, or move that folder away first if you mean to replace it."
+    )
 
 
 def latest_run(logs_dir: Path, name: str, exact: bool) -> Path:

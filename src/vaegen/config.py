@@ -8,11 +8,14 @@ setting. `load_config` is the only way a YAML file becomes a `Config`.
 from __future__ import annotations
 
 import difflib
+import json
+import types
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from vaegen.errors import ConfigError, plural
 
@@ -21,15 +24,24 @@ class Section(BaseModel):
     # inf and nan are valid YAML floats (.inf, .nan) but no setting means them
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    @model_validator(mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _no_yes_no_for_numbers(cls, raw: Any) -> Any:
-        # pydantic reads true as 1 for a number; in a config that is a typo (epochs: true), never a count
-        for name, value in raw.items() if isinstance(raw, dict) else ():
-            field = cls.model_fields.get(name)
-            if isinstance(value, bool) and field is not None and not _mentions(field.annotation, bool):
-                raise ValueError(f"{name} is {str(value).lower()}, a yes/no value, where a number or a name is expected")
-        return raw
+    def _no_yes_no_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for a number (and YAML reads an unquoted yes, no, on or off as true or false);
+        # in a config that is a typo (epochs: true), never a count. Checked per field, so each is named by its key.
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(value, bool):
+            expected = _expected(annotation)
+            if expected:
+                what = f"is {str(value).lower()}, a yes/no value, where {expected} is expected"
+                raise PydanticCustomError("yes_no", "{what}", {"what": what})
+        elif isinstance(value, (list, tuple)):
+            for position, item in enumerate(value):
+                expected = _expected(_item_annotation(annotation, position)) if isinstance(item, bool) else None
+                if expected:
+                    what = f"item {position + 1} is {str(item).lower()}, a yes/no value, where {expected} is expected"
+                    raise PydanticCustomError("yes_no", "{what}", {"what": what})
+        return value
 
     @field_validator("*", mode="before")
     @classmethod
@@ -43,6 +55,56 @@ class Section(BaseModel):
 
 def _mentions(annotation: Any, kind: type) -> bool:
     return annotation is kind or any(_mentions(arg, kind) for arg in get_args(annotation))
+
+
+def _alternatives(annotation: Any) -> list[Any]:
+    """The types a field takes, with unions, `| None` and constraints (PositiveInt) unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _alternatives(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [part for arg in get_args(annotation) for part in _alternatives(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _either(words: list[str]) -> str:
+    """'a', 'a or b', 'a, b or c': pydantic's way of listing choices, which the other errors show."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+_KINDS = {int: "a number", float: "a number", str: "a name", Path: "a path"}
+
+
+def _expected(annotation: Any, yes_no: bool = False) -> str | None:
+    """What a field takes, in words ("a number", "'none', 'onehot' or 'embedding'", "a number or 'auto'"); None
+    when a yes/no value is one of them (unless `yes_no`: then they are "true or false"), or the field takes a
+    section or mapping (their own errors say what they take)."""
+    kinds, choices = [], []
+    for part in _alternatives(annotation):
+        if part is bool and yes_no:
+            choices += ["true", "false"]
+            continue
+        if part is bool or part is Any or _is_section(part) or get_origin(part) is dict:
+            return None
+        if get_origin(part) is Literal:
+            choices += [repr(choice) for choice in get_args(part)]
+        elif get_origin(part) in (tuple, list):
+            kinds.append("a list")
+        elif part in _KINDS:
+            kinds.append(_KINDS[part])
+    words = list(dict.fromkeys(kinds)) + ([_either(choices)] if choices else [])
+    return _either(words) if words else None
+
+
+def _item_annotation(annotation: Any, position: int) -> Any:
+    """The type of item `position` of a list field (tuple[int, int], tuple[int, ...]); Any when it is no list field."""
+    for part in _alternatives(annotation):
+        if get_origin(part) in (tuple, list):
+            args = [arg for arg in get_args(part) if arg is not Ellipsis]
+            if not args:
+                return Any
+            return args[position] if len(args) > 1 and position < len(args) else args[0]
+    return Any
 
 
 class DataConfig(Section):
@@ -365,9 +427,26 @@ def load_config(path: str | Path | None, overrides: list[str] = (), base: dict |
     """Read YAML `path` (or take `base`), apply `--set key.path=value` overrides, validate."""
     source = _source(path, overrides, "the config")
     raw = read_yaml(path) if path is not None else dict(base or {})
+    empty = path is not None and not raw
     for item in overrides:
         apply_override(raw, item)
+    if empty and "data" not in raw:  # rather than "missing required key `data`", as if the rest were there
+        raise ConfigError(
+            f"{path} {_nothing_in(path)}: a config needs at least the folder of training images, "
+            f"`data: {{root: path/to/images}}` (or --set data.root=path/to/images); every other key has a default, "
+            f"and configs/quickstart.yaml is a complete example."
+        )
     return config_from_dict(raw, source)
+
+
+def _nothing_in(path: str | Path) -> str:
+    """How a YAML file that holds no settings is empty, in words."""
+    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    if not any(lines):
+        return "is empty"
+    if all(not line or line.startswith("#") for line in lines):
+        return "holds only comments"
+    return "holds no settings"
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -470,8 +549,42 @@ def config_from_dict(raw: dict, source: str = "the config", schema: type[Section
                 f"{source} is a `{command}` config (top-level keys {', '.join(sorted(map(str, raw)))}); "
                 f"pass it to `{command} --config`, or give this command one like those in configs/."
             ) from None
-        problems = [_describe(error, schema) for error in exc.errors()]
+        problems = [_describe(error, schema) for error in _per_setting(exc.errors(), schema)]
         raise ConfigError(f"{source} has {plural(len(problems), 'problem')}: " + " ".join(problems)) from None
+
+
+def _per_setting(errors: list[dict], schema: type[BaseModel]) -> list[dict]:
+    """pydantic reports a failed `A | B` setting once per alternative, under keys that end in its internal names
+    (`eval.batch_size.literal['auto']`, `...constrained-int`): one error per setting instead, saying what it takes."""
+    merged, seen = [], set()
+    for error in errors:
+        names = [part for part in error["loc"] if not isinstance(part, int)]
+        cut = next((depth for depth in range(1, len(names)) if _is_setting(names[:depth], schema)), None)
+        if cut is None:
+            merged.append(error)
+            continue
+        loc = tuple(names[:cut])
+        if loc in seen:
+            continue
+        seen.add(loc)
+        alternatives = [other for other in errors if tuple(p for p in other["loc"] if not isinstance(p, int))[:cut] == loc]
+        # a value of the right kind that breaks a bound (eval.batch_size: 0) keeps that bound's message
+        wrong_kind = ("_type", "_parsing", "literal_error")
+        bound = next((other for other in alternatives if not other["type"].endswith(wrong_kind)), None)
+        if bound is not None:
+            merged.append({**bound, "loc": loc})
+            continue
+        expected = _expected(_section_at(list(loc[:-1]), schema).model_fields[loc[-1]].annotation, yes_no=True)
+        message = f"Input should be {expected}" if expected else error["msg"]
+        merged.append({**error, "loc": loc, "type": "union", "msg": message})
+    return merged
+
+
+def _is_setting(loc: list[str], schema: type[BaseModel]) -> bool:
+    """Whether `loc` names a single setting (no section, no mapping of sections) of `schema`."""
+    section = _section_at(loc[:-1], schema)
+    field = section.model_fields.get(loc[-1]) if section is not None else None
+    return field is not None and not _takes_mapping(field.annotation)
 
 
 def _meant_for(raw: dict, schema: type[Section]) -> str | None:
@@ -502,11 +615,20 @@ def _describe(error: dict, schema: type[BaseModel] = None) -> str:
         return f"`{key}` has too few values (e.g. [height, width] for an image size)."
     if kind == "missing":
         return f"missing required key `{key}`."
+    if kind == "yes_no":  # Section._no_yes_no_for_numbers: the message says what the key takes
+        return f"`{key}` {error['msg']}."
+    value = error.get("input")
+    section = _section_at(loc, schema or Config) if loc else None
+    if section is not None and value is not None and not isinstance(value, dict):  # `data: data/apples_sample`
+        return _section_not_value(key, loc[-1], section, value)
+    parent = _section_at(loc[:-1], schema or Config) if loc else None
+    field = parent.model_fields.get(loc[-1]) if parent is not None else None
+    if isinstance(value, dict) and field is not None and not _takes_mapping(field.annotation):  # --set train.epochs.x=1
+        return _value_not_section(key, field, value)
     if kind == "value_error" and not key:
         return _clean(error["msg"]) + "."
     if kind == "value_error" and isinstance(error.get("input"), dict):  # a section's own check: its dict would bury the message
         return f"`{key}`: {_clean(error['msg'])}."
-    value = error.get("input")
     if value is None:  # `key:` with nothing after it, or --set key=
         section = _section_at(loc[:-1], schema or Config)
         field = section.model_fields.get(loc[-1]) if section else None
@@ -514,6 +636,53 @@ def _describe(error: dict, schema: type[BaseModel] = None) -> str:
         instead = "" if field is None or field.is_required() else f", or leave it out for the default, {field.default!r}"
         return f"`{key}` is empty: give it a value{what}{instead}."
     return f"`{key}` = {value!r} is not allowed: {_clean(error['msg'])}."
+
+
+def _section_not_value(key: str, name: str, section: type[BaseModel], value: Any) -> str:
+    """A section given one value: say so, with the section written out; from the value itself when it fits a key
+    (the required key, e.g. data's root, or a key whose choices include it)."""
+    fields = section.model_fields
+    required = [field for field, info in fields.items() if info.is_required()]
+    fits = [field for field, info in fields.items() if isinstance(value, str) and repr(value) in _choices(info.annotation)]
+    given = f"a list ({_yaml(value)})" if isinstance(value, (list, tuple)) else f"a single value ({_yaml(value)})"
+    if isinstance(value, str) and (len(required) == 1 or fits):
+        example = _yaml({(required or fits)[0]: value})
+        return f"`{key}` is a section of keys, not {given}; write it as `{name}: {example}`."
+    simple = [field for field, info in fields.items() if isinstance(info.default, (str, int, float))]
+    if simple and not required:
+        example = _yaml({simple[0]: fields[simple[0]].default})
+    else:
+        example = f"{{{(required or list(fields))[0]}: ...}}"
+    return f"`{key}` is a section of keys ({', '.join(fields)}), not {given}; write it as e.g. `{name}: {example}`."
+
+
+def _yaml(value: Any) -> str:
+    """`value` as it is written in a config file (true, not True; {root: x})."""
+    plain = json.loads(json.dumps(value, default=str))  # tuples as lists, paths as text
+    try:
+        return yaml.safe_dump(plain, default_flow_style=True, width=1_000).strip().removesuffix("...").strip()
+    except yaml.YAMLError:
+        return repr(value)
+
+
+def _value_not_section(key: str, field: Any, value: dict) -> str:
+    """A single setting given keys under it: name the keys it does not have."""
+    listed = any(get_origin(part) in (tuple, list) for part in _alternatives(field.annotation))
+    what = "a list" if listed else "a single value"
+    if not value:
+        return f"`{key}` is {what} with no keys under it, not an empty mapping ({{}}); give `{key}` a value itself."
+    names = _either([f"`{name}`" for name in map(str, value)])
+    default = "" if field.is_required() or field.default is None else f" (the default is {_yaml(field.default)})"
+    return f"`{key}` is {what} with no keys under it, so it has no {names}; give `{key}` a value itself{default}."
+
+
+def _choices(annotation: Any) -> list[str]:
+    literals = [part for part in _alternatives(annotation) if get_origin(part) is Literal]
+    return [repr(choice) for part in literals for choice in get_args(part)]
+
+
+def _takes_mapping(annotation: Any) -> bool:
+    return any(part is Any or _is_section(part) or get_origin(part) is dict for part in _alternatives(annotation))
 
 
 def _clean(message: str) -> str:

@@ -96,6 +96,12 @@ class Settings:
 TRAIN_SETTINGS = Settings()
 # `vaegen test` takes the data folder and skip_bad as its own keys, and cannot change the split's size
 TEST_SETTINGS = Settings(root="data_root", skip_bad="skip_bad", too_small_for_val="test on the data the model was trained on (leave data_root out)")
+# `vaegen tune` sets the trials' data through the sweep file's overrides (--set overrides.data.root=...)
+SWEEP_SETTINGS = Settings(
+    root="overrides.data.root",
+    skip_bad="overrides.data.skip_bad",
+    too_small_for_val="set overrides.data.val_fraction: 0 with a different overrides.output.select",
+)
 
 
 def scan_folder(root: Path, names: Settings = TRAIN_SETTINGS) -> ImageIndex:
@@ -401,7 +407,8 @@ def to_device(splits: Splits, device: torch.device) -> Splits:
 
 
 def load_splits(cfg: DataConfig, seed: int, names: Settings = TRAIN_SETTINGS) -> Splits:
-    """The decoded images, split; `names` spells the settings the errors point at (training's or `vaegen test`'s)."""
+    """The decoded images, split; `names` spells the settings the errors point at (training's, `vaegen test`'s or
+    a sweep's)."""
     splits = split(load_images(cfg, names=names), cfg.val_fraction, seed)
     if len(splits.train.images) == 0:
         raise DataError(f"{names.root} {cfg.root} leaves no training images after the validation split.")

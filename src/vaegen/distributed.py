@@ -23,6 +23,11 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launched_first() -> bool:
+    """Process 0 as torchrun numbered it (a plain run is process 0), known before and after the group exists."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def init(device_name: str) -> None:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); once per process."""
     if not launched_by_torchrun() or dist.is_initialized():

@@ -5,6 +5,10 @@ Anything raised as a `VaegenError` is printed as one paragraph without a traceba
 """
 
 
+# A message raised where the run folder is not known says RUN_DIR; vaegen.train.train, which knows it, fills it in.
+RUN_DIR = "RUN_DIR"
+
+
 def plural(n: int, noun: str) -> str:
     """'1 image', '2 images': messages count things."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -59,7 +59,8 @@ def _up(in_ch: int, out_ch: int) -> nn.Sequential:
 
 @register_model("conv_vae")
 class ConvVAE(nn.Module):
-    """Images in [0, 1], shape [N, C, H, W]. `forward` returns decoder logits, mu and log-variance.
+    """Images in [0, 1], shape [N, C, H, W] (`encode` and `reconstruct` also take uint8 images in 0-255).
+    `forward` returns decoder logits, mu and log-variance.
 
     Conditioning (`conditional`):
       - "onehot": the one-hot label enters the encoder as extra constant input planes and is
@@ -111,31 +112,105 @@ class ConvVAE(nn.Module):
     def is_conditional(self) -> bool:
         return self.conditional != "none"
 
-    def _check_labels(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+    def _check_labels(self, labels: torch.Tensor | None, batch: int, check_range: bool = True) -> torch.Tensor | None:
+        """One long label per image (a single one applies to all). `check_range=False` skips reading their extremes,
+        a host sync on a GPU: the training step's labels come from the data, in range by construction."""
         if not self.is_conditional:
             return None
         if labels is None:
             raise ValueError(
                 f"this model is conditional on {self.num_classes} classes; pass labels (class indices, or names with vaegen.load)"
             )
-        labels = torch.as_tensor(self.class_indices(labels), device=self.to_mu.weight.device).long().reshape(-1)
-        if labels.numel() == 1 and batch > 1:
+        labels = self._label_tensor(labels)
+        if labels.numel() == 1 and batch != 1:  # one class for the whole batch, an empty one included
             labels = labels.expand(batch)
         if labels.numel() != batch:
             raise ValueError(f"got {labels.numel()} labels for a batch of {batch}")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+        if check_range and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
         return labels
 
-    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of q(z | x)."""
-        if x.dim() != 4 or tuple(x.shape[1:]) != (self.channels, *self.image_size):
-            height, width = self.image_size
+    def _label_tensor(self, labels) -> torch.Tensor:
+        """Class names or indices as a flat long tensor on the model's device. Yes/no values and floats are
+        refused: torch would read True and 1.0 (and 1.7) as class 1 without a word."""
+        indices = self.class_indices(labels)
+        try:
+            tensor = torch.as_tensor(indices, device=self.to_mu.weight.device)
+        except (TypeError, ValueError, RuntimeError):  # names mixed with indices, or no number at all
+            raise self._not_labels(labels, "which is neither; pass all indices or all names") from None
+        listed = isinstance(indices, (list, tuple))
+        many, plural = ("a tensor of", "s") if torch.is_tensor(indices) else ("which holds", "s") if listed else ("a", "")
+        if tensor.dtype == torch.bool or (listed and any(isinstance(item, bool) for item in indices)):  # [True, 0] reads as [1, 0]
+            raise self._not_labels(labels, f"{many} yes/no value{plural}; pass the class's index or name")
+        if (tensor.is_floating_point() or tensor.is_complex()) and tensor.numel():  # [] reads as a float tensor
+            fix = "pass whole numbers, e.g. 1 (labels.long() converts a float tensor)"
+            raise self._not_labels(labels, f"{many} float{plural}; {fix}")
+        return tensor.long().reshape(-1)
+
+    def _not_labels(self, labels, why: str) -> ValueError:
+        classes = ", ".join(getattr(self, "classes", None) or []) or "those of a model loaded with vaegen.load"
+        return ValueError(
+            f"labels are class indices (whole numbers from 0 to {self.num_classes - 1}) or class names ({classes}); "
+            f"got {labels!r}, {why}"
+        )
+
+    def _check_images(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` as a batch [N, C, H, W] of this model's size, or an error that says how to make it one."""
+        height, width = self.image_size
+        if x.dim() == 4 and tuple(x.shape[1:]) == (self.channels, height, width):
+            return x
+        if x.dim() == 3:
+            fix = "one image without its batch dimension: add one (x[None] or x.unsqueeze(0))"
+            if tuple(x.shape) != (self.channels, height, width):
+                fix += f", and give it {self.channels} channel(s) at {height}x{width}"
+        elif x.dim() == 4 and tuple(x.shape[1:]) == (height, width, self.channels):
+            fix = "channels last; move them to dimension 1 (x.permute(0, 3, 1, 2))"
+        elif x.dim() == 4 and tuple(x.shape[2:]) == (height, width):
+            fix = f"convert them to {self.channels} channel(s), as the training images were (data.channels: {self.channels})"
+        elif x.dim() == 4:
+            fix = f"resize them to {height}x{width} first"
+        else:
+            fix = "pass a batch of images, 4 dimensions"
+        shape = f"[N, {self.channels}, {height}, {width}]"
+        raise ValueError(f"this model takes images of shape {shape} in [0, 1]; got {list(x.shape)}; {fix}")
+
+    def _in_unit_range(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images (0-255) divided by 255; float images checked to lie in [0, 1], with slack for float noise
+        and augmentations. Reads the images' extremes on the host, so the training step (forward) skips it."""
+        if x.dtype == torch.uint8:
+            return x.to(self.to_mu.weight.dtype) / 255
+        if not x.is_floating_point():
             raise ValueError(
-                f"this model takes images of shape [N, {self.channels}, {height}, {width}] in [0, 1]; got {list(x.shape)}; "
-                f"resize them to {height}x{width} first"
+                f"this model takes float images in [0, 1] (or uint8 images in 0-255); got a {x.dtype} tensor; "
+                f"convert it with x.float(), divided by 255 if it holds 0-255 pixel values"
             )
-        labels = self._check_labels(labels, x.shape[0])
+        if not x.numel():
+            return x
+        low, high = (value.item() for value in torch.aminmax(x.detach()))
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(
+                "these images hold NaN or infinite values; this model takes images with values in [0, 1]: "
+                "check how they were made (torch.nan_to_num replaces such values)"
+            )
+        if high > 1.5 or low < -0.5:
+            if low >= -0.5 and high <= 255.5:
+                fix = "they look like 0-255 pixel values: divide uint8 images by 255 (x / 255), or pass the uint8 tensor itself"
+            elif low >= -1.5 and high <= 1.5:
+                fix = "they look normalized to [-1, 1]: map them back with (x + 1) / 2"
+            else:
+                fix = "scale them to [0, 1] (divide uint8 images by 255)"
+            found = f"these range from {low:.4g} to {high:.4g}"
+            raise ValueError(f"this model takes images with values in [0, 1]; {found}; {fix}")
+        return x
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of q(z | x). `x`: images [N, C, H, W], float in [0, 1] or uint8 in
+        0-255 (divided by 255 here); float values clearly outside [0, 1] (below -0.5 or above 1.5) are an error."""
+        x = self._in_unit_range(self._check_images(x))
+        return self._encode(x, self._check_labels(labels, x.shape[0]))
+
+    def _encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`encode` of images and labels already checked."""
         if self.conditional == "onehot":
             planes = F.one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None]
             x = torch.cat([x, planes.expand(-1, -1, *x.shape[2:])], dim=1)
@@ -145,7 +220,10 @@ class ConvVAE(nn.Module):
     def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"this model decodes latent codes of shape [N, {self.latent_dim}]; got {list(z.shape)}")
-        labels = self._check_labels(labels, z.shape[0])
+        return self._decode_logits(z, self._check_labels(labels, z.shape[0]))
+
+    def _decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """`decode_logits` of codes and labels already checked."""
         if self.conditional == "onehot":
             z = torch.cat([z, F.one_hot(labels, self.num_classes).to(z.dtype)], dim=1)
         elif self.conditional == "embedding":
@@ -160,13 +238,15 @@ class ConvVAE(nn.Module):
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x, labels)
+        # the training step: the shape checks only, since encode's range checks read values (a host sync on a GPU)
+        labels = self._check_labels(labels, x.shape[0], check_range=False)
+        mu, logvar = self._encode(self._check_images(x), labels)
         if generator is None:  # randn_like keeps the batch dimension symbolic under torch.compile
             noise = torch.randn_like(mu)
         else:
             noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + noise * torch.exp(0.5 * logvar)
-        return self.decode_logits(z, labels), mu, logvar
+        return self._decode_logits(z, labels), mu, logvar
 
     @torch.no_grad()
     def sample(
@@ -178,7 +258,8 @@ class ConvVAE(nn.Module):
     ) -> torch.Tensor:
         """`n` images in [0, 1]; same seed, same images. Codes come from `self.latent_density` (a fitted
         `vaegen.density.LatentGMM`, set by `vaegen.load` when the checkpoint has one), else z ~ N(0, T² I).
-        `labels` (conditional models only): one class or one per image, as indices or `self.classes` names."""
+        `labels` (conditional models only): one class for every image (n = 0 included) or one per image, as indices
+        or `self.classes` names."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"n is the number of images to draw, a whole number >= 0; got {n!r}")
         if not (math.isfinite(temperature) and temperature >= 0):  # 0: every code at its mean
@@ -212,7 +293,8 @@ class ConvVAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode the posterior mean: the model's deterministic reconstruction of `x`."""
+        """Decode the posterior mean: the model's deterministic reconstruction of `x` (images as `encode` takes them,
+        float in [0, 1] or uint8); float images in [0, 1] come back."""
         mu, _ = self.encode(x, labels)
         return self.decode(mu, labels)
 

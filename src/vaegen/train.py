@@ -46,7 +46,7 @@ from vaegen.config import Config
 from vaegen.data import DecodedImages, batches, default_cache_dir, load_splits, steps_per_epoch, to_device
 from vaegen.density import SAMPLER_FILE, LatentGMM, fit_model_density
 from vaegen.ema import EMA
-from vaegen.errors import CheckpointError, ConfigError, OutOfMemory, TrainingDiverged
+from vaegen.errors import RUN_DIR, CheckpointError, ConfigError, OutOfMemory, TrainingDiverged, VaegenError
 from vaegen.fid import eval_batch_size, metric_names, run_evaluator, score_model
 from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.losses import vae_loss
@@ -396,9 +396,13 @@ def train(
             return _train(config, paths, resume, on_epoch, echo)
     except BaseException as exc:
         # a run stopped before it wrote anything (a data.root typo) leaves no empty folder behind; rmdir
-        # removes only an empty one
-        with contextlib.suppress(OSError):
-            paths.run_dir.rmdir()
+        # removes only an empty one. Under torchrun only process 0 writes there: another one failing first
+        # must not pull the folder from under it
+        if distributed.launched_first():
+            with contextlib.suppress(OSError):
+                paths.run_dir.rmdir()
+        if isinstance(exc, VaegenError) and RUN_DIR in str(exc):  # errors raised deep in the loop name the folder here
+            exc.args = (str(exc).replace(RUN_DIR, str(paths.run_dir)),)
         host_memory = isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
         if not (isinstance(exc, torch.cuda.OutOfMemoryError) or host_memory):
             raise

@@ -30,8 +30,9 @@ import shutil
 import socket
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 from pydantic import Field, PositiveInt, field_validator, model_validator
@@ -174,7 +175,12 @@ class Sweep:
     source: Path
     base_raw: dict[str, Any]  # the train config as a mapping, overrides applied, paths absolute
     base: Config
-    metric: str  # what the trials report and ASHA/Optuna minimise
+
+    @cached_property
+    def metric(self) -> str:
+        """What the trials report and ASHA/Optuna minimise. Read once the data is known to load: eval.backbone auto
+        warns here when it falls back, and a sweep that cannot start for its data has no use for that warning."""
+        return selection_metric(self.base)
 
     @property
     def name(self) -> str:
@@ -243,7 +249,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         set_key_path(base_raw, "output.best_dir", str(Path("best_models").resolve()))
     base = config_from_dict(base_raw, f"{path} (base train config)")
     _check_searched_epochs(settings.space.get("train.epochs"), path)
-    sweep = Sweep(settings, path, base_raw, base, selection_metric(base))
+    sweep = Sweep(settings, path, base_raw, base)
     if settings.tune.scheduler == "asha" and settings.tune.grace_period > max_epochs(sweep):
         raise ConfigError(
             f"{path}: tune.grace_period is {settings.tune.grace_period} epochs but the trials train for at most "
@@ -435,17 +441,13 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from vaegen.data import load_splits
+    from vaegen.data import SWEEP_SETTINGS, load_splits
 
     if address:
         check_reachable(address)
     settings = sweep.settings.tune
     # keeping only the best checkpoint makes Ray snapshot its state at each improvement, and warn that it does
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # SweepConsole says what happens; Ray's new output engine prints its tables and a TensorBoard hint at any
-    # verbosity, the legacy one prints nothing at verbose=0
-    users_output_engine = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     can_restore = tune.Tuner.can_restore(sweep.experiment_path)
     if resume and not can_restore:
         raise ConfigError(
@@ -456,8 +458,10 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
             f"a sweep named {sweep.name!r} already exists at {sweep.experiment_path}. Continue it with --resume, "
             f"or start another with --set tune.name=NEW_NAME."
         )
-    # decode the images into the shared cache once, here, instead of in every trial at the same time
-    load_splits(sweep.base.data, sweep.base.train.seed)
+    # decode the images into the shared cache once, here, instead of in every trial at the same time; its errors
+    # name the sweep's keys (overrides.data.root), and come before the evaluation's warnings (sweep.metric's)
+    load_splits(sweep.base.data, sweep.base.train.seed, SWEEP_SETTINGS)
+    context = TrialContext(sweep.base_raw, dict(sweep.settings.space), sweep.trials_dir, sweep.metric, settings.resources.cpu)
     sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
     settings_yaml = yaml.safe_dump(sweep.settings.model_dump(mode="json"), sort_keys=False)
     started_with = sweep.sweep_dir / "sweep.yaml"
@@ -471,24 +475,19 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
         )
     print(sweep_header(sweep, resume), flush=True)
 
-    context = TrialContext(sweep.base_raw, dict(sweep.settings.space), sweep.trials_dir, sweep.metric, settings.resources.cpu)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, context=context),
         {"cpu": settings.resources.cpu, "gpu": settings.resources.gpu},
     )
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except ConnectionError as exc:  # something listens there, but not Ray's GCS
-            raise unreachable(address, _first_line(exc)) from None
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)
-    # what SweepConsole and the CLI say already: a vaegen error of a trial, and how to resume (Ray's own way)
-    said_by_vaegen = {logging.getLogger("ray.tune.execution.tune_controller"): _VaegenTrialErrors(),
-                      logging.getLogger("ray.tune.tune"): _RaysResumeAdvice()}
-    for ray_log, said in said_by_vaegen.items():
-        ray_log.addFilter(said)
+    restore_console = quiet_ray_and_optuna()
     try:
+        if address:
+            try:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            except ConnectionError as exc:  # something listens there, but not Ray's GCS
+                raise unreachable(address, _first_line(exc)) from None
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         if resume:
             tuner = tune.Tuner.restore(sweep.experiment_path, trainable, resume_unfinished=True, resume_errored=False)
         else:
@@ -542,13 +541,8 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
         if trials and all(t.status == "failed" for t in trials):
             raise no_trial_succeeded(grid, trials, sweep)
     finally:
-        for ray_log, said in said_by_vaegen.items():
-            ray_log.removeFilter(said)
         ray.shutdown()
-        if users_output_engine is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = users_output_engine
+        restore_console()
     return SweepResult(trials, complete, summary_csv, plot, best_dir)
 
 
@@ -632,11 +626,56 @@ class _VaegenTrialErrors(logging.Filter):
         return not isinstance(getattr(error, "cause", error), VaegenError)
 
 
-class _RaysResumeAdvice(logging.Filter):
-    """On Ctrl+C Ray advises `Tuner.restore(...)`; the CLI names `vaegen tune --resume` instead."""
+class _SaidByVaegen(logging.Filter):
+    """Drops a logger's lines that hold one of `said`: what vaegen's console and CLI say in their own words."""
+
+    def __init__(self, *said: str):
+        super().__init__()
+        self.said = said
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Resume experiment with" not in record.getMessage()
+        message = record.getMessage()
+        return not any(words in message for words in self.said)
+
+
+def quiet_ray_and_optuna() -> Callable[[], None]:
+    """Ray's and Optuna's console output during a sweep, less what SweepConsole and the CLI say better; returns
+    what puts it back.
+
+    Off: Ray's status tables (its new output engine prints them and a TensorBoard hint at any verbosity, the
+    legacy one nothing at verbose=0), the INFO lines of Ray's driver (`Started a local Ray instance`, `Wrote the
+    latest version of all result files`: ray.init(logging_level=WARNING) sets the level, put back here) and of
+    Optuna (`A new study created in memory`), Ray's `Trials did not complete: [...]` (the console has said which
+    trial failed and the table says it again), its `Tuner.restore` advice on Ctrl+C (the CLI names `vaegen tune
+    --resume`), a trial's vaegen error with its traceback (said in one line), and the notice that the cluster uses
+    token authentication, Ray's default (Ray still warns when it is off). Ray's other warnings and errors stay: a
+    trial's unexpected exception with its traceback, a cluster that fails to start."""
+    import optuna
+
+    filters = {
+        "ray.tune.execution.tune_controller": _VaegenTrialErrors(),
+        "ray.tune.tune": _SaidByVaegen("Trials did not complete", "Resume experiment with"),
+        "ray._private.authentication.authentication_token_setup": _SaidByVaegen(
+            "Token authentication is enabled for this Ray cluster"),
+    }
+    ray_level, optuna_level = logging.getLogger("ray").level, optuna.logging.get_verbosity()
+    users_output_engine = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    for name, said in filters.items():
+        logging.getLogger(name).addFilter(said)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+
+    def restore() -> None:
+        for name, said in filters.items():
+            logging.getLogger(name).removeFilter(said)
+        optuna.logging.set_verbosity(optuna_level)
+        logging.getLogger("ray").setLevel(ray_level)
+        if users_output_engine is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = users_output_engine
+
+    return restore
 
 
 def no_trial_succeeded(grid, trials: list[TrialSummary], sweep: Sweep) -> NoTrialSucceeded:

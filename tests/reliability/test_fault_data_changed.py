@@ -39,12 +39,12 @@ def test_added_and_removed_images_rebuild_the_cache(tmp_path):
     shutil.copy(sorted((data / "Red").iterdir())[0], data / "Red" / "extra.jpg")
     config = train(tmp_path, data, "after")
 
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # a new cache beside the old one
+    (second_cache,) = (tmp_path / "cache").glob("*.safetensors")  # the same folder's new cache replaces the old one
+    assert second_cache != first_cache
     assert "239 train / 60 val images" in data_line(tmp_path, "after")  # 299 images: 2 removed, 1 added
     images = load_images(config.data)  # what the second run trained on (read back from its cache)
     assert len(images.images) == 299
     assert "Red/extra.jpg" in images.files and f"Golden/{golden[0].name}" not in images.files
-    assert first_cache.is_file()  # the old data's cache is left alone
 
 
 def test_an_image_rewritten_in_place_with_its_size_and_mtime_kept_is_decoded_again(tmp_path):
@@ -74,4 +74,4 @@ def test_an_image_rewritten_in_place_with_its_size_and_mtime_kept_is_decoded_aga
     new_pixels = after.images[after.files.index(relative)]
     assert np.array_equal(new_pixels.numpy(), decode_image(target, config.data))
     assert (new_pixels.float() - old_pixels.float()).abs().mean() > 20  # really the new picture, not the cached one
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1  # the stale entry is gone
