@@ -478,6 +478,25 @@ def test_entries_of_folders_that_are_gone_are_pruned_when_another_is_decoded(tmp
     assert not gone_features.exists()
 
 
+def test_only_this_machines_gone_folders_are_pruned(tmp_path, pets):
+    """A cache folder shared between machines holds folders that exist elsewhere: those entries stay."""
+    import json
+    import socket
+
+    from safetensors.torch import save_file
+
+    def entry(name: str, host: str) -> Path:
+        path = tmp_path / "cache" / f"{name}-16x16x3-{'0' * 20}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        source = {"root": str(tmp_path / "nowhere" / name), "host": host, "size": [16, 16], "channels": 3, "resize": "center_crop"}
+        save_file({"images": torch.zeros(1, 3, 16, 16, dtype=torch.uint8)}, str(path), metadata={"source": json.dumps(source)})
+        return path
+
+    elsewhere, here = entry("elsewhere", "another-machine"), entry("here", socket.gethostname())
+    load_images(make_cfg(tmp_path, pets))
+    assert elsewhere.exists() and not here.exists()
+
+
 def test_a_cache_hit_prunes_nothing(tmp_path, pets):
     cfg = make_cfg(tmp_path, pets)
     first = load_images(cfg)

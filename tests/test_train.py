@@ -354,7 +354,7 @@ def test_new_run_refuses_to_overwrite_the_best_model_of_a_run_whose_log_folder_i
     before = {path.name: path.read_bytes() for path in best.iterdir()}
 
     assert main(["train", "--config", str(config)]) == 2
-    assert f"{best} already holds the best model of an earlier run named tiny" in capsys.readouterr().err
+    assert f"{best} already holds the best model of an earlier run named tiny, with no training state in " in capsys.readouterr().err
     assert {path.name: path.read_bytes() for path in best.iterdir()} == before
     assert not (tmp_path / "logs" / "tiny").exists()
 

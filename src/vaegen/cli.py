@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         # torchrun stops the others as soon as it exits. They wait for that rather than race it (a loaded
         # machine can hold process 0 back for seconds), and say the error themselves only if process 0 never
         # does, because the error was theirs alone
-        if isinstance(exc, ConfigError) and os.environ.get("RANK", "0") != "0":  # distributed.launched_first, without importing torch
+        under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1  # distributed's checks, without importing torch
+        if isinstance(exc, ConfigError) and under_torchrun and os.environ.get("RANK", "0") != "0":
             time.sleep(30.0)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -184,8 +186,9 @@ def cmd_train(args) -> int:
             say(f"interrupted. {where_to_continue(paths)}", sys.stderr)
         return 130
     except VaegenError as exc:
-        if main_process and log_file.is_file():  # main() prints it; the run's log keeps it too
-            keep_in_log(log_file, f"error: {exc}")
+        if main_process and log_file.is_file():  # main() prints it; the run's log keeps it too, if it can
+            with contextlib.suppress(OSError):  # a full disk must not replace the error that says so
+                keep_in_log(log_file, f"error: {exc}")
         raise
     finally:
         distributed.finish()
@@ -273,9 +276,9 @@ def name_taken(paths) -> ConfigError:
             f"or start another with --set output.run_name=NEW_NAME."
         )
     return ConfigError(
-        f"{paths.best_dir} already holds the best model of an earlier run named {paths.name} (its training folder "
-        f"{paths.run_dir} is gone, so it cannot be continued), and a new run would overwrite it. Start the new run "
-        f"with --set output.run_name=NEW_NAME, or move that folder away first if you mean to replace it."
+        f"{paths.best_dir} already holds the best model of an earlier run named {paths.name}, with no training "
+        f"state in {paths.run_dir} to continue it from, and a new run would overwrite it. Start the new run with "
+        f"--set output.run_name=NEW_NAME, or move that folder away first if you mean to replace it."
     )
 
 

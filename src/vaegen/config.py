@@ -633,7 +633,7 @@ def _describe(error: dict, schema: type[BaseModel] = None) -> str:
         section = _section_at(loc[:-1], schema or Config)
         field = section.model_fields.get(loc[-1]) if section else None
         what = f" ({field.description})" if field is not None and field.description else ""
-        instead = "" if field is None or field.is_required() else f", or leave it out for the default, {field.default!r}"
+        instead = "" if field is None or field.is_required() else f", or leave it out for the default, {_yaml(field.default)}"
         return f"`{key}` is empty: give it a value{what}{instead}."
     return f"`{key}` = {value!r} is not allowed: {_clean(error['msg'])}."
 

@@ -11,16 +11,19 @@ checkpoint stores.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
+import socket
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISDIR
 from typing import BinaryIO
 
 import numpy as np
@@ -38,7 +41,8 @@ from vaegen.errors import DataError, plural
 CACHE_FORMAT = 1
 # What is computed from a decoded entry (real features, the fidelity classifier) lives in these subfolders of the
 # cache folder and names its entry's fingerprint in its metadata, so that it goes when its entry goes.
-DERIVED_FOLDERS = ("features", "classifiers")
+FEATURES_FOLDER, CLASSIFIERS_FOLDER = "features", "classifiers"
+DERIVED_FOLDERS = (FEATURES_FOLDER, CLASSIFIERS_FOLDER)
 FROM_ENTRY = "data_fingerprint"
 _ENTRY_NAME = re.compile(r"-(?P<size>\d+x\d+x\d+)-(?P<fingerprint>[0-9a-f]{20})\.safetensors$")
 
@@ -250,7 +254,8 @@ def load_images(cfg: DataConfig, workers: int = 4, names: Settings = TRAIN_SETTI
         fingerprint=fingerprint,
     )
     if _write_cache(cache_file, result, index.root, cfg):
-        prune_cache(cache_dir, cache_file)
+        with contextlib.suppress(OSError):  # the cache is optional, and so is keeping it small
+            prune_cache(cache_dir, cache_file)
     return _report_skipped(result, cfg, names)
 
 
@@ -304,13 +309,15 @@ def _write_cache(path: Path, images: DecodedImages, root: Path, cfg: DataConfig)
 def _source(root: Path, cfg: DataConfig) -> str:
     """The folder and the transform an entry was decoded from and with: one folder decoded the same way needs
     one entry, its newest; a fresh clone of a repository, or a changed file, makes a new one."""
-    return json.dumps({"root": str(Path(root).resolve()), "size": list(cfg.image_size), "channels": cfg.channels, "resize": cfg.resize})
+    # a cache folder shared between machines (an NFS home) holds folders that exist on other machines only
+    return json.dumps({"root": str(Path(root).resolve()), "host": socket.gethostname(), "size": list(cfg.image_size),
+                       "channels": cfg.channels, "resize": cfg.resize})
 
 
 def prune_cache(cache_dir: Path, newest: Path) -> list[Path]:
-    """Remove the entries `newest` replaces (same folder, same transform) and those of folders that no longer
-    exist, then what was computed from entries that are gone. Entries from before their source was recorded,
-    and files vaegen did not name, are left alone. Returns the removed files."""
+    """Remove the entries `newest` replaces (same folder, same transform, same machine) and those of this
+    machine's folders that no longer exist, then what was computed from entries that are gone. Entries from
+    before their source was recorded, and files vaegen did not name, are left alone. Returns the removed files."""
     newest_source = _metadata(newest).get("source")
     removed, fingerprints = [], set()
     for entry in sorted(cache_dir.glob("*.safetensors")):
@@ -318,9 +325,7 @@ def prune_cache(cache_dir: Path, newest: Path) -> list[Path]:
         if match is None:
             continue
         source = _metadata(entry).get("source")
-        stale = entry != newest and source is not None and (
-            source == newest_source or not Path(json.loads(source)["root"]).is_dir()
-        )
+        stale = entry != newest and source is not None and (source == newest_source or _folder_gone(source))
         if stale and _remove(entry):
             removed.append(entry)
         else:
@@ -331,6 +336,19 @@ def prune_cache(cache_dir: Path, newest: Path) -> list[Path]:
             if made_from is not None and made_from not in fingerprints and _remove(derived):
                 removed.append(derived)
     return removed
+
+
+def _folder_gone(source: str) -> bool:
+    """Whether an entry's folder is known to be gone: on this machine, and missing (not merely unreadable)."""
+    try:
+        recorded = json.loads(source)
+        if recorded.get("host") != socket.gethostname():
+            return False
+        return not S_ISDIR(os.stat(recorded["root"]).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except (OSError, ValueError, KeyError, TypeError):  # unreadable, or a source this version did not write
+        return False
 
 
 def _metadata(path: Path) -> dict[str, str]:

@@ -106,7 +106,8 @@ def _samples(model, cfg: TestConfig, path: Path) -> Path:
     in each, wrapping after BLOCK_COLUMNS (from the prior every block decodes the same codes, so the blocks
     differ only by the class; a fitted mixture draws each class's codes from its own components)."""
     if model.is_conditional:
-        images = per_class_samples(model, samples_per_class(cfg.grid * cfg.grid, model.num_classes), cfg.seed, cfg.temperature)
+        per_class = samples_per_class(cfg.grid * cfg.grid, model.num_classes)
+        images = per_class_samples(model, per_class, cfg.seed, cfg.temperature, getattr(model, "latent_density", None))
         return _save(class_blocks(images, model.classes), path)
     images = model.sample(cfg.grid * cfg.grid, temperature=cfg.temperature, seed=cfg.seed)
     return _save(for_viewing(image_grid(images, nrow=cfg.grid), images), path)

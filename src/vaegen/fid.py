@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vaegen.checkpoint import atomic_write
-from vaegen.data import DERIVED_FOLDERS, FROM_ENTRY, default_cache_dir
+from vaegen.data import FEATURES_FOLDER, FROM_ENTRY, default_cache_dir
 
 # Bump when feature extraction changes, so cached real features are recomputed.
 FEATURE_FORMAT = 1
@@ -94,7 +94,7 @@ def extract_features(backbone: nn.Module, images_u8: torch.Tensor, batch_size: i
 
 def real_cache_file(cache_dir: Path, fingerprint: str, split: str, backbone: str) -> Path:
     key = hashlib.sha256(json.dumps([FEATURE_FORMAT, fingerprint, split, backbone]).encode()).hexdigest()[:20]
-    return Path(cache_dir) / DERIVED_FOLDERS[0] / f"{backbone}-{split}-{key}.safetensors"
+    return Path(cache_dir) / FEATURES_FOLDER / f"{backbone}-{split}-{key}.safetensors"
 
 
 def real_features(
@@ -103,7 +103,7 @@ def real_features(
     cache_file: Path,
     batch_size: int,
     device: torch.device,
-    data_fingerprint: str = "",
+    data_fingerprint: str,
 ) -> torch.Tensor:
     """Features of the real reference images, from the cache when it holds them (an entry that names
     `data_fingerprint`, the decoded images' cache key, and goes when that entry is pruned)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vaegen.checkpoint import atomic_write
-from vaegen.data import DERIVED_FOLDERS, FROM_ENTRY
+from vaegen.data import CLASSIFIERS_FOLDER, FROM_ENTRY
 from vaegen.density import latent_codes
 
 CLASSIFIER_FORMAT = 1
@@ -70,7 +71,7 @@ def train_classifier(
 def load_or_train_classifier(data, num_classes: int, cache_dir: Path, device: torch.device, seed: int = 0) -> ClassifierNet:
     """`data` is the training split (`vaegen.data.DecodedImages`); the weights are cached by its fingerprint."""
     key = hashlib.sha256(json.dumps([CLASSIFIER_FORMAT, data.fingerprint, num_classes, seed]).encode()).hexdigest()[:20]
-    path = Path(cache_dir) / DERIVED_FOLDERS[1] / f"classifier-{key}.safetensors"
+    path = Path(cache_dir) / CLASSIFIERS_FOLDER / f"classifier-{key}.safetensors"
     if path.is_file():
         net = ClassifierNet(data.images.shape[1], num_classes)
         net.load_state_dict(load_file(str(path)))
@@ -78,7 +79,11 @@ def load_or_train_classifier(data, num_classes: int, cache_dir: Path, device: to
     tqdm.write(f"the class-fidelity classifier: trained once on {len(data.images)} real images, then read from {path.parent}")
     net = train_classifier(data.images, data.labels, num_classes, device, seed)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in net.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={FROM_ENTRY: data.fingerprint}))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={FROM_ENTRY: data.fingerprint}))
+    except OSError as exc:  # a read-only cache costs time, as for the decoded images and the real features
+        warnings.warn(f"could not keep the fidelity classifier in {path.parent} ({exc}); the next run trains it again.", stacklevel=2)
     return net
 
 

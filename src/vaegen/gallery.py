@@ -349,7 +349,7 @@ def sample_view(
     when it ships one, else from z ~ N(0, temperature² I); same seed, same picture."""
     labels = row_labels(model, choice)
     if len(labels) > 1:  # from the prior, the same codes in every block, so the blocks differ only by the class
-        return _picture(model, per_class_samples(model, count, seed, temperature), labels, BLOCK_COLUMNS)
+        return _picture(model, per_class_samples(model, count, seed, temperature, getattr(model, "latent_density", None)), labels, BLOCK_COLUMNS)
     images = model.sample(count, labels=labels[0], temperature=temperature, seed=seed)
     return _picture(model, images, labels, columns=None)
 

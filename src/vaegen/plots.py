@@ -61,7 +61,8 @@ def class_blocks(images: torch.Tensor, names: list[str]):
 def samples_per_class(total: int, num_classes: int) -> int:
     """How many samples each class's block holds when about `total` are shown in all: the same number for
     every class, never more than total // num_classes (so the codes of a `total`-sample grid suffice), and in
-    whole rows of BLOCK_COLUMNS once a block wraps (64 in all for 3 classes: two rows of 8 each)."""
+    whole rows of BLOCK_COLUMNS once a block wraps (64 asked for with 3 classes: two rows of 8 each, 48 shown).
+    At least one each, so more classes than `total` show one sample per class."""
     share = max(1, total // num_classes)
     return share if share <= BLOCK_COLUMNS else share // BLOCK_COLUMNS * BLOCK_COLUMNS
 

@@ -31,20 +31,25 @@ def prior_sampler(model: torch.nn.Module, temperature: float = 1.0, class_weight
 
 
 @torch.no_grad()
-def per_class_samples(model: torch.nn.Module, per_row: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
-    """[num_classes * per_row] images, class k in row k. From the prior every row decodes the same
-    `per_row` codes, so the rows differ only by the class; a fitted latent mixture
-    (`model.latent_density`) draws each row's codes from that class's own mixture."""
+def per_class_samples(
+    model: torch.nn.Module,
+    per_class: int,
+    seed: int,
+    temperature: float = 1.0,
+    density=None,
+    prior_codes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[num_classes * per_class] images, class k's in block k. From the prior every block decodes the same codes
+    (`prior_codes`, else `per_class` seeded draws), so the blocks differ only by the class; a fitted latent
+    mixture (`density`, a `vaegen.density.LatentGMM`) draws each block's codes from that class's own components."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    density = getattr(model, "latent_density", None)
     if density is None:
-        z = torch.randn(per_row, model.latent_dim, generator=generator).to(device) * temperature
-        codes = [z] * model.num_classes
+        z = prior_codes if prior_codes is not None else torch.randn(per_class, model.latent_dim, generator=generator) * temperature
+        codes = [z.to(device)] * model.num_classes
     else:
-        codes = [density.to(device).sample(per_row, generator, torch.tensor(k), temperature) for k in range(model.num_classes)]
-    rows = [model.decode(z, torch.full((per_row,), k, device=device)) for k, z in enumerate(codes)]
-    return torch.cat(rows)
+        codes = [density.to(device).sample(per_class, generator, torch.tensor(k), temperature) for k in range(model.num_classes)]
+    return torch.cat([model.decode(z, torch.full((per_class,), k, device=device)) for k, z in enumerate(codes)])
 
 
 def gmm_sampler(

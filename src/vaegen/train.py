@@ -53,6 +53,7 @@ from vaegen.losses import vae_loss
 from vaegen.models import build_model, count_parameters
 from vaegen.perceptual import PerceptualLoss, evaluation_network_problem
 from vaegen.plots import class_blocks, for_viewing, image_grid, plot_curves, reconstruction_grid, samples_per_class, save_png
+from vaegen.samplers import per_class_samples
 from vaegen.schedules import build_beta_schedule
 from vaegen.tracking import Tracker, read_metrics
 
@@ -159,7 +160,7 @@ class Console:
 
 def keep_in_log(log_file: Path, message: str) -> None:
     """One more line in train.log, which keeps what the console showed."""
-    with log_file.open("a") as handle:
+    with log_file.open("a", encoding="utf-8") as handle:  # β and other non-ASCII on any platform
         handle.write(message + "\n")
 
 
@@ -357,12 +358,8 @@ def sample_picture(model, fixed_z: torch.Tensor, classes: list[str], device: tor
         images = model.decode(z.to(device), None)
         return for_viewing(image_grid(images), images)
     per_class = samples_per_class(len(fixed_z), model.num_classes)
-    labels = torch.arange(model.num_classes).repeat_interleave(per_class)
-    if density is None:
-        z = fixed_z[:per_class].repeat(model.num_classes, 1)
-    else:
-        z = density.to(device).sample(len(labels), torch.Generator().manual_seed(0), labels)
-    return class_blocks(model.decode(z.to(device), labels.to(device)), classes)
+    images = per_class_samples(model, per_class, seed=0, density=density, prior_codes=fixed_z[:per_class])
+    return class_blocks(images, classes)
 
 
 @torch.no_grad()
@@ -674,7 +671,7 @@ def export_best(
     density: LatentGMM | None = None,
 ) -> None:
     """best_models/<run>/: weights first, metrics.json last, so metrics never describe missing weights.
-    `samples` is the run's sample picture (PIL, from `sample_picture`; a grid tensor is written as it is)."""
+    `samples` is the run's sample picture (PIL, from `sample_picture`)."""
     import json
 
     metadata = {

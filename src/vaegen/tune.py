@@ -607,7 +607,8 @@ class SweepConsole(_RayCallback):
 
 
 def _trial_error(trial) -> str:
-    """A failed trial's error in one line, from the files Ray has just written for it on this machine."""
+    """A failed trial's error in one line, from the files Ray has just written for it on this machine (Ray's own
+    Trial.get_pickled_error, which reads the trial's storage, returned nothing yet when this callback ran)."""
     import ray.cloudpickle
 
     if trial.pickled_error_file and Path(trial.pickled_error_file).is_file():
@@ -700,14 +701,16 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
             f"--address {address!r} is not HOST:PORT. Pass the address `ray start --head` printed on the head node "
             f"(e.g. --address 10.0.0.5:6379), or drop --address to run the sweep on this machine."
         )
+    # a cluster with TLS on (RAY_USE_TLS) answers a plain-text preface with an alert or not at all: connecting is the test
+    tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
-            answer = _first_http2_frame(connection)
+            answer = b"" if tls else _first_http2_frame(connection)
     except TimeoutError:
         raise unreachable(address, f"no answer within {timeout_s:g} s") from None
     except OSError as exc:
         raise unreachable(address, exc.strerror or str(exc)) from None
-    if len(answer) < 9 or answer[3] != HTTP2_SETTINGS:
+    if not tls and (len(answer) < 9 or answer[3] != HTTP2_SETTINGS):
         heard = "a web page's answer (Ray's dashboard is such a port, 8265 by default)" if answer.startswith(b"HTTP/") else (
             f"{answer!r}, not gRPC" if answer else "nothing")
         raise ConfigError(
