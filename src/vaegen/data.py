@@ -371,10 +371,7 @@ def _remove(path: Path) -> bool:
 
 def _read_cache(path: Path, fingerprint: str) -> DecodedImages | None:
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata()
+        metadata = _metadata(path)
         tensors = load_file(str(path))
         return DecodedImages(
             images=tensors["images"],

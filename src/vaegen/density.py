@@ -136,7 +136,7 @@ def posterior_means(model: torch.nn.Module, images_u8: torch.Tensor, labels: tor
     model.eval()
     chunks = []
     for start in range(0, len(images_u8), batch_size):
-        x = images_u8[start : start + batch_size].to(device).float().div_(255.0)
+        x = images_u8[start : start + batch_size].to(device)  # encode takes uint8 (0-255) and scales it
         y = labels[start : start + batch_size].to(device) if model.is_conditional else None
         chunks.append(model.encode(x, y)[0].float().cpu())
     model.train(was_training)
