@@ -48,6 +48,19 @@ def test_bad_set_override_exits_2(tmp_path):
     assert "`train.epochs` = 'zero'" in result.stderr
 
 
+def test_config_mistakes_read_as_one_paragraph_that_says_what_to_write(tmp_path):
+    path = tmp_path / "c.yaml"  # `train:` with nothing under it means train's defaults, and is no problem
+    path.write_text(f"data:\n  root: {REPO / 'data' / 'apples_sample'}\nmodel:\n  name: yes\ntrain:\n")
+    result = run("train", "--config", str(path), "--set", "data.image_size=[64, 64, 3]")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"error: {path} with its --set values has 2 problems: `data.image_size` = [64, 64, 3] is not allowed: an image size is "
+        "one whole number of pixels for square images (e.g. 64) or [height, width] (e.g. [64, 48]), each at least 1; the "
+        "channel count goes in data.channels. `model.name` is true, a yes/no value, where the name of a registered model "
+        "(conv_vae or res_vae) is expected."
+    )
+
+
 def test_missing_data_root_exits_2(tmp_path):
     path = write(tmp_path, {"data": {"root": str(tmp_path / "nowhere"), "cache_dir": str(tmp_path / "cache")},
                             "output": {"logs_dir": str(tmp_path / "logs"), "best_dir": str(tmp_path / "best")}})

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from pydantic import Field
 
-from vaegen.config import Config, ConfigError, load_config
+from vaegen.config import Config, ConfigError, Section, config_from_dict, load_config
 from vaegen.errors import VaegenError
 
 
@@ -348,7 +350,7 @@ def test_empty_section_means_defaults(tmp_path):
     ("optim.lr=.inf", "`optim.lr` = inf is not allowed: Input should be a finite number"),  # once trained into NaN
     ("eval.temperature=.nan", "`eval.temperature` = nan is not allowed"),
     ("optim.betas=[1.5, -1]", "Adam's betas are decay rates, each in [0, 1)"),  # once torch's ValueError after setup
-    ("data.image_size=[64]", "`data.image_size` has too few values"),  # once "missing required key"
+    ("optim.betas=[0.9]", "`optim.betas` has too few values: item 2 is missing."),  # once "missing required key"
 ])
 def test_values_that_would_be_coerced_or_fail_later_are_refused_up_front(tmp_path, override, message):
     text = error(tmp_path, MINIMAL, [override])
@@ -430,3 +432,82 @@ def test_keys_under_a_single_value_are_named(tmp_path):
     assert ("`train.epochs` is a single value with no keys under it, so it has no `x`; "
             "give `train.epochs` a value itself (the default is 100).") in message  # once "Input should be a valid integer"
     assert "`model.widths` is a list with no keys under it, so it has no `deep`" in message
+
+
+IMAGE_SIZE = ("is not allowed: an image size is one whole number of pixels for square images (e.g. 64) "
+              "or [height, width] (e.g. [64, 48]), each at least 1")
+
+
+@pytest.mark.parametrize(("text", "overrides", "shown"), [
+    ("  image_size: abc\n", [], "'abc'"),
+    ("", ["data.image_size=abc"], "'abc'"),  # once "Input should be a valid tuple"
+    ("", ["data.image_size=[64]"], "[64]"),  # once "has too few values"
+    ("", ["data.image_size=-5"], "-5"),  # once "sizes must be positive"
+    ("", ["data.image_size=[0, 64]"], "[0, 64]"),
+    ("", ["data.image_size=[64, abc]"], "[64, abc]"),  # once "'abc' ... a valid integer"
+    ("", ["data.image_size=[64, null]"], "[64, null]"),  # once "`data.image_size` is empty"
+    ("", ["data.image_size=64.5"], "64.5"),
+])
+def test_an_image_size_that_is_no_size_says_how_to_write_one(tmp_path, text, overrides, shown):
+    assert error(tmp_path, MINIMAL + text, overrides).endswith(f"1 problem: `data.image_size` = {shown} {IMAGE_SIZE}.")
+
+
+def test_an_image_size_with_channels_says_where_they_go_and_other_mistakes_keep_their_words(tmp_path):
+    assert error(tmp_path, MINIMAL, ["data.image_size=[64, 64, 3]"]).endswith(
+        f"`data.image_size` = [64, 64, 3] {IMAGE_SIZE}; the channel count goes in data.channels.")  # once "at most 2 items"
+    assert "`data.image_size` item 2 is true, a yes/no value" in error(tmp_path, MINIMAL, ["data.image_size=[64, yes]"])
+    assert "`data.image_size` is empty: give it a value" in error(tmp_path, MINIMAL, ["data.image_size="])
+    assert "`data.image_size` is a list with no keys under it" in error(tmp_path, MINIMAL, ["data.image_size.height=64"])
+    assert load(tmp_path, MINIMAL, ["data.image_size=[64.0, 48]"]).data.image_size == (64, 48)  # as pydantic takes it
+
+
+def test_an_unknown_model_name_lists_the_registry_and_the_close_one(tmp_path, monkeypatch):
+    from vaegen.models import MODELS
+
+    monkeypatch.setitem(MODELS, "tiny_vae", MODELS["conv_vae"])  # the list comes from the registry, not from config.py
+    names = "conv_vae, res_vae, tiny_vae"
+    assert error(tmp_path, MINIMAL + "model:\n  name: yes\n").endswith(  # once "where a name is expected"
+        "`model.name` is true, a yes/no value, where the name of a registered model (conv_vae, res_vae or tiny_vae) is expected.")
+    assert error(tmp_path, MINIMAL, ["model.name=conv_vea"]).endswith(
+        f"`model.name` = 'conv_vea' is not allowed: unknown model; registered models: {names} (did you mean `conv_vae`?).")
+    assert error(tmp_path, MINIMAL, ["model.name=transformer"]).endswith(
+        f"`model.name` = 'transformer' is not allowed: unknown model; registered models: {names}.")
+    assert error(tmp_path, MINIMAL, ["model.name=5"]).endswith(
+        f"`model.name` = 5 is not allowed: unknown model; registered models: {names}.")
+    assert load(tmp_path, MINIMAL, ["model.name=tiny_vae"]).model.name == "tiny_vae"
+
+
+class _Inner(Section):
+    n: int = 3
+
+
+class _Outer(Section):
+    inner: _Inner = _Inner()
+    extra: dict[str, int] = Field(default_factory=dict)
+    items: list[int] = Field(default_factory=list)
+    maybe: _Inner | None = None
+
+
+class _Nested(Section):
+    outer: _Outer = _Outer()
+
+
+def test_an_empty_section_means_its_defaults_at_any_depth(tmp_path):
+    # `train:` with nothing under it is null in YAML: a sweep's `tune: {resources: }` was once
+    # "`tune.resources` is empty: ... the default, cpu=1.0 gpu=0.0", and `overrides:` an error too
+    nested = config_from_dict(yaml.safe_load("outer:\n  inner:\n  extra:\n"), schema=_Nested)
+    assert nested == _Nested() and nested.outer.extra == {}
+    assert config_from_dict({"outer": {"maybe": None}}, schema=_Nested).outer.maybe is None  # where null is a value, it stays one
+    assert load(tmp_path, MINIMAL + "model:\ntrain:\n") == load(tmp_path, MINIMAL)
+
+
+def test_an_empty_list_or_list_item_reads_cleanly(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"outer": {"items": None}}, schema=_Nested)
+    assert str(info.value).endswith(  # once "... the default, PydanticUndefined."
+        "`outer.items` is empty: give it a value, or leave it out for the default, [].")
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"outer": {"items": [1, None]}}, schema=_Nested)
+    assert str(info.value).endswith("`outer.items` item 2 is empty: give it a value.")
+    assert error(tmp_path, MINIMAL + "model:\n  widths: [64, null]\n").endswith(
+        "`model.widths` item 2 is empty: give it a value.")  # once "`model.widths` is empty ... or leave it out"

@@ -32,10 +32,10 @@ PROTOCOL = {"backbone": "efficientnet-lite0", "feature_dim": 1280, "num_generate
 
 
 def make_run(best_dir: Path, name: str, conditional: str = "none", channels: int = 3, fid: float | None = None,
-             resize: str = "center_crop") -> Path:
+             resize: str = "center_crop", image_size: int | list[int] = 16) -> Path:
     """best_models/<name>/ as `vaegen train` exports it, from an untrained 16 px model (no training: fast)."""
     config = config_from_dict({
-        "data": {"root": str(REPO / "data" / "apples_sample"), "image_size": 16, "channels": channels, "resize": resize},
+        "data": {"root": str(REPO / "data" / "apples_sample"), "image_size": image_size, "channels": channels, "resize": resize},
         "model": {"latent_dim": 8, "widths": [8, 16], "conditional": conditional},
         "train": {"epochs": 7, "batch_size": 32, "seed": 3},
         "eval": {"backbone": "none" if fid is None else "efficientnet-lite0"},
@@ -47,7 +47,8 @@ def make_run(best_dir: Path, name: str, conditional: str = "none", channels: int
     if fid is not None:
         row["fd_efficientnet_lite0"] = fid
     paths = RunPaths(name, best_dir.parent / "logs" / name, best_dir / name)
-    export_best(paths, model, config, CLASSES, row, "val_nelbo", PROTOCOL if fid is not None else None, torch.zeros(3, 18, 18))
+    protocol = {**PROTOCOL, "image_size": list(config.data.image_size)} if fid is not None else None
+    export_best(paths, model, config, CLASSES, row, "val_nelbo", protocol, torch.zeros(3, 18, 18))
     return paths.best_dir
 
 
@@ -140,25 +141,25 @@ def test_describe_reads_weights_metadata_metrics_and_fid_protocol(tmp_path):
     run = gallery.read_run(tmp_path, "run")
     rows = gallery.describe(run)
     assert rows["dataset"].startswith("apples_sample (")
-    assert rows["image size"] == "16×16, RGB"
+    assert rows["image size"] == "16×16 px (width×height), RGB"
     assert rows["classes"] == "3: Golden, Golden-Red, Red"
     assert rows["epoch"] == "5"
     assert rows["selected on"] == "val_nelbo = 123.5"
     assert "FID" not in rows  # efficientnet features: a Fréchet distance, not FID
     assert rows["Fréchet distance"] == (
         "fd_efficientnet_lite0 = 45.68 (efficientnet-lite0 features (1280-d), 500 generated vs 240 real train images "
-        "at 16×16, prior sampler, T=1.0)"
+        "at 16×16 px, prior sampler, T=1.0)"
     )
     assert rows["model"] == "conv_vae, latent 8, widths [8, 16], conditional onehot"
     assert rows["training"] == "mse loss, β constant 1, adam lr 0.0002, batch 32, 7 epochs, seed 3"
-    assert gallery.summary(run) == "apples_sample · 16×16 · 3 classes · epoch 5 · fd_efficientnet_lite0 45.68"
+    assert gallery.summary(run) == "apples_sample · 16×16 px · 3 classes · epoch 5 · fd_efficientnet_lite0 45.68"
 
 
 def test_describe_without_fid_says_it_was_not_measured(tmp_path):
     make_run(tmp_path, "run", channels=1)
     rows = gallery.describe(gallery.read_run(tmp_path, "run"))
     assert rows["Fréchet distance"] == "not measured (eval.backbone: none)" and "FID" not in rows
-    assert rows["image size"] == "16×16, grayscale"
+    assert rows["image size"] == "16×16 px (width×height), grayscale"
 
 
 def test_only_inception_distances_are_called_fid(tmp_path):
@@ -175,7 +176,29 @@ def test_an_unconditional_model_does_not_offer_its_classes(tmp_path):
     make_run(tmp_path, "run")
     run = gallery.read_run(tmp_path, "run")
     assert gallery.describe(run)["classes"] == "3 in the training data (Golden, Golden-Red, Red); the model is unconditional"
-    assert gallery.summary(run) == "apples_sample · 16×16 · unconditional · epoch 5"
+    assert gallery.summary(run) == "apples_sample · 16×16 px · unconditional · epoch 5"
+
+
+def test_every_size_reads_width_by_height_in_pixels(tmp_path):
+    """data.image_size [16, 24] is 16 tall and 24 wide: the sidebar, the list, the FID protocol and the upload
+    caption once said 16×24 or 24×16 depending on the caption; all say 24×16 px, the way photo tools do."""
+    folder = make_run(tmp_path, "wide", fid=45.678, image_size=[16, 24])
+    run = gallery.read_run(tmp_path, "wide")
+    rows = gallery.describe(run)
+    assert rows["image size"] == "24×16 px (width×height), RGB"
+    assert "real train images at 24×16 px, prior sampler" in rows["Fréchet distance"]
+    assert gallery.summary(run).startswith("apples_sample · 24×16 px · unconditional")
+    model = gallery.load_model(folder)
+    wide = _png(Image.new("RGB", (48, 32), "red"))  # PIL sizes are (width, height): the model's shape, twice over
+    assert gallery.prepare_upload(wide, model).shape == (1, 3, 16, 24)
+    assert gallery.upload_fit(wide, model) == "resized from 48×32 px to 24×16 px"
+    assert gallery.upload_fit(_png(Image.new("RGB", (24, 16), "red")), model) == "24×16 px, as uploaded"
+    assert gallery.upload_fit(_png(Image.new("RGB", (32, 48), "red")), model) == "center-cropped and resized from 32×48 px to 24×16 px"
+
+
+def test_a_protocol_without_a_usable_image_size_still_reads():
+    assert "images at ?, prior sampler" in gallery.protocol_text({**PROTOCOL, "image_size": [64]})
+    assert "images at ?, prior sampler" in gallery.protocol_text({k: v for k, v in PROTOCOL.items() if k != "image_size"})
 
 
 def _truncate(folder: Path) -> None:
@@ -216,6 +239,8 @@ def test_how_to_train_shows_the_readme_quickstart_command(tmp_path):
     text = gallery.how_to_train(tmp_path)
     assert f"```bash\n{gallery.QUICKSTART}\n```" in text and text.startswith(f"No trained models under `{tmp_path}` yet.")
     assert gallery.QUICKSTART in (REPO / "README.md").read_text()  # the page and the README name the same command
+    # and promise the same time: the page once said a minute where the README measures 115 s on 2 cores
+    assert "(about two minutes on a CPU," in text and "about two minutes on 2 CPU" in (REPO / "README.md").read_text()
 
 
 def test_how_to_train_says_when_the_root_does_not_exist(tmp_path):
@@ -448,10 +473,10 @@ def test_uploads_are_converted_and_resized_like_training_data(models, tmp_path):
 
 
 @pytest.mark.parametrize("size, resize, text", [
-    ((2000, 100), "center_crop", "center-cropped and resized from 2000×100 to 16×16"),
-    ((2000, 100), "stretch", "stretched from 2000×100 to 16×16"),
-    ((64, 64), "center_crop", "resized from 64×64 to 16×16"),
-    ((16, 16), "stretch", "16×16, as uploaded"),
+    ((2000, 100), "center_crop", "center-cropped and resized from 2000×100 px to 16×16 px"),
+    ((2000, 100), "stretch", "stretched from 2000×100 px to 16×16 px"),
+    ((64, 64), "center_crop", "resized from 64×64 px to 16×16 px"),
+    ((16, 16), "stretch", "16×16 px, as uploaded"),
 ])
 def test_upload_fit_says_how_the_upload_was_fitted(tmp_path, size, resize, text):
     model = gallery.load_model(make_run(tmp_path, "run", resize=resize))

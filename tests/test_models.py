@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -312,6 +313,50 @@ def test_images_outside_the_unit_interval_are_refused_and_uint8_images_are_conve
     pixels = (x * 255).round().to(torch.uint8)
     assert torch.equal(model.reconstruct(pixels), model.reconstruct(pixels.float() / 255))
     model.encode(x * 1.2 - 0.1)  # a little outside, as augmentations and float noise leave images, is fine
+
+
+def test_numpy_images_codes_and_labels_go_where_tensors_go():
+    torch.manual_seed(0)
+    cond = make(num_classes=3, conditional="onehot").eval()
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    labels = np.array([2, 0])
+    with torch.no_grad():  # each once an AttributeError ('numpy.ndarray' object has no attribute 'dim')
+        assert torch.equal(cond.encode(pixels, labels)[0], cond.encode(torch.from_numpy(pixels), torch.tensor([2, 0]))[0])
+        floats = pixels.astype(np.float32) / 255
+        assert cond._as_tensor(floats, "images").data_ptr() == floats.ctypes.data  # shared on the CPU, not copied
+        assert torch.equal(cond.reconstruct(floats, labels), cond.reconstruct(torch.from_numpy(floats), [2, 0]))
+        assert torch.equal(cond.reconstruct(floats[..., ::-1], labels), cond.reconstruct(torch.from_numpy(floats).flip(-1), labels))
+        z = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
+        assert torch.equal(cond.decode(z, labels), cond.decode(torch.from_numpy(z), torch.tensor([2, 0])))
+        assert torch.equal(cond.sample(2, labels=labels, seed=0), cond.sample(2, labels=[2, 0], seed=0))
+        # numpy's default float64: once torch's "Input type (double) and bias type (float) should be the same"
+        assert torch.allclose(cond.reconstruct(floats.astype(np.float64), labels), cond.reconstruct(floats, labels))
+        assert torch.allclose(cond.decode(z.astype(np.float64), labels), cond.decode(z, labels))
+
+
+def test_numpy_arrays_meet_the_same_checks_as_tensors():
+    cond = make(num_classes=3, conditional="onehot").eval()
+    x = np.random.default_rng(0).random((2, 3, 32, 32)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"got \[2, 32, 32, 3\]; channels last; move them to dimension 1"):
+        cond.encode(x.transpose(0, 2, 3, 1), [0, 1])
+    with pytest.raises(ValueError, match=r"got \[3, 32, 32\]; one image without its batch dimension"):
+        cond.encode(x[0], 0)
+    with pytest.raises(ValueError, match="they look like 0-255 pixel values"):
+        cond.encode(x * 255, [0, 1])
+    with pytest.raises(ValueError, match=r"takes float images in \[0, 1\] \(or uint8 images in 0-255\); got a torch.int64 tensor"):
+        cond.encode((x * 255).astype(np.int64), [0, 1])
+    with pytest.raises(ValueError, match=r"decodes latent codes of shape \[N, 8\]; got \[2, 16\]"):
+        cond.decode(np.zeros((2, 16), np.float32), [0, 1])
+    with pytest.raises(ValueError, match=r"decodes float latent codes; got a torch.int64 tensor; convert it with z.float\(\)"):
+        cond.decode(np.zeros((2, 8), np.int64), [0, 1])
+    with pytest.raises(ValueError, match=r"got array\(\[0\., 1\.\]\), an array of floats; pass whole numbers"):  # once "a float"
+        cond.encode(x, np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"an array of yes/no values"):
+        cond.encode(x, np.array([True, False]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
+        cond.encode(x, np.array([0, 3]))
+    with pytest.raises(TypeError, match="^this model takes images as a torch tensor or a numpy array; got list$"):
+        cond.encode(x.tolist(), [0, 1])
 
 
 def test_load_says_what_it_takes():

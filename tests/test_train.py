@@ -266,6 +266,95 @@ def test_a_failed_checkpoint_write_is_still_reported_when_another_error_stops_th
     assert not (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").exists()
 
 
+def _samples_drawn_by(weights: dict[str, torch.Tensor], run_dir: Path) -> np.ndarray:
+    """The sample picture a run's evaluation draws with `weights`: its fixed codes, decoded by a model that holds them."""
+    from vaegen.config import load_config
+    from vaegen.models import build_model
+    from vaegen.train import sample_picture
+
+    config = load_config(run_dir / "config.yaml")
+    model = build_model(config.model, config.data.image_size, config.data.channels, 3)
+    model.load_state_dict(weights)
+    fixed_z = torch.randn(config.eval.num_grid, config.model.latent_dim, generator=torch.Generator().manual_seed(config.train.seed + 2))
+    return np.asarray(sample_picture(model.eval(), fixed_z, ["Golden", "Golden-Red", "Red"], torch.device("cpu")))
+
+
+def _picture_epochs(run_dir: Path) -> dict[str, list[int]]:
+    return {kind: sorted(int(path.stem[-4:]) for path in run_dir.glob(f"{kind}_epoch*.png")) for kind in ["samples", "recon"]}
+
+
+def _assert_best_model_is_one_epoch(best: Path) -> None:
+    """Whatever best_models/<run>/ holds describes the weights beside it: metrics of their epoch, their samples."""
+    model = vaegen.load(best)
+    epoch = model.metadata["epoch"]
+    if (best / "metrics.json").exists():
+        assert json.loads((best / "metrics.json").read_text())["epoch"] == epoch
+    if (best / "samples.png").exists():
+        with Image.open(best / "samples.png") as picture:
+            assert np.array_equal(np.asarray(picture), _samples_drawn_by(model.state_dict(), best))
+
+
+class _CtrlCInScoring:
+    """An evaluation network whose scoring (FID, the slow part of an evaluation) is interrupted by Ctrl+C in `epoch`."""
+
+    def __init__(self, monkeypatch, epoch: int):
+        self.epoch, self.calls = epoch, 0
+        network = type("Network", (), {"networks": ["fake"], "real": range(10), "backbone": type("Backbone", (), {"name": "fake"})})
+        monkeypatch.setattr(vaegen.train, "run_evaluator", lambda *args: network)
+        monkeypatch.setattr(vaegen.train, "score_model", self)
+
+    def __call__(self, *args) -> dict:
+        self.calls += 1  # eval.every: 1, so the call number is the epoch
+        if self.calls == self.epoch:
+            raise KeyboardInterrupt
+        return {"protocol": {}, "fd_fake": 100.0 - self.calls}
+
+
+@pytest.mark.parametrize("checkpoint_every", [1, 2])
+def test_ctrl_c_during_an_evaluation_leaves_only_pictures_a_checkpoint_holds(tmp_path, monkeypatch, checkpoint_every):
+    """Ctrl+C during epoch 4's evaluation once left samples_epoch0004.png (and, between checkpoints, epoch 3's)
+    beside an earlier last.pt: pictures of a model state no checkpoint holds. Pictures now follow the checkpoint."""
+    _CtrlCInScoring(monkeypatch, epoch=4)
+    config = tiny_config(tmp_path, train={"epochs": 5}, eval={"every": 1}, output={"checkpoint_every": checkpoint_every})
+    assert main(["train", "--config", str(config)]) == 130
+    run, best = tmp_path / "logs" / "tiny", tmp_path / "best" / "tiny"
+    state = load_training_state(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 4 - checkpoint_every  # epoch 3, or epoch 2 with a checkpoint every second epoch
+    held = list(range(1, state["epoch"] + 1))
+    assert _picture_epochs(run) == {"samples": held, "recon": held}
+    with Image.open(run / f"samples_epoch{state['epoch']:04d}.png") as latest:
+        assert np.array_equal(np.asarray(latest), _samples_drawn_by(state["model"], run))
+    _assert_best_model_is_one_epoch(best)
+
+    # the resumed run draws the epochs after the checkpoint again, and a run that ends has every epoch's pictures
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert _picture_epochs(run) == {"samples": [1, 2, 3, 4, 5], "recon": [1, 2, 3, 4, 5]}
+    with Image.open(run / "samples_epoch0005.png") as latest:
+        assert np.array_equal(np.asarray(latest), _samples_drawn_by(_weights(run), run))
+    _assert_best_model_is_one_epoch(best)
+
+
+def test_ctrl_c_during_a_best_model_export_leaves_nothing_of_the_previous_best_beside_the_new_weights(tmp_path, monkeypatch):
+    """The export writes the weights first: stopped before the samples, it once left the previous best's samples.png
+    and metrics.json beside the new weights."""
+    real_save_png, best = vaegen.train.save_png, tmp_path / "best" / "tiny"
+    exports = []
+
+    def save_png(image, path):
+        if path == best / "samples.png":
+            exports.append(vaegen.load(best).metadata["epoch"])
+            if len(exports) == 2:  # the second export: its weights are written, its samples are not yet
+                raise KeyboardInterrupt
+        real_save_png(image, path)
+
+    monkeypatch.setattr(vaegen.train, "save_png", save_png)
+    assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 3}, eval={"every": 1}))]) == 130
+    assert len(exports) == 2 and exports[0] < exports[1]
+    assert vaegen.load(best).metadata["epoch"] == exports[1]
+    _assert_best_model_is_one_epoch(best)
+
+
 def _tensorboard_image_sizes(run: Path, tag: str) -> list[tuple[int, int]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

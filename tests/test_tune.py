@@ -473,7 +473,7 @@ def test_sweep_console_says_when_each_trial_starts_scores_and_ends(tmp_path, cap
         trial.last_result = {"epoch": epoch, "fd": value}  # Ray updates it after the callbacks; the end reads it
         console.on_trial_result(iteration=0, trials=[], trial=trial, result={"epoch": epoch, "fd": value})
 
-    console = SweepConsole("fd", ["optim.lr", "train.epochs"], base_epochs=3)
+    console = SweepConsole("fd", ["optim.lr", "train.epochs"], base_epochs=3, trials_dir=tmp_path / "trials")
     weak, strong, broken = trial("aaaa0001", 4), trial("bbbb0002", 2), trial("cccc0003", 3, TrainingDiverged(
         "the loss became NaN or infinite at epoch 1; lower optim.lr (in the sweep's `space:` or `overrides:`)."))
     console.on_trial_start(iteration=0, trials=[], trial=weak)
@@ -488,7 +488,7 @@ def test_sweep_console_says_when_each_trial_starts_scores_and_ends(tmp_path, cap
     console.on_trial_start(iteration=0, trials=[], trial=broken)
     console.on_trial_error(iteration=0, trials=[], trial=broken)
     # a resumed sweep's console gets the state Ray kept: the best so far still counts the trials before
-    resumed = SweepConsole("fd", ["optim.lr", "train.epochs"], base_epochs=3)
+    resumed = SweepConsole("fd", ["optim.lr", "train.epochs"], base_epochs=3, trials_dir=tmp_path / "trials")
     resumed.set_state(console.get_state())
     report(resumed, trial("dddd0004", 3), 1, 41.0)
 
@@ -506,6 +506,151 @@ def test_sweep_console_says_when_each_trial_starts_scores_and_ends(tmp_path, cap
         "or `overrides:`).",
         "trial dddd0004  epoch 1/3  fd 41  best so far 40.25 (bbbb0002)",
     ]
+
+
+def pickled_trial_error(tmp_path: Path, trial_id: str, error: Exception, config: dict | None = None):
+    """A trial as SweepConsole sees it once Ray has written the error its function raised."""
+    from types import SimpleNamespace
+
+    import ray.cloudpickle
+    from ray.exceptions import RayTaskError
+
+    pickled = tmp_path / f"{trial_id}.pkl"
+    pickled.write_bytes(ray.cloudpickle.dumps(RayTaskError("run_trial", "Traceback ...", error)))
+    return SimpleNamespace(trial_id=trial_id, config=config or {}, last_result={}, pickled_error_file=str(pickled),
+                           error_file=None)
+
+
+def test_a_failed_trials_console_line_names_the_trial_once(tmp_path, capsys):
+    from vaegen.errors import ConfigError
+    from vaegen.tune import SweepConsole, TrialContext, load_sweep, trial_config
+
+    sweep = load_sweep(tiny_sweep(tmp_path, {"train.batch_size": {"choice": [16, 0]}}))
+    context = TrialContext(sweep.base_raw, dict(sweep.settings.space), sweep.trials_dir, sweep.metric, 1)
+    with pytest.raises(ConfigError) as rejected:  # what run_trial raises in the trial's process
+        trial_config(context, {"train.batch_size": 0}, "cccc0003")
+    console = SweepConsole("fd", ["train.batch_size"], base_epochs=2)
+    console.on_trial_error(iteration=0, trials=[], trial=pickled_trial_error(tmp_path, "cccc0003", rejected.value))
+
+    assert capsys.readouterr().out == ("trial cccc0003 failed: its config has 1 problem: `train.batch_size` = 0 is not "
+                                       "allowed: Input should be greater than or equal to 1.\n")
+
+
+def test_ended_trials_leave_no_half_written_files(tmp_path):
+    from types import SimpleNamespace
+
+    from vaegen.tune import SweepConsole
+
+    trials = tmp_path / "trials"
+    terms = ("loss", "nelbo", "recon", "kl")
+    rows = [{"epoch": epoch, "beta": 1.0, "fd": 90.0 / epoch, **{f"{split}_{term}": 3.0 / epoch for term in terms
+                                                                for split in ("train", "val")}} for epoch in (1, 2)]
+    # ASHA stopped it: Ray ended its process while train()'s `finally` drew the curves, after its evaluation's drawing
+    stopped = trials / "aaaa0001"
+    (stopped / "checkpoints").mkdir(parents=True)
+    (stopped / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (stopped / "curves.png").write_bytes(b"an earlier drawing")
+    (stopped / ".curves.png.k2j4x9_q.tmp").touch()
+    (stopped / "checkpoints" / ".last.pt.0b1c2d3e.tmp").touch()
+    # interrupted before anything drew its curves; a trial that never started has no folder at all
+    unplotted = trials / "bbbb0002"
+    unplotted.mkdir()
+    (unplotted / "metrics.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (unplotted / ".curves.png.abcdefgh.tmp").touch()
+    console = SweepConsole("fd", ["optim.lr"], base_epochs=2, trials_dir=trials)
+    ended = [SimpleNamespace(trial_id=name) for name in ("aaaa0001", "bbbb0002", "cccc0003")]
+
+    console.on_experiment_end(trials=ended)  # Ray calls it once every trial's process has ended
+
+    assert sorted(path.name for path in trials.rglob("*.tmp")) == []
+    for run in (stopped, unplotted):  # drawn again from metrics.jsonl, as train() would have
+        with Image.open(run / "curves.png") as curves:
+            assert curves.format == "PNG" and curves.size[0] > 400
+    assert not (trials / "cccc0003").exists()
+
+
+def test_sweep_yaml_leaves_out_nulls_and_reads_back_as_the_sweep_it_started(tmp_path, monkeypatch, recwarn):
+    import ray
+    from ray import tune
+
+    class RayStarted(Exception):
+        pass
+
+    def init(*args, **kwargs):
+        raise RayStarted
+
+    monkeypatch.setattr(ray, "init", init)
+    config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "model.widths": {"choice": [[8, 16], [16]]},
+                                   "model.latent_dim": {"int": [4, 8]}},
+                        points_to_evaluate=[{"optim.lr": 2e-3, "model.widths": [8, 16], "model.latent_dim": 8}])
+    with pytest.raises(RayStarted):  # sweep.yaml is written before Ray starts
+        main(["tune", "--config", str(config), "--set", "overrides.train.epochs=2"])
+    record = tmp_path / "logs" / "tiny" / "sweep.yaml"
+    written = record.read_text()
+    assert "null" not in written and "storage" not in written  # no distribution's unused kinds, no unset storage
+    assert "grace_period: 1\n" in written and "scheduler: asha\n" in written  # defaults are stated: what ran
+    from vaegen.tune import load_sweep, read_sweep_record, sweep_record
+
+    started = load_sweep(config, ["overrides.train.epochs=2"]).settings
+    assert read_sweep_record(record) == started
+
+    # --resume reads it back: the same sweep file says nothing, a changed one is warned about
+    monkeypatch.setattr(tune.Tuner, "can_restore", staticmethod(lambda path: True))
+    with pytest.raises(RayStarted):
+        main(["tune", "--config", str(config), "--set", "overrides.train.epochs=2", "--resume"])
+    assert not [warning for warning in recwarn if "changed since this sweep started" in str(warning.message)]
+    with pytest.warns(UserWarning, match="the sweep file changed since this sweep started"), pytest.raises(RayStarted):
+        main(["tune", "--config", str(config), "--set", "overrides.train.epochs=3", "--resume"])
+    assert record.read_text() == written  # the record stays the sweep as it started
+
+    # a null set on purpose (an override, a choice) is a value, not an unset field: it stays and reads back
+    with_nulls = load_sweep(tiny_sweep(tmp_path / "nulls", {"optim.grad_clip": {"choice": [None, 1.0]}}),
+                            ["overrides.optim.grad_clip=null"]).settings
+    record.write_text(sweep_record(with_nulls))
+    assert read_sweep_record(record) == with_nulls and with_nulls.overrides == {"optim.grad_clip": None}
+
+
+def test_a_sweep_starts_its_own_ray_unless_an_address_is_given(tmp_path, monkeypatch, capsys):
+    import socket
+
+    import ray
+
+    class RayStarted(Exception):
+        pass
+
+    def init(**kwargs):
+        raise RayStarted(kwargs.get("address"))
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}})
+    settings_frame = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # answers the reachability probe as Ray's GCS does
+
+    # without an address, not whatever cluster `ray start` left running on this machine (ray.init()'s choice)
+    with pytest.raises(RayStarted) as started:
+        main(["tune", "--config", str(config)])
+    assert started.value.args == ("local",)
+
+    # RAY_ADDRESS is taken as --address is, probe included; --address, given too, wins
+    with serve_once(settings_frame) as from_environment, serve_once(settings_frame) as from_option:
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{from_environment.getsockname()[1]}")
+        with pytest.raises(RayStarted) as started:
+            main(["tune", "--config", str(config)])
+        assert started.value.args == (f"127.0.0.1:{from_environment.getsockname()[1]}",)
+        given = f"127.0.0.1:{from_option.getsockname()[1]}"
+        with pytest.raises(RayStarted) as started:
+            main(["tune", "--config", str(config), "--address", given])
+        assert started.value.args == (given,)
+
+    with socket.socket() as probe:  # a port that nothing listens on once the probe is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    assert main(["tune", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: RAY_ADDRESS 127.0.0.1:{port}: no Ray cluster answers there (Connection refused). Start one with "
+        f"`ray start --head` on the head node and give the address it prints, check the host, port and firewall, or "
+        f"unset RAY_ADDRESS to run the sweep on this machine.\n")
 
 
 def test_list_choices_travel_through_optuna_as_text(tmp_path):

@@ -139,12 +139,12 @@ def test_sidebar_lists_every_run_with_its_metadata(best, monkeypatch):
     assert radio.options == ["cvae", "plain"]  # newest first
     assert radio.value == "cvae" and at.query_params["run"] == "cvae"
     assert list(radio.proto.captions) == [gallery.summary(gallery.read_run(best, name)) for name in radio.options]
-    assert list(radio.proto.captions)[0].startswith("apples_sample · 16×16 · 3 classes · epoch 2")
-    assert list(radio.proto.captions)[1].startswith("apples_sample · 16×16 · unconditional · epoch 2")
+    assert list(radio.proto.captions)[0].startswith("apples_sample · 16×16 px · 3 classes · epoch 2")
+    assert list(radio.proto.captions)[1].startswith("apples_sample · 16×16 px · unconditional · epoch 2")
 
     radio.set_value("plain").run()
     (text,) = [block.value for block in at.sidebar.markdown if "**dataset**" in block.value]
-    assert "- **image size**: 16×16, RGB" in text
+    assert "- **image size**: 16×16 px (width×height), RGB" in text
     assert "- **classes**: 3 in the training data (Golden, Golden-Red, Red); the model is unconditional" in text
     assert "- **epoch**: 2" in text and "- **selected on**: val_nelbo = " in text
     assert "- **Fréchet distance**: not measured" in text and "FID" not in text
@@ -261,7 +261,7 @@ def test_reconstruction_of_an_upload_of_any_size_and_mode(best, monkeypatch, med
     pair = downloaded(at, media, "download_reconstruction")
     assert same(pair, gallery.reconstruction_view(model, gallery.prepare_upload(data, model), "Golden").render())
     assert pair.size == (2 * 18 + 2, 20)
-    assert shown(at, media, "apple.png as the model sees it (center-cropped and resized from 50×30 to 16×16), and its reconstruction")
+    assert shown(at, media, "apple.png as the model sees it (center-cropped and resized from 50×30 px to 16×16 px), and its reconstruction")
 
     at.selectbox(key="class").set_value("all classes").run()
     assert downloaded(at, media, "download_reconstruction").height == 3 * 18 + 2  # one pair per class
@@ -278,7 +278,7 @@ def test_a_wide_upload_says_it_was_cropped(best, monkeypatch, media):
     at = app(best, monkeypatch, run="plain")
     at.file_uploader(key="recon_upload").upload("strip.png", png(Image.new("RGB", (2000, 100), "red")), "image/png").run()
     assert not at.exception, at.exception
-    assert shown(at, media, "strip.png as the model sees it (center-cropped and resized from 2000×100 to 16×16)")
+    assert shown(at, media, "strip.png as the model sees it (center-cropped and resized from 2000×100 px to 16×16 px)")
 
 
 def test_empty_root_shows_how_to_train_one(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@
     model = vaegen.load("best_models/apples")
     images = model.sample(16, seed=0)          # [16, C, H, W] in [0, 1]
     mu, logvar = model.encode(images)
-    again = model.reconstruct(images)
+    again = model.reconstruct(images)          # numpy arrays work where tensors do (uint8 in 0-255 too)
     model.classes                               # class names, index = label
     model.latent_density                        # the fitted latent mixture sample() uses, or None (prior)
 """

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a sweep value, e.g. --set tune.num_samples=4 or --set overrides.train.epochs=5")
     tune.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are not rerun")
-    tune.add_argument("--address", metavar="HOST:PORT", help="join a running Ray cluster (`ray start --head` prints it)")
+    tune.add_argument("--address", metavar="HOST:PORT", help="join a running Ray cluster (`ray start --head` prints it; `auto`: the one on this machine); "
+                      "default: $RAY_ADDRESS if set, else a Ray instance of the sweep's own")
 
     show = commands.add_parser("config", help="validate a training config and print it with every default filled in")
     show.add_argument("--config", type=Path, required=True, help="training YAML (see configs/)")
@@ -134,6 +135,7 @@ def cmd_config(args) -> int:
 def cmd_test(args) -> int:
     from vaegen.config import load_test_config
     from vaegen.evaluate import run_test
+    from vaegen.fid import protocol_text
 
     overrides = list(args.overrides) + ([f"checkpoint={args.checkpoint}"] if args.checkpoint else [])
     report = run_test(load_test_config(args.config, overrides))
@@ -146,10 +148,7 @@ def cmd_test(args) -> int:
         print(f"  {key:<{width}}  {shown}")
     protocol = report.metrics.get("protocol")
     if protocol:
-        print(
-            f"  protocol: {protocol['backbone']} features ({protocol['feature_dim']}-d), {protocol['num_generated']} generated "
-            f"vs {protocol['num_real']} real {protocol['reference']} images at {protocol['image_size'][0]}x{protocol['image_size'][1]}"
-        )
+        print(f"  protocol: {protocol_text(protocol)}")
     print(f"wrote {', '.join(path.name for path in report.files)} to {report.output_dir}/")
     return 0
 

@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from vaegen.errors import ConfigError, plural
@@ -24,33 +34,41 @@ class Section(BaseModel):
     # inf and nan are valid YAML floats (.inf, .nan) but no setting means them
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    @field_validator("*", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _no_yes_no_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic reads true as 1 for a number (and YAML reads an unquoted yes, no, on or off as true or false);
-        # in a config that is a typo (epochs: true), never a count. Checked per field, so each is named by its key.
-        annotation = cls.model_fields[info.field_name].annotation
-        if isinstance(value, bool):
-            expected = _expected(annotation)
-            if expected:
-                what = f"is {str(value).lower()}, a yes/no value, where {expected} is expected"
-                raise PydanticCustomError("yes_no", "{what}", {"what": what})
-        elif isinstance(value, (list, tuple)):
-            for position, item in enumerate(value):
-                expected = _expected(_item_annotation(annotation, position)) if isinstance(item, bool) else None
-                if expected:
-                    what = f"item {position + 1} is {str(item).lower()}, a yes/no value, where {expected} is expected"
-                    raise PydanticCustomError("yes_no", "{what}", {"what": what})
-        return value
+    def _empty_section_is_defaults(cls, raw: Any) -> Any:
+        # YAML reads a key with nothing under it (`train:`, `tune: {resources: }`) as null, not as an empty mapping.
+        # Whoever writes a section header and no keys means that section with every default, as if it were left out,
+        # so a section, or a mapping such as a sweep's `overrides:`, reads null as {} at any depth.
+        if not isinstance(raw, dict):
+            return raw
+        fields = cls.model_fields
+        return {key: {} if value is None and key in fields and _takes_only_mappings(fields[key].annotation) else value
+                for key, value in raw.items()}
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_empty_paths(cls, value: Any, info: ValidationInfo) -> Any:
-        # pydantic reads '' as the current folder, which no one means by an empty value
+    def _no_yes_no_or_empty_path(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for a number (and YAML reads an unquoted yes, no, on or off as true or false),
+        # and '' as the current folder: in a config each is a typo (epochs: true, root: ''), never the value meant.
+        # Checked per field, so each is named by its key.
         field = cls.model_fields[info.field_name]
         if isinstance(value, str) and not value.strip() and _mentions(field.annotation, Path):
             raise ValueError("an empty string is no path; give a path" + ("" if field.is_required() else ", or leave it out for the default"))
+        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+        for position, item in items:
+            takes = field.annotation if position is None else _item_annotation(field.annotation, position)
+            expected = _expected(takes) if isinstance(item, bool) else None
+            if expected:
+                raise _yes_no(item, expected, position)
         return value
+
+
+def _yes_no(value: bool, expected: str, position: int | None = None) -> PydanticCustomError:
+    """The error for a yes/no value (of item `position` of a list) where `expected` goes; _describe names its key."""
+    which = "" if position is None else f"item {position + 1} "
+    what = f"{which}is {str(value).lower()}, a yes/no value, where {expected} is expected"
+    return PydanticCustomError("yes_no", "{what}", {"what": what})
 
 
 def _mentions(annotation: Any, kind: type) -> bool:
@@ -122,19 +140,25 @@ class DataConfig(Section):
         "auto", description="keep the decoded uint8 images on the accelerator; auto = when they fit in half its free memory"
     )
 
-    @field_validator("image_size", mode="before")
+    @field_validator("image_size", mode="wrap")
     @classmethod
-    def _square_from_int(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return (value, value)
-        return value
-
-    @field_validator("image_size")
-    @classmethod
-    def _positive(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if min(value) < 1:
-            raise ValueError("sizes must be positive")
-        return value
+    def _square_or_height_width(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> tuple[int, int]:
+        # one number is a square; pydantic's own words for anything else ("Input should be a valid tuple",
+        # "at most 2 items") say neither what an image size is nor how to write one
+        try:
+            sizes = handler((value, value) if isinstance(value, int) and not isinstance(value, bool) else value)
+        except ValidationError as exc:
+            # yes/no values, empty values and keys under image_size have their own messages (Section, _describe)
+            if value is None or isinstance(value, dict) or any(error["type"] == "yes_no" for error in exc.errors()):
+                raise
+            sizes = None
+        if sizes is None or min(sizes) < 1:
+            channels = "; the channel count goes in data.channels" if isinstance(value, (list, tuple)) and len(value) == 3 else ""
+            raise ValueError(
+                "an image size is one whole number of pixels for square images (e.g. 64) or [height, width] "
+                f"(e.g. [64, 48]), each at least 1{channels}"
+            )
+        return sizes
 
 
 class ModelConfig(Section):
@@ -151,13 +175,18 @@ class ModelConfig(Section):
             raise ValueError("every width must be a positive channel count")
         return value
 
-    @field_validator("name")
+    @field_validator("name", mode="before")
     @classmethod
-    def _registered(cls, value: str) -> str:
+    def _registered(cls, value: Any) -> Any:
+        # before Section's yes/no check, so that `name: yes` (read as true) is answered with the models too
         from vaegen.models import MODELS
 
-        if value not in MODELS:
-            raise ValueError(f"unknown model; registered models: {', '.join(sorted(MODELS))}")
+        names = sorted(MODELS)
+        if isinstance(value, bool):
+            raise _yes_no(value, f"the name of a registered model ({_either(names)})")
+        if value is not None and value not in names:  # None: `name:` with nothing after it, which _describe answers
+            close = _did_you_mean(str(value), names)
+            raise ValueError(f"unknown model; registered models: {', '.join(names)}" + (f" ({close})" if close else ""))
         return value
 
 
@@ -538,8 +567,6 @@ def _source(path: str | Path | None, overrides: list[str], default: str) -> str:
 
 
 def config_from_dict(raw: dict, source: str = "the config", schema: type[Section] = Config) -> Config:
-    # an empty section (`model:` with nothing under it) reads as null: treat it as {}
-    raw = {key: ({} if value is None and _section_at([key], schema) else value) for key, value in raw.items()}
     try:
         return schema.model_validate(raw)
     except ValidationError as exc:
@@ -608,14 +635,14 @@ def _describe(error: dict, schema: type[BaseModel] = None) -> str:
         section = _section_at(loc[:-1], schema or Config)
         valid = list(section.model_fields) if section else []
         where = f"`{'.'.join(loc[:-1])}`" if loc[:-1] else "the top level"
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
-        hint = f"did you mean `{close[0]}`?" if close else f"valid keys in {where}: {', '.join(valid)}."
+        hint = _did_you_mean(loc[-1], valid) or f"valid keys in {where}: {', '.join(valid)}."
         return f"unknown key `{key}`; {hint}"
     if kind == "missing" and any(isinstance(part, int) for part in error["loc"]):  # a list one item short
-        return f"`{key}` has too few values (e.g. [height, width] for an image size)."
+        index = next(part for part in reversed(error["loc"]) if isinstance(part, int))
+        return f"`{key}` has too few values: item {index + 1} is missing."
     if kind == "missing":
         return f"missing required key `{key}`."
-    if kind == "yes_no":  # Section._no_yes_no_for_numbers: the message says what the key takes
+    if kind == "yes_no":  # _yes_no: the message says what the key takes
         return f"`{key}` {error['msg']}."
     value = error.get("input")
     section = _section_at(loc, schema or Config) if loc else None
@@ -630,12 +657,21 @@ def _describe(error: dict, schema: type[BaseModel] = None) -> str:
     if kind == "value_error" and isinstance(error.get("input"), dict):  # a section's own check: its dict would bury the message
         return f"`{key}`: {_clean(error['msg'])}."
     if value is None:  # `key:` with nothing after it, or --set key=
-        section = _section_at(loc[:-1], schema or Config)
-        field = section.model_fields.get(loc[-1]) if section else None
+        item = next((part for part in error["loc"] if isinstance(part, int)), None)
+        if item is not None:  # `widths: [64, null]`, or a `-` with nothing after it
+            return f"`{key}` item {item + 1} is empty: give it a value."
         what = f" ({field.description})" if field is not None and field.description else ""
-        instead = "" if field is None or field.is_required() else f", or leave it out for the default, {_yaml(field.default)}"
+        default = "" if field is None or field.is_required() else _yaml(field.get_default(call_default_factory=True))
+        instead = f", or leave it out for the default, {default}" if default else ""
         return f"`{key}` is empty: give it a value{what}{instead}."
-    return f"`{key}` = {value!r} is not allowed: {_clean(error['msg'])}."
+    shown = _yaml(value) if isinstance(value, (list, tuple)) else repr(value)  # [64, null], not [64, None]
+    return f"`{key}` = {shown} is not allowed: {_clean(error['msg'])}."
+
+
+def _did_you_mean(word: str, valid: list[str]) -> str | None:
+    """'did you mean `latent_dim`?' when one of the `valid` names is close to a misspelt `word`."""
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.5)
+    return f"did you mean `{close[0]}`?" if close else None
 
 
 def _section_not_value(key: str, name: str, section: type[BaseModel], value: Any) -> str:
@@ -683,6 +719,13 @@ def _choices(annotation: Any) -> list[str]:
 
 def _takes_mapping(annotation: Any) -> bool:
     return any(part is Any or _is_section(part) or get_origin(part) is dict for part in _alternatives(annotation))
+
+
+def _takes_only_mappings(annotation: Any) -> bool:
+    """Whether a field takes sections or mappings only: not null, and not a path too (as `base: Path | dict` does)."""
+    parts = _alternatives(annotation)
+    only = all(_is_section(part) or get_origin(part) is dict for part in parts)
+    return bool(parts) and only and type(None) not in get_args(annotation)
 
 
 def _clean(message: str) -> str:

@@ -14,6 +14,12 @@ def plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def pixel_size(height: int, width: int) -> str:
+    """'96×64 px' is 96 wide and 64 tall: sizes read width first, as photo tools write them, although
+    data.image_size and tensors hold [height, width]."""
+    return f"{width}×{height} px"
+
+
 class VaegenError(Exception):
     exit_code = 1
 

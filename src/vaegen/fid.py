@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from vaegen.checkpoint import atomic_write
 from vaegen.data import FEATURES_FOLDER, FROM_ENTRY, default_cache_dir
+from vaegen.errors import pixel_size
 
 # Bump when feature extraction changes, so cached real features are recomputed.
 FEATURE_FORMAT = 1
@@ -61,6 +62,19 @@ class Protocol:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "image_size": list(self.image_size), "extra_backbones": list(self.extra_backbones)}
+
+
+def protocol_text(protocol: dict) -> str:
+    """How a Fréchet distance was measured, in one line: numbers are comparable only when this matches.
+    Takes the saved dict (Protocol.to_dict), whose hand-edited copies must still read."""
+    measured = protocol.get("image_size")  # [height, width]
+    size = pixel_size(*measured) if isinstance(measured, list) and len(measured) == 2 else "?"
+    return (
+        f"{protocol.get('backbone', '?')} features ({protocol.get('feature_dim', '?')}-d), "
+        f"{protocol.get('num_generated', '?')} generated vs {protocol.get('num_real', '?')} real "
+        f"{protocol.get('reference', '?')} images at {size}, {protocol.get('sampler', '?')} sampler, "
+        f"T={protocol.get('temperature', '?')}"
+    )
 
 
 def library_versions() -> dict[str, str]:

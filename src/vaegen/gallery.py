@@ -27,7 +27,8 @@ from vaegen.api import load, read_model_folder
 from vaegen.config import Config
 from vaegen.data import decode_image
 from vaegen.density import SAMPLER_FILE, latent_codes
-from vaegen.errors import CheckpointError, DataError, VaegenError
+from vaegen.fid import protocol_text
+from vaegen.errors import CheckpointError, DataError, VaegenError, pixel_size
 from vaegen.plots import BLOCK_COLUMNS, image_grid, labelled_rows, scaled, to_pil
 from vaegen.samplers import per_class_samples, slerp
 from vaegen.train import to_input
@@ -173,7 +174,7 @@ def how_to_train(root: Path) -> str:
         problem = "is not a folder" if Path(root).exists() else "does not exist"
         found = f"`{root}` {problem}; if you named it with --best-dir or $VAEGEN_BEST_DIR, check the path."
     return (
-        f"{found} Train a model with the README's quickstart (about a minute on a CPU):\n\n"
+        f"{found} Train a model with the README's quickstart (about two minutes on a CPU, plus a one-time install):\n\n"
         f"```bash\n{QUICKSTART}\n```\n\n"
         f"or `vaegen train --config configs/quickstart.yaml`. Its best checkpoint lands in `best_models/<run>/`; "
         f"reload this page. To browse another folder: `streamlit run ui.py -- --best-dir DIR`."
@@ -196,17 +197,6 @@ def fid(run: Run) -> tuple[str, float] | None:
     return (names[0], scores[names[0]]) if names else None
 
 
-def protocol_text(protocol: dict) -> str:
-    """How a Fréchet distance was measured, in one line: numbers are comparable only when this matches."""
-    size = "×".join(str(side) for side in protocol.get("image_size", []))
-    return (
-        f"{protocol.get('backbone', '?')} features ({protocol.get('feature_dim', '?')}-d), "
-        f"{protocol.get('num_generated', '?')} generated vs {protocol.get('num_real', '?')} real "
-        f"{protocol.get('reference', '?')} images at {size}, {protocol.get('sampler', '?')} sampler, "
-        f"T={protocol.get('temperature', '?')}"
-    )
-
-
 def describe(run: Run) -> dict[str, str]:
     """The run's metadata as label -> text, in the order the sidebar shows it; nothing for a run that
     cannot be opened (the page shows its error once, on the main page)."""
@@ -221,7 +211,7 @@ def describe(run: Run) -> dict[str, str]:
         classes_text = f"{len(classes)}: {', '.join(classes)}"
     rows = {
         "dataset": f"{Path(config.data.root).name} ({config.data.root})",
-        "image size": f"{height}×{width}, {'RGB' if config.data.channels == 3 else 'grayscale'}",
+        "image size": f"{pixel_size(height, width)} (width×height), {'RGB' if config.data.channels == 3 else 'grayscale'}",
         "classes": classes_text,
         "epoch": str(run.metrics.get("epoch", meta.get("epoch", "?"))),
     }
@@ -259,7 +249,7 @@ def summary(run: Run) -> str:
         return "cannot be opened (select it to see why)"
     height, width = run.metadata.get("image_size", run.config.data.image_size)
     classes = "unconditional" if run.config.model.conditional == "none" else f"{len(run.metadata['classes'])} classes"
-    parts = [Path(run.config.data.root).name, f"{height}×{width}", classes]
+    parts = [Path(run.config.data.root).name, pixel_size(height, width), classes]
     parts.append(f"epoch {run.metrics.get('epoch', run.metadata.get('epoch', '?'))}")
     score = fid(run)
     if score is not None:
@@ -400,12 +390,12 @@ def upload_fit(data: bytes, model: torch.nn.Module) -> str:
     with Image.open(io.BytesIO(data)) as image:
         original_width, original_height = image.size
     if (original_width, original_height) == (width, height):
-        return f"{width}×{height}, as uploaded"
+        return f"{pixel_size(height, width)}, as uploaded"
     if original_width * height == original_height * width:  # the same shape: cropping removes nothing
         how = "resized"
     else:
         how = "center-cropped and resized" if model.config.data.resize == "center_crop" else "stretched"
-    return f"{how} from {original_width}×{original_height} to {width}×{height}"
+    return f"{how} from {pixel_size(original_height, original_width)} to {pixel_size(height, width)}"
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,7 +60,8 @@ def _up(in_ch: int, out_ch: int) -> nn.Sequential:
 
 @register_model("conv_vae")
 class ConvVAE(nn.Module):
-    """Images in [0, 1], shape [N, C, H, W] (`encode` and `reconstruct` also take uint8 images in 0-255).
+    """Images in [0, 1], shape [N, C, H, W] (`encode` and `reconstruct` also take uint8 images in 0-255; images,
+    codes and labels may be numpy arrays where tensors go).
     `forward` returns decoder logits, mu and log-variance.
 
     Conditioning (`conditional`):
@@ -139,7 +141,10 @@ class ConvVAE(nn.Module):
         except (TypeError, ValueError, RuntimeError):  # names mixed with indices, or no number at all
             raise self._not_labels(labels, "which is neither; pass all indices or all names") from None
         listed = isinstance(indices, (list, tuple))
-        many, plural = ("a tensor of", "s") if torch.is_tensor(indices) else ("which holds", "s") if listed else ("a", "")
+        if torch.is_tensor(indices) or isinstance(indices, np.ndarray):
+            many, plural = ("a tensor of" if torch.is_tensor(indices) else "an array of"), "s"
+        else:
+            many, plural = ("which holds", "s") if listed else ("a", "")
         if tensor.dtype == torch.bool or (listed and any(isinstance(item, bool) for item in indices)):  # [True, 0] reads as [1, 0]
             raise self._not_labels(labels, f"{many} yes/no value{plural}; pass the class's index or name")
         if (tensor.is_floating_point() or tensor.is_complex()) and tensor.numel():  # [] reads as a float tensor
@@ -154,8 +159,19 @@ class ConvVAE(nn.Module):
             f"got {labels!r}, {why}"
         )
 
-    def _check_images(self, x: torch.Tensor) -> torch.Tensor:
+    def _as_tensor(self, x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
+        """A numpy array as a tensor on this model's device, sharing its memory on the CPU; tensors pass through."""
+        if isinstance(x, np.ndarray):
+            if any(stride < 0 for stride in x.strides):  # x[..., ::-1] (BGR to RGB): torch has no negative strides
+                x = x.copy()
+            return torch.as_tensor(x, device=self.to_mu.weight.device)
+        if not torch.is_tensor(x):
+            raise TypeError(f"this model takes {what} as a torch tensor or a numpy array; got {type(x).__name__}")
+        return x
+
+    def _check_images(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
         """`x` as a batch [N, C, H, W] of this model's size, or an error that says how to make it one."""
+        x = self._as_tensor(x, "images")
         height, width = self.image_size
         if x.dim() == 4 and tuple(x.shape[1:]) == (self.channels, height, width):
             return x
@@ -184,6 +200,8 @@ class ConvVAE(nn.Module):
                 f"this model takes float images in [0, 1] (or uint8 images in 0-255); got a {x.dtype} tensor; "
                 f"convert it with x.float(), divided by 255 if it holds 0-255 pixel values"
             )
+        # numpy's default float64 (or a float16 batch) meets the weights' dtype here, not in a convolution's error
+        x = x.to(self.to_mu.weight.dtype)
         if not x.numel():
             return x
         low, high = (value.item() for value in torch.aminmax(x.detach()))
@@ -203,7 +221,7 @@ class ConvVAE(nn.Module):
             raise ValueError(f"this model takes images with values in [0, 1]; {found}; {fix}")
         return x
 
-    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor | np.ndarray, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of q(z | x). `x`: images [N, C, H, W], float in [0, 1] or uint8 in
         0-255 (divided by 255 here); float values clearly outside [0, 1] (below -0.5 or above 1.5) are an error."""
         x = self._in_unit_range(self._check_images(x))
@@ -217,9 +235,13 @@ class ConvVAE(nn.Module):
         features = self.encoder(x)
         return self.to_mu(features), self.to_logvar(features)
 
-    def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def decode_logits(self, z: torch.Tensor | np.ndarray, labels: torch.Tensor | None = None) -> torch.Tensor:
+        z = self._as_tensor(z, "latent codes")
         if z.dim() != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"this model decodes latent codes of shape [N, {self.latent_dim}]; got {list(z.shape)}")
+        if not z.is_floating_point():
+            raise ValueError(f"this model decodes float latent codes; got a {z.dtype} tensor; convert it with z.float()")
+        z = z.to(self.to_mu.weight.dtype)
         return self._decode_logits(z, self._check_labels(labels, z.shape[0]))
 
     def _decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -231,7 +253,7 @@ class ConvVAE(nn.Module):
         hidden = self.from_latent(z).view(z.shape[0], *self.bottleneck_shape)
         return self.decoder(hidden)
 
-    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor | np.ndarray, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [0, 1]."""
         return torch.sigmoid(self.decode_logits(z, labels))
 
@@ -292,7 +314,7 @@ class ConvVAE(nn.Module):
         return indices[0] if isinstance(labels, str) else indices
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor | np.ndarray, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the posterior mean: the model's deterministic reconstruction of `x` (images as `encode` takes them,
         float in [0, 1] or uint8); float images in [0, 1] come back."""
         mu, _ = self.encode(x, labels)

@@ -3,7 +3,9 @@
 One epoch = `train_one_epoch` (the training step is inside it, in plain sight) followed by
 `evaluate` on the validation split. After every epoch the whole training state goes to
 `logs/<run>/checkpoints/last.pt` (written on a background thread while the next epoch trains, or
-at a later epoch's end if that write is still going);
+at a later epoch's end if that write is still going), followed by the sample and reconstruction
+pictures of the epochs it covers: a run stopped at any point leaves no picture of a model state that no
+checkpoint holds (a resumed run draws those epochs' pictures again);
 whenever the selection metric improves, the model goes to `best_models/<run>/`. Resuming restores
 weights, optimizer, epoch, best score and every RNG stream, so an interrupted run ends with the
 same weights as an uninterrupted one. Each run ends with a line saying where its time went.
@@ -16,6 +18,7 @@ import math
 import random
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 import vaegen
@@ -46,7 +50,7 @@ from vaegen.config import Config
 from vaegen.data import DecodedImages, batches, default_cache_dir, load_splits, steps_per_epoch, to_device
 from vaegen.density import SAMPLER_FILE, LatentGMM, fit_model_density
 from vaegen.ema import EMA
-from vaegen.errors import RUN_DIR, CheckpointError, ConfigError, OutOfMemory, TrainingDiverged, VaegenError
+from vaegen.errors import RUN_DIR, CheckpointError, ConfigError, OutOfMemory, TrainingDiverged, VaegenError, pixel_size, plural
 from vaegen.fid import eval_batch_size, metric_names, run_evaluator, score_model
 from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.losses import vae_loss
@@ -438,7 +442,7 @@ def _train(
     classes = splits.train.classes
     say(
         f"data: {config.data.root} — {len(splits.train.images)} train / {len(splits.val.images)} val images, "
-        f"{len(classes)} class(es) {classes}, {config.data.image_size[0]}x{config.data.image_size[1]}x{config.data.channels}"
+        f"{len(classes)} class(es) {classes}, {pixel_size(*config.data.image_size)}, {plural(config.data.channels, 'channel')}"
     )
 
     # how the step uses the hardware (precision, layout, compile, data placement)
@@ -527,6 +531,7 @@ def _train(
         captured = CapturedStep(lambda x, y, beta: train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device, perceptual=perceptual), device)
     writer = BackgroundWriter()
     checkpoint_due = False
+    pictures: list[tuple[Path, Image.Image]] = []  # drawn by evaluations, written by the next checkpoint write
     clock.seconds["setup"] = time.perf_counter() - setup_started
     try:
         for epoch in range(start_epoch + 1, config.train.epochs + 1):
@@ -554,8 +559,7 @@ def _train(
                     samples = sample_picture(eval_model, fixed_z, classes, device, density)
                     reconstructions = reconstruction_picture(eval_model, splits.val, min(32, config.eval.num_grid), device)
                     last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
-                    save_png(samples, last_samples)
-                    save_png(reconstructions, paths.run_dir / f"recon_epoch{epoch:04d}.png")
+                    pictures += [(last_samples, samples), (paths.run_dir / f"recon_epoch{epoch:04d}.png", reconstructions)]
                     tracker.log_image("samples", samples, epoch)
                     tracker.log_image("reconstructions", reconstructions, epoch)
                     if evaluator is not None:
@@ -591,9 +595,10 @@ def _train(
             if epoch == config.train.epochs or (checkpoint_due and not writer.busy):
                 with clock("checkpoints"):  # the snapshot (and, at the end, waiting for the previous write)
                     save_checkpoint(
-                        writer, paths, config_yaml, epoch, model, optimizer, scaler, shuffle, criterion, best_epoch, best_value, classes, ema, adversary
+                        writer, paths, config_yaml, epoch, model, optimizer, scaler, shuffle, criterion, best_epoch, best_value, classes, ema, adversary,
+                        pictures,
                     )
-                checkpoint_due = False
+                checkpoint_due, pictures = False, []
             if on_epoch is not None:
                 writer.wait()  # a sweep's scheduler may end this process inside the callback: the state is on disk first
                 tracker.flush()
@@ -625,9 +630,10 @@ def save_checkpoint(
     writer: BackgroundWriter,
     paths: RunPaths, config_yaml: str, epoch: int, model, optimizer, scaler, shuffle: torch.Generator,
     criterion: str, best_epoch: int | None, best_value: float | None, classes: list[str],
-    ema: EMA | None = None, adversary: Adversary | None = None,
+    ema: EMA | None = None, adversary: Adversary | None = None, pictures: Sequence[tuple[Path, Image.Image]] = (),
 ) -> None:
-    """checkpoints/last.pt: everything `--resume` needs to continue exactly, snapshotted now and written by `writer`."""
+    """checkpoints/last.pt: everything `--resume` needs to continue exactly, snapshotted now and written by `writer`;
+    then `pictures` (path, PIL image), drawn at evaluations up to this epoch."""
     state = host_copy(
         {
             **({"ema": ema.state_dict()} if ema is not None else {}),
@@ -645,9 +651,14 @@ def save_checkpoint(
         }
     )
 
+    pictures = tuple(pictures)  # a snapshot, like the state: the caller's list may change while the write runs
+
     def write() -> None:
         save_training_state(paths.last_checkpoint, state)
         write_text_atomic(paths.last_checkpoint.parent / "config.yaml", config_yaml)
+        # only now: a kill or Ctrl+C before this point must not leave pictures of epochs last.pt does not hold
+        for path, picture in pictures:
+            save_png(picture, path)
 
     writer.submit(write)
 
@@ -674,6 +685,11 @@ def export_best(
     `samples` is the run's sample picture (PIL, from `sample_picture`)."""
     import json
 
+    # the files that describe the previous best's weights go before those weights are replaced: an export
+    # stopped half way (Ctrl+C, a kill, a full disk) leaves no samples, mixture or metrics of other weights
+    for described_by in ["metrics.json", "samples.png", SAMPLER_FILE]:
+        (paths.best_dir / described_by).unlink(missing_ok=True)
+
     metadata = {
         "vaegen_version": vaegen.__version__,
         "model": config.model.name,
@@ -684,11 +700,8 @@ def export_best(
         criterion: row[criterion],
     }
     save_model(paths.best_dir / "model.safetensors", model, metadata)
-    sampler_path = paths.best_dir / SAMPLER_FILE
     if density is not None:
-        density.save(sampler_path, {"epoch": row["epoch"], "components": config.sampler.components, "fitted_on": "train posterior means"})
-    else:  # a run resumed with another sampler must not leave the old mixture beside new weights
-        sampler_path.unlink(missing_ok=True)
+        density.save(paths.best_dir / SAMPLER_FILE, {"epoch": row["epoch"], "components": config.sampler.components, "fitted_on": "train posterior means"})
     write_text_atomic(paths.best_dir / "config.yaml", config.to_yaml())
     save_png(samples, paths.best_dir / "samples.png")
     metrics = {

@@ -343,7 +343,9 @@ def trial_config(context: TrialContext, params: dict[str, Any], trial_id: str) -
     for key_path, value in params.items():
         set_key_path(raw, key_path, from_sampled(key_path, value, context.space[key_path]))
     set_key_path(raw, "output.run_name", trial_id)
-    return config_from_dict(raw, f"trial {trial_id} ({format_params(params)})")
+    # not "trial X (values)": wherever this error is shown, the trial and its values are named beside it (the
+    # console's `trial X failed: ...`, summary.csv's row, the sweep's last error); the problem names the bad key
+    return config_from_dict(raw, "its config")
 
 
 def run_trial(params: dict[str, Any], context: TrialContext) -> None:
@@ -351,8 +353,6 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     import torch
     from ray import tune
 
-    from vaegen.plots import plot_curves
-    from vaegen.tracking import read_metrics
     from vaegen.train import RunPaths, train
 
     torch.set_num_threads(max(1, int(context.cpus)))
@@ -367,7 +367,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         if row.get(context.metric) is None:
             return  # epochs without an evaluation have no FID to report
         # ASHA may stop this trial inside tune.report, before train() draws its curves
-        plot_curves(read_metrics(run_dir / "metrics.jsonl"), run_dir / "curves.png", title=f"trial {trial_id}")
+        draw_curves(run_dir)
         metrics = {"epoch": row["epoch"], context.metric: row[context.metric], "val_nelbo": row["val_nelbo"]}
         if improved:  # Ray keeps the checkpoint beside the trial's results, so the sweep's best outlives this node
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(paths.best_dir)))
@@ -379,6 +379,30 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     except TrainingDiverged as exc:
         # a plain run's next step (`vaegen train --resume RUN_DIR`) is not a sweep's: the fixes go in the sweep file
         raise TrainingDiverged(f"{exc.diagnosis} (in the sweep's `space:` or `overrides:`).", exc.diagnosis) from None
+
+
+def draw_curves(run_dir: Path) -> None:
+    """A trial's curves.png from its metrics.jsonl, as train() draws it (nothing before the first epoch's row)."""
+    from vaegen.plots import plot_curves
+    from vaegen.tracking import read_metrics
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if rows:
+        plot_curves(rows, run_dir / "curves.png", title=f"trial {run_dir.name}")
+
+
+def tidy_trial_folder(run_dir: Path) -> None:
+    """Remove what a trial's process left half written when Ray ended it, and redraw curves.png if that was it.
+
+    Ray ends a trial that ASHA stopped (or a sweep's trials on Ctrl+C) by ending its process, which is then often
+    inside train()'s `finally`, drawing the curves: the atomic write's temporary file stays, empty. Call this only
+    once the trial's process is gone, or the file it is writing would be taken from under it."""
+    interrupted_curves = False
+    for leftover in run_dir.rglob(".*.tmp"):  # atomic_write's temporary files: .<name>.<random>.tmp
+        leftover.unlink(missing_ok=True)
+        interrupted_curves |= leftover.name.startswith(".curves.png.")
+    if interrupted_curves or not (run_dir / "curves.png").is_file():
+        draw_curves(run_dir)
 
 
 def trial_epochs(params: dict[str, Any], base_epochs: int) -> int:
@@ -443,8 +467,9 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
 
     from vaegen.data import SWEEP_SETTINGS, load_splits
 
-    if address:
-        check_reachable(address)
+    address, given_as = cluster_address(address)
+    if given_as is not None:
+        check_reachable(address, given_as=given_as)
     settings = sweep.settings.tune
     # keeping only the best checkpoint makes Ray snapshot its state at each improvement, and warn that it does
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -463,11 +488,10 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
     load_splits(sweep.base.data, sweep.base.train.seed, SWEEP_SETTINGS)
     context = TrialContext(sweep.base_raw, dict(sweep.settings.space), sweep.trials_dir, sweep.metric, settings.resources.cpu)
     sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
-    settings_yaml = yaml.safe_dump(sweep.settings.model_dump(mode="json"), sort_keys=False)
     started_with = sweep.sweep_dir / "sweep.yaml"
     if not resume:
-        started_with.write_text(settings_yaml)
-    elif started_with.is_file() and started_with.read_text() != settings_yaml:
+        started_with.write_text(sweep_record(sweep.settings))
+    elif started_with.is_file() and read_sweep_record(started_with) != sweep.settings:
         warnings.warn(
             f"the sweep file changed since this sweep started; --resume continues with the search it started with "
             f"({started_with}). Start a new sweep (--set tune.name=NEW_NAME) to search something else.",
@@ -481,13 +505,7 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
     )
     restore_console = quiet_ray_and_optuna()
     try:
-        if address:
-            try:
-                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-            except ConnectionError as exc:  # something listens there, but not Ray's GCS
-                raise unreachable(address, _first_line(exc)) from None
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        start_ray(ray, address, given_as)
         if resume:
             tuner = tune.Tuner.restore(sweep.experiment_path, trainable, resume_unfinished=True, resume_errored=False)
         else:
@@ -528,7 +546,8 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
                     ),
                     failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
                     # kept in the sweep's state, so a resumed sweep prints the same lines (Ray restores the best values)
-                    callbacks=[SweepConsole(sweep.metric, list(sweep.settings.space), sweep.base.train.epochs)],
+                    callbacks=[SweepConsole(sweep.metric, list(sweep.settings.space), sweep.base.train.epochs,
+                                           sweep.trials_dir)],
                     verbose=0,
                 ),
             )
@@ -546,6 +565,21 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
     return SweepResult(trials, complete, summary_csv, plot, best_dir)
 
 
+def sweep_record(settings: SweepConfig) -> str:
+    """sweep.yaml: the sweep as it started. Every default is written out (a later vaegen may change one, and the
+    record must still say what ran); nulls are not (a distribution's other kinds, an unset storage), as leaving
+    one out reads back as the same null. Nulls inside overrides, a base mapping or a choice are values, and stay."""
+    return yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True), sort_keys=False)
+
+
+def read_sweep_record(path: Path) -> SweepConfig | None:
+    """sweep.yaml read back; None where it no longer reads as a sweep (written by another vaegen version)."""
+    try:
+        return SweepConfig.model_validate(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
+
+
 def sweep_header(sweep: Sweep, resume: bool) -> str:
     settings = sweep.settings.tune
     return (f"{'resuming' if resume else 'starting'} sweep {sweep.name}: {plural(settings.num_samples, 'trial')}, "
@@ -555,12 +589,19 @@ def sweep_header(sweep: Sweep, resume: bool) -> str:
 
 class SweepConsole(_RayCallback):
     """vaegen's console for a sweep, in place of Ray's tables: one line when a trial starts, one per evaluation
-    (with the best value of the whole sweep so far), one when it ends. Ray calls it in the driver."""
+    (with the best value of the whole sweep so far), one when it ends. Ray calls it in the driver, which also makes
+    it the place to tidy the trials' folders when the sweep ends (those this machine sees: on a cluster, a trial's
+    folder lies on the node that ran it, unless the logs are on shared storage)."""
 
-    def __init__(self, metric: str, keys: list[str], base_epochs: int):
+    # the trials' run folders (trials_dir/<trial id>), tidied when the sweep ends; None: left as they are. Also what
+    # a console restored from the state of a sweep that an earlier vaegen started has, as its __init__ never ran
+    trials_dir: Path | None = None
+
+    def __init__(self, metric: str, keys: list[str], base_epochs: int, trials_dir: Path | None = None):
         self.metric = metric
         self.keys = keys  # the searched key paths
         self.base_epochs = base_epochs
+        self.trials_dir = trials_dir
         self.best: dict[str, tuple[float, int]] = {}  # trial id: (its best value, that epoch)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
@@ -588,6 +629,20 @@ class SweepConsole(_RayCallback):
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         self._say(f"trial {trial.trial_id} failed: {_trial_error(trial)}")
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        # not in on_trial_complete: Ray calls that before it asks the trial's process to stop, and the process
+        # writes its last files after; here every trial's process of this run has ended (or was killed)
+        if self.trials_dir is None:
+            return
+        for trial in trials:
+            run_dir = self.trials_dir / trial.trial_id
+            if run_dir.is_dir():
+                try:
+                    tidy_trial_folder(run_dir)
+                except OSError as exc:  # a leftover file is not worth failing a finished sweep for
+                    warnings.warn(f"could not tidy {run_dir} (a stopped trial's half-written files stay): {exc}",
+                                  stacklevel=2)
 
     def get_state(self) -> dict:
         return {"best": dict(self.best)}
@@ -691,15 +746,39 @@ def no_trial_succeeded(grid, trials: list[TrialSummary], sweep: Sweep) -> NoTria
     )
 
 
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast on a cluster address nothing listens at: ray.init waits minutes for it, printing timeouts."""
+def cluster_address(address: str | None) -> tuple[str, str | None]:
+    """Where the sweep's Ray runs, and what named that address (None: nothing did). --address, else RAY_ADDRESS,
+    else a Ray instance of the sweep's own, started here: plain ray.init() would join any cluster `ray start` left
+    running on this machine, with its resources and its other jobs, without saying so."""
+    if address:
+        return address, "--address"
+    if os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    return "local", None
+
+
+def start_ray(ray, address: str, given_as: str | None) -> None:
+    """ray.init, its driver's console quiet but for warnings (the trials log to their own train.log)."""
+    if given_as is None:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        return
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except ConnectionError as exc:  # something listens there, but not Ray's GCS
+        raise unreachable(address, _first_line(exc), given_as) from None
+
+
+def check_reachable(address: str, timeout_s: float = 5.0, given_as: str = "--address") -> None:
+    """Fail fast on a cluster address nothing listens at: ray.init waits minutes for it, printing timeouts.
+    `given_as` (--address or RAY_ADDRESS) is what the errors name, so that they say what to change."""
     if address in ("auto", "local"):  # Ray finds (or starts) these itself
         return
     host, sep, port = address.removeprefix("ray://").rpartition(":")
     if not sep or not host or not port.isdigit():
+        example = "--address 10.0.0.5:6379" if given_as == "--address" else f"{given_as}=10.0.0.5:6379"
         raise ConfigError(
-            f"--address {address!r} is not HOST:PORT. Pass the address `ray start --head` printed on the head node "
-            f"(e.g. --address 10.0.0.5:6379), or drop --address to run the sweep on this machine."
+            f"{given_as} {address!r} is not HOST:PORT. Give the address `ray start --head` printed on the head node "
+            f"(e.g. {example}), or {_run_here(given_as)}."
         )
     # a cluster with TLS on (RAY_USE_TLS) answers a plain-text preface with an alert or not at all: connecting is the test
     tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
@@ -707,17 +786,17 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as connection:
             answer = b"" if tls else _first_http2_frame(connection)
     except TimeoutError:
-        raise unreachable(address, f"no answer within {timeout_s:g} s") from None
+        raise unreachable(address, f"no answer within {timeout_s:g} s", given_as) from None
     except OSError as exc:
-        raise unreachable(address, exc.strerror or str(exc)) from None
+        raise unreachable(address, exc.strerror or str(exc), given_as) from None
     if not tls and (len(answer) < 9 or answer[3] != HTTP2_SETTINGS):
         heard = "a web page's answer (Ray's dashboard is such a port, 8265 by default)" if answer.startswith(b"HTTP/") else (
             f"{answer!r}, not gRPC" if answer else "nothing")
         raise ConfigError(
-            f"--address {address}: something listens there, but not a Ray cluster: asked as Ray's GCS is asked, it "
-            f"answered {heard}, and ray.init would wait there for minutes. Pass the address `ray start --head` "
+            f"{given_as} {address}: something listens there, but not a Ray cluster: asked as Ray's GCS is asked, it "
+            f"answered {heard}, and ray.init would wait there for minutes. Give the address `ray start --head` "
             f"printed on the head node (its GCS port, 6379 unless --port chose another; ray://HOST:10001 for Ray "
-            f"Client), or drop --address to run the sweep on this machine."
+            f"Client), or {_run_here(given_as)}."
         )
 
 
@@ -738,12 +817,15 @@ def _first_http2_frame(connection: socket.socket) -> bytes:
     return answer
 
 
-def unreachable(address: str, reason: str) -> ConfigError:
+def unreachable(address: str, reason: str, given_as: str = "--address") -> ConfigError:
     return ConfigError(
-        f"--address {address}: no Ray cluster answers there ({reason}). Start one with `ray start --head` on the "
-        f"head node and pass the address it prints, check the host, port and firewall, or drop --address to run "
-        f"the sweep on this machine."
+        f"{given_as} {address}: no Ray cluster answers there ({reason}). Start one with `ray start --head` on the "
+        f"head node and give the address it prints, check the host, port and firewall, or {_run_here(given_as)}."
     )
+
+
+def _run_here(given_as: str) -> str:
+    return f"{'unset' if given_as == 'RAY_ADDRESS' else 'drop'} {given_as} to run the sweep on this machine"
 
 
 def max_epochs(sweep: Sweep) -> int:
