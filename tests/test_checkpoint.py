@@ -12,12 +12,15 @@ import vaegen
 from vaegen.checkpoint import (
     BackgroundWriter,
     atomic_write,
+    discard,
     host_copy,
     load_model_weights,
     load_training_state,
     read_model_metadata,
     save_model,
     save_training_state,
+    write_text_atomic,
+    written_together,
 )
 from vaegen.config import ModelConfig
 from vaegen.errors import CheckpointError
@@ -121,8 +124,6 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     import os
     import stat
 
-    from vaegen.checkpoint import write_text_atomic
-
     previous = os.umask(0o022)
     try:
         write_text_atomic(tmp_path / "metrics.json", "{}")
@@ -162,3 +163,28 @@ def test_host_copy_is_a_snapshot_the_live_tensors_cannot_change():
     state["optimizer"]["state"][0]["exp_avg"].zero_()
     assert torch.equal(snapshot["model"]["w"], torch.ones(3)) and torch.equal(snapshot["optimizer"]["state"][0]["exp_avg"], torch.full((3,), 2.0))
     assert snapshot["optimizer"]["param_groups"] == [{"betas": (0.9, 0.99)}] and snapshot["epoch"] == 4
+
+
+def test_files_written_together_land_together_or_not_at_all(tmp_path):
+    import threading
+
+    for name in "abc":
+        (tmp_path / name).write_text(f"old {name}")
+    with pytest.raises(KeyboardInterrupt), written_together():
+        write_text_atomic(tmp_path / "a", "new a")
+        discard(tmp_path / "c")
+        assert (tmp_path / "a").read_text() == "old a" and (tmp_path / "c").exists()  # nothing lands before the end
+        raise KeyboardInterrupt
+    assert [(tmp_path / name).read_text() for name in "abc"] == ["old a", "old b", "old c"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    with written_together():
+        write_text_atomic(tmp_path / "a", "new a")
+        discard(tmp_path / "c")
+        # another thread's writes (the background checkpoint writer's) are not held back by this block
+        other = threading.Thread(target=write_text_atomic, args=(tmp_path / "b", "new b"))
+        other.start()
+        other.join()
+        assert (tmp_path / "b").read_text() == "new b" and (tmp_path / "a").read_text() == "old a"
+    assert (tmp_path / "a").read_text() == "new a" and not (tmp_path / "c").exists()
+    assert not list(tmp_path.glob(".*.tmp"))

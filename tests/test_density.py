@@ -115,6 +115,10 @@ def test_training_with_the_mixture_reports_both_samplers_and_ships_it(tmp_path, 
     assert main(["test", "--checkpoint", str(best), "--set", "sampler=prior", "--set", "num_samples=64"]) == 0
     assert json.loads((best / "test" / "metrics.json").read_text())["sampler"] == "prior"
 
+    (best / SAMPLER_FILE).unlink()  # a folder copied without it
+    with pytest.warns(UserWarning, match=r"sampler.safetensors is missing although this run samples from a latent mixture"):
+        assert vaegen.load(best).latent_density is None
+
 
 def test_vaegen_test_fits_a_mixture_for_a_prior_checkpoint(tmp_path, counting_backbone):
     assert main(["train", "--config", str(fid_config(tmp_path))]) == 0

@@ -335,24 +335,26 @@ def test_ctrl_c_during_an_evaluation_leaves_only_pictures_a_checkpoint_holds(tmp
     _assert_best_model_is_one_epoch(best)
 
 
-def test_ctrl_c_during_a_best_model_export_leaves_nothing_of_the_previous_best_beside_the_new_weights(tmp_path, monkeypatch):
-    """The export writes the weights first: stopped before the samples, it once left the previous best's samples.png
-    and metrics.json beside the new weights."""
+def test_ctrl_c_during_a_best_model_export_leaves_the_previous_best_whole(tmp_path, monkeypatch):
+    """The export once wrote the weights first: stopped before the samples, it left the previous best's samples.png
+    and metrics.json beside the new weights. Now nothing of an export lands until all of it is written."""
     real_save_png, best = vaegen.train.save_png, tmp_path / "best" / "tiny"
     exports = []
 
     def save_png(image, path):
         if path == best / "samples.png":
-            exports.append(vaegen.load(best).metadata["epoch"])
-            if len(exports) == 2:  # the second export: its weights are written, its samples are not yet
+            exports.append(path)
+            if len(exports) == 2:  # the second export: its weights and config are written, its samples are not yet
                 raise KeyboardInterrupt
         real_save_png(image, path)
 
     monkeypatch.setattr(vaegen.train, "save_png", save_png)
     assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 3}, eval={"every": 1}))]) == 130
-    assert len(exports) == 2 and exports[0] < exports[1]
-    assert vaegen.load(best).metadata["epoch"] == exports[1]
+    assert len(exports) == 2
+    assert vaegen.load(best).metadata["epoch"] == 1  # the first export, whole: its weights, metrics and samples
+    assert json.loads((best / "metrics.json").read_text())["epoch"] == 1 and (best / "samples.png").is_file()
     _assert_best_model_is_one_epoch(best)
+    assert sorted(path.name for path in best.iterdir()) == ["config.yaml", "metrics.json", "model.safetensors", "samples.png"]
 
 
 def _tensorboard_image_sizes(run: Path, tag: str) -> list[tuple[int, int]]:

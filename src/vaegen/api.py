@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import reprlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -83,4 +84,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     # `sample()` draws codes from the latent mixture the run fitted (sampler.name: gmm); set it to None for the prior
     sampler_file = weights.parent / SAMPLER_FILE
     model.latent_density = LatentGMM.load(sampler_file) if sampler_file.is_file() else None
+    if model.latent_density is None and config.sampler.name == "gmm":  # e.g. a folder copied without it
+        warnings.warn(
+            f"{sampler_file} is missing although this run samples from a latent mixture (sampler.name: gmm), so "
+            f"sample() draws from the prior, not what its FID measured; copy the model folder again, whole.",
+            stacklevel=2,
+        )
     return model.to(device).eval()

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -107,7 +108,8 @@ def make_output_folder(folder: Path, setting: str) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) and rename tmp over path only once it is complete and on disk."""
+    """Call write(tmp) and rename tmp over path only once it is complete and on disk (inside `written_together`,
+    when that block ends)."""
     path = Path(path)
     tmp = None
     try:
@@ -120,6 +122,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        group = getattr(_together, "pending", None)
+        if group is not None:
+            group.append((tmp, path))
+            return
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
@@ -128,8 +134,52 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         if refused is not None:
             raise refused from exc
         raise
+    _fsync_folder(path.parent)
+
+
+# the files of this thread's `written_together` block: (temporary file, its path), or (None, a path to remove)
+_together = threading.local()
+
+
+@contextlib.contextmanager
+def written_together():
+    """Files that describe one another land together: every `atomic_write` in the block writes its temporary file as
+    usual, and all are renamed into place, in the order written, only once the block has finished (microseconds
+    apart), with the removals `discard` asked for. A full disk, a kill or Ctrl+C inside the block leaves every
+    file as it was. Per thread, so the background checkpoint writer's files are not held back."""
+    pending: list[tuple[Path | None, Path]] = []
+    _together.pending = pending
     try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _together.pending = None
+    for tmp, path in pending:
+        if tmp is None:
+            path.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, path)
+    for folder in {path.parent for _, path in pending}:
+        _fsync_folder(folder)
+
+
+def discard(path: Path) -> None:
+    """Remove `path`; inside `written_together`, when its files land."""
+    group = getattr(_together, "pending", None)
+    if group is None:
+        Path(path).unlink(missing_ok=True)
+    else:
+        group.append((None, Path(path)))
+
+
+def _fsync_folder(folder: Path) -> None:
+    """A rename is durable once its folder is synced (where the platform lets a folder be opened)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:

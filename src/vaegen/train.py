@@ -37,6 +37,7 @@ from vaegen.backbones import resolve_backbone_name, second_opinions
 from vaegen.checkpoint import (
     BackgroundWriter,
     StorageError,
+    discard,
     file_in_the_way,
     host_copy,
     load_state_checked,
@@ -45,6 +46,7 @@ from vaegen.checkpoint import (
     save_model,
     save_training_state,
     write_text_atomic,
+    written_together,
 )
 from vaegen.config import Config
 from vaegen.data import DecodedImages, batches, default_cache_dir, load_splits, steps_per_epoch, to_device
@@ -681,14 +683,11 @@ def export_best(
     samples,
     density: LatentGMM | None = None,
 ) -> None:
-    """best_models/<run>/: weights first, metrics.json last, so metrics never describe missing weights.
-    `samples` is the run's sample picture (PIL, from `sample_picture`)."""
+    """best_models/<run>/, written together (checkpoint.written_together): every file is written before any replaces
+    the previous best's, so an export stopped by a full disk, a kill or Ctrl+C leaves the previous best whole, and
+    never weights beside another epoch's samples, mixture or metrics. `samples` is the run's sample picture (PIL,
+    from `sample_picture`)."""
     import json
-
-    # the files that describe the previous best's weights go before those weights are replaced: an export
-    # stopped half way (Ctrl+C, a kill, a full disk) leaves no samples, mixture or metrics of other weights
-    for described_by in ["metrics.json", "samples.png", SAMPLER_FILE]:
-        (paths.best_dir / described_by).unlink(missing_ok=True)
 
     metadata = {
         "vaegen_version": vaegen.__version__,
@@ -699,11 +698,6 @@ def export_best(
         "epoch": row["epoch"],
         criterion: row[criterion],
     }
-    save_model(paths.best_dir / "model.safetensors", model, metadata)
-    if density is not None:
-        density.save(paths.best_dir / SAMPLER_FILE, {"epoch": row["epoch"], "components": config.sampler.components, "fitted_on": "train posterior means"})
-    write_text_atomic(paths.best_dir / "config.yaml", config.to_yaml())
-    save_png(samples, paths.best_dir / "samples.png")
     metrics = {
         "epoch": row["epoch"],
         "criterion": criterion,
@@ -715,7 +709,15 @@ def export_best(
     }
     if protocol is not None:
         metrics["protocol"] = protocol
-    write_text_atomic(paths.best_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    with written_together():
+        save_model(paths.best_dir / "model.safetensors", model, metadata)
+        if density is not None:
+            density.save(paths.best_dir / SAMPLER_FILE, {"epoch": row["epoch"], "components": config.sampler.components, "fitted_on": "train posterior means"})
+        else:  # a run resumed with another sampler must not leave the old mixture beside new weights
+            discard(paths.best_dir / SAMPLER_FILE)
+        write_text_atomic(paths.best_dir / "config.yaml", config.to_yaml())
+        save_png(samples, paths.best_dir / "samples.png")
+        write_text_atomic(paths.best_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
 
 
 def _check_same_data(state: dict, classes: list[str], paths: RunPaths) -> None:
