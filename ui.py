@@ -114,7 +114,7 @@ def generate_tab(model, model_key: tuple[str, int], stem: str, choice: str | Non
         label = f"{choice + ', ' if choice else ''}{plural(count, 'sample')}"
     with picture:
         show(samples_png(model_key, model, count, seed, temperature, choice), f"{label}, seed {seed}, temperature {temperature:g}",
-             f"{stem}-samples-seed{seed}.png", key="download_samples")
+             gallery.download_name(stem, "samples", choice, count=count, seed=seed, T=temperature), key="download_samples")
 
 
 def interpolate_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
@@ -139,7 +139,8 @@ def interpolate_tab(model, model_key: tuple[str, int], stem: str, choice: str | 
             st.error(str(exc))
             return
         caption = f"{first.name} → {second.name}: the images at the ends, {steps} decoded steps between their codes"
-    show(pictures, caption, f"{stem}-interpolation.png", key="download_interpolation")
+    settings = {"steps": steps, **({"seed": seed, "T": temperature} if between == "two random latents" else {})}
+    show(pictures, caption, gallery.download_name(stem, "interpolation", choice, **settings), key="download_interpolation")
 
 
 def reconstruct_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
@@ -153,8 +154,9 @@ def reconstruct_tab(model, model_key: tuple[str, int], stem: str, choice: str | 
         st.error(str(exc))
         return
     fitted = gallery.upload_fit(upload.getvalue(), model)
-    show(pictures, f"{upload.name} as the model sees it ({fitted}), and its reconstruction",
-         f"{stem}-reconstruction.png", key="download_reconstruction")
+    each = " under each class" if choice == gallery.ALL_CLASSES else ""
+    show(pictures, f"{upload.name} as the model sees it ({fitted}), and its reconstruction{each}",
+         gallery.download_name(stem, "reconstruction", choice), key="download_reconstruction")
 
 
 def main() -> None:

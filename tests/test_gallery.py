@@ -525,3 +525,10 @@ def test_describe_names_the_sampler_generate_draws_from(tmp_path):
     fit_latent_gmm(codes, None, 1, 10, "full", seed=0).save(folder / SAMPLER_FILE, {})
     rows = gallery.describe(gallery.read_run(tmp_path, "run"))
     assert rows["sampler"] == "gmm fitted on the training codes (10 components, full covariance)"
+
+
+def test_download_names_say_what_drew_the_picture():
+    # once "{run}-samples-seed{seed}.png" whatever the class, count or temperature
+    assert gallery.download_name("apples", "samples", "Golden-Red", count=16, seed=0, T=0.8) == "apples-samples-Golden-Red-count16-seed0-T0.8.png"
+    assert gallery.download_name("apples", "samples", None, count=4, seed=3, T=1.0) == "apples-samples-count4-seed3-T1.png"
+    assert gallery.download_name("art", "reconstruction", "genre painting/oil") == "art-reconstruction-genre_painting_oil.png"

@@ -172,7 +172,7 @@ def test_generate_same_seed_same_image_and_download_png(best, monkeypatch, media
     expected = gallery.sample_view(model, 6, 7, 1.0).render()
     assert expected.size == (3 * 18 + 2, 2 * 18 + 2)
     assert same(downloaded(at, media, "download_samples"), expected)  # the download is the grid at model resolution
-    assert media[Path(at.download_button(key="download_samples").proto.url).stem][1] == "plain-samples-seed7.png"
+    assert media[Path(at.download_button(key="download_samples").proto.url).stem][1] == "plain-samples-count6-seed7-T1.png"
     first = shown(at, media, "6 samples, seed 7")
     assert same(first, on_screen(gallery.sample_view(model, 6, 7, 1.0)))
     assert first.width == 6 * expected.width  # 16 px tiles shown about 96 px tall
@@ -265,6 +265,8 @@ def test_reconstruction_of_an_upload_of_any_size_and_mode(best, monkeypatch, med
 
     at.selectbox(key="class").set_value("all classes").run()
     assert downloaded(at, media, "download_reconstruction").height == 3 * 18 + 2  # one pair per class
+    assert shown(at, media, "apple.png as the model sees it (center-cropped and resized from 50×30 px to 16×16 px), and its reconstruction under each class")
+    assert media[Path(at.download_button(key="download_reconstruction").proto.url).stem][1] == "cvae-reconstruction-all_classes.png"
 
     at.file_uploader(key="recon_upload").set_value(("notes.png", b"not an image at all", "image/png")).run()
     assert not at.exception

@@ -219,13 +219,6 @@ class OptimConfig(Section):
     name: Literal["adam", "adamw"] = "adam"
     lr: float = Field(2e-4, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
-
-    @field_validator("betas")
-    @classmethod
-    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= beta < 1.0 for beta in betas):
-            raise ValueError(f"Adam's betas are decay rates, each in [0, 1) (the default is [0.9, 0.999]); got {list(betas)}")
-        return betas
     weight_decay: float = Field(0.0, ge=0.0)
     grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; null = off")
     # Child 2021 (VDVAE): a rare batch with a huge gradient can undo hours of training in one update;
@@ -233,6 +226,13 @@ class OptimConfig(Section):
     skip_grad_norm: float | None = Field(
         None, gt=0.0, description="skip the update when the gradient norm is above this (or not finite); null = off"
     )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"Adam's betas are decay rates, each in [0, 1) (the default is [0.9, 0.999]); got {list(betas)}")
+        return betas
 
 
 class TrainConfig(Section):

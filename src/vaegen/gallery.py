@@ -410,6 +410,14 @@ def reconstruction_view(model: torch.nn.Module, image: torch.Tensor, choice: str
 # Saving
 
 
+def download_name(stem: str, view: str, choice: str | None = None, **settings: object) -> str:
+    """The file name a downloaded picture gets: the model, the view, the class and the settings that drew it, so two
+    downloads with other settings do not share a name (apples-samples-Red-count16-seed0-T0.8.png)."""
+    parts = [stem, view, *([choice] if choice else []), *(f"{key}{value:g}" if isinstance(value, float) else f"{key}{value}"
+                                                            for key, value in settings.items())]
+    return re.sub(r"[^\w.-]+", "_", "-".join(parts)) + ".png"  # class names may hold spaces or slashes
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
