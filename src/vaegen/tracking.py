@@ -17,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from vaegen.checkpoint import storage_error, write_text_atomic
 from vaegen.config import Config
+from vaegen.plots import plot_curves
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -24,6 +25,13 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def draw_curves(run_dir: Path, title: str) -> None:
+    """run_dir/curves.png from its metrics.jsonl (nothing before the first epoch's row)."""
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    if rows:
+        plot_curves(rows, run_dir / "curves.png", title=title)
 
 
 class Tracker:

@@ -58,10 +58,10 @@ from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train
 from vaegen.losses import vae_loss
 from vaegen.models import build_model, count_parameters
 from vaegen.perceptual import PerceptualLoss, evaluation_network_problem
-from vaegen.plots import class_blocks, for_viewing, image_grid, plot_curves, reconstruction_grid, samples_per_class, save_png
+from vaegen.plots import class_blocks, for_viewing, image_grid, reconstruction_grid, samples_per_class, save_png
 from vaegen.samplers import per_class_samples
 from vaegen.schedules import build_beta_schedule
-from vaegen.tracking import Tracker, read_metrics
+from vaegen.tracking import Tracker, draw_curves
 
 # ---------------------------------------------------------------------------------------
 # Run folders
@@ -617,10 +617,8 @@ def _train(
     finally:
         if tracker is not None:
             tracker.close()
-            rows = read_metrics(paths.run_dir / "metrics.jsonl")
             try:
-                if rows:
-                    plot_curves(rows, paths.run_dir / "curves.png", title=paths.name)
+                draw_curves(paths.run_dir, title=paths.name)
             except OSError as exc:  # e.g. the disk filled up: the error that stopped training is the one to show
                 warnings.warn(f"could not draw {paths.run_dir / 'curves.png'}: {exc}", stacklevel=2)
     if main_process:

@@ -353,6 +353,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
     import torch
     from ray import tune
 
+    from vaegen.tracking import draw_curves
     from vaegen.train import RunPaths, train
 
     torch.set_num_threads(max(1, int(context.cpus)))
@@ -367,7 +368,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         if row.get(context.metric) is None:
             return  # epochs without an evaluation have no FID to report
         # ASHA may stop this trial inside tune.report, before train() draws its curves
-        draw_curves(run_dir)
+        draw_curves(run_dir, title=f"trial {trial_id}")
         metrics = {"epoch": row["epoch"], context.metric: row[context.metric], "val_nelbo": row["val_nelbo"]}
         if improved:  # Ray keeps the checkpoint beside the trial's results, so the sweep's best outlives this node
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(paths.best_dir)))
@@ -381,28 +382,20 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         raise TrainingDiverged(f"{exc.diagnosis} (in the sweep's `space:` or `overrides:`).", exc.diagnosis) from None
 
 
-def draw_curves(run_dir: Path) -> None:
-    """A trial's curves.png from its metrics.jsonl, as train() draws it (nothing before the first epoch's row)."""
-    from vaegen.plots import plot_curves
-    from vaegen.tracking import read_metrics
-
-    rows = read_metrics(run_dir / "metrics.jsonl")
-    if rows:
-        plot_curves(rows, run_dir / "curves.png", title=f"trial {run_dir.name}")
-
-
 def tidy_trial_folder(run_dir: Path) -> None:
     """Remove what a trial's process left half written when Ray ended it, and redraw curves.png if that was it.
 
     Ray ends a trial that ASHA stopped (or a sweep's trials on Ctrl+C) by ending its process, which is then often
     inside train()'s `finally`, drawing the curves: the atomic write's temporary file stays, empty. Call this only
     once the trial's process is gone, or the file it is writing would be taken from under it."""
+    from vaegen.tracking import draw_curves
+
     interrupted_curves = False
     for leftover in run_dir.rglob(".*.tmp"):  # atomic_write's temporary files: .<name>.<random>.tmp
         leftover.unlink(missing_ok=True)
         interrupted_curves |= leftover.name.startswith(".curves.png.")
     if interrupted_curves or not (run_dir / "curves.png").is_file():
-        draw_curves(run_dir)
+        draw_curves(run_dir, title=f"trial {run_dir.name}")
 
 
 def trial_epochs(params: dict[str, Any], base_epochs: int) -> int:
