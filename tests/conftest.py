@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from fuzz_cases import register_profiles
+
+# the property-based harness's hypothesis profiles (ci by default, --hypothesis-profile=long): registered here, before
+# the hypothesis plugin reads --hypothesis-profile, which a test module is imported too late for
+register_profiles()
+
 
 class _RunsCodeWhenUnpickled:
     def __init__(self, marker: Path):

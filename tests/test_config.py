@@ -511,3 +511,50 @@ def test_an_empty_list_or_list_item_reads_cleanly(tmp_path):
     assert str(info.value).endswith("`outer.items` item 2 is empty: give it a value.")
     assert error(tmp_path, MINIMAL + "model:\n  widths: [64, null]\n").endswith(
         "`model.widths` item 2 is empty: give it a value.")  # once "`model.widths` is empty ... or leave it out"
+
+
+# --- found by tests/test_fuzz.py: values valid to the schema that crashed `vaegen train` with a traceback --------
+
+
+@pytest.mark.parametrize("override", ["train.seed=-1", f"train.seed={2**32}", f"train.seed={2**64}"])
+def test_a_seed_that_numpy_or_scikit_learn_cannot_take_is_refused(tmp_path, override):
+    # once torch's "Overflow when unpacking long long" (2**64) and scikit-learn's InvalidParameterError with
+    # sampler.name: gmm (-1), both as tracebacks after setup
+    text = error(tmp_path, MINIMAL, [override])
+    assert f"`train.seed` = {override.partition('=')[2]} is not allowed" in text and "with its --set values has 1 problem" in text
+    assert load(tmp_path, MINIMAL, [f"train.seed={2**32 - 1}"]).train.seed == 2**32 - 1
+
+
+def test_a_test_seed_out_of_range_is_refused():
+    from vaegen.config import load_test_config
+
+    with pytest.raises(ConfigError, match=r"`seed` = 18446744073709551616 is not allowed: Input should be less than or equal to 4294967295"):
+        load_test_config(None, [f"seed={2**64}", "checkpoint=best_models/x"])
+
+
+@pytest.mark.parametrize("key", ["data.root", "data.cache_dir", "output.logs_dir", "output.best_dir", "eval.inception_weights"])
+def test_a_path_with_a_name_no_file_system_holds_is_refused_by_its_key(tmp_path, key):
+    # once OSError "[Errno 36] File name too long" from the first look at the path (vaegen config's is_dir, train's mkdir)
+    text = error(tmp_path, MINIMAL, [f"{key}=runs/{'x' * 256}/more"])
+    assert f"`{key}` = 'runs/{'x' * 256}/more' is not allowed: the name xxxxxxxxxxxxxxxxxxxx... in it is 256 bytes long" in text
+    assert "file systems hold names of at most 255 bytes" in text and "\n" not in text
+    assert "é" * 128 in error(tmp_path, MINIMAL, [f"{key}={'é' * 128}"])  # 256 bytes in UTF-8
+    load(tmp_path, MINIMAL, [f"{key}={'x' * 255}"])  # the longest name is fine
+
+
+def test_a_run_name_longer_than_a_folder_name_may_be_is_refused(tmp_path):
+    text = error(tmp_path, MINIMAL, [f"output.run_name={'r' * 256}"])
+    assert "`output.run_name` = " in text and "at most 255 characters" in text
+    assert load(tmp_path, MINIMAL, [f"output.run_name={'r' * 255}"]).output.run_name == "r" * 255
+
+
+def test_a_config_file_name_no_file_system_holds_is_named(tmp_path):
+    path = tmp_path / ("x" * 300 + ".yaml")
+    with pytest.raises(ConfigError, match=r"config file .*x\.yaml cannot exist: the name x+\.\.\. in it is 305 bytes long"):
+        load_config(path)
+
+
+def test_a_path_with_a_nul_character_is_refused_by_its_key(tmp_path):
+    # YAML writes NUL as "\0"; once a ValueError ("embedded null byte") from train's mkdir of output.logs_dir
+    text = error(tmp_path, MINIMAL, ['output.logs_dir="runs/a\\0b"'])
+    assert "`output.logs_dir` = 'runs/a\\x00b' is not allowed: a path cannot hold the NUL character (\\0)." in text

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,17 +72,17 @@ def _default_cache_elsewhere(tmp_path, monkeypatch):
 
 @pytest.fixture
 def decoded_paths(monkeypatch) -> list[Path]:
-    """Replace vaegen.data.decode_image by a wrapper recording every path it decodes."""
+    """Replace vaegen.data.decode_with_size, load_images' decoder, by a wrapper recording every path it decodes."""
     calls: list[Path] = []
     lock = threading.Lock()
-    real = data.decode_image
+    real = data.decode_with_size
 
     def counting(path, cfg):
         with lock:
             calls.append(Path(path))
         return real(path, cfg)
 
-    monkeypatch.setattr(data, "decode_image", counting)
+    monkeypatch.setattr(data, "decode_with_size", counting)
     return calls
 
 
@@ -185,6 +186,78 @@ def test_scan_warns_about_loose_images_next_to_class_folders(tmp_path, pets):
         index = scan_folder(pets)
     assert all(p.name != "stray.png" for p in index.files)
     assert len(index.files) == 5
+
+
+def relative(index) -> list[str]:
+    return [p.relative_to(index.root).as_posix() for p in index.files]
+
+
+def test_hidden_files_and_folders_are_skipped_at_any_depth(tmp_path):
+    root = make_classes(tmp_path / "pets", {"cat": 2, "dog": 1})
+    solid(root / "cat" / ".ipynb_checkpoints" / "0-checkpoint.png")  # once trained as a third cat
+    (root / "cat" / ".thumbs").mkdir()
+    (root / "cat" / ".thumbs" / "0.jpg").write_text("thumbnail cache")  # once stopped the run as unreadable
+    solid(root / "dog" / "deeper" / "1.png", GREEN)
+    solid(root / "dog" / "deeper" / ".cache" / "more" / "2.png")
+    solid(root / "dog" / ".hidden.png")
+    solid(root / ".trash" / "eel" / "0.png")
+
+    index = scan_folder(root)
+
+    assert index.classes == ["cat", "dog"]
+    assert relative(index) == ["cat/0.png", "cat/1.png", "dog/0.png", "dog/deeper/1.png"]
+    assert load_images(make_cfg(tmp_path, root)).labels.tolist() == [0, 0, 1, 1]
+
+
+def test_symlinked_folders_back_into_the_data_are_skipped_with_one_warning(tmp_path):
+    root = make_classes(tmp_path / "pets", {"cat": 3, "dog": 2})
+    outside = make_classes(tmp_path / "disk2", {"eel": 1}) / "eel"
+    (root / "all").symlink_to(root)  # `ln -s . all`: once a class repeating every image
+    (root / "cat" / "up").symlink_to(tmp_path)  # above the data: a loop
+    (root / "dog" / "again").symlink_to(root / "cat")  # inside the data: cat's images twice
+    (root / "eel").symlink_to(outside)  # a class on another disk: read
+    (root / "dog" / "eels").symlink_to(outside)  # ... and the same folder again: read once
+
+    with pytest.warns(UserWarning) as record:
+        images = load_images(make_cfg(tmp_path, root))
+
+    assert images.classes == ["cat", "dog", "eel"]
+    assert images.files == ["cat/0.png", "cat/1.png", "cat/2.png", "dog/0.png", "dog/1.png", "eel/0.png"]
+    assert images.labels.tolist() == [0, 0, 0, 1, 1, 2]
+    said = [str(w.message) for w in record if "symlink" in str(w.message)]
+    assert len(said) == 1, said
+    assert all(name in said[0] for name in ["all", "cat/up", "dog/again", "dog/eels"])
+    assert "4 symlinked folders" in said[0]
+
+
+def test_symlinked_folders_outside_the_data_are_read_with_their_subfolders(tmp_path):
+    root = make_classes(tmp_path / "pets", {"cat": 1})
+    eel = make_classes(tmp_path / "disk2", {"eel": 1}) / "eel"
+    solid(eel / "young" / "0.png", BLUE)
+    solid(tmp_path / "extra" / "9.png")
+    (root / "eel").symlink_to(eel)  # a class folder linked in from another disk
+    (root / "cat" / "more").symlink_to(tmp_path / "extra")  # a linked subfolder of a class
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        index = scan_folder(root)
+
+    assert index.classes == ["cat", "eel"]
+    assert relative(index) == ["cat/0.png", "cat/more/9.png", "eel/0.png", "eel/young/0.png"]
+    assert index.labels == [0, 0, 1, 1]
+
+
+def test_a_flat_folder_with_a_link_to_itself_stays_one_class(tmp_path):
+    root = tmp_path / "flowers"
+    for stem in ["a", "b"]:
+        solid(root / f"{stem}.png")
+    (root / "again").symlink_to(".")
+
+    with pytest.warns(UserWarning, match="1 symlinked folder .*again"):
+        index = scan_folder(root)
+
+    assert index.classes == ["flowers"]
+    assert relative(index) == ["a.png", "b.png"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -609,6 +682,100 @@ def test_a_class_left_without_readable_images_by_skip_bad_is_an_error(tmp_path):
     (root / "B" / "a.jpg").write_text("no")  # once trained as an empty class B
     with pytest.raises(DataError, match=r"class folder\(s\) B under .* have no readable image once data.skip_bad drops"):
         load_images(make_cfg(tmp_path, root, skip_bad=True))
+
+
+@pytest.fixture
+def with_huge(with_bad, monkeypatch) -> Path:
+    """with_bad plus huge.png, 100x100: over Pillow's decompression-bomb limit once that is lowered to 2 * 64x64
+    pixels (the 64x64 truncated JPEG stays at the limit, under Pillow's own warning)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64)
+    solid(with_bad / "huge.png", BLUE, size=(100, 100))
+    return with_bad
+
+
+def reasons(text: str) -> dict[str, str]:
+    """file name -> the words in brackets after it, in an unreadable-files message."""
+    return {name: why for name, why in re.findall(r"(\w+\.\w+) \(([^)]*)\)", text)}
+
+
+def test_unreadable_images_are_listed_with_why_also_from_the_cache(tmp_path, with_huge, decoded_paths):
+    with pytest.raises(DataError) as info:
+        load_images(make_cfg(tmp_path, with_huge))
+    why = reasons(str(info.value))
+    assert why["huge.png"] == "too large: 10,000 pixels, over Pillow's limit of 8,192"
+    assert "decompression bomb" in str(info.value) and "shrink" in str(info.value)
+    assert why["truncated.jpg"] == "truncated"
+    assert why["notes.jpg"].startswith("not an image")
+
+    with pytest.warns(UserWarning, match="skipped 3 unreadable images") as record:
+        load_images(make_cfg(tmp_path, with_huge, skip_bad=True))
+    assert reasons(str(record[0].message)) == why
+
+    decoded_paths.clear()  # from the cache: the same reasons, nothing decoded
+    with pytest.warns(UserWarning, match="skipped 3 unreadable images") as record:
+        load_images(make_cfg(tmp_path, with_huge, skip_bad=True))
+    assert decoded_paths == [] and reasons(str(record[0].message)) == why
+    with pytest.raises(DataError) as info:
+        load_images(make_cfg(tmp_path, with_huge))
+    assert reasons(str(info.value)) == why
+
+
+def test_a_long_list_of_unreadable_images_is_cut_short_with_its_reasons(tmp_path):
+    root = tmp_path / "junk"
+    solid(root / "good.png")
+    for i in range(13):
+        (root / f"bad{i:02}.png").write_text("no")
+    with pytest.raises(DataError) as info:
+        load_images(make_cfg(tmp_path, root))
+    message = str(info.value)
+    assert len(reasons(message)) == 10 and "and 3 more" in message and "bad12.png" not in message
+
+
+@pytest.mark.filterwarnings("ignore:skipped 2 unreadable")
+def test_a_cache_entry_without_reasons_or_sizes_still_loads(tmp_path, with_bad, decoded_paths):
+    """An entry written before reasons and source sizes were recorded: read as it is, listing the bad files bare."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    solid(with_bad / "dot.png", size=(1, 1))
+    cfg = make_cfg(tmp_path, with_bad, skip_bad=True)
+    with pytest.warns(UserWarning, match="far smaller"):
+        first = load_images(cfg)
+    [entry] = cache_files(tmp_path)
+    with safe_open(str(entry), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        metadata = {key: value for key, value in handle.metadata().items() if key in {"classes", "files", "skipped", "source"}}
+    save_file(tensors, str(entry), metadata=metadata)
+    decoded_paths.clear()
+
+    with pytest.warns(UserWarning) as record:
+        again = load_images(cfg)
+
+    assert decoded_paths == [] and again.files == first.files and again.skipped == first.skipped
+    said = " ".join(str(w.message) for w in record)
+    assert "truncated.jpg" in said and "far smaller" not in said
+
+
+# ---------------------------------------------------------------------------------------
+# images far smaller than data.image_size
+
+
+def test_images_far_smaller_than_the_image_size_warn_once_also_from_the_cache(tmp_path, decoded_paths):
+    root = tmp_path / "tiny"
+    solid(root / "dot.png", size=(1, 1))
+    solid(root / "line.png", size=(1000, 1))
+    solid(root / "edge.png", size=(4, 4))  # a quarter of 16: enlarged 4 times, not more
+    solid(root / "fine.png", size=(20, 20))
+
+    for run in ("decoded", "cached"):
+        decoded_paths.clear()
+        with pytest.warns(UserWarning) as record:
+            load_images(make_cfg(tmp_path, root))
+        said = [str(w.message) for w in record if "smaller" in str(w.message)]
+        assert len(said) == 1, (run, said)
+        assert "2 of 4 images" in said[0] and "dot.png (1×1 px)" in said[0] and "line.png (1000×1 px)" in said[0]
+        assert "edge.png" not in said[0] and "fine.png" not in said[0] and "16×16 px" in said[0]
+    assert decoded_paths == []  # the second run read the cache
 
 
 # ---------------------------------------------------------------------------------------

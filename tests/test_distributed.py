@@ -4,6 +4,7 @@ global batch, one set of files, resume across world sizes, clear errors."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,4 +90,29 @@ def test_one_process_options_are_refused_under_torchrun(tmp_path, monkeypatch, c
     monkeypatch.setattr("vaegen.distributed.world_size", lambda: 2)
     assert main(["train", "--config", str(tiny_config(tmp_path, **settings))]) == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "logs").exists()
+    assert not (tmp_path / "logs" / "tiny").exists()  # nothing of the run is written
+
+
+def test_training_with_evaluation_on_scores_mid_run_and_at_the_end(tmp_path):
+    """Process 0 scores alone: the metrics must not wait for the other processes (they never join its collectives)."""
+    config = tiny_config(
+        tmp_path, train={"epochs": 3, "batch_size": 32}, eval={"every": 2, "backbone": "efficientnet-lite0", "num_samples": 32},
+        output={"select": "fid"},
+    )
+    done = torchrun("--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = rows(tmp_path / "logs" / "tiny")
+    assert [row["epoch"] for row in run] == [1, 2, 3]
+    assert ["fd_efficientnet_lite0" in row for row in run] == [False, True, True]
+    best = json.loads((tmp_path / "best" / "tiny" / "metrics.json").read_text())
+    assert best["criterion"] == "fd_efficientnet_lite0" and best["epoch"] in (2, 3)
+    assert done.stdout.count("done: 3 epoch(s)") == 1
+
+
+def test_a_divergence_stops_every_process_with_one_message(tmp_path):
+    """One step per epoch: the loss is finite, the weights after the step are not; no checkpoint is written."""
+    config = tiny_config(tmp_path, optim={"lr": 10.0}, train={"epochs": 2, "batch_size": 256}, eval={"every": 1})
+    done = torchrun("--config", str(config))
+    assert done.returncode != 0 and "(exitcode: 3)" in done.stderr
+    assert done.stderr.count("error: ") == 1 and re.search(r"error: .*became (NaN|infinite).* at epoch 1", done.stderr)
+    assert not (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").exists()

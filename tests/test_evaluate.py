@@ -239,3 +239,26 @@ def test_vaegen_test_given_a_training_run_or_its_state_names_the_runs_model_fold
         err = capsys.readouterr().err
         assert f"{given} is {what}, not a model folder; pass the run's best model folder, {model_dir / 'best' / 'tiny'}," in err
         assert "safetensors" not in err
+
+
+@pytest.mark.parametrize("settings", [
+    ("backbone=inception",),
+    ("backbone=efficientnet-lite0", "extra_backbones=[inception]"),
+    ("backbone=auto", "inception_weights=typo.pth"),
+])
+def test_vaegen_test_names_its_own_inception_settings(trained, tmp_path, monkeypatch, capsys, settings):
+    # they once named eval.inception_weights and eval.backbone, keys of the training config that `vaegen test` refuses
+    import vaegen.backbones
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights
+    monkeypatch.delenv(vaegen.backbones.INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(vaegen.backbones, "INCEPTION_URL", "https://weights.invalid/inception.pth")  # offline, at once
+    monkeypatch.chdir(tmp_path)
+    model_dir, _ = trained
+    sets = [arg for setting in (f"output_dir={tmp_path / 'out'}", *settings) for arg in ("--set", setting)]
+    assert main(["test", "--checkpoint", str(model_dir / "best" / "tiny"), *sets]) == 2
+    err = capsys.readouterr().err
+    assert "inception_weights" in err and "eval." not in err and "Traceback" not in err
+    if "typo.pth" not in settings[-1]:
+        assert "--set inception_weights=PATH" in err and "--set backbone=efficientnet-lite0" in err
+    assert not (tmp_path / "out").exists()  # found out before anything is drawn

@@ -1,4 +1,5 @@
-"""vaegen.plots: how big the pictures written to disk are, and how many samples each class's block holds."""
+"""vaegen.plots: how big the pictures written to disk are, how many samples each class's block holds, and that
+class names are drawn in letters."""
 
 from __future__ import annotations
 
@@ -35,3 +36,18 @@ def test_class_blocks_of_grayscale_images_stay_grayscale_and_are_labelled_at_sca
     margin = page.width - 6 * (3 * 18 + 2)
     text = np.asarray(page)[:, :margin] < 128
     assert text[: 6 * 18].any() and text[6 * 18 :].any()  # each block's name, drawn in its margin
+
+
+def test_class_names_outside_ascii_are_drawn_as_letters_not_as_the_missing_glyph_box():
+    # "Äpfel grün" was drawn "□pfel gr□n": Pillow's default font has ASCII only; U+E000 is private use, in no font
+    names = ["Ä", "ü", "β", "я", "\ue000"]
+    page = class_blocks(torch.rand(len(names), 1, 16, 16), names)
+    margin = page.width - 6 * 16
+    ink = np.asarray(page)[:, :margin] < 128
+
+    def glyph(rows: np.ndarray) -> np.ndarray:  # the label's ink, cropped to its bounding box
+        ys, xs = np.nonzero(rows)
+        return rows[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+    box, *letters = reversed([glyph(rows) for rows in np.array_split(ink, len(names))])
+    assert all(not np.array_equal(letter, box) for letter in letters), "a letter was drawn as the missing-glyph box"

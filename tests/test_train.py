@@ -583,3 +583,19 @@ def test_skipped_updates_are_counted_per_epoch(tmp_path):
 def test_a_non_positive_skip_threshold_is_refused(tmp_path, capsys):
     assert main(["train", "--config", str(tiny_config(tmp_path, optim={"skip_grad_norm": 0}))]) == 2
     assert "optim.skip_grad_norm" in capsys.readouterr().err
+
+
+def test_training_without_a_validation_split_evaluates_and_draws_training_reconstructions(tmp_path, capsys):
+    """data.val_fraction: 0, which the one-image-per-class error recommends: no validation terms, the rest as usual."""
+    config = tiny_config(
+        tmp_path, data={"val_fraction": 0}, train={"epochs": 2}, eval={"every": 1, "backbone": "efficientnet-lite0", "num_samples": 16},
+        output={"select": "fid"},
+    )
+    assert main(["train", "--config", str(config)]) == 0
+    run = tmp_path / "logs" / "tiny"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert not any(key.startswith("val_") for row in rows for key in row)
+    assert all(row["fd_efficientnet_lite0"] > 0 for row in rows)
+    assert (run / "recon_epoch0002.png").is_file() and (tmp_path / "best" / "tiny" / "model.safetensors").is_file()
+    assert "300 train / 0 val images" in capsys.readouterr().out

@@ -175,9 +175,10 @@ class EfficientNetLite0(Backbone):
 # ---- Inception-v3: the standard FID network ----
 
 
-def inception_weights_path(explicit: str | Path | None = None) -> Path | None:
-    """The FID Inception weights: `explicit`, then $VAEGEN_INCEPTION_WEIGHTS, then torch's hub cache."""
-    for origin, given in (("eval.inception_weights", explicit), (INCEPTION_ENV, os.environ.get(INCEPTION_ENV))):
+def inception_weights_path(explicit: str | Path | None = None, prefix: str = "eval.") -> Path | None:
+    """The FID Inception weights: `explicit`, then $VAEGEN_INCEPTION_WEIGHTS, then torch's hub cache. `prefix` is where
+    the settings sit in the config being run, for the errors: "eval." in a training config, "" in `vaegen test`'s."""
+    for origin, given in ((f"{prefix}inception_weights", explicit), (INCEPTION_ENV, os.environ.get(INCEPTION_ENV))):
         if given:
             path = Path(given).expanduser()
             path = path / INCEPTION_FILE if path.is_dir() else path
@@ -194,7 +195,13 @@ def _hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _download_inception() -> Path:
+def inception_weights(explicit: str | Path | None = None, prefix: str = "eval.") -> Path:
+    """The FID Inception weights file, downloaded into torch's hub cache when it is nowhere else (see
+    `inception_weights_path` for `prefix`)."""
+    return inception_weights_path(explicit, prefix) or _download_inception(prefix)
+
+
+def _download_inception(prefix: str = "eval.") -> Path:
     directory = _hub_checkpoints()
     partial = None
     try:
@@ -214,9 +221,9 @@ def _download_inception() -> Path:
             partial.unlink(missing_ok=True)
         raise ConfigError(
             f"The standard FID Inception weights {INCEPTION_FILE} are not on this machine and could not be "
-            f"downloaded from {INCEPTION_URL} ({error}). Download that file and put it in {directory}, or set "
-            f"eval.inception_weights (or the {INCEPTION_ENV} environment variable) to its path. Offline, use "
-            "`eval.backbone: efficientnet-lite0` instead (its distances are not comparable with published FID)."
+            f"downloaded from {INCEPTION_URL} ({error}). Download that file and put it in {directory}, or give its "
+            f"path with --set {prefix}inception_weights=PATH (or the {INCEPTION_ENV} environment variable). Offline, use "
+            f"--set {prefix}backbone=efficientnet-lite0 instead (its distances are not comparable with published FID)."
         ) from None
 
 
@@ -233,7 +240,7 @@ class InceptionFID(Backbone):
             raise ConfigError(
                 "the inception backbone needs torchmetrics and torch-fidelity: pip install torchmetrics torch-fidelity"
             ) from None
-        path = inception_weights_path(weights) or _download_inception()
+        path = inception_weights(weights)
         # torch-fidelity unpickles the file without restriction; refuse anything that is not plain tensors
         try:
             torch.load(path, map_location="cpu", weights_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 import traceback
@@ -12,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from vaegen import __version__
-from vaegen.errors import CheckpointError, ConfigError, VaegenError, plural
+from vaegen.errors import CheckpointError, ConfigError, TrainingDiverged, VaegenError, plural
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,18 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     except VaegenError as exc:
         if args.debug:  # the traceback as well, and still the error's own exit code
             traceback.print_exc()
-        # under torchrun every process meets the same config error: process 0 says it for all of them, and
-        # torchrun stops the others as soon as it exits. They wait for that rather than race it (a loaded
+        # under torchrun every process meets the same config error or divergence: process 0 says it for all of
+        # them, and torchrun stops the others as soon as it exits. They wait for that rather than race it (a loaded
         # machine can hold process 0 back for seconds), and say the error themselves only if process 0 never
         # does, because the error was theirs alone
         under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1  # distributed's checks, without importing torch
-        if isinstance(exc, ConfigError) and under_torchrun and os.environ.get("RANK", "0") != "0":
+        if isinstance(exc, (ConfigError, TrainingDiverged)) and under_torchrun and os.environ.get("RANK", "0") != "0":
             time.sleep(30.0)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_paragraph(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:  # `vaegen train` says itself where a run it started can continue
         print("interrupted.", file=sys.stderr)
         return 130
+
+
+def one_paragraph(message: str) -> str:
+    """Control characters that a message quotes (a folder named with a newline) written as escapes, as Python writes them."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda match: repr(match.group())[1:-1], message)
 
 
 def cmd_tune(args) -> int:
@@ -178,8 +184,10 @@ def cmd_train(args) -> int:
         if main_process and log_file.is_file():  # train.log keeps what the console showed
             keep_in_log(log_file, line)
 
+    ended_well = False
     try:
         result = train(config, paths, resume=resume)
+        ended_well = True
     except KeyboardInterrupt:
         if main_process:
             say(f"interrupted. {where_to_continue(paths)}", sys.stderr)
@@ -190,7 +198,7 @@ def cmd_train(args) -> int:
                 keep_in_log(log_file, f"error: {exc}")
         raise
     finally:
-        distributed.finish()
+        distributed.finish(together=ended_well)
     if not main_process:
         return 0
     seconds = time.perf_counter() - started
@@ -221,22 +229,22 @@ def where_to_continue(paths) -> str:
 
 def resolve_run(args):
     """The config, run folders and resume flag for `vaegen train` (new run or --resume)."""
+    from vaegen import distributed
     from vaegen.config import load_config
-    from vaegen.train import RunPaths, new_run_name
+    from vaegen.runs import RunPaths, claim_new_name, name_taken, new_run_name, taken
 
     if args.resume is None:
         if args.config is None:
             raise ConfigError("vaegen train needs --config FILE (examples in configs/), or --resume RUN_DIR.")
         config = load_config(args.config, args.overrides)
-        name = new_run_name(config, args.config)
-        paths = RunPaths.for_config(config, name)
-        if taken(paths):
-            if config.output.run_name:
+        if config.output.run_name:
+            paths = RunPaths.for_config(config, config.output.run_name)
+            if taken(paths):
                 raise name_taken(paths)
-            suffix = 2
-            while taken(RunPaths.for_config(config, f"{name}-{suffix}")):
-                suffix += 1
-            paths = RunPaths.for_config(config, f"{name}-{suffix}")
+        elif distributed.launched_first():  # under torchrun process 0 names the run and tells the others
+            paths = claim_new_name(config, args.config)
+        else:
+            paths = RunPaths.for_config(config, new_run_name(config, args.config))
         return config, paths, False
 
     if args.resume is True:
@@ -260,25 +268,6 @@ def resolve_run(args):
         )
     config = load_config(run_dir / "config.yaml", args.overrides)
     return config, RunPaths(run_dir.name, run_dir, config.output.best_dir / run_dir.name), True
-
-
-def taken(paths) -> bool:
-    """A new run may not write into another's folders: its training state, or its best model (whose
-    training folder may be gone: a best model outlives a cleaned-up logs/)."""
-    return paths.last_checkpoint.exists() or (paths.best_dir.is_dir() and any(paths.best_dir.iterdir()))
-
-
-def name_taken(paths) -> ConfigError:
-    if paths.last_checkpoint.exists():
-        return ConfigError(
-            f"{paths.run_dir} already holds a run named {paths.name}. Continue it with --resume {paths.run_dir}, "
-            f"or start another with --set output.run_name=NEW_NAME."
-        )
-    return ConfigError(
-        f"{paths.best_dir} already holds the best model of an earlier run named {paths.name}, with no training "
-        f"state in {paths.run_dir} to continue it from, and a new run would overwrite it. Start the new run with "
-        f"--set output.run_name=NEW_NAME, or move that folder away first if you mean to replace it."
-    )
 
 
 def latest_run(logs_dir: Path, name: str, exact: bool) -> Path:

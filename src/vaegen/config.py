@@ -55,6 +55,8 @@ class Section(BaseModel):
         field = cls.model_fields[info.field_name]
         if isinstance(value, str) and not value.strip() and _mentions(field.annotation, Path):
             raise ValueError("an empty string is no path; give a path" + ("" if field.is_required() else ", or leave it out for the default"))
+        if isinstance(value, (str, Path)) and _mentions(field.annotation, Path):
+            _check_path_names(Path(value))
         items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
         for position, item in items:
             takes = field.annotation if position is None else _item_annotation(field.annotation, position)
@@ -62,6 +64,21 @@ class Section(BaseModel):
             if expected:
                 raise _yes_no(item, expected, position)
         return value
+
+
+# the longest folder or file name, in bytes, that Linux, macOS and Windows file systems hold
+NAME_MAX = 255
+
+
+def _check_path_names(path: Path) -> None:
+    # no file system holds such a name: every use of the path (even asking whether it exists) fails, with an OSError
+    # (a name too long) or a ValueError (a NUL character, which YAML writes as "\0")
+    if "\0" in str(path):
+        raise ValueError("a path cannot hold the NUL character (\\0)")
+    for name in path.parts:
+        size = len(name.encode("utf-8", "surrogateescape"))
+        if size > NAME_MAX:
+            raise ValueError(f"the name {name[:20]}... in it is {size} bytes long; file systems hold names of at most {NAME_MAX} bytes")
 
 
 def _yes_no(value: bool, expected: str, position: int | None = None) -> PydanticCustomError:
@@ -235,10 +252,14 @@ class OptimConfig(Section):
         return betas
 
 
+# a seed goes to torch, numpy and scikit-learn (the latent mixture); the last two take 0 to 2**32 - 1
+SEED_MAX = 2**32 - 1
+
+
 class TrainConfig(Section):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(64, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="0 to 2**32 - 1, the seeds numpy and scikit-learn take")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     log_every: int = Field(20, ge=1, description="steps between progress-bar loss updates (the only host syncs)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 autocast on CUDA, fp32 elsewhere")
@@ -326,7 +347,7 @@ class LoggingConfig(Section):
 
 
 class OutputConfig(Section):
-    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=NAME_MAX)  # a folder's name
     logs_dir: Path = Path("logs")
     best_dir: Path = Path("best_models")
     # val_nelbo = recon + KL: unlike val_loss (recon + β·KL) it does not move with the β
@@ -425,7 +446,7 @@ class TestConfig(Section):
     batch_size: Literal["auto"] | PositiveInt = "auto"
     kid_subset_size: int = Field(1000, ge=2)
     grid: int = Field(8, ge=1, description="samples.png holds grid x grid samples (conditional models: about as many, one labelled block per class)")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     temperature: float = Field(1.0, gt=0.0)
     sampler: Literal["auto", "prior", "gmm"] = Field(
         "auto", description="auto = the checkpoint's latent mixture if it has one; gmm fits one now if it has none"
@@ -480,6 +501,10 @@ def _nothing_in(path: str | Path) -> str:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
+    try:
+        _check_path_names(path)
+    except ValueError as exc:
+        raise ConfigError(f"config file {path} cannot exist: {exc}. Pass an existing YAML file with --config.") from None
     if not path.is_file():
         what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
         raise ConfigError(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -21,7 +22,7 @@ import socket
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISDIR
 from typing import BinaryIO
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 
 from vaegen.checkpoint import atomic_write, file_in_the_way
 from vaegen.config import DataConfig
-from vaegen.errors import DataError, plural
+from vaegen.errors import DataError, pixel_size, plural
 
 # Bump when decoding or resizing changes, so old caches are not reused.
 CACHE_FORMAT = 1
@@ -45,6 +46,8 @@ FEATURES_FOLDER, CLASSIFIERS_FOLDER = "features", "classifiers"
 DERIVED_FOLDERS = (FEATURES_FOLDER, CLASSIFIERS_FOLDER)
 FROM_ENTRY = "data_fingerprint"
 _ENTRY_NAME = re.compile(r"-(?P<size>\d+x\d+x\d+)-(?P<fingerprint>[0-9a-f]{20})\.safetensors$")
+# enlarged more than this many times along a side, an image is mostly interpolation blur: rarely meant as data
+MAX_ENLARGEMENT = 4
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class DecodedImages:
     files: list[str]
     skipped: list[str]
     fingerprint: str  # identifies the files and the transform (the decode cache key)
+    reasons: dict[str, str] = field(default_factory=dict)  # skipped file -> why it could not be read
+    small: dict[str, list[int]] = field(default_factory=dict)  # file -> [width, height], if far under image_size
 
 
 @dataclass(frozen=True)
@@ -95,30 +100,41 @@ class Settings:
     root: str = "data.root"
     skip_bad: str = "data.skip_bad"
     too_small_for_val: str = "set data.val_fraction: 0 with a different output.select"
+    image_size: str | None = "data.image_size"  # None: the size is fixed (a trained model's)
 
 
 TRAIN_SETTINGS = Settings()
 # `vaegen test` takes the data folder and skip_bad as its own keys, and cannot change the split's size
-TEST_SETTINGS = Settings(root="data_root", skip_bad="skip_bad", too_small_for_val="test on the data the model was trained on (leave data_root out)")
+TEST_SETTINGS = Settings(
+    root="data_root",
+    skip_bad="skip_bad",
+    too_small_for_val="test on the data the model was trained on (leave data_root out)",
+    image_size=None,
+)
 # `vaegen tune` sets the trials' data through the sweep file's overrides (--set overrides.data.root=...)
 SWEEP_SETTINGS = Settings(
     root="overrides.data.root",
     skip_bad="overrides.data.skip_bad",
     too_small_for_val="set overrides.data.val_fraction: 0 with a different overrides.output.select",
+    image_size="overrides.data.image_size",
 )
 
 
 def scan_folder(root: Path, names: Settings = TRAIN_SETTINGS) -> ImageIndex:
-    """An ImageFolder (one subfolder per class) or a flat folder of images (one class)."""
+    """An ImageFolder (one subfolder per class) or a flat folder of images (one class). Hidden files and folders
+    (.ipynb_checkpoints, .thumbs) are skipped at any depth, and symlinked folders are followed as _Links says."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(
             f"{names.root} {root} does not exist or is not a folder. Point {names.root} at a folder with one "
             f"subfolder of images per class (or a flat folder of images), e.g. --set {names.root}=path/to/images."
         )
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    links = _Links(trees=[Path(os.path.realpath(root))])
+    candidates = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
+    class_dirs = [p for p in candidates if not p.is_symlink() or links.follow(p)]  # in order: the first link wins
     if not class_dirs:
         files = sorted(p for p in root.iterdir() if _is_image(p))
+        links.warn(root)
         if not files:
             raise DataError(
                 f"{names.root} {root} holds no images (looked for {', '.join(sorted(IMG_EXTENSIONS))}). "
@@ -128,11 +144,12 @@ def scan_folder(root: Path, names: Settings = TRAIN_SETTINGS) -> ImageIndex:
 
     files, labels, empty = [], [], []
     for label, class_dir in enumerate(class_dirs):
-        class_files = sorted(p for p in class_dir.rglob("*") if _is_image(p))
+        class_files = _images_under(class_dir, links)
         if not class_files:
             empty.append(class_dir.name)
         files += class_files
         labels += [label] * len(class_files)
+    links.warn(root)
     if empty:
         raise DataError(
             f"class folder(s) with no images in {root}: {', '.join(empty)}. Every subfolder of {names.root} "
@@ -146,6 +163,49 @@ def scan_folder(root: Path, names: Settings = TRAIN_SETTINGS) -> ImageIndex:
             stacklevel=2,
         )
     return ImageIndex(root, files, labels, [d.name for d in class_dirs])
+
+
+@dataclass
+class _Links:
+    """The symlinked folders of one scan. A link is followed only into a folder tree that nothing read so far
+    overlaps (the data folder's own tree, or an earlier link's), so a link to `.`, to a parent, to another class or
+    to a folder linked twice is skipped: it would read images twice, or loop. A class kept on another disk and
+    linked in is read, with its subfolders."""
+
+    trees: list[Path]  # the real folders being read: the data folder, then each followed link's target
+    skipped: list[str] = field(default_factory=list)
+
+    def follow(self, link: Path) -> bool:
+        """Whether to read a symlinked folder; if not, it is named in the warning."""
+        target = Path(os.path.realpath(link))
+        if any(target.is_relative_to(tree) or tree.is_relative_to(target) for tree in self.trees):
+            self.skipped.append(f"{link} -> {target}")
+            return False
+        self.trees.append(target)
+        return True
+
+    def warn(self, root: Path) -> None:
+        if self.skipped:
+            them = "it" if len(self.skipped) == 1 else "them"
+            shown = _listing([link.removeprefix(f"{root}{os.sep}") for link in self.skipped])
+            warnings.warn(
+                f"ignored {plural(len(self.skipped), 'symlinked folder')} under {root} that point back into it, above "
+                f"it or at a folder already read ({shown}): following {them} would read the same images twice, or "
+                f"loop. Remove {them} to silence this.",
+                stacklevel=3,
+            )
+
+
+def _images_under(folder: Path, links: _Links) -> list[Path]:
+    """The images in a class folder and its subfolders, without hidden ones or the symlinked folders links skips."""
+    found = []
+    for here, subfolders, file_names in os.walk(folder, followlinks=True):
+        here = Path(here)
+        # sorted, so that of two links to one folder the same one is read every run; os.walk descends into what is kept
+        visible = sorted(name for name in subfolders if not name.startswith("."))
+        subfolders[:] = [name for name in visible if not (here / name).is_symlink() or links.follow(here / name)]
+        found += [here / name for name in file_names if _is_image(here / name)]
+    return sorted(found)
 
 
 def to_mode(image: Image.Image, channels: int) -> Image.Image:
@@ -171,16 +231,40 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
 def decode_image(path: Path | BinaryIO, cfg: DataConfig) -> np.ndarray:
     """One image file (a path, or an open binary file such as an upload) to a uint8 [C, H, W] array
     of the configured size and channels."""
+    return decode_with_size(path, cfg)[0]
+
+
+def decode_with_size(path: Path | BinaryIO, cfg: DataConfig) -> tuple[np.ndarray, tuple[int, int]]:
+    """decode_image's array, and the (width, height) of the image before it was resized."""
     height, width = cfg.image_size
     with Image.open(path) as image:
         image.load()
         image = to_mode(image, cfg.channels)
+    source_size = image.size
     if cfg.resize == "center_crop":
         image = ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC)
     else:
         image = image.resize((width, height), Image.Resampling.BICUBIC)
     array = np.asarray(image, dtype=np.uint8)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return (array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), source_size
+
+
+def _why_unreadable(exc: Exception) -> str:
+    """A few words on why a decoder gave up on a file, for the list of unreadable files."""
+    if isinstance(exc, Image.DecompressionBombError):
+        # Pillow says how many pixels, not width×height
+        counts = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))
+        if counts is None:
+            return "too large"
+        return f"too large: {int(counts[1]):,} pixels, over Pillow's limit of {int(counts[2]):,}"
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image Pillow can open"
+    if "truncated" in str(exc).lower():
+        return "truncated"
+    if isinstance(exc, OSError) and exc.strerror:  # the file itself: permission denied, gone since the scan
+        return exc.strerror.lower()
+    text = re.sub(r"\s+", " ", str(exc)).strip() or type(exc).__name__
+    return text if len(text) <= 80 else text[:79] + "…"
 
 
 def cache_key(index: ImageIndex, cfg: DataConfig) -> str:
@@ -217,25 +301,26 @@ def load_images(cfg: DataConfig, workers: int = 4, names: Settings = TRAIN_SETTI
     if cache_file.is_file():
         cached = _read_cache(cache_file, fingerprint)
         if cached is not None:
-            return _report_skipped(cached, cfg, names)
+            return _reported(cached, cfg, names)
 
-    def decode_or_none(path: Path) -> np.ndarray | None:
+    def decode_or_why(path: Path) -> tuple[np.ndarray, tuple[int, int]] | str:
         try:
-            return decode_image(path, cfg)
-        except Exception:  # any decoder failure means "unreadable"; the list below reports it
-            return None
+            return decode_with_size(path, cfg)
+        except Exception as exc:  # any decoder failure means "unreadable"; the list below says why
+            return _why_unreadable(exc)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         decoded = list(
-            tqdm(pool.map(decode_or_none, index.files), total=len(index.files), desc=f"decoding {index.root.name}", unit="img", disable=None)
+            tqdm(pool.map(decode_or_why, index.files), total=len(index.files), desc=f"decoding {index.root.name}", unit="img", disable=None)
         )
-    bad = [str(path) for path, array in zip(index.files, decoded) if array is None]
+    bad = {str(path): outcome for path, outcome in zip(index.files, decoded) if isinstance(outcome, str)}
     if bad and not cfg.skip_bad:
         raise _unreadable(bad, len(index.files), index.root, names)
-    keep = [i for i, array in enumerate(decoded) if array is not None]
+    keep = [i for i, outcome in enumerate(decoded) if not isinstance(outcome, str)]
+    listed = _listing_why(bad, index.root)
     if not keep:
         raise DataError(
-            f"none of the {plural(len(index.files), 'image')} under {index.root} could be read ({_listing(bad)}). "
+            f"none of the {plural(len(index.files), 'image')} under {index.root} could be read ({listed}). "
             f"Check that they are image files (JPEG, PNG, ...) that open in an image viewer, or point {names.root} at another folder."
         )
     # a class whose every image was skipped would be trained on (and asked to generate) with no examples
@@ -243,20 +328,30 @@ def load_images(cfg: DataConfig, workers: int = 4, names: Settings = TRAIN_SETTI
     if emptied:
         raise DataError(
             f"class folder(s) {', '.join(emptied)} under {index.root} have no readable image once {names.skip_bad} drops the "
-            f"unreadable ones ({_listing(bad)}). Add readable images to them, or move those folders out of {names.root}."
+            f"unreadable ones ({listed}). Add readable images to them, or move those folders out of {names.root}."
         )
+    files = [str(index.files[i].relative_to(index.root)) for i in keep]
     result = DecodedImages(
-        images=torch.from_numpy(np.stack([decoded[i] for i in keep])),
+        images=torch.from_numpy(np.stack([decoded[i][0] for i in keep])),
         labels=torch.tensor([index.labels[i] for i in keep], dtype=torch.int64),
         classes=index.classes,
-        files=[str(index.files[i].relative_to(index.root)) for i in keep],
-        skipped=bad,
+        files=files,
+        skipped=list(bad),
         fingerprint=fingerprint,
+        reasons=bad,
+        small={file: list(decoded[i][1]) for file, i in zip(files, keep) if _far_smaller(decoded[i][1], cfg)},
     )
     if _write_cache(cache_file, result, index.root, cfg):
         with contextlib.suppress(OSError):  # the cache is optional, and so is keeping it small
             prune_cache(cache_dir, cache_file)
-    return _report_skipped(result, cfg, names)
+    return _reported(result, cfg, names)
+
+
+def _far_smaller(source_size: tuple[int, int], cfg: DataConfig) -> bool:
+    """Whether a side of a (width, height) image is under 1/MAX_ENLARGEMENT of cfg.image_size's: center_crop and
+    stretch alike enlarge it more than MAX_ENLARGEMENT times."""
+    (width, height), (target_height, target_width) = source_size, cfg.image_size
+    return width * MAX_ENLARGEMENT < target_width or height * MAX_ENLARGEMENT < target_height
 
 
 def _listing(paths: list[str], limit: int = 10) -> str:
@@ -264,23 +359,69 @@ def _listing(paths: list[str], limit: int = 10) -> str:
     return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
-def _unreadable(bad: list[str], total: int, root: Path, names: Settings) -> DataError:
+def _listing_why(bad: dict[str, str], root: Path | str) -> str:
+    """Unreadable files by their path under root, each with its reason where known (an old cache has none)."""
+    def shown(path: str) -> str:
+        name = path.removeprefix(f"{Path(root)}{os.sep}")
+        return f"{name} ({bad[path]})" if bad.get(path) else name
+
+    return _listing([shown(path) for path in bad])
+
+
+def _unreadable(bad: dict[str, str], total: int, root: Path, names: Settings) -> DataError:
     return DataError(
-        f"{len(bad)} of {total} image(s) under {root} could not be read: {_listing(bad)}. "
-        f"Delete or replace them, or set {names.skip_bad}: true (--set {names.skip_bad}=true) to go on without them."
+        f"{len(bad)} of {total} image(s) under {root} could not be read: {_listing_why(bad, root)}. "
+        f"{_too_large_advice(bad)}Delete or replace them, or set {names.skip_bad}: true "
+        f"(--set {names.skip_bad}=true) to go on without them."
     )
 
 
-def _report_skipped(images: DecodedImages, cfg: DataConfig, names: Settings) -> DecodedImages:
-    """A cache written with skip_bad: true still holds the bad list, so skip_bad: false fails the same way."""
-    if images.skipped and not cfg.skip_bad:
-        raise _unreadable(images.skipped, len(images.files) + len(images.skipped), cfg.root, names)
-    if images.skipped:
-        warnings.warn(
-            f"skipped {plural(len(images.skipped), 'unreadable image')} ({names.skip_bad} is true): {_listing(images.skipped)}",
-            stacklevel=3,
-        )
+def _too_large_advice(bad: dict[str, str]) -> str:
+    """One sentence for all the files Pillow found too large, so the list keeps one short reason per file."""
+    if not any(why.startswith("too large") for why in bad.values()):
+        return ""
+    return (
+        "Pillow refuses images over its limit as a guard against decompression bombs: shrink those (every image is "
+        "resized anyway). "
+    )
+
+
+def _reported(images: DecodedImages, cfg: DataConfig, names: Settings) -> DecodedImages:
+    """What a run hears about its images, whether decoded now or read from the cache."""
+    _report_skipped(images, cfg, names)
+    _report_small(images, cfg, names)
     return images
+
+
+def _report_skipped(images: DecodedImages, cfg: DataConfig, names: Settings) -> None:
+    """A cache written with skip_bad: true still holds the bad list, so skip_bad: false fails the same way."""
+    bad = {path: images.reasons.get(path, "") for path in images.skipped}
+    if bad and not cfg.skip_bad:
+        raise _unreadable(bad, len(images.files) + len(bad), cfg.root, names)
+    if bad:
+        warnings.warn(
+            f"skipped {plural(len(bad), 'unreadable image')} ({names.skip_bad} is true): "
+            f"{_listing_why(bad, cfg.root)}. {_too_large_advice(bad)}".rstrip(),
+            stacklevel=4,
+        )
+
+
+def _report_small(images: DecodedImages, cfg: DataConfig, names: Settings) -> None:
+    """One warning for all the images far smaller than image_size (a folder of thumbnails, an icon, a 1-pixel line)."""
+    if not images.small:
+        return
+    height, width = cfg.image_size
+    examples = [f"{file} ({pixel_size(size[1], size[0])})" for file, size in itertools.islice(images.small.items(), 3)]
+    more = f" and {len(images.small) - 3} more" if len(images.small) > 3 else ""
+    smaller = f" or a smaller {names.image_size}" if names.image_size else ""
+    one = len(images.small) == 1
+    warnings.warn(
+        f"{len(images.small)} of {plural(len(images.files), 'image')} under {cfg.root} {'is' if one else 'are'} far "
+        f"smaller than the {pixel_size(height, width)} {'it is' if one else 'they are'} resized to (a side under "
+        f"1/{MAX_ENLARGEMENT} of it), so {'it trains' if one else 'they train'} as blur: {', '.join(examples)}{more}. "
+        f"Use larger images{smaller}, or remove {'it' if one else 'these'}.",
+        stacklevel=4,
+    )
 
 
 def _write_cache(path: Path, images: DecodedImages, root: Path, cfg: DataConfig) -> bool:
@@ -288,6 +429,8 @@ def _write_cache(path: Path, images: DecodedImages, root: Path, cfg: DataConfig)
         "classes": json.dumps(images.classes),
         "files": json.dumps(images.files),
         "skipped": json.dumps(images.skipped),
+        "reasons": json.dumps(images.reasons),
+        "small": json.dumps(images.small),
         "source": _source(root, cfg),  # what prune_cache compares
     }
     tensors = {"images": images.images.contiguous(), "labels": images.labels}
@@ -380,6 +523,8 @@ def _read_cache(path: Path, fingerprint: str) -> DecodedImages | None:
             files=json.loads(metadata["files"]),
             skipped=json.loads(metadata["skipped"]),
             fingerprint=fingerprint,
+            reasons=json.loads(metadata.get("reasons", "{}")),  # entries written before reasons were kept have none
+            small=json.loads(metadata.get("small", "{}")),
         )
     except Exception as exc:  # a damaged cache is rebuilt, never trusted
         warnings.warn(f"ignoring unreadable data cache {path} ({exc}); decoding again.", stacklevel=3)
@@ -405,13 +550,8 @@ def split(images: DecodedImages, val_fraction: float, seed: int) -> Splits:
 
 
 def _subset(images: DecodedImages, idx: torch.Tensor) -> DecodedImages:
-    return DecodedImages(
-        images=images.images[idx],
-        labels=images.labels[idx],
-        classes=images.classes,
-        files=[images.files[i] for i in idx.tolist()],
-        skipped=images.skipped,
-        fingerprint=images.fingerprint,
+    return dataclasses.replace(
+        images, images=images.images[idx], labels=images.labels[idx], files=[images.files[i] for i in idx.tolist()]
     )
 
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from vaegen.checkpoint import atomic_write
 from vaegen.config import SamplerConfig
-from vaegen.errors import CheckpointError
+from vaegen.errors import CheckpointError, DataError, NonFiniteSamples, check_finite_outputs, plural
 
 SAMPLER_FILE = "sampler.safetensors"
 
@@ -121,7 +121,11 @@ def fit_latent_gmm(
         # a class with fewer images than components gets fewer components (the rest keep weight 0)
         k = min(components, len(members))
         mixture = GaussianMixture(k, covariance_type=covariance, reg_covar=1e-5, random_state=seed, n_init=1, max_iter=200)
-        mixture.fit(members.numpy())
+        try:
+            mixture.fit(members.numpy())
+        except ValueError as exc:  # finite codes far too large for EM's covariances: a diverged encoder
+            why = str(exc).split(".")[0]
+            raise NonFiniteSamples("posterior means of the training images", f"cannot be fitted by a Gaussian mixture ({why})") from None
         weights[group, :k] = torch.from_numpy(mixture.weights_)
         means[group, :k] = torch.from_numpy(mixture.means_)
         cov = torch.from_numpy(mixture.covariances_)
@@ -143,8 +147,23 @@ def posterior_means(model: torch.nn.Module, images_u8: torch.Tensor, labels: tor
     return torch.cat(chunks)
 
 
+def check_mixture_data(labels: torch.Tensor, classes: list[str], per_class: bool) -> None:
+    """A mixture is fitted on at least 2 posterior means: of each class (`per_class`, conditional models), or in all."""
+    counts = torch.bincount(labels.cpu(), minlength=len(classes)).tolist() if per_class else [len(labels)]
+    short = [f"{classes[group] if per_class else 'the training split'} has {plural(count, 'image')}"
+             for group, count in enumerate(counts) if count < 2]
+    if short:
+        raise DataError(
+            f"the latent mixture (sampler gmm) is fitted on {'each class' if per_class else 'the'} training images' codes "
+            f"and needs at least 2, but {', '.join(short)}. Add images, or sample from the prior (sampler.name: prior "
+            f"when training, --set sampler=prior in vaegen test)."
+        )
+
+
 def fit_model_density(model: torch.nn.Module, data, sampler: SamplerConfig, seed: int, batch_size: int, device: torch.device) -> LatentGMM:
     """The mixture for `model` on a split (`vaegen.data.DecodedImages`, normally the training split)."""
+    check_mixture_data(data.labels, data.classes, model.is_conditional)
     codes = posterior_means(model, data.images, data.labels, batch_size, device)
+    check_finite_outputs(int((~torch.isfinite(codes)).any(dim=1).sum()), len(codes), "posterior means of the training images")
     num_groups = model.num_classes if model.is_conditional else 1
     return fit_latent_gmm(codes, data.labels, num_groups, sampler.components, sampler.covariance, seed)

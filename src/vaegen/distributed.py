@@ -109,7 +109,10 @@ def wrap(model: torch.nn.Module, device: torch.device, sync_batchnorm: bool) -> 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def finish() -> None:
+def finish(together: bool = True) -> None:
+    """Leave the process group; `together` (a run that ended well) waits for every process first. After an error
+    it must not: the others may be inside a collective that this process will never join."""
     if dist.is_initialized():
-        dist.barrier()
+        if together:
+            dist.barrier()
         dist.destroy_process_group()

@@ -55,6 +55,24 @@ class TrainingDiverged(VaegenError):
         self.diagnosis = diagnosis or message
 
 
+class NonFiniteSamples(TrainingDiverged):
+    """A model's outputs (generated images, their features, posterior means) are NaN or infinite, or too far out
+    for the maths that uses them: `problem` says which, after `what` ("the posterior means ...")."""
+
+    def __init__(self, what: str, problem: str = "became NaN or infinite", count: str = ""):
+        super().__init__(
+            f"{count}{what} {problem}: the model has diverged. Use an earlier checkpoint, or retrain with a lower "
+            f"optim.lr (or optim.grad_clip: 1.0)."
+        )
+        self.what, self.problem = what, problem
+
+
+def check_finite_outputs(bad: int, total: int, what: str) -> None:
+    """NaN or infinite outputs must never reach linear algebra (FID, a mixture fit): LAPACK may abort the process on them."""
+    if bad:
+        raise NonFiniteSamples(what, "hold NaN or infinite values, which no distance or mixture fit can take", count=f"{bad} of {total} ")
+
+
 class OutOfMemory(VaegenError):
     """The model or its batches do not fit in GPU or host memory."""
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from vaegen.api import load
+from vaegen.backbones import inception_weights, inception_weights_path, network_of
 from vaegen.checkpoint import make_output_folder, write_text_atomic
 from vaegen.config import SamplerConfig, TestConfig
 from vaegen.data import TEST_SETTINGS, default_cache_dir, load_splits
@@ -53,6 +54,7 @@ def run_test(cfg: TestConfig) -> TestReport:
             f"the model was trained on classes {model.classes} but {data_cfg.root} has {splits.train.classes}; "
             f"pass the data it was trained on with data_root (or --set data_root=...)."
         )
+    weights = _inception_weights(cfg)
     if cfg.sampler == "prior":
         model.latent_density = None
     elif cfg.sampler == "gmm" and model.latent_density is None:
@@ -86,7 +88,7 @@ def run_test(cfg: TestConfig) -> TestReport:
                "sampler": "prior" if model.latent_density is None else "gmm"}
     metrics.update(_likelihood_terms(model, split, train_cfg))
     if cfg.backbone != "none":
-        metrics.update(_distances(model, splits, data_cfg, train_cfg.train.seed, cfg, device))
+        metrics.update(_distances(model, splits, data_cfg, train_cfg.train.seed, cfg, weights, device))
     if model.is_conditional and model.num_classes > 1:
         classifier = load_or_train_classifier(splits.train, model.num_classes, data_cfg.cache_dir or default_cache_dir(), device, train_cfg.train.seed)
         metrics.update(conditional_fidelity(classifier, model, model.classes, 100, cfg.seed, cfg.temperature, model.latent_density))
@@ -143,11 +145,22 @@ def _likelihood_terms(model, split, train_cfg) -> dict:
             "mse": terms["val_mse"]}
 
 
-def _distances(model, splits, data_cfg, seed: int, cfg: TestConfig, device) -> dict:
+def _inception_weights(cfg: TestConfig) -> Path | None:
+    """The Inception weights file the test scores with, found (or downloaded) before anything is drawn, so that a
+    missing one is reported in this config's keys (inception_weights, backbone) and not a training config's."""
+    if "inception" in {network_of(name) for name in (cfg.backbone, *cfg.extra_backbones)}:
+        return inception_weights(cfg.inception_weights, prefix="")
+    if cfg.backbone == "auto":  # a wrong path is an error; no weights found picks efficientnet-lite0
+        return inception_weights_path(cfg.inception_weights, prefix="")
+    return None
+
+
+def _distances(model, splits, data_cfg, seed: int, cfg: TestConfig, weights: Path | None, device) -> dict:
     evaluator = build_evaluator(
         backbone=cfg.backbone,
-        inception_weights=cfg.inception_weights,
+        inception_weights=weights,
         reference=cfg.split,
+        reference_key="split",
         num_samples=cfg.num_samples,
         batch_size=cfg.batch_size,
         kid_subset_size=cfg.kid_subset_size,

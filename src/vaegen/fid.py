@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from vaegen.checkpoint import atomic_write
 from vaegen.data import FEATURES_FOLDER, FROM_ENTRY, default_cache_dir
-from vaegen.errors import pixel_size
+from vaegen.errors import DataError, check_finite_outputs, pixel_size, plural
 
 # Bump when feature extraction changes, so cached real features are recomputed.
 FEATURE_FORMAT = 1
@@ -140,10 +140,15 @@ def real_features(
     return features
 
 
+# Under torchrun only process 0 scores: a metric that gathered its states across processes on compute() would wait
+# for processes that never join (a crash or a hang), so the metrics stay local.
+LOCAL_ONLY = {"sync_on_compute": False, "dist_sync_on_step": False}
+
+
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=_Features(real.shape[1])).to(real.device)
+    metric = FrechetInceptionDistance(feature=_Features(real.shape[1]), **LOCAL_ONLY).to(real.device)
     metric.update(real.double(), real=True)
     metric.update(fake.double(), real=False)
     return float(metric.compute())
@@ -156,7 +161,7 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subset_size: int, se
     size = min(subset_size, len(real), len(fake))
     with warnings.catch_warnings():  # its memory warning is about images; we hold only features
         warnings.filterwarnings("ignore", message=".*will save all extracted features")
-        metric = KernelInceptionDistance(feature=_Features(real.shape[1]), subset_size=size, subsets=50).to(real.device)
+        metric = KernelInceptionDistance(feature=_Features(real.shape[1]), subset_size=size, subsets=50, **LOCAL_ONLY).to(real.device)
     metric.update(real, real=True)
     metric.update(fake, real=False)
     with torch.random.fork_rng(devices=[]):
@@ -204,15 +209,19 @@ class Evaluator:
         generator = torch.Generator().manual_seed(self.seed)
         networks = [(self.backbone, self.real), *self.extras]
         chunks: list[list[torch.Tensor]] = [[] for _ in networks]
+        nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # counted on the device: no sync per batch
         for start in tqdm(range(0, self.num_samples, self.batch_size), desc="scoring samples", unit="batch", leave=False, disable=None):
             n = min(self.batch_size, self.num_samples - start)
             images = generate(n, generator).to(self.device).float()
+            nonfinite += (~torch.isfinite(images.flatten(1))).any(dim=1).sum()
             for (network, _), features in zip(networks, chunks):
                 features.append(network(images).float())
+        check_finite_outputs(int(nonfinite), self.num_samples, "generated images")
         scores = {}
         for (network, real), features in zip(networks, chunks):
             fd_name, kd_name = metric_names(network.name)
             fake = torch.cat(features)
+            check_finite_outputs(int((~torch.isfinite(fake)).any(dim=1).sum()), len(fake), f"{network.name} features of generated images")
             kid_mean, kid_std = kernel_distance(real, fake, self.kid_subset_size, self.seed)
             scores |= {fd_name: frechet_distance(real, fake), kd_name: kid_mean, f"{kd_name}_std": kid_std}
         protocol = Protocol(
@@ -293,13 +302,20 @@ def build_evaluator(
     seed: int,
     device: torch.device,
     extra_backbones: tuple[str, ...] = (),
+    reference_key: str = "eval.reference",
 ) -> Evaluator | None:
-    """The Evaluator for a run or a test, its real features cached; None when the backbone is "none"."""
+    """The Evaluator for a run or a test, its real features cached; None when the backbone is "none".
+    `reference_key` is how the config being run names `reference`, for the error when it holds too few images."""
     from vaegen.backbones import load_backbone, resolve_backbone_name, second_opinions
 
     if backbone == "none":
         return None
     images, split_name = reference_images(splits, reference, seed, data_cfg.val_fraction)
+    if len(images) < 2:  # a covariance of one image does not exist
+        raise DataError(
+            f"{reference_key}: {reference} holds {plural(len(images), 'image')}, and the Fréchet distance needs at least 2 "
+            f"real images to compare with. Compare with all of them ({reference_key}: all), or add images."
+        )
     cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
     batch_size = eval_batch_size(batch_size, device)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -67,12 +68,22 @@ def samples_per_class(total: int, num_classes: int) -> int:
     return share if share <= BLOCK_COLUMNS else share // BLOCK_COLUMNS * BLOCK_COLUMNS
 
 
+@functools.lru_cache(maxsize=None)
+def label_font(size: int):
+    """DejaVu Sans at `size` px, from matplotlib's data: Pillow's default font has ASCII only, and draws the other
+    letters of a class name ("Äpfel grün", "яблоко") as boxes."""
+    import matplotlib
+    from PIL import ImageFont
+
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+
+
 def labelled_rows(images: torch.Tensor, names: list[str], columns: int | None = None, scale: int = 1):
     """The images in len(names) equal blocks (len(images) divisible by len(names)), each block's name in a
     left margin, vertically centred on it, as PIL (RGB; L for one-channel images). A block wraps after `columns`
     images (None: one row), and blocks of more than one row are set apart by a gap with a rule. `scale` enlarges
     the images before the names are drawn, so the text is sharp at any scale."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     per_block = len(images) // len(names)
     columns = min(columns or per_block, per_block)
@@ -81,7 +92,7 @@ def labelled_rows(images: torch.Tensor, names: list[str], columns: int | None = 
     blocks = [scaled(block, scale) for block in blocks]
     tile = images.shape[-2] * scale
     # readable at the model's resolution, and still on screen when the page column shrinks a wide picture
-    font = ImageFont.load_default(size=min(24, max(11, tile // 4)))
+    font = label_font(min(24, max(11, tile // 4)))
     pad = font.size // 2
     margin = 2 * pad + math.ceil(max(font.getlength(name) for name in names))
     shared = 2 * scale  # the padding between two blocks is drawn once, as between two rows of one grid

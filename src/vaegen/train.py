@@ -20,7 +20,6 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -50,44 +49,29 @@ from vaegen.checkpoint import (
 )
 from vaegen.config import Config
 from vaegen.data import DecodedImages, batches, default_cache_dir, load_splits, steps_per_epoch, to_device
-from vaegen.density import SAMPLER_FILE, LatentGMM, fit_model_density
+from vaegen.density import SAMPLER_FILE, LatentGMM, check_mixture_data, fit_model_density
 from vaegen.ema import EMA
-from vaegen.errors import RUN_DIR, CheckpointError, ConfigError, OutOfMemory, TrainingDiverged, VaegenError, pixel_size, plural
+from vaegen.errors import (
+    RUN_DIR,
+    CheckpointError,
+    ConfigError,
+    NonFiniteSamples,
+    OutOfMemory,
+    TrainingDiverged,
+    VaegenError,
+    pixel_size,
+    plural,
+)
 from vaegen.fid import eval_batch_size, metric_names, run_evaluator, score_model
 from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.losses import vae_loss
 from vaegen.models import build_model, count_parameters
 from vaegen.perceptual import PerceptualLoss, evaluation_network_problem
 from vaegen.plots import class_blocks, for_viewing, image_grid, reconstruction_grid, samples_per_class, save_png
+from vaegen.runs import RunPaths, owned
 from vaegen.samplers import per_class_samples
 from vaegen.schedules import build_beta_schedule
 from vaegen.tracking import Tracker, draw_curves
-
-# ---------------------------------------------------------------------------------------
-# Run folders
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    name: str
-    run_dir: Path  # logs/<name>: config, metrics, TensorBoard, grids, checkpoints/last.pt
-    best_dir: Path  # best_models/<name>: model.safetensors, config.yaml, metrics.json, samples.png
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
-
-    @classmethod
-    def for_config(cls, config: Config, name: str) -> RunPaths:
-        return cls(name, config.output.logs_dir / name, config.output.best_dir / name)
-
-
-def new_run_name(config: Config, config_path: Path | None) -> str:
-    if config.output.run_name:
-        return config.output.run_name
-    stem = config_path.stem if config_path else "run"
-    return f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -295,7 +279,7 @@ def train_one_epoch(
             bad = int(distributed.all_reduce_max(first_bad_step))  # every process stops at the same step
             if bad >= 0:
                 progress.close()
-                raise _diverged(config, epoch, bad, beta)
+                raise _diverged(config, epoch, beta, f"the loss became NaN or infinite at epoch {epoch}, step {bad}")
             progress.set_postfix(loss=f"{float(sums[0]) / seen:.2f}")
         progress.update(1)
     progress.close()
@@ -313,7 +297,10 @@ def train_one_epoch(
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: DecodedImages, config: Config, beta: float, device: torch.device) -> dict:
     """Validation loss with fixed noise: comparable across epochs, and it never touches the training RNG.
-    val_mse (squared error per image of the posterior-mean reconstruction) compares runs whatever their loss."""
+    val_mse (squared error per image of the posterior-mean reconstruction) compares runs whatever their loss.
+    Nothing (an empty dict) without validation images (data.val_fraction: 0)."""
+    if len(data.images) == 0:
+        return {}
     model.eval()
     noise = torch.Generator(device=device).manual_seed(config.train.seed + 1)
     sums = torch.zeros(4, device=device)
@@ -327,25 +314,82 @@ def evaluate(model: torch.nn.Module, data: DecodedImages, config: Config, beta: 
     return {"val_loss": total, "val_recon": recon, "val_kl": kl, "val_nelbo": recon + kl, "val_mse": mse}
 
 
+def epoch_line(row: dict, epochs: int) -> str:
+    """What the console shows of an epoch's metrics row."""
+    validation = f"  val {row['val_loss']:.2f} (recon + KL {row['val_nelbo']:.2f})" if "val_loss" in row else ""
+    return (
+        f"epoch {row['epoch']:>3}/{epochs}  β {row['beta']:.3g}  train {row['train_loss']:.2f} "
+        f"(recon {row['train_recon']:.2f}, KL {row['train_kl']:.2f}){validation}  {row['images_per_s']:.0f} img/s"
+        + "".join(f"  {key} {value:.4g}" for key, value in row.items() if shown_on_the_epoch_line(key))
+    )
+
+
 def shown_on_the_epoch_line(key: str) -> bool:
     """The evaluation's headline numbers: each network's distances, and how often samples show their class."""
     return key == "cond_fidelity" or (key.startswith(("fd_", "fid_", "kd_", "kid_")) and not key.endswith("_std"))
 
 
-def _diverged(config: Config, epoch: int, step: int, beta: float) -> TrainingDiverged:
+def _diverged(config: Config, epoch: int, beta: float, what: str) -> TrainingDiverged:
+    """The run stops before it saves anything of `epoch`, in which `what` happened ("the loss became NaN ...")."""
     clip = f"optim.grad_clip (now {config.optim.grad_clip})" if config.optim.grad_clip else "optim.grad_clip: 1.0"
     fixes = f"Likely fixes: a lower optim.lr, a lower beta.max, or set {clip}"
     if epoch == 1:  # a resumed run starts at epoch 2 or later: here nothing has been saved yet
-        diagnosis = (
-            f"the loss became NaN or infinite at epoch 1, step {step} (lr {config.optim.lr:g}, β {beta:g}), before "
-            f"anything was saved. {fixes}"
-        )
+        diagnosis = f"{what} (lr {config.optim.lr:g}, β {beta:g}), before anything was saved. {fixes}"
         return TrainingDiverged(f"{diagnosis}; then start the run again.", diagnosis)
     diagnosis = (
-        f"the loss became NaN or infinite at epoch {epoch}, step {step} (lr {config.optim.lr:g}, β {beta:g}). "
-        f"Nothing from this epoch was saved: the last checkpoint and the best model are intact. {fixes}"
+        f"{what} (lr {config.optim.lr:g}, β {beta:g}). Nothing from this epoch was saved: the last checkpoint and the "
+        f"best model are intact. {fixes}"
     )
     return TrainingDiverged(f"{diagnosis}; then continue with `vaegen train --resume RUN_DIR --set optim.lr=...`.", diagnosis)
+
+
+@contextlib.contextmanager
+def verdict_for_the_others():
+    """Under torchrun, process 0 alone validates and evaluates: a divergence it finds there stops every process
+    with its words (they would otherwise wait in the next epoch's gradient all-reduce for a process that is gone)."""
+    try:
+        yield
+    except TrainingDiverged as exc:
+        distributed.broadcast((str(exc), exc.diagnosis))
+        raise
+    distributed.broadcast(None)
+
+
+@contextlib.contextmanager
+def _diverged_outputs_stop(config: Config, epoch: int, beta: float):
+    """An evaluation that meets NaN samples (or posterior means) stops the run as a NaN loss does."""
+    try:
+        yield
+    except NonFiniteSamples as exc:
+        problem = "became NaN or infinite" if "NaN" in exc.problem else exc.problem
+        raise _diverged(config, epoch, beta, f"the {exc.what} {problem} at epoch {epoch}'s evaluation") from None
+
+
+def floating_tensors(name: str, value) -> list[tuple[str, torch.Tensor]]:
+    """(dotted name, tensor) of every floating tensor in a state, nested dicts and lists (optimizer states) included."""
+    if isinstance(value, torch.Tensor):
+        return [(name, value)] if value.is_floating_point() else []
+    if isinstance(value, dict):
+        return [pair for key, item in value.items() for pair in floating_tensors(f"{name}.{key}", item)]
+    if isinstance(value, (list, tuple)):
+        return [pair for index, item in enumerate(value) for pair in floating_tensors(f"{name}.{index}", item)]
+    return []
+
+
+def first_nonfinite_tensor(states: dict[str, object]) -> str | None:
+    """The name of the first floating tensor in `states` ({"model": state_dict, ...}) holding NaN or inf, if any,
+    read with one host sync: every epoch's end checks every weight and optimizer moment."""
+    named = [pair for part, state in states.items() for pair in floating_tensors(part, state)]
+    if not named:
+        return None
+    device = named[0][1].device
+    finite = torch.stack([tensor.detach().isfinite().all().to(device) for _, tensor in named]).tolist()
+    return next((name for (name, _), ok in zip(named, finite) if not ok), None)
+
+
+def nonfinite_value(row: dict) -> str | None:
+    """The first number of an epoch's metrics row that is NaN or infinite."""
+    return next((key for key, value in row.items() if isinstance(value, float) and not math.isfinite(value)), None)
 
 
 # ---------------------------------------------------------------------------------------
@@ -394,18 +438,21 @@ def train(
     epoch's metrics row and whether it just became the best model (a sweep reports to Ray
     Tune through it). `echo=False` keeps the per-epoch lines out of stdout (train.log has them).
     """
+    # under torchrun process 0 alone owns (and writes) the folder: another one failing first must not remove it
+    owner = owned(paths, new=not resume) if distributed.launched_first() else contextlib.nullcontext()
     try:
-        with warnings_kept_in(paths.run_dir / "train.log"):
+        with owner, warnings_kept_in(paths.run_dir / "train.log"):
             return _train(config, paths, resume, on_epoch, echo)
     except BaseException as exc:
-        # a run stopped before it wrote anything (a data.root typo) leaves no empty folder behind; rmdir
-        # removes only an empty one. Under torchrun only process 0 writes there: another one failing first
-        # must not pull the folder from under it
-        if distributed.launched_first():
-            with contextlib.suppress(OSError):
-                paths.run_dir.rmdir()
         if isinstance(exc, VaegenError) and RUN_DIR in str(exc):  # errors raised deep in the loop name the folder here
             exc.args = (str(exc).replace(RUN_DIR, str(paths.run_dir)),)
+        if isinstance(exc, ValueError) and "Expected more than 1 value per channel" in str(exc):
+            raise ConfigError(
+                f"a training batch of one image reaches a 1×1 feature map, where BatchNorm has nothing to normalise "
+                f"over ({str(exc).splitlines()[0][:120]}). Train on batches of at least 2 images: train.batch_size ≥ 2 "
+                f"(per process under torchrun) and at least 2 training images, or a larger data.image_size or fewer "
+                f"model.widths."
+            ) from None
         host_memory = isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
         if not (isinstance(exc, torch.cuda.OutOfMemoryError) or host_memory):
             raise
@@ -455,6 +502,8 @@ def _train(
 
     # model and optimizer
     model = build_model(config.model, config.data.image_size, config.data.channels, len(classes)).to(device)
+    if config.sampler.name == "gmm":  # found now, not at the first evaluation
+        check_mixture_data(splits.train.labels, classes, model.is_conditional)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, model, fused=options.fused_optimizer, capturable=options.step_graph)
@@ -504,7 +553,8 @@ def _train(
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         start_epoch = state["epoch"]
-        if state.get("best_criterion") == criterion:
+        # a NaN best (saved before NaN stopped runs) would compare False with every later score and block all exports
+        if state.get("best_criterion") == criterion and state["best_value"] is not None and math.isfinite(state["best_value"]):
             best_epoch, best_value = state["best_epoch"], state["best_value"]
         resumed_ema = state.get("ema")
         if adversary is not None and "adversary" in state:
@@ -548,37 +598,45 @@ def _train(
                     model, step_model, optimizer, scaler, splits.train, config, options, beta, epoch, device, shuffle, ema, adversary_now, perceptual,
                     captured,
                 )
+            # a finite loss can still leave non-finite weights (the last update) or moments: never checkpoint those.
+            # Every process holds the same state, so all of them stop here together
+            broken = first_nonfinite_tensor({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **({"ema": ema.state_dict()} if ema else {})})
+            if broken is not None:
+                raise _diverged(config, epoch, beta, f"the weights became NaN or infinite in epoch {epoch} ({broken})")
             if not main_process:
-                continue  # the others wait for process 0 in the next epoch's first gradient all-reduce
-            with clock("validation"):
-                val_stats = evaluate(eval_model, splits.val, config, beta, device)
-            row = {"epoch": epoch, "beta": beta, "lr": optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
-            protocol, density = None, None
-            if epoch % config.eval.every == 0 or epoch == config.train.epochs:
-                with clock("evaluation"):
-                    eval_model.eval()
-                    density = fit_density(eval_model, splits.train, config, device)
-                    samples = sample_picture(eval_model, fixed_z, classes, device, density)
-                    reconstructions = reconstruction_picture(eval_model, splits.val, min(32, config.eval.num_grid), device)
-                    last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
-                    pictures += [(last_samples, samples), (paths.run_dir / f"recon_epoch{epoch:04d}.png", reconstructions)]
-                    tracker.log_image("samples", samples, epoch)
-                    tracker.log_image("reconstructions", reconstructions, epoch)
-                    if evaluator is not None:
-                        scores = score_model(evaluator, eval_model, config.eval.temperature, class_weights, density)
-                        protocol = scores.pop("protocol")
-                        row.update(scores)
-                    if classifier is not None:
-                        row.update(conditional_fidelity(classifier, eval_model, classes, 100, config.train.seed, config.eval.temperature, density))
-                        if len(splits.val.images):  # the ceiling: how well it tells real validation images apart
-                            row["classifier_val_accuracy"] = label_agreement(classifier, splits.val.images, splits.val.labels)
+                stop = distributed.broadcast(None)  # process 0's verdict on the epoch it validates and evaluates
+                if stop is not None:
+                    raise TrainingDiverged(*stop)
+                continue
+            with verdict_for_the_others():  # they wait for it in distributed.broadcast, above
+                with clock("validation"):
+                    val_stats = evaluate(eval_model, splits.val, config, beta, device)
+                row = {"epoch": epoch, "beta": beta, "lr": optimizer.param_groups[0]["lr"], **train_stats, **val_stats}
+                protocol, density = None, None
+                if epoch % config.eval.every == 0 or epoch == config.train.epochs:
+                    with clock("evaluation"), _diverged_outputs_stop(config, epoch, beta):
+                        eval_model.eval()
+                        density = fit_density(eval_model, splits.train, config, device)
+                        samples = sample_picture(eval_model, fixed_z, classes, device, density)
+                        shown = splits.val if len(splits.val.images) else splits.train  # data.val_fraction: 0 has no validation images
+                        reconstructions = reconstruction_picture(eval_model, shown, min(32, config.eval.num_grid), device)
+                        last_samples = paths.run_dir / f"samples_epoch{epoch:04d}.png"
+                        pictures += [(last_samples, samples), (paths.run_dir / f"recon_epoch{epoch:04d}.png", reconstructions)]
+                        tracker.log_image("samples", samples, epoch)
+                        tracker.log_image("reconstructions", reconstructions, epoch)
+                        if evaluator is not None:
+                            scores = score_model(evaluator, eval_model, config.eval.temperature, class_weights, density)
+                            protocol = scores.pop("protocol")
+                            row.update(scores)
+                        if classifier is not None:
+                            row.update(conditional_fidelity(classifier, eval_model, classes, 100, config.train.seed, config.eval.temperature, density))
+                            if len(splits.val.images):  # the ceiling: how well it tells real validation images apart
+                                row["classifier_val_accuracy"] = label_agreement(classifier, splits.val.images, splits.val.labels)
+                bad = nonfinite_value(row)
+                if bad is not None:  # never logged, never selected as best, never checkpointed
+                    raise _diverged(config, epoch, beta, f"{bad} became {'NaN' if math.isnan(row[bad]) else 'infinite'} at epoch {epoch}")
             tracker.log_epoch(row)
-            say(
-                f"epoch {epoch:>3}/{config.train.epochs}  β {beta:.3g}  train {train_stats['train_loss']:.2f} "
-                f"(recon {train_stats['train_recon']:.2f}, KL {train_stats['train_kl']:.2f})  val {val_stats['val_loss']:.2f} "
-                f"(recon + KL {val_stats['val_nelbo']:.2f})  {train_stats['images_per_s']:.0f} img/s"
-                + "".join(f"  {key} {value:.4g}" for key, value in row.items() if shown_on_the_epoch_line(key))
-            )
+            say(epoch_line(row, config.train.epochs))
 
             value = row.get(criterion)  # FID exists only in evaluation epochs
             improved = value is not None and (best_value is None or value < best_value)  # ties keep the earlier epoch

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import builtins
 import csv
+import itertools
 import json
 import logging
 import math
@@ -35,9 +36,10 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import yaml
-from pydantic import Field, PositiveInt, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from vaegen.config import (
+    SEED_MAX,
     Config,
     Section,
     check_key_path,
@@ -94,7 +96,7 @@ class TuneSection(Section):
     name: str = Field("sweep", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the sweep's folder name")
     num_samples: PositiveInt = Field(12, description="trials in all, points_to_evaluate included")
     max_concurrent: PositiveInt = 2
-    seed: int = Field(0, description="seeds the TPE sampler; trials keep their own train.seed")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seeds the TPE sampler; trials keep their own train.seed")
     startup_trials: PositiveInt = Field(5, description="random trials before TPE starts modelling the results")
     points_to_evaluate: list[dict[str, Any]] = Field(
         default_factory=list, description="configurations tried first, e.g. the reference recipe"
@@ -208,7 +210,8 @@ class Sweep:
 
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
-    """Read and check a sweep file; every key path is checked here, before Ray starts."""
+    """Read and check a sweep file; every key path, and the values its space hands the trials, are checked here,
+    before Ray starts."""
     from vaegen.config import apply_override
 
     path = Path(path)
@@ -249,6 +252,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
         set_key_path(base_raw, "output.best_dir", str(Path("best_models").resolve()))
     base = config_from_dict(base_raw, f"{path} (base train config)")
     _check_searched_epochs(settings.space.get("train.epochs"), path)
+    _check_space(settings.space, base_raw, path)
     sweep = Sweep(settings, path, base_raw, base)
     if settings.tune.scheduler == "asha" and settings.tune.grace_period > max_epochs(sweep):
         raise ConfigError(
@@ -267,12 +271,68 @@ def _check_searched_epochs(distribution: Distribution | None, path: Path) -> Non
     whole = values is not None and all(isinstance(value, int) and not isinstance(value, bool) and value >= 1
                                        for value in values)
     if not whole:
-        searched = {distribution.kind: getattr(distribution, distribution.kind)}
         raise ConfigError(
-            f"{path}: space searches train.epochs with {yaml.safe_dump(searched, default_flow_style=True).strip()}, "
+            f"{path}: space searches train.epochs with {_as_yaml(distribution)}, "
             f"but a trial trains for a whole number of epochs (at least 1). Search it with int: [low, high] "
             f"(e.g. train.epochs: {{int: [10, 50]}}) or a choice of whole numbers (e.g. {{choice: [10, 20, 40]}})."
         )
+
+
+# a value refused only beside other settings is looked for in at most this many combinations of theirs
+COMBINATIONS_TRIED = 4096
+
+
+def _check_space(space: dict[str, Distribution], base_raw: dict[str, Any], path: Path) -> None:
+    """Refuse, before Ray starts, a space with values that no trial config takes: each end of a range and every
+    choice is built into a trial's config. A value refused on its own (optim.lr -0.001) is refused at once; one
+    refused only beside other settings (beta.warmup above beta.cycle) only if no combination of the other searched
+    settings' ends and choices takes it."""
+    tried = {key: _candidates(distribution) for key, distribution in space.items()}
+    for key, candidates in tried.items():  # each on its own first, so that no value is blamed for another's problem
+        for where, value in candidates:
+            raw = trial_raw(base_raw, space, {key: value})
+            if any(loc[: key.count(".") + 1] == tuple(key.split(".")) for loc in _refused_at(raw)):
+                _refuse(raw, path, key, space[key], where)
+    for key, candidates in tried.items():
+        others = [[(other, value) for _, value in tried[other]] for other in tried if other != key]
+        if math.prod(map(len, others)) > COMBINATIONS_TRIED:
+            continue  # too many to try here: the trials report such a value
+        for where, value in candidates:
+            combinations = [{key: value, **dict(combination)} for combination in itertools.product(*others)]
+            if all(_refused_at(trial_raw(base_raw, space, params)) for params in combinations):
+                where += ", whatever the other searched settings," if others else ""
+                _refuse(trial_raw(base_raw, space, combinations[0]), path, key, space[key], where)
+
+
+def _candidates(distribution: Distribution) -> list[tuple[str, Any]]:
+    """What _check_space tries of a distribution, as a trial is handed it (to_domain's values): (where, value)."""
+    if distribution.kind == "choice":
+        return [("one of its choices", _sampled(value)) for value in distribution.choice]
+    low, high = getattr(distribution, distribution.kind)
+    return [("its low end", low), ("its high end", high)]
+
+
+def _refused_at(raw: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The key paths (as tuples of names) that the train config `raw` is refused for; [] when it is valid."""
+    try:
+        Config.model_validate(raw)
+    except ValidationError as exc:
+        return [tuple(part for part in error["loc"] if isinstance(part, str)) for error in exc.errors()]
+    return []
+
+
+def _refuse(raw: dict[str, Any], path: Path, key: str, distribution: Distribution, where: str) -> None:
+    """Raise the config's own error for `raw`, a trial's config with `key` at `where` of its distribution."""
+    try:
+        config_from_dict(raw, f"{path}: space searches `{key}` with {_as_yaml(distribution)}, and a trial at {where}")
+    except ConfigError as exc:
+        fix = f"Narrow `{key}` to values the config takes; trials given such a value would fail."
+        raise ConfigError(f"{exc} {fix}") from None
+
+
+def _as_yaml(distribution: Distribution) -> str:
+    searched = {distribution.kind: getattr(distribution, distribution.kind)}
+    return yaml.safe_dump(searched, default_flow_style=True).strip()
 
 
 def selection_metric(config: Config) -> str:
@@ -312,9 +372,13 @@ def to_domain(distribution: Distribution):
     if kind == "int":
         low, high = distribution.int
         return tune.randint(low, high + 1)  # Ray's upper end is exclusive; the YAML's is inclusive
-    # Optuna's categorical takes scalars only: a list choice (e.g. model.widths) travels as its YAML text
-    return tune.choice([value if _is_scalar(value) else yaml.safe_dump(value, default_flow_style=True).strip()
-                        for value in distribution.choice])
+    return tune.choice([_sampled(value) for value in distribution.choice])
+
+
+def _sampled(choice: Any) -> Any:
+    """A choice as a trial is handed it: Optuna's categorical takes scalars only, so a list (e.g. model.widths)
+    travels as its YAML text."""
+    return choice if _is_scalar(choice) else yaml.safe_dump(choice, default_flow_style=True).strip()
 
 
 def from_sampled(key_path: str, value: Any, distribution: Distribution) -> Any:
@@ -338,10 +402,16 @@ class TrialContext:
     cpus: float
 
 
-def trial_config(context: TrialContext, params: dict[str, Any], trial_id: str) -> Config:
-    raw = json.loads(json.dumps(context.base_raw))
+def trial_raw(base_raw: dict[str, Any], space: dict[str, Distribution], params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's train config as a mapping: the base with the values the search drew."""
+    raw = json.loads(json.dumps(base_raw))
     for key_path, value in params.items():
-        set_key_path(raw, key_path, from_sampled(key_path, value, context.space[key_path]))
+        set_key_path(raw, key_path, from_sampled(key_path, value, space[key_path]))
+    return raw
+
+
+def trial_config(context: TrialContext, params: dict[str, Any], trial_id: str) -> Config:
+    raw = trial_raw(context.base_raw, context.space, params)
     set_key_path(raw, "output.run_name", trial_id)
     # not "trial X (values)": wherever this error is shown, the trial and its values are named beside it (the
     # console's `trial X failed: ...`, summary.csv's row, the sweep's last error); the problem names the bad key
