@@ -187,6 +187,9 @@ def main() -> None:
     if model.is_conditional:
         choice = st.selectbox("class", gallery.class_choices(model), key="class")
     stem = run.path.name if run.name == "." else run.name.replace("/", "_")  # download file names
+    if not gallery.reconstructs(model):  # a family without an encoder and decoder only generates
+        generate_tab(model, model_key, stem, choice)
+        return
     generate, interpolate, reconstruct = st.tabs(["Generate", "Interpolate", "Reconstruct"])
     with generate:
         generate_tab(model, model_key, stem, choice)

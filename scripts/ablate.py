@@ -57,6 +57,8 @@ ROWS: dict[str, dict[str, object]] = {
     "all together": {**CALIBRATED, "sampler.name": "gmm", **RESIDUAL_EMA, **ADVERSARIAL},
     "+lr 1e-3": FAST_LR,
     "best recipe": BEST,
+    # the deterministic autoencoder (an RAE: β weighs ½‖z‖²) has no prior: it is sampled through the mixture
+    "autoencoder +gmm": {"model.name": "conv_ae", "sampler.name": "gmm"},
 }
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 

@@ -29,12 +29,13 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from vaegen.accel import CapturedStep, apply_backend_flags, compile_step, resolve_device, resolve_step_options  # noqa: E402
+from vaegen.accel import CapturedStep, apply_backend_flags, resolve_device, resolve_step_options  # noqa: E402
 from vaegen.config import config_from_dict  # noqa: E402
 from vaegen.data import load_splits, to_device  # noqa: E402
 from vaegen.errors import VaegenError  # noqa: E402
 from vaegen.models import build_model  # noqa: E402
-from vaegen.train import build_optimizer, train_one_epoch, train_step  # noqa: E402
+from vaegen.run import Run, build_run  # noqa: E402
+from vaegen.train import train_one_epoch, train_step  # noqa: E402
 
 
 def default_data() -> Path:
@@ -107,37 +108,31 @@ def reference_loop(config, device):
     return run
 
 
-def build_step(config, options, device, num_classes: int):
-    """Model, compiled step, optimizer, scaler and (train.cuda_graph) the captured step, as `vaegen train` builds them."""
-    model = build_model(config.model, config.data.image_size, 3, num_classes).to(device)
-    if options.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(config, model, fused=options.fused_optimizer, capturable=options.step_graph)
-    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
-    step_model = compile_step(model, options)
-    captured = None
+def build_step(config, options, device, num_classes: int) -> Run:
+    """The training state and (train.cuda_graph) the captured step, as `vaegen train` builds them."""
+    run = build_run(config, device, options, [f"class {k}" for k in range(num_classes)])
     if options.step_graph:
-        captured = CapturedStep(lambda x, y, beta: train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, device), device)
-    return model, step_model, optimizer, scaler, captured
+        run.captured = CapturedStep(lambda x, y, beta: train_step(run, x, y, beta), device)
+    return run
 
 
 def ceiling_loop(config, options, device, num_classes: int):
     """(b) The same step on one synthetic batch that never leaves the device: the model's speed limit."""
-    model, step_model, optimizer, scaler, captured = build_step(config, options, device, num_classes)
+    training = build_step(config, options, device, num_classes)
     x = torch.rand(config.train.batch_size, 3, *config.data.image_size, device=device)
     if options.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    model.train()
+    training.model.train()
 
     def run(steps: int) -> float:
         apply_backend_flags(options)
         sync(device)
         start = time.perf_counter()
         for _ in range(steps):
-            if captured is not None:
-                captured(x, None, 1.0)
+            if training.captured is not None:
+                training.captured(x, None, 1.0)
             else:
-                train_step(model, step_model, optimizer, scaler, x, None, config, options, 1.0, device)
+                train_step(training, x, None, 1.0)
         sync(device)
         return steps * len(x) / (time.perf_counter() - start)
 
@@ -146,8 +141,8 @@ def ceiling_loop(config, options, device, num_classes: int):
 
 def vaegen_loop(config, options, device, splits):
     """(c) vaegen's own epoch function on the decoded cache, whole epochs (its rate is the epoch's images/s)."""
-    model, step_model, optimizer, scaler, captured = build_step(config, options, device, len(splits.train.classes))
-    shuffle = torch.Generator().manual_seed(0)
+    training = build_step(config, options, device, len(splits.train.classes))
+    training.shuffle = torch.Generator().manual_seed(0)
     steps_per_epoch = max(1, len(splits.train.images) // config.train.batch_size)
     epoch = 0
 
@@ -157,9 +152,7 @@ def vaegen_loop(config, options, device, splits):
         rates = []
         for _ in range(max(1, round(steps / steps_per_epoch))):
             epoch += 1
-            stats = train_one_epoch(
-                model, step_model, optimizer, scaler, splits.train, config, options, 1.0, epoch, device, shuffle, captured=captured
-            )
+            stats = train_one_epoch(training, splits.train, 1.0, epoch)
             rates.append(stats["images_per_s"])
         return statistics.mean(rates)
 

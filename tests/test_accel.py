@@ -141,9 +141,8 @@ def test_a_captured_step_keeps_no_autocast_cache():
 
 def test_the_step_takes_beta_as_a_tensor_as_it_takes_a_number():
     """A captured step gets β as a device tensor (one recording serves every epoch's β): same loss, same update."""
-    from vaegen.accel import compile_step
-    from vaegen.models import build_model
-    from vaegen.train import build_optimizer, to_input, train_step
+    from vaegen.run import build_optimizer, build_run
+    from vaegen.train import to_input, train_step
 
     config = config_from_dict({"data": {"root": str(SAMPLE), "image_size": 16}, "model": {"widths": [8, 16], "latent_dim": 8}})
     options = resolve_step_options(config.train, config.data, torch.device("cpu"), 1)
@@ -151,11 +150,10 @@ def test_the_step_takes_beta_as_a_tensor_as_it_takes_a_number():
     results = []
     for beta in (0.7, torch.tensor(0.7)):
         torch.manual_seed(0)
-        model = build_model(config.model, (16, 16), 3, 1)
-        optimizer = build_optimizer(config, model, fused=True, capturable=True)
-        scaler = torch.amp.GradScaler("cpu", enabled=False)
-        terms = train_step(model, compile_step(model, options), optimizer, scaler, images, None, config, options, beta, torch.device("cpu"))
-        results.append((terms, torch.cat([p.detach().flatten() for p in model.parameters()])))
+        run = build_run(config, torch.device("cpu"), options, ["a"])
+        run.optimizer = build_optimizer(config, run.model, fused=True, capturable=True)  # as a captured step's
+        terms = train_step(run, images, None, beta)
+        results.append((terms, torch.cat([p.detach().flatten() for p in run.model.parameters()])))
     (terms_float, weights_float), (terms_tensor, weights_tensor) = results
     assert terms_float[2] > 0 and torch.equal(terms_float, terms_tensor)
     assert torch.equal(weights_float, weights_tensor)
@@ -214,22 +212,19 @@ def test_bf16_training_reaches_the_fp32_loss(tmp_path):
 
 
 def _cuda_step_setup(train: dict, conditional: str = "none"):
-    from vaegen.accel import compile_step
-    from vaegen.models import build_model
-    from vaegen.train import build_optimizer
+    """A Run on the GPU as `vaegen train` builds it (channels_last, the step compiled as `train` says), and a batch."""
+    from vaegen.run import build_run
 
     config = config_from_dict(
         {"data": {"root": str(SAMPLE), "image_size": 32}, "model": {"widths": [8, 16], "conditional": conditional}, "eval": {"backbone": "none"},
-         "output": {"select": "val_nelbo"}, "train": train}
+         "output": {"select": "val_nelbo"}, "train": {"channels_last": True, **train}}
     )
     device = torch.device("cuda")
     options = resolve_step_options(config.train, config.data, device, 1)
     torch.manual_seed(0)
-    model = build_model(config.model, (32, 32), 3, 3).to(device).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(config, model, fused=options.fused_optimizer)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    run = build_run(config, device, options, ["a", "b", "c"])
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device=device, generator=torch.Generator(device).manual_seed(0))
-    return config, options, model, compile_step(model, options), optimizer, scaler, images
+    return run, images
 
 
 @cuda
@@ -243,17 +238,17 @@ def test_training_step_never_syncs_with_the_host(train, conditional):
     """Every step of an epoch but the logging ones runs under sync-debug 'error': no hidden .item()."""
     from vaegen.train import to_input, train_step
 
-    config, options, model, step_model, optimizer, scaler, images = _cuda_step_setup(train, conditional)
+    run, images = _cuda_step_setup(train, conditional)
     device = images.device
     labels = None if conditional == "none" else torch.arange(len(images), device=device) % 3
     for _ in range(3):  # warm-up: compilation, and CUDA graphs record on a later call than the first
-        train_step(model, step_model, optimizer, scaler, to_input(images, device, True), labels, config, options, 1.0, device)
+        train_step(run, to_input(images, device, True), labels, 1.0)
     torch.cuda.synchronize()
-    sums = torch.zeros(4, device=device)
+    sums = torch.zeros(len(run.family.terms) + 1, device=device)
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
-            sums += train_step(model, step_model, optimizer, scaler, to_input(images, device, True), labels, config, options, 1.0, device)
+            sums += train_step(run, to_input(images, device, True), labels, 1.0)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(sums).all()
@@ -271,12 +266,11 @@ def test_cuda_graphs_replay_the_step_and_train_like_the_default_compiled_step():
     for mode in ("default", "reduce-overhead"):
         torch._dynamo.reset()
         counters.clear()
-        config, options, model, step_model, optimizer, scaler, images = _cuda_step_setup(
-            {"compile": True, "compile_mode": mode, "precision": "fp32"}
-        )
+        run, images = _cuda_step_setup({"compile": True, "compile_mode": mode, "precision": "fp32"})
+        options = run.options
         assert options.cuda_graphs is (mode == "reduce-overhead") and options.cudnn_benchmark is True  # auto on CUDA
         for _ in range(30):
-            terms = train_step(model, step_model, optimizer, scaler, to_input(images, images.device, True), None, config, options, 1.0, images.device)
+            terms = train_step(run, to_input(images, images.device, True), None, 1.0)
         final[mode] = float(terms[0])
         assert counters["inductor"]["cudagraph_skips"] == 0
     # the reparameterisation noise may be drawn differently; the fit to the batch may not
@@ -363,16 +357,16 @@ def test_the_captured_step_replays_and_trains_like_the_step_itself(compile):
     """train.cuda_graph: 30 calls (3 warm-up, 1 capture, 26 replays) take 30 optimizer steps, replays never
     sync with the host, β set between replays reaches the recorded loss, and the fit matches the plain step's."""
     from vaegen.accel import CapturedStep
-    from vaegen.train import build_optimizer, to_input, train_step
+    from vaegen.train import to_input, train_step
 
     final = {}
     for graphed in (False, True):
         torch._dynamo.reset()
-        config, options, model, step_model, _, scaler, images = _cuda_step_setup({"compile": compile, "precision": "fp32", "cuda_graph": graphed})
-        assert options.step_graph is graphed
-        optimizer = build_optimizer(config, model, fused=options.fused_optimizer, capturable=graphed)
+        run, images = _cuda_step_setup({"compile": compile, "precision": "fp32", "cuda_graph": graphed})
+        assert run.options.step_graph is graphed  # and build_run made the optimizer capturable
+        model = run.model
         x = to_input(images, images.device, True)
-        step = lambda x, y, beta: train_step(model, step_model, optimizer, scaler, x, y, config, options, beta, images.device)  # noqa: E731
+        step = lambda x, y, beta: train_step(run, x, y, beta)  # noqa: E731
         captured = CapturedStep(step, images.device) if graphed else None
         for call in range(30):
             if captured is None:
@@ -390,7 +384,7 @@ def test_the_captured_step_replays_and_trains_like_the_step_itself(compile):
         if graphed:
             assert captured.graph is not None
             assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))  # the replays update the weights
-            state = optimizer.state[next(model.parameters())]
+            state = run.optimizer.state[next(model.parameters())]
             assert float(state["step"]) == 30
             # β is read from its tensor at every replay: β 0 drops the KL term from the total
             zero = captured(x, None, 0.0)

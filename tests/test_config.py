@@ -1,7 +1,12 @@
-"""Config loading: documented defaults, YAML typing, overrides and the exact error messages."""
+"""Config loading: documented defaults, YAML typing, overrides, and what a refused config's message names.
+
+Error tests check behaviour, not wording: a `ConfigError` (exit code 2), one paragraph, the key path, the value
+given and a key phrase of what is allowed (a bound, the choices, a did-you-mean).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -22,12 +27,25 @@ def load(tmp_path: Path, text: str, overrides: list[str] = ()) -> Config:
     return load_config(write(tmp_path, text), list(overrides))
 
 
-def error(tmp_path: Path, text: str, overrides: list[str] = ()) -> str:
+def refused(call, *args, **kwargs) -> str:
+    """The message of the ConfigError `call` raises: exit code 2, and one paragraph."""
     with pytest.raises(ConfigError) as info:
-        load(tmp_path, text, overrides)
-    return str(info.value)
+        call(*args, **kwargs)
+    message = str(info.value)
+    assert info.value.exit_code == 2 and "\n" not in message, message
+    return message
 
 
+def error(tmp_path: Path, text: str, overrides: list[str] = ()) -> str:
+    return refused(load, tmp_path, text, overrides)
+
+
+def says(message: str, *phrases: str) -> None:
+    missing = [phrase for phrase in phrases if phrase not in message]
+    assert not missing, f"{message!r} does not say {missing}"
+
+
+REPO = Path(__file__).resolve().parents[1]
 MINIMAL = "data:\n  root: some/images\n"
 
 
@@ -114,9 +132,8 @@ def test_misspelt_section_suggests_section(tmp_path):
 
 def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
     message = error(tmp_path, MINIMAL + "model:\n  zzz: 1\n")
-    assert "unknown key `model.zzz`" in message
+    says(message, "unknown key `model.zzz`", "valid keys in `model`", "name", "latent_dim", "widths", "conditional")
     assert "did you mean" not in message
-    assert "valid keys in `model`: name, latent_dim, widths, conditional" in message
 
 
 # --- wrong types and ranges ---------------------------------------------------------------
@@ -124,22 +141,17 @@ def test_unknown_key_without_close_match_lists_valid_keys(tmp_path):
 
 def test_wrong_type_names_key_value_and_expected_type(tmp_path):
     message = error(tmp_path, MINIMAL + "optim:\n  lr: abc\n")
-    assert "`optim.lr`" in message
-    assert "'abc'" in message
-    assert "valid number" in message
+    says(message, "`optim.lr` = 'abc'", "a number")
 
 
 def test_out_of_range_names_key_and_bound(tmp_path):
     message = error(tmp_path, MINIMAL + "train:\n  epochs: 0\n")
-    assert "`train.epochs`" in message
-    assert "greater than or equal to 1" in message
+    says(message, "`train.epochs` = 0", "greater than or equal to 1")
 
 
 def test_bad_choice_names_allowed_values(tmp_path):
     message = error(tmp_path, MINIMAL + "loss:\n  recon: l1\n")
-    assert "`loss.recon`" in message
-    assert "'l1'" in message
-    assert "'mse', 'bce' or 'gaussian'" in message
+    says(message, "`loss.recon` = 'l1'", "'mse', 'bce' or 'gaussian'")
 
 
 def test_image_size_not_divisible_suggests_neighbours(tmp_path):
@@ -170,33 +182,35 @@ def test_missing_root(tmp_path):
 
 def test_an_empty_root_says_it_is_empty_not_that_none_is_no_path(tmp_path):
     message = error(tmp_path, MINIMAL, ["data.root="])
-    assert "`data.root` is empty: give it a value (ImageFolder (one subfolder per class) or a flat folder of images)." in message
+    says(message, "`data.root` is empty", "ImageFolder")  # the field's description says what to give
+    assert "None" not in message and "default" not in message  # required: there is no default to fall back on
 
 
 def test_an_empty_value_with_a_default_offers_the_default(tmp_path):
-    assert "`train.epochs` is empty: give it a value, or leave it out for the default, 100." in error(tmp_path, MINIMAL + "train:\n  epochs:\n")
+    message = error(tmp_path, MINIMAL + "train:\n  epochs:\n")
+    says(message, "`train.epochs` is empty", "leave it out for the default, 100")
 
 
-@pytest.mark.parametrize(("override", "tail"), [
-    ("data.root=''", "give a path."),
-    ("data.cache_dir=''", "give a path, or leave it out for the default."),
-    ("output.best_dir=' '", "give a path, or leave it out for the default."),
+@pytest.mark.parametrize(("override", "optional"), [
+    ("data.root=''", False),
+    ("data.cache_dir=''", True),
+    ("output.best_dir=' '", True),
 ])
-def test_an_empty_string_is_not_read_as_the_current_folder(tmp_path, override, tail):
+def test_an_empty_string_is_not_read_as_the_current_folder(tmp_path, override, optional):
     key, value = override.split("=")
     message = error(tmp_path, MINIMAL, [override])
-    assert f"`{key}` = {value[1:-1]!r} is not allowed: an empty string is no path; {tail}" in message
+    says(message, f"`{key}` = {value[1:-1]!r}", "an empty string is no path")
+    assert ("leave it out for the default" in message) == optional
 
 
 def test_unknown_model_name_lists_registered_models(tmp_path):
     message = error(tmp_path, MINIMAL + "model:\n  name: transformer\n")
-    assert "`model.name`" in message
-    assert "registered models: conv_vae" in message
+    says(message, "`model.name` = 'transformer'", "registered models", "conv_vae", "res_vae")
 
 
 def test_cyclic_warmup_longer_than_cycle_rejected(tmp_path):
     message = error(tmp_path, MINIMAL + "beta:\n  schedule: cyclic\n  warmup: 30\n  cycle: 20\n")
-    assert "`beta`: beta.warmup (30) must be at most beta.cycle (20)" in message
+    says(message, "`beta`", "beta.warmup (30)", "at most beta.cycle (20)")
     assert "'schedule'" not in message  # the section's own check speaks for itself, without its dict echoed
     # the same numbers are fine for a non-cyclic schedule
     cfg = load(tmp_path, MINIMAL + "beta:\n  schedule: warmup\n  warmup: 30\n  cycle: 20\n")
@@ -230,8 +244,7 @@ def test_val_reference_without_validation_split_rejected(tmp_path):
 
 def test_unknown_backbone_names_allowed_ones(tmp_path):
     message = error(tmp_path, MINIMAL + "eval:\n  backbone: resnet\n")
-    assert "`eval.backbone`" in message
-    assert "'efficientnet-lite0'" in message
+    says(message, "`eval.backbone` = 'resnet'", "'efficientnet-lite0'")
 
 
 # --- files --------------------------------------------------------------------------------
@@ -344,17 +357,16 @@ def test_empty_section_means_defaults(tmp_path):
 # --- values pydantic would coerce, files that are not configs, and messages that must stay one paragraph --------
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("train.epochs=true", "`train.epochs` is true, a yes/no value, where a number is expected"),  # once read as 1
-    ("data.channels=true", "`data.channels` is true, a yes/no value, where 1 or 3 is expected"),
-    ("optim.lr=.inf", "`optim.lr` = inf is not allowed: Input should be a finite number"),  # once trained into NaN
-    ("eval.temperature=.nan", "`eval.temperature` = nan is not allowed"),
-    ("optim.betas=[1.5, -1]", "Adam's betas are decay rates, each in [0, 1)"),  # once torch's ValueError after setup
-    ("optim.betas=[0.9]", "`optim.betas` has too few values: item 2 is missing."),  # once "missing required key"
+@pytest.mark.parametrize(("override", "phrases"), [
+    ("train.epochs=true", ("`train.epochs` is true", "a yes/no value", "a number")),  # once read as 1
+    ("data.channels=true", ("`data.channels` is true", "a yes/no value", "1 or 3")),
+    ("optim.lr=.inf", ("`optim.lr` = inf", "finite number")),  # once trained into NaN
+    ("eval.temperature=.nan", ("`eval.temperature` = nan", "finite number")),
+    ("optim.betas=[1.5, -1]", ("`optim.betas` = [1.5, -1]", "each in [0, 1)")),  # once torch's ValueError after setup
+    ("optim.betas=[0.9]", ("`optim.betas`", "too few values", "item 2")),  # once "missing required key"
 ])
-def test_values_that_would_be_coerced_or_fail_later_are_refused_up_front(tmp_path, override, message):
-    text = error(tmp_path, MINIMAL, [override])
-    assert message in text and "with its --set values has 1 problem" in text
+def test_values_that_would_be_coerced_or_fail_later_are_refused_up_front(tmp_path, override, phrases):
+    says(error(tmp_path, MINIMAL, [override]), "with its --set values has 1 problem", *phrases)
 
 
 def test_yes_no_settings_still_take_yes_or_no(tmp_path):
@@ -365,10 +377,8 @@ def test_yes_no_settings_still_take_yes_or_no(tmp_path):
 def test_a_config_that_is_not_utf8_text_or_is_a_folder_is_named(tmp_path):
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(ConfigError, match="binary.yaml is not UTF-8 text .* so it cannot be a YAML config"):
-        load_config(binary)
-    with pytest.raises(ConfigError, match="is a folder, not a YAML file"):
-        load_config(tmp_path)
+    says(refused(load_config, binary), "binary.yaml", "not UTF-8 text")
+    says(refused(load_config, tmp_path), str(tmp_path), "is a folder, not a YAML file")
 
 
 def test_a_broken_override_value_is_reported_on_one_line(tmp_path):
@@ -379,63 +389,57 @@ def test_a_broken_override_value_is_reported_on_one_line(tmp_path):
 
 @pytest.mark.parametrize(("name", "command"), [("test_apples.yaml", "vaegen test"), ("tune_quick.yaml", "vaegen tune")])
 def test_another_commands_config_is_named_as_such_in_one_line(name, command):
-    with pytest.raises(ConfigError) as info:
-        load_config(Path(__file__).resolve().parents[1] / "configs" / name)
-    assert f"{name} is a `{command}` config" in str(info.value) and "unknown key" not in str(info.value)
+    message = refused(load_config, REPO / "configs" / name)
+    says(message, name, f"a `{command}` config")
+    assert "unknown key" not in message
 
 
 def test_a_test_given_a_training_config_says_so(tmp_path):
     from vaegen.config import load_test_config
 
-    train_yaml = Path(__file__).resolve().parents[1] / "configs" / "train_apples.yaml"
-    with pytest.raises(ConfigError, match="train_apples.yaml with its --set values is a `vaegen train` config"):
-        load_test_config(train_yaml, ["checkpoint=best_models/x"])
+    message = refused(load_test_config, REPO / "configs" / "train_apples.yaml", ["checkpoint=best_models/x"])
+    says(message, "train_apples.yaml", "a `vaegen train` config")
 
 
 def test_each_yes_no_value_is_named_by_its_own_key_with_what_it_takes(tmp_path):
     message = error(tmp_path, MINIMAL, ["model.conditional=yes", "model.latent_dim=yes", "model.widths=[8, no]"])
     assert "has 3 problems" in message  # once 1: the section's first yes/no value hid the others
-    assert "`model.conditional` is true, a yes/no value, where 'none', 'onehot' or 'embedding' is expected." in message
-    assert "`model.latent_dim` is true, a yes/no value, where a number is expected." in message
-    assert "`model.widths` item 2 is false, a yes/no value, where a number is expected." in message  # once read as width 0
+    says(message, "`model.conditional` is true", "'none', 'onehot' or 'embedding' is expected")
+    says(message, "`model.latent_dim` is true", "a yes/no value")
+    says(message, "`model.widths` item 2 is false")  # once read as width 0
 
 
 def test_a_setting_of_two_kinds_is_one_problem_in_its_own_words(tmp_path):
     message = error(tmp_path, MINIMAL, ["eval.batch_size=abc", "data.on_device=maybe", "train.batch_size=64"])
     assert "has 2 problems" in message and "literal[" not in message and "constrained-int" not in message
-    assert "`eval.batch_size` = 'abc' is not allowed: Input should be a number or 'auto'." in message
-    assert "`data.on_device` = 'maybe' is not allowed: Input should be 'auto', true or false." in message
-    assert "`eval.batch_size` = 0 is not allowed: Input should be greater than 0." in error(tmp_path, MINIMAL, ["eval.batch_size=0"])
+    says(message, "`eval.batch_size` = 'abc'", "a number or 'auto'")
+    says(message, "`data.on_device` = 'maybe'", "'auto', true or false")
+    says(error(tmp_path, MINIMAL, ["eval.batch_size=0"]), "`eval.batch_size` = 0", "greater than 0")  # the bound
 
 
 @pytest.mark.parametrize(("text", "what"), [("", "is empty"), ("# a config\n\n  # to fill in\n", "holds only comments"), ("{}\n", "holds no settings")])
 def test_an_empty_config_file_says_so_and_what_it_needs_at_least(tmp_path, text, what):
     message = error(tmp_path, text)
-    assert message == (
-        f"{tmp_path / 'run.yaml'} {what}: a config needs at least the folder of training images, `data: {{root: path/to/images}}` "
-        "(or --set data.root=path/to/images); every other key has a default, and configs/quickstart.yaml is a complete example."
-    )  # once "has 1 problem: missing required key `data`"
+    says(message, f"{tmp_path / 'run.yaml'} {what}", "data: {root: path/to/images}", "configs/quickstart.yaml")
+    assert "missing required key" not in message  # once "has 1 problem: missing required key `data`"
     assert load(tmp_path, text, ["data.root=x"]).data.root == Path("x")
 
 
 def test_a_section_given_a_single_value_is_shown_written_as_a_section(tmp_path):
     message = error(tmp_path, "data: data/apples_sample\nsampler: gmm\nmodel: 5\n")
     assert "DataConfig" not in message and "dictionary" not in message  # once pydantic's class name
-    assert "`data` is a section of keys, not a single value (data/apples_sample); write it as `data: {root: data/apples_sample}`." in message
-    assert "`sampler` is a section of keys, not a single value (gmm); write it as `sampler: {name: gmm}`." in message
-    assert ("`model` is a section of keys (name, latent_dim, widths, conditional, blocks), not a single value (5); "
-            "write it as e.g. `model: {name: conv_vae}`.") in message
+    says(message, "has 3 problems", "`data` is a section of keys", "(data/apples_sample)", "`data: {root: data/apples_sample}`")
+    says(message, "`sampler` is a section of keys (name, components, covariance)", "(gmm)")
+    says(message, "`model` is a section of keys (name, latent_dim, widths, conditional, blocks)", "(5)")
 
 
 def test_keys_under_a_single_value_are_named(tmp_path):
     message = error(tmp_path, MINIMAL, ["train.epochs.x=1", "model.widths.deep=1"])
-    assert ("`train.epochs` is a single value with no keys under it, so it has no `x`; "
-            "give `train.epochs` a value itself (the default is 100).") in message  # once "Input should be a valid integer"
-    assert "`model.widths` is a list with no keys under it, so it has no `deep`" in message
+    says(message, "`train.epochs` is a single value with no keys under it", "{x: 1}", "the default is 100")
+    says(message, "`model.widths` is a list with no keys under it", "{deep: 1}")  # once "Input should be a valid integer"
 
 
-IMAGE_SIZE = ("is not allowed: an image size is one whole number of pixels for square images (e.g. 64) "
-              "or [height, width] (e.g. [64, 48]), each at least 1")
+IMAGE_SIZE = ("an image size is one whole number", "[height, width]")  # how to write one
 
 
 @pytest.mark.parametrize(("text", "overrides", "shown"), [
@@ -449,15 +453,15 @@ IMAGE_SIZE = ("is not allowed: an image size is one whole number of pixels for s
     ("", ["data.image_size=64.5"], "64.5"),
 ])
 def test_an_image_size_that_is_no_size_says_how_to_write_one(tmp_path, text, overrides, shown):
-    assert error(tmp_path, MINIMAL + text, overrides).endswith(f"1 problem: `data.image_size` = {shown} {IMAGE_SIZE}.")
+    says(error(tmp_path, MINIMAL + text, overrides), f"1 problem: `data.image_size` = {shown} is not allowed", *IMAGE_SIZE)
 
 
 def test_an_image_size_with_channels_says_where_they_go_and_other_mistakes_keep_their_words(tmp_path):
-    assert error(tmp_path, MINIMAL, ["data.image_size=[64, 64, 3]"]).endswith(
-        f"`data.image_size` = [64, 64, 3] {IMAGE_SIZE}; the channel count goes in data.channels.")  # once "at most 2 items"
-    assert "`data.image_size` item 2 is true, a yes/no value" in error(tmp_path, MINIMAL, ["data.image_size=[64, yes]"])
-    assert "`data.image_size` is empty: give it a value" in error(tmp_path, MINIMAL, ["data.image_size="])
-    assert "`data.image_size` is a list with no keys under it" in error(tmp_path, MINIMAL, ["data.image_size.height=64"])
+    says(error(tmp_path, MINIMAL, ["data.image_size=[64, 64, 3]"]),  # once "at most 2 items"
+         "`data.image_size` = [64, 64, 3]", *IMAGE_SIZE, "the channel count goes in data.channels")
+    says(error(tmp_path, MINIMAL, ["data.image_size=[64, yes]"]), "`data.image_size` item 2 is true, a yes/no value")
+    says(error(tmp_path, MINIMAL, ["data.image_size="]), "`data.image_size` is empty")
+    says(error(tmp_path, MINIMAL, ["data.image_size.height=64"]), "`data.image_size` is a list with no keys under it")
     assert load(tmp_path, MINIMAL, ["data.image_size=[64.0, 48]"]).data.image_size == (64, 48)  # as pydantic takes it
 
 
@@ -465,15 +469,13 @@ def test_an_unknown_model_name_lists_the_registry_and_the_close_one(tmp_path, mo
     from vaegen.models import MODELS
 
     monkeypatch.setitem(MODELS, "tiny_vae", MODELS["conv_vae"])  # the list comes from the registry, not from config.py
-    names = "conv_vae, res_vae, tiny_vae"
-    assert error(tmp_path, MINIMAL + "model:\n  name: yes\n").endswith(  # once "where a name is expected"
-        "`model.name` is true, a yes/no value, where the name of a registered model (conv_vae, res_vae or tiny_vae) is expected.")
-    assert error(tmp_path, MINIMAL, ["model.name=conv_vea"]).endswith(
-        f"`model.name` = 'conv_vea' is not allowed: unknown model; registered models: {names} (did you mean `conv_vae`?).")
-    assert error(tmp_path, MINIMAL, ["model.name=transformer"]).endswith(
-        f"`model.name` = 'transformer' is not allowed: unknown model; registered models: {names}.")
-    assert error(tmp_path, MINIMAL, ["model.name=5"]).endswith(
-        f"`model.name` = 5 is not allowed: unknown model; registered models: {names}.")
+    says(error(tmp_path, MINIMAL + "model:\n  name: yes\n"),  # once "where a name is expected"
+         "`model.name` is true, a yes/no value", "the name of a registered model", "tiny_vae")
+    says(error(tmp_path, MINIMAL, ["model.name=conv_vea"]), "`model.name` = 'conv_vea'", "tiny_vae", "did you mean `conv_vae`?")
+    message = error(tmp_path, MINIMAL, ["model.name=transformer"])
+    says(message, "`model.name` = 'transformer'", "registered models", "conv_vae", "tiny_vae")
+    assert "did you mean" not in message
+    says(error(tmp_path, MINIMAL, ["model.name=5"]), "`model.name` = 5", "registered models", "tiny_vae")
     assert load(tmp_path, MINIMAL, ["model.name=tiny_vae"]).model.name == "tiny_vae"
 
 
@@ -502,15 +504,13 @@ def test_an_empty_section_means_its_defaults_at_any_depth(tmp_path):
 
 
 def test_an_empty_list_or_list_item_reads_cleanly(tmp_path):
-    with pytest.raises(ConfigError) as info:
-        config_from_dict({"outer": {"items": None}}, schema=_Nested)
-    assert str(info.value).endswith(  # once "... the default, PydanticUndefined."
-        "`outer.items` is empty: give it a value, or leave it out for the default, [].")
-    with pytest.raises(ConfigError) as info:
-        config_from_dict({"outer": {"items": [1, None]}}, schema=_Nested)
-    assert str(info.value).endswith("`outer.items` item 2 is empty: give it a value.")
-    assert error(tmp_path, MINIMAL + "model:\n  widths: [64, null]\n").endswith(
-        "`model.widths` item 2 is empty: give it a value.")  # once "`model.widths` is empty ... or leave it out"
+    message = refused(config_from_dict, {"outer": {"items": None}}, schema=_Nested)
+    says(message, "`outer.items` is empty", "the default, []")  # once "... the default, PydanticUndefined."
+    message = refused(config_from_dict, {"outer": {"items": [1, None]}}, schema=_Nested)
+    says(message, "`outer.items` item 2 is empty")
+    message = error(tmp_path, MINIMAL + "model:\n  widths: [64, null]\n")
+    says(message, "`model.widths` item 2 is empty")
+    assert "default" not in message  # once "`model.widths` is empty ... or leave it out"
 
 
 # --- found by tests/test_fuzz.py: values valid to the schema that crashed `vaegen train` with a traceback --------
@@ -520,41 +520,96 @@ def test_an_empty_list_or_list_item_reads_cleanly(tmp_path):
 def test_a_seed_that_numpy_or_scikit_learn_cannot_take_is_refused(tmp_path, override):
     # once torch's "Overflow when unpacking long long" (2**64) and scikit-learn's InvalidParameterError with
     # sampler.name: gmm (-1), both as tracebacks after setup
-    text = error(tmp_path, MINIMAL, [override])
-    assert f"`train.seed` = {override.partition('=')[2]} is not allowed" in text and "with its --set values has 1 problem" in text
+    says(error(tmp_path, MINIMAL, [override]), f"`train.seed` = {override.partition('=')[2]}", "1 problem", "or equal to")
     assert load(tmp_path, MINIMAL, [f"train.seed={2**32 - 1}"]).train.seed == 2**32 - 1
 
 
 def test_a_test_seed_out_of_range_is_refused():
     from vaegen.config import load_test_config
 
-    with pytest.raises(ConfigError, match=r"`seed` = 18446744073709551616 is not allowed: Input should be less than or equal to 4294967295"):
-        load_test_config(None, [f"seed={2**64}", "checkpoint=best_models/x"])
+    message = refused(load_test_config, None, [f"seed={2**64}", "checkpoint=best_models/x"])
+    says(message, "`seed` = 18446744073709551616", "less than or equal to 4294967295")
 
 
 @pytest.mark.parametrize("key", ["data.root", "data.cache_dir", "output.logs_dir", "output.best_dir", "eval.inception_weights"])
 def test_a_path_with_a_name_no_file_system_holds_is_refused_by_its_key(tmp_path, key):
     # once OSError "[Errno 36] File name too long" from the first look at the path (vaegen config's is_dir, train's mkdir)
     text = error(tmp_path, MINIMAL, [f"{key}=runs/{'x' * 256}/more"])
-    assert f"`{key}` = 'runs/{'x' * 256}/more' is not allowed: the name xxxxxxxxxxxxxxxxxxxx... in it is 256 bytes long" in text
-    assert "file systems hold names of at most 255 bytes" in text and "\n" not in text
+    says(text, f"`{key}` = 'runs/{'x' * 256}/more'", "256 bytes long", "at most 255 bytes")
     assert "é" * 128 in error(tmp_path, MINIMAL, [f"{key}={'é' * 128}"])  # 256 bytes in UTF-8
     load(tmp_path, MINIMAL, [f"{key}={'x' * 255}"])  # the longest name is fine
 
 
 def test_a_run_name_longer_than_a_folder_name_may_be_is_refused(tmp_path):
-    text = error(tmp_path, MINIMAL, [f"output.run_name={'r' * 256}"])
-    assert "`output.run_name` = " in text and "at most 255 characters" in text
+    says(error(tmp_path, MINIMAL, [f"output.run_name={'r' * 256}"]), f"`output.run_name` = '{'r' * 256}'", "at most 255 characters")
     assert load(tmp_path, MINIMAL, [f"output.run_name={'r' * 255}"]).output.run_name == "r" * 255
 
 
 def test_a_config_file_name_no_file_system_holds_is_named(tmp_path):
     path = tmp_path / ("x" * 300 + ".yaml")
-    with pytest.raises(ConfigError, match=r"config file .*x\.yaml cannot exist: the name x+\.\.\. in it is 305 bytes long"):
-        load_config(path)
+    says(refused(load_config, path), str(path), "cannot exist", "305 bytes long")
 
 
 def test_a_path_with_a_nul_character_is_refused_by_its_key(tmp_path):
     # YAML writes NUL as "\0"; once a ValueError ("embedded null byte") from train's mkdir of output.logs_dir
-    text = error(tmp_path, MINIMAL, ['output.logs_dir="runs/a\\0b"'])
-    assert "`output.logs_dir` = 'runs/a\\x00b' is not allowed: a path cannot hold the NUL character (\\0)." in text
+    says(error(tmp_path, MINIMAL, ['output.logs_dir="runs/a\\0b"']), "`output.logs_dir` = 'runs/a\\x00b'", "NUL character")
+
+
+# --- one formatter for pydantic's errors, wherever they come from --------------------------------------------------
+
+
+def test_a_value_of_the_wrong_kind_is_told_what_the_setting_takes(tmp_path):
+    message = error(tmp_path, MINIMAL, ["model.widths=[8, abc]", "data.root=[1, 2]", "train.device=5"])
+    says(message, "has 3 problems", "`model.widths` item 2 = 'abc'", "a number")  # which item, not the whole list
+    says(message, "`data.root` = [1, 2]", "a path")  # once "Input is not a valid path for <class 'pathlib.Path'>"
+    says(message, "`train.device` = 5", "a name")
+    assert "<class" not in message
+
+
+class _Spaced(Section):
+    space: dict[str, _Inner] = Field(default_factory=dict)
+
+
+def test_keys_under_a_mapping_of_sections_are_named_by_their_whole_path():
+    # a sweep's `space: {optim.lr: {...}}`: the free key is part of the path, and its section's keys are checked
+    message = refused(config_from_dict, {"space": {"optim.lr": {"m": 1}}}, schema=_Spaced)
+    says(message, "unknown key `space.optim.lr.m`", "valid keys in `space.optim.lr`: n")
+    says(refused(config_from_dict, {"space": {"a": {"n": "x"}}}, schema=_Spaced), "`space.a.n` = 'x'", "a number")
+
+
+def test_a_key_path_is_checked_with_the_same_words_as_a_config():
+    from vaegen.config import check_key_path
+
+    says(refused(check_key_path, "model.latnt_dim", "sweep.yaml: space"), "sweep.yaml: space", "did you mean `latent_dim`?")
+    says(refused(check_key_path, "model", "S"), "`model` is a whole section", "model.latent_dim")
+    says(refused(check_key_path, "train.epochs.x", "S"), "`train.epochs` is a value, not a section")
+    check_key_path("optim.lr", "S")  # a setting: no error
+
+
+# --- the config reference (docs/config.md) is generated from the schema --------------------------------------------
+
+
+def _schema_settings(model: type, prefix: str = ""):
+    for name, info in model.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, Section):
+            yield from _schema_settings(info.annotation, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", info
+
+
+@pytest.mark.parametrize("schema", ["Config", "TestConfig"])
+def test_every_setting_says_what_it_is_for(schema):
+    import vaegen.config
+
+    undescribed = [key for key, info in _schema_settings(getattr(vaegen.config, schema)) if not info.description]
+    assert not undescribed, f"add a Field(description=...) to {undescribed}: it is the key's line in docs/config.md"
+
+
+def test_the_config_reference_is_current():
+    spec = importlib.util.spec_from_file_location("config_reference", REPO / "scripts" / "config_reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    page = reference.render()
+    assert all(f"`{key}`" in page for key, _ in _schema_settings(Config))  # every key has its row
+    current = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
+    assert current == page, "docs/config.md is stale: regenerate it with `python scripts/config_reference.py`"

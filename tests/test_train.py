@@ -16,6 +16,7 @@ import vaegen
 import vaegen.train
 from vaegen.checkpoint import load_training_state
 from vaegen.cli import main
+from vaegen.family import VAE
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "apples_sample"
@@ -186,20 +187,23 @@ def test_resume_latest_run_of_config(tmp_path):
     assert [row["epoch"] for row in _rows(run)] == [1, 2]
 
 
-def test_nan_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch, capsys):
-    real_loss = vaegen.train.vae_loss
-    calls = {"n": 0}
-    steps_per_epoch = 240 // 32  # 300 images, 20% validation, full batches only
+def explode_at(monkeypatch, now) -> None:
+    """The VAE's objective becomes NaN at the training step for which `now()` (called once per step) is true."""
+    real_terms = VAE.training_terms
 
-    def loss_that_explodes(*args):
-        terms = real_loss(*args)
-        if args[0].requires_grad:  # training steps only
-            calls["n"] += 1
-            if calls["n"] == steps_per_epoch + 3:  # epoch 2, step 3
-                return type(terms)(terms.total * float("nan"), terms.recon, terms.kl)
+    def terms_that_explode(self, outputs, x, beta, loss):
+        terms = real_terms(self, outputs, x, beta, loss)
+        if torch.is_grad_enabled() and now():  # training steps only, not validation
+            return {**terms, "loss": terms["loss"] * float("nan")}
         return terms
 
-    monkeypatch.setattr(vaegen.train, "vae_loss", loss_that_explodes)
+    monkeypatch.setattr(VAE, "training_terms", terms_that_explode)
+
+
+def test_nan_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    steps_per_epoch = 240 // 32  # 300 images, 20% validation, full batches only
+    explode_at(monkeypatch, lambda: calls.update(n=calls["n"] + 1) or calls["n"] == steps_per_epoch + 3)  # epoch 2, step 3
     config = tiny_config(tmp_path, train={"epochs": 3, "log_every": 100})
     assert main(["train", "--config", str(config)]) == 3
     err = capsys.readouterr().err
@@ -249,16 +253,10 @@ def test_a_failed_checkpoint_write_is_still_reported_when_another_error_stops_th
     def full_disk(state, tmp):
         raise OSError(28, "No space left on device")
 
-    real_loss = vaegen.train.vae_loss
     calls = {"n": 0}
-
-    def loss_that_explodes(*args):  # epoch 2, step 1: the NaN stops the run while epoch 1's write is failing
-        terms = real_loss(*args)
-        calls["n"] += args[0].requires_grad
-        return type(terms)(terms.total * float("nan"), terms.recon, terms.kl) if calls["n"] == 240 // 32 + 1 else terms
-
     monkeypatch.setattr(vaegen.checkpoint, "_torch_save", full_disk)
-    monkeypatch.setattr(vaegen.train, "vae_loss", loss_that_explodes)
+    # epoch 2, step 1: the NaN stops the run while epoch 1's write is failing
+    explode_at(monkeypatch, lambda: calls.update(n=calls["n"] + 1) or calls["n"] == 240 // 32 + 1)
     with pytest.warns(UserWarning, match=r"checkpoint write in flight failed too, so .*last.pt is an earlier epoch's \(or missing\): .*No space left"):
         assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 3}))]) == 3
     (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
@@ -537,8 +535,8 @@ def test_an_epoch_that_ends_during_a_write_leaves_its_state_to_the_next_one(tmp_
 def _one_step(skip_grad_norm: float | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     from vaegen.accel import resolve_step_options
     from vaegen.config import config_from_dict
-    from vaegen.models import build_model
-    from vaegen.train import build_optimizer, train_step
+    from vaegen.run import build_run
+    from vaegen.train import train_step
 
     config = config_from_dict({
         "data": {"root": str(SAMPLE), "image_size": 16}, "model": {"latent_dim": 8, "widths": [8, 16]},
@@ -546,12 +544,10 @@ def _one_step(skip_grad_norm: float | None) -> tuple[dict[str, torch.Tensor], to
     })
     device = torch.device("cpu")
     torch.manual_seed(0)
-    model = build_model(config.model, (16, 16), 3, 3)
-    optimizer = build_optimizer(config, model)
-    options = resolve_step_options(config.train, config.data, device, 1)
+    run = build_run(config, device, resolve_step_options(config.train, config.data, device, 1), ["a", "b", "c"])
     x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    terms = train_step(model, model, optimizer, torch.amp.GradScaler("cpu", enabled=False), x, None, config, options, 1.0, device)
-    return {name: p.detach().clone() for name, p in model.named_parameters()}, terms
+    terms = train_step(run, x, None, 1.0)  # the family's terms, then the skipped flag
+    return {name: p.detach().clone() for name, p in run.model.named_parameters()}, terms
 
 
 def test_gradient_norm_skip_drops_only_the_updates_above_the_threshold():
@@ -562,13 +558,13 @@ def test_gradient_norm_skip_drops_only_the_updates_above_the_threshold():
     initial = dict(build_model(ModelConfig(latent_dim=8, widths=(8, 16)), (16, 16), 3, 3).named_parameters())
     plain, _ = _one_step(None)
     skipped, terms_skipped = _one_step(1e-9)
-    assert terms_skipped[3].item() == 1.0
+    assert terms_skipped[-1].item() == 1.0
     assert all(torch.equal(skipped[k], initial[k]) for k in initial)  # nothing moved
     kept, terms_kept = _one_step(1e9)
-    assert terms_kept[3].item() == 0.0
+    assert terms_kept[-1].item() == 0.0
     assert all(torch.equal(kept[k], plain[k]) for k in plain)  # a threshold never reached changes nothing
     assert any(not torch.equal(kept[k], initial[k]) for k in initial)
-    assert torch.equal(terms_kept[:3], terms_skipped[:3])  # the losses are those of the batch either way
+    assert torch.equal(terms_kept[:-1], terms_skipped[:-1])  # the losses are those of the batch either way
 
 
 def test_skipped_updates_are_counted_per_epoch(tmp_path):

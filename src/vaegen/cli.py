@@ -133,7 +133,7 @@ def cmd_config(args) -> int:
     config = load_config(args.config, args.overrides)
     print(config.to_yaml(), end="")
     if not config.data.root.is_dir():  # valid as a config, but training would stop at once
-        print(f"note: data.root {config.data.root} does not exist here yet; build it (README, Datasets) or "
+        print(f"note: data.root {config.data.root} does not exist here yet; build it (docs/guide.md, Datasets) or "
               f"point at a copy with --set data.root=DIR.", file=sys.stderr)
     return 0
 

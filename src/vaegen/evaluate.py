@@ -25,8 +25,10 @@ from vaegen.errors import ConfigError, DataError
 from vaegen.fid import build_evaluator, eval_batch_size, score_model
 from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.plots import class_blocks, for_viewing, image_grid, reconstruction_grid, samples_per_class, save_png
-from vaegen.samplers import per_class_samples, slerp
+from vaegen.samplers import generated_samples, per_class_samples, slerp
 from vaegen.accel import resolve_device
+from vaegen.family import reconstructs
+from vaegen.models import family_of
 from vaegen.train import evaluate as validation_terms
 from vaegen.train import to_input
 
@@ -55,9 +57,15 @@ def run_test(cfg: TestConfig) -> TestReport:
             f"pass the data it was trained on with data_root (or --set data_root=...)."
         )
     weights = _inception_weights(cfg)
+    family = family_of(train_cfg.model)
+    if cfg.sampler == "prior" and not family.has_prior:
+        raise ConfigError(
+            f"sampler is prior, but {train_cfg.model.name} is an {family.name} model with no prior to sample from; leave "
+            f"sampler at auto (its latent mixture) or set --set sampler=gmm."
+        )
     if cfg.sampler == "prior":
         model.latent_density = None
-    elif cfg.sampler == "gmm" and model.latent_density is None:
+    elif (cfg.sampler == "gmm" or not family.has_prior) and model.latent_density is None:
         sampler_cfg = train_cfg.sampler if train_cfg.sampler.name == "gmm" else SamplerConfig(name="gmm")
         model.latent_density = fit_model_density(
             model, splits.train, sampler_cfg, train_cfg.train.seed, eval_batch_size(cfg.batch_size, device), device
@@ -73,19 +81,12 @@ def run_test(cfg: TestConfig) -> TestReport:
             f"{len(splits.train.images) + len(splits.val.images)}), so there is nothing to reconstruct or score; "
             f"test on another split (--set split={other}) or on a folder with more images."
         )
-    files = []
-
-    files.append(_samples(model, cfg, out / "samples.png"))
-    x = to_input(split.images[:32], device)
-    y = split.labels[:32].to(device) if model.is_conditional else None
-    files.append(_save(for_viewing(reconstruction_grid(x, model.reconstruct(x, y)), x), out / "reconstructions.png"))
-    if len(split.images) >= 2:
-        files.append(_interpolation(model, split, cfg, device, out / "interpolation.png"))
-    else:
-        warnings.warn(f"no interpolation.png: the {cfg.split} split has one image, and an interpolation runs between two.", stacklevel=2)
+    files = [_samples(model, cfg, out / "samples.png")]
+    if reconstructs(model):  # a latent family's: reconstructions and interpolations between codes
+        files += _reconstructions(model, split, cfg, device, out)
 
     metrics = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "num_images": len(split.images),
-               "sampler": "prior" if model.latent_density is None else "gmm"}
+               "sampler": "prior" if getattr(model, "latent_density", None) is None else "gmm"}
     metrics.update(_likelihood_terms(model, split, train_cfg))
     if cfg.backbone != "none":
         metrics.update(_distances(model, splits, data_cfg, train_cfg.train.seed, cfg, weights, device))
@@ -103,10 +104,26 @@ def _save(picture, path: Path) -> Path:
     return path
 
 
+def _reconstructions(model, split, cfg: TestConfig, device, out: Path) -> list[Path]:
+    """reconstructions.png (up to 32 images above their reconstructions) and interpolation.png."""
+    x = to_input(split.images[:32], device)
+    y = split.labels[:32].to(device) if model.is_conditional else None
+    files = [_save(for_viewing(reconstruction_grid(x, model.reconstruct(x, y)), x), out / "reconstructions.png")]
+    if len(split.images) >= 2:
+        files.append(_interpolation(model, split, cfg, device, out / "interpolation.png"))
+    else:
+        warnings.warn(f"no interpolation.png: the {cfg.split} split has one image, and an interpolation runs between two.", stacklevel=3)
+    return files
+
+
 def _samples(model, cfg: TestConfig, path: Path) -> Path:
     """A grid × grid grid of samples; conditional models: one labelled block per class, samples_per_class(grid²)
     in each, wrapping after BLOCK_COLUMNS (from the prior every block decodes the same codes, so the blocks
-    differ only by the class; a fitted mixture draws each class's codes from its own components)."""
+    differ only by the class; a fitted mixture draws each class's codes from its own components). A family
+    without a decoder draws with its own generate."""
+    if not reconstructs(model):
+        images = generated_samples(model, cfg.grid * cfg.grid, cfg.seed, cfg.temperature)
+        return _save(class_blocks(images, model.classes) if model.is_conditional else for_viewing(image_grid(images, nrow=cfg.grid), images), path)
     if model.is_conditional:
         per_class = samples_per_class(cfg.grid * cfg.grid, model.num_classes)
         images = per_class_samples(model, per_class, cfg.seed, cfg.temperature, getattr(model, "latent_density", None))
@@ -138,11 +155,13 @@ def _interpolation(model, split, cfg: TestConfig, device, path: Path) -> Path:
 
 
 def _likelihood_terms(model, split, train_cfg) -> dict:
-    """The validation loss terms exactly as training computes them (the same fixed noise, so `nelbo` here is the
-    run's `val_nelbo` on the same split), and `mse`, the squared error of the posterior-mean reconstruction."""
-    terms = validation_terms(model, split, train_cfg, 1.0, next(model.parameters()).device)
-    return {"recon": terms["val_recon"], "recon_kind": train_cfg.loss.recon, "kl": terms["val_kl"], "nelbo": terms["val_nelbo"],
-            "mse": terms["val_mse"]}
+    """The family's validation terms exactly as training computes them at β = 1 (the same fixed noise, so a VAE's
+    `nelbo` here is the run's `val_nelbo` on the same split), the objective left out; `recon_kind` names the loss."""
+    terms = validation_terms(model, family_of(train_cfg.model), split, train_cfg, 1.0, next(model.parameters()).device)
+    named = {key.removeprefix("val_"): value for key, value in terms.items() if key != "val_loss"}
+    if "recon" not in named:
+        return named
+    return {"recon": named.pop("recon"), "recon_kind": train_cfg.loss.recon, **named}
 
 
 def _inception_weights(cfg: TestConfig) -> Path | None:
@@ -171,4 +190,4 @@ def _distances(model, splits, data_cfg, seed: int, cfg: TestConfig, weights: Pat
         extra_backbones=cfg.extra_backbones,
     )
     class_weights = torch.bincount(splits.train.labels, minlength=model.num_classes).float()
-    return score_model(evaluator, model, cfg.temperature, class_weights, model.latent_density)
+    return score_model(evaluator, model, cfg.temperature, class_weights, model.latent_density, family_of(model.config.model).has_prior)

@@ -244,16 +244,21 @@ class Evaluator:
         return {**scores, "protocol": protocol.to_dict()}
 
 
-def score_model(evaluator: Evaluator, model: nn.Module, temperature: float, class_weights: torch.Tensor | None, density=None) -> dict:
+def score_model(
+    evaluator: Evaluator, model: nn.Module, temperature: float, class_weights: torch.Tensor | None, density=None, has_prior: bool = True
+) -> dict:
     """Scores of the model's samples from the prior; with a fitted latent mixture, the mixture's scores
-    under the plain names (fd_x, ...) and the prior's beside them (fd_x_prior, ...), so the gain shows."""
+    under the plain names (fd_x, ...) and the prior's beside them (fd_x_prior, ...), so the gain shows.
+    A family without a prior (`has_prior` False: an autoencoder) is scored on the mixture's samples alone."""
     from vaegen.samplers import gmm_sampler, prior_sampler
 
+    mixture = None if density is None else evaluator.score(gmm_sampler(model, density, temperature, class_weights), "gmm", temperature)
+    if not has_prior:
+        return mixture
     scores = evaluator.score(prior_sampler(model, temperature, class_weights), "prior", temperature)
-    if density is None:
+    if mixture is None:
         return scores
-    prior_scores = {prior_name(key): value for key, value in scores.items() if key != "protocol"}
-    return {**evaluator.score(gmm_sampler(model, density, temperature, class_weights), "gmm", temperature), **prior_scores}
+    return {**mixture, **{prior_name(key): value for key, value in scores.items() if key != "protocol"}}
 
 
 def prior_name(metric: str) -> str:

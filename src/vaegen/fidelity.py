@@ -116,7 +116,10 @@ def conditional_fidelity(
     scores = {}
     for k, name in enumerate(class_names):
         labels = torch.full((per_class,), k)
-        z = latent_codes(per_class, model.latent_dim, generator, labels, temperature, density)
-        images = model.decode(z.to(device), labels.to(device))
+        if callable(getattr(model, "decode", None)):  # a latent family: codes from the prior or the mixture
+            z = latent_codes(per_class, model.latent_dim, generator, labels, temperature, density)
+            images = model.decode(z.to(device), labels.to(device))
+        else:  # any other family draws with its own generate, told the class by one-hot class weights
+            images = model.generate(per_class, generator, temperature, torch.eye(len(class_names))[k])
         scores[name] = label_agreement(classifier, images, labels)
     return {"cond_fidelity": sum(scores.values()) / len(scores), **{f"cond_fidelity/{name}": score for name, score in scores.items()}}

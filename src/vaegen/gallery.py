@@ -29,6 +29,7 @@ from vaegen.data import decode_image
 from vaegen.density import SAMPLER_FILE, latent_codes
 from vaegen.fid import protocol_text
 from vaegen.errors import CheckpointError, DataError, VaegenError, pixel_size
+from vaegen.family import reconstructs
 from vaegen.plots import BLOCK_COLUMNS, image_grid, labelled_rows, scaled, to_pil
 from vaegen.samplers import per_class_samples, slerp
 from vaegen.train import to_input
@@ -338,10 +339,19 @@ def sample_view(
     """`count` samples (a block of `count` per class for ALL_CLASSES), from the checkpoint's latent mixture
     when it ships one, else from z ~ N(0, temperature² I); same seed, same picture."""
     labels = row_labels(model, choice)
+    if not reconstructs(model):  # a family without a decoder draws with its own generate
+        return _picture(model, _generated(model, count, seed, temperature, labels), labels, BLOCK_COLUMNS if len(labels) > 1 else None)
     if len(labels) > 1:  # from the prior, the same codes in every block, so the blocks differ only by the class
         return _picture(model, per_class_samples(model, count, seed, temperature, getattr(model, "latent_density", None)), labels, BLOCK_COLUMNS)
     images = model.sample(count, labels=labels[0], temperature=temperature, seed=seed)
     return _picture(model, images, labels, columns=None)
+
+
+def _generated(model: torch.nn.Module, count: int, seed: int, temperature: float, labels: list[int | None]) -> torch.Tensor:
+    """`count` images per entry of `labels` from model.generate, each class told by its one-hot class weights."""
+    one_hot = torch.eye(model.num_classes)
+    return torch.cat([model.generate(count, torch.Generator().manual_seed(seed), temperature, None if label is None else one_hot[label])
+                      for label in labels])
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""The convolutional VAE (and its conditional variant) and the name -> model registry.
+"""The convolutional VAE (and its conditional variant), the autoencoder built from the same layers, and the
+name -> (model, family) registry.
 
 `ConvVAE` with the default widths is the reference architecture: four stride-2
 convolutions down, a linear bottleneck, four stride-2 transposed convolutions up. The one
@@ -20,13 +21,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaegen.config import ModelConfig
+from vaegen.family import VAE, Autoencoder, Family
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
+FAMILIES: dict[str, Family] = {}  # model name -> the family that trains and evaluates it
 
 
-def register_model(name: str):
+def register_model(name: str, family: Family | None = None):
+    """Register a module builder under `model.name: <name>`, trained as `family` (a VAE unless said)."""
+
     def add(builder):
         MODELS[name] = builder
+        FAMILIES[name] = family if family is not None else VAE()
         return builder
 
     return add
@@ -34,6 +40,10 @@ def register_model(name: str):
 
 def build_model(cfg: ModelConfig, image_size: tuple[int, int], channels: int, num_classes: int) -> nn.Module:
     return MODELS[cfg.name](cfg, image_size=image_size, channels=channels, num_classes=num_classes)
+
+
+def family_of(cfg: ModelConfig) -> Family:
+    return FAMILIES[cfg.name]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -229,11 +239,15 @@ class ConvVAE(nn.Module):
 
     def _encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """`encode` of images and labels already checked."""
+        features = self._features(x, labels)
+        return self.to_mu(features), self.to_logvar(features)
+
+    def _features(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The encoder's flattened output, before the heads that make the code."""
         if self.conditional == "onehot":
             planes = F.one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None]
             x = torch.cat([x, planes.expand(-1, -1, *x.shape[2:])], dim=1)
-        features = self.encoder(x)
-        return self.to_mu(features), self.to_logvar(features)
+        return self.encoder(x)
 
     def decode_logits(self, z: torch.Tensor | np.ndarray, labels: torch.Tensor | None = None) -> torch.Tensor:
         z = self._as_tensor(z, "latent codes")
@@ -269,6 +283,19 @@ class ConvVAE(nn.Module):
             noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         z = mu + noise * torch.exp(0.5 * logvar)
         return self._decode_logits(z, labels), mu, logvar
+
+    @torch.no_grad()
+    def generate(
+        self, n: int, generator: torch.Generator, temperature: float = 1.0, class_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`n` images from the prior, z ~ N(0, T² I), every draw from `generator` (the evaluation's samples);
+        conditional models draw their labels with `class_weights` (default uniform)."""
+        z = torch.randn(n, self.latent_dim, generator=generator) * temperature
+        labels = None
+        if self.is_conditional:
+            weights = torch.ones(self.num_classes) if class_weights is None else class_weights.float()
+            labels = torch.multinomial(weights, n, replacement=True, generator=generator).to(self.to_mu.weight.device)
+        return self.decode(z.to(self.to_mu.weight.device), labels)
 
     @torch.no_grad()
     def sample(
@@ -359,3 +386,41 @@ class ResVAE(ConvVAE):
             width = stage[0].out_channels
             stages += [stage, *(ResidualBlock(width) for _ in range(cfg.blocks))]
         return stages
+
+
+@register_model("conv_ae", family=Autoencoder())
+class ConvAE(ConvVAE):
+    """ConvVAE's encoder and decoder as a deterministic autoencoder: the code is the encoder's output (no log-variance
+    head, no noise). Trained as an RAE (vaegen.family.Autoencoder); its samples come from a latent mixture."""
+
+    def __init__(self, cfg: ModelConfig, image_size: tuple[int, int], channels: int, num_classes: int = 1):
+        super().__init__(cfg, image_size, channels, num_classes)
+        del self.to_logvar
+
+    def _encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, None]:
+        """The code, and no spread: (z, None)."""
+        return self.to_mu(self._features(x, labels)), None
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        """Decoder logits and the code z."""
+        labels = self._check_labels(labels, x.shape[0], check_range=False)
+        z, _ = self._encode(self._check_images(x), labels)
+        return self._decode_logits(z, labels), z
+
+    def generate(self, n: int, generator: torch.Generator, temperature: float = 1.0, class_weights: torch.Tensor | None = None):
+        raise ValueError(self._no_prior())
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, temperature: float = 1.0, seed: int | None = None) -> torch.Tensor:
+        if getattr(self, "latent_density", None) is None:
+            raise ValueError(self._no_prior())
+        return super().sample(n, labels, temperature, seed)
+
+    def _no_prior(self) -> str:
+        return ("an autoencoder has no prior to sample from: its samples come from the latent mixture fitted on the training "
+                "images' codes, which vaegen.load attaches when the model folder has one (sampler.name: gmm); or decode codes")
+
+
+@register_model("res_ae", family=Autoencoder())
+class ResAE(ConvAE, ResVAE):
+    """ResVAE's residual encoder and decoder as a deterministic autoencoder (ConvAE's code, ResVAE's stages)."""

@@ -128,6 +128,17 @@ def reconstruction_grid(originals: torch.Tensor, reconstructions: torch.Tensor, 
     return image_grid(torch.cat(rows), nrow=per_row)
 
 
+# the panel titles of the terms families log (a term without one is titled by its name)
+CURVE_TITLES = {"loss": "loss (the objective)", "nelbo": "recon + KL (β = 1)", "recon": "reconstruction", "kl": "KL",
+                "latent_l2": "½‖z‖² (latent L2)"}
+
+
+def logged_terms(rows: list[dict]) -> list[str]:
+    """The loss terms a run logged (train_<term>), in the order of its rows' keys; counters and rates left out."""
+    keys = dict.fromkeys(key for row in rows for key in row)
+    return [key.removeprefix("train_") for key in keys if key.startswith("train_") and isinstance(rows[0].get(key, 0.0), float)]
+
+
 def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
     """Loss terms and beta against the epoch, from metrics.jsonl rows."""
     import matplotlib
@@ -136,13 +147,7 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    panels = [
-        ("loss (recon + β·KL)", ["train_loss", "val_loss"]),
-        ("recon + KL (β = 1)", ["train_nelbo", "val_nelbo"]),
-        ("reconstruction", ["train_recon", "val_recon"]),
-        ("KL", ["train_kl", "val_kl"]),
-        ("β", ["beta"]),
-    ]
+    panels = [(CURVE_TITLES.get(term, term), [f"train_{term}", f"val_{term}"]) for term in logged_terms(rows)] + [("β", ["beta"])]
     distances = sorted({key for row in rows for key in row if key.startswith(("fd_", "fid_"))})
     if distances:
         panels.append(("Fréchet distance", distances))

@@ -14,18 +14,12 @@ Sampler = Callable[[int, torch.Generator], torch.Tensor]
 
 
 def prior_sampler(model: torch.nn.Module, temperature: float = 1.0, class_weights: torch.Tensor | None = None) -> Sampler:
-    """z ~ N(0, temperature² I); conditional models draw labels with `class_weights` (default uniform)."""
-    device = next(model.parameters()).device
-    if model.is_conditional and class_weights is None:
-        class_weights = torch.ones(model.num_classes)
+    """The model's own draws (`model.generate`: z ~ N(0, temperature² I) for a VAE); conditional models draw labels
+    with `class_weights` (default uniform)."""
 
     @torch.no_grad()
     def sample(n: int, generator: torch.Generator) -> torch.Tensor:
-        z = torch.randn(n, model.latent_dim, generator=generator) * temperature
-        labels = None
-        if model.is_conditional:
-            labels = torch.multinomial(class_weights.float(), n, replacement=True, generator=generator).to(device)
-        return model.decode(z.to(device), labels)
+        return model.generate(n, generator, temperature, class_weights)
 
     return sample
 
@@ -50,6 +44,19 @@ def per_class_samples(
     else:
         codes = [density.to(device).sample(per_class, generator, torch.tensor(k), temperature) for k in range(model.num_classes)]
     return torch.cat([model.decode(z, torch.full((per_class,), k, device=device)) for k, z in enumerate(codes)])
+
+
+@torch.no_grad()
+def generated_samples(model: torch.nn.Module, count: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+    """`count` images from `model.generate` (any family's own draws) with a fixed seed; conditional models: a block
+    of samples_per_class(count) per class, in class order, each drawn with its class's one-hot weights."""
+    from vaegen.plots import samples_per_class
+
+    if not model.is_conditional:
+        return model.generate(count, torch.Generator().manual_seed(seed), temperature)
+    per_class = samples_per_class(count, model.num_classes)
+    one_hot = torch.eye(model.num_classes)
+    return torch.cat([model.generate(per_class, torch.Generator().manual_seed(seed), temperature, one_hot[k]) for k in range(model.num_classes)])
 
 
 def gmm_sampler(

@@ -1,0 +1,150 @@
+"""A training run's state: the modules that make a step and everything `--resume` needs to continue exactly.
+
+`build_run` turns a config into a `Run` (family, model, optimizer, scaler, EMA, adversarial head, perceptual
+term, the step as the hardware runs it, the batch-order generator); `Run.state_dict()` is what
+`logs/<run>/checkpoints/last.pt` holds and `Run.load_state_dict()` puts it back, RNG streams included, so an
+interrupted run ends with the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from vaegen import distributed
+from vaegen.accel import CapturedStep, StepOptions, compile_step
+from vaegen.adversarial import Adversary
+from vaegen.checkpoint import load_state_checked
+from vaegen.config import Config
+from vaegen.ema import EMA
+from vaegen.errors import CheckpointError
+from vaegen.family import Family
+from vaegen.models import build_model, family_of
+from vaegen.perceptual import PerceptualLoss
+from vaegen.schedules import build_beta_schedule
+
+STATE_FORMAT = 1  # last.pt's layout; what release 0.1.0 wrote keeps loading
+
+
+@dataclass
+class Run:
+    config: Config
+    family: Family
+    model: nn.Module  # the plain module: what checkpoints hold and best models ship
+    step_model: nn.Module  # what the training step calls: the model, DDP-wrapped and compiled as options say
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # a no-op unless precision is fp16
+    device: torch.device
+    options: StepOptions
+    classes: list[str]
+    shuffle: torch.Generator  # the batch order, shared by every process
+    beta_at: Callable[[int], float]
+    ema: EMA | None = None
+    adversary: Adversary | None = None
+    perceptual: PerceptualLoss | None = None
+    captured: CapturedStep | None = None  # the step recorded as a CUDA graph (train.cuda_graph)
+    epoch: int = 0  # epochs done
+    criterion: str = "val_nelbo"  # the metric that picks the best model
+    best_epoch: int | None = None
+    best_value: float | None = None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What evaluates and ships: the weight average (train.ema) in place of the live weights."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self) -> dict:
+        return {
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"adversary": self.adversary.state_dict()} if self.adversary is not None else {}),
+            "format": STATE_FORMAT,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(self.shuffle),
+            "best_criterion": self.criterion,
+            "best_epoch": self.best_epoch,
+            "best_value": self.best_value,
+            "classes": self.classes,
+        }
+
+    def load_state_dict(self, state: dict, source: str) -> None:
+        """Continue from `state` (last.pt, read from `source`). The config wins over the saved optimizer settings,
+        so `--resume --set optim.lr=...` takes effect."""
+        if state.get("classes") != self.classes:
+            raise CheckpointError(
+                f"{source} was trained on classes {state.get('classes')} but data.root now has {self.classes}. "
+                f"Resume with the data the run started with, or start a new run."
+            )
+        load_state_checked(self.model, state["model"], source)
+        self.optimizer.load_state_dict(state["optimizer"])
+        optim = self.config.optim
+        for group in self.optimizer.param_groups:
+            group.update(lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+        restore_rng_state(state["rng"], self.shuffle)
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+        elif self.ema is not None:  # train.ema turned on at this resume: the average starts from the resumed weights
+            self.ema = EMA(self.model, self.config.train.ema)
+        if self.adversary is not None and "adversary" in state:
+            self.adversary.load_state_dict(state["adversary"])
+        self.epoch = state["epoch"]
+        # a NaN best (saved before NaN stopped runs) would compare False with every later score and block all exports
+        best = state.get("best_value")
+        if state.get("best_criterion") == self.criterion and best is not None and math.isfinite(best):
+            self.best_epoch, self.best_value = state["best_epoch"], best
+
+
+def build_run(config: Config, device: torch.device, options: StepOptions, classes: list[str]) -> Run:
+    """The training state of a new run, on `device`; draws its initial weights from the global RNG (seeded first)."""
+    family = family_of(config.model)
+    model = build_model(config.model, config.data.image_size, config.data.channels, len(classes)).to(device)
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config, model, fused=options.fused_optimizer, capturable=options.step_graph)
+    step_model = compile_step(distributed.wrap(model, device, config.train.sync_batchnorm), options)
+    # in this order: each draws its initial weights from the global RNG
+    adversary = Adversary(config.adversarial, config.data.channels, device) if config.adversarial.enabled else None
+    perceptual = PerceptualLoss(config.loss.perceptual, config.loss.perceptual_weight, device) if config.loss.perceptual != "none" else None
+    return Run(
+        config=config, family=family, model=model, step_model=step_model, optimizer=optimizer,
+        scaler=torch.amp.GradScaler(device.type, enabled=options.precision == "fp16"), device=device, options=options,
+        classes=list(classes), shuffle=torch.Generator().manual_seed(config.train.seed), beta_at=build_beta_schedule(config.beta),
+        ema=EMA(model, config.train.ema) if config.train.ema else None, adversary=adversary, perceptual=perceptual,
+    )
+
+
+def build_optimizer(config: Config, model: nn.Module, fused: bool = False, capturable: bool = False) -> torch.optim.Optimizer:
+    """`capturable`: its step counters live on the device, so a CUDA graph can record the update."""
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.optim.name]
+    kwargs = {**({"fused": True} if fused else {}), **({"capturable": True} if capturable else {})}
+    return cls(model.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay, **kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(shuffle: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict, shuffle: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
