@@ -2,7 +2,7 @@
 
 Browse the best checkpoints under best_models/ (or --best-dir, or $VAEGEN_BEST_DIR), then sample,
 pick a class, interpolate and reconstruct in the browser. This file only lays out widgets; what
-they show comes from vaegen.gallery.
+they show comes from vaegen.apps.gallery.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import streamlit as st
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from vaegen import gallery
+from vaegen.apps import gallery
 from vaegen.errors import VaegenError, plural
 
 UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMG_EXTENSIONS)  # what the training data may be made of

@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from vaegen.config import config_from_dict, read_yaml, set_key_path  # noqa: E402
-from vaegen.data import load_splits  # noqa: E402
-from vaegen.train import RunPaths, train  # noqa: E402
+from vaegen.data.dataset import load_splits  # noqa: E402
+from vaegen.training.loop import RunPaths, train  # noqa: E402
 
 # what each row changes in the reference recipe (key path: value)
 CALIBRATED = {"loss.recon": "gaussian", "beta.schedule": "constant", "beta.max": 1.0}
@@ -163,9 +163,9 @@ def copy_ratio(result: dict, results: list[dict], args, splits, count: int = 200
     from every training image than new real photos are (blur, or novelty).
     """
     import vaegen
-    from vaegen.density import fit_model_density
-    from vaegen.fid import eval_batch_size
-    from vaegen.accel import resolve_device
+    from vaegen.evaluation.frechet import eval_batch_size
+    from vaegen.samplers.mixture import fit_model_density
+    from vaegen.training.accel import resolve_device
 
     device = resolve_device(args.device)
     train_pixels = splits.train.images.to(device).flatten(1).float() / 255
@@ -186,10 +186,10 @@ def copy_ratio(result: dict, results: list[dict], args, splits, count: int = 200
 def score_with_mixture(config, trained: Path, out: Path) -> dict:
     """Fit `config.sampler` on the training codes of the model in `trained`; score mixture and prior; save a grid."""
     import vaegen
-    from vaegen.density import fit_model_density
-    from vaegen.fid import eval_batch_size, run_evaluator, score_model
+    from vaegen.evaluation.frechet import eval_batch_size, run_evaluator, score_model
     from vaegen.plots import image_grid, save_png
-    from vaegen.accel import resolve_device
+    from vaegen.samplers.mixture import fit_model_density
+    from vaegen.training.accel import resolve_device
 
     device = resolve_device(config.train.device)
     model = vaegen.load(trained, device)

@@ -8,7 +8,7 @@ Rows, all with the same model, data and batch size, images/s in steady state, ea
 then timed in --rounds interleaved rounds (medians reported; c/a also with its range over rounds):
   (a) reference: torchvision ImageFolder + PIL transforms in a DataLoader, fp32, `.item()` every step;
   (b) ceiling:   synthetic batches already on the device, the same step and options as (c);
-  (c) vaegen:    `vaegen.train.train_one_epoch` on the decoded data cache, as `vaegen train` runs it.
+  (c) vaegen:    `vaegen.training.loop.train_one_epoch` on the decoded data cache, as `vaegen train` runs it.
 The table is printed and a dated row is appended to docs/benchmarks.md.
 """
 
@@ -29,13 +29,13 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from vaegen.accel import CapturedStep, apply_backend_flags, resolve_device, resolve_step_options  # noqa: E402
 from vaegen.config import config_from_dict  # noqa: E402
-from vaegen.data import load_splits, to_device  # noqa: E402
+from vaegen.data.dataset import load_splits, to_device  # noqa: E402
 from vaegen.errors import VaegenError  # noqa: E402
 from vaegen.models import build_model  # noqa: E402
-from vaegen.run import Run, build_run  # noqa: E402
-from vaegen.train import train_one_epoch, train_step  # noqa: E402
+from vaegen.training.accel import CapturedStep, apply_backend_flags, resolve_device, resolve_step_options  # noqa: E402
+from vaegen.training.loop import train_one_epoch, train_step  # noqa: E402
+from vaegen.training.run import Run, build_run  # noqa: E402
 
 
 def default_data() -> Path:
@@ -71,7 +71,7 @@ def reference_loop(config, device):
     """(a) The typical script: ImageFolder + PIL transforms, fp32, a host sync (`.item()`) every step."""
     from torchvision import datasets, transforms
 
-    from vaegen.losses import vae_loss
+    from vaegen.models.losses import vae_loss
 
     size = config.data.image_size
     dataset = datasets.ImageFolder(str(config.data.root), transforms.Compose([transforms.Resize(size), transforms.ToTensor()]))
@@ -227,7 +227,7 @@ def main() -> None:
 
     full = ""
     if args.full:
-        from vaegen.cli import main as vaegen_main
+        from vaegen.apps.cli import main as vaegen_main
 
         start = time.perf_counter()
         vaegen_main(["train", "--config", str(REPO / "configs" / "train_apples.yaml"), "--set", f"data.root={data_root}",

@@ -1,4 +1,4 @@
-"""Write docs/config.md, the config reference, from the pydantic models in src/vaegen/config.py.
+"""Write docs/config.md, the config reference, from the pydantic models in src/vaegen/config/schema.py.
 
     python scripts/config_reference.py          # rewrite docs/config.md
     python scripts/config_reference.py --check  # exit 1 when docs/config.md differs from what this writes
@@ -35,7 +35,7 @@ def render() -> str:
     lines = [
         "# Configuration reference",
         "",
-        f"Generated from `src/vaegen/config.py` by `{COMMAND}`; edit the field descriptions there, not this page.",
+        f"Generated from `src/vaegen/config/schema.py` by `{COMMAND}`; edit the field descriptions there, not this page.",
         "A config is YAML; `--set key.path=value` overrides one key (the value is read as YAML). Unknown keys are",
         "errors, and every key has a default except `data.root`.",
         "",

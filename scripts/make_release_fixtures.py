@@ -36,8 +36,8 @@ import yaml
 from safetensors.torch import save_file
 
 import vaegen
+from vaegen.apps.cli import main as vaegen_main
 from vaegen.checkpoint import load_training_state
-from vaegen.cli import main as vaegen_main
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = "data/apples_sample"  # as the frozen configs say it, relative to the folder a run starts from

@@ -5,7 +5,7 @@
   tables below keep full runs cheap (small ints, no network-bound choices). An invalid value is the wrong kind,
   out of bounds, nan/inf, an empty list, an unknown choice or key, a section given a single value...
 - Data folders are drawn as a `DataSpec` and written into the example's own temporary folder.
-- `run_cli` runs `vaegen.cli.main` in-process; `contract_violations` is the user-facing contract of one run.
+- `run_cli` runs `vaegen.apps.cli.main` in-process; `contract_violations` is the user-facing contract of one run.
 
 `KNOWN_DEFECTS` names the defects being fixed elsewhere that the properties steer around; each has a strict-xfail
 regression test in test_fuzz.py. Delete a name once its fix lands (its regression test then passes and loses its mark).
@@ -647,7 +647,7 @@ def _inside(folder: Path, env: dict[str, str]):
 
 def run_cli(argv: list[str], workdir: Path) -> CliResult:
     """`vaegen ARGV` as the console script runs it, in `workdir`, with its decode cache there too."""
-    from vaegen.cli import main
+    from vaegen.apps.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     code, escaped = None, None

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from helpers import SAMPLE
 
-from test_train import SAMPLE, tiny_config
-from vaegen.accel import resolve_step_options
-from vaegen.cli import main
+from vaegen.apps.cli import main
 from vaegen.config import DataConfig, TrainConfig, config_from_dict
-from vaegen.data import batches, load_splits, to_device
+from vaegen.data.dataset import batches, load_splits, to_device
 from vaegen.errors import ConfigError
+from vaegen.training.accel import resolve_step_options
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -44,12 +44,12 @@ def test_explicit_options_are_honoured():
 
 
 def test_compile_mode_reaches_torch_compile_and_cuda_graphs_need_cuda(monkeypatch):
-    from vaegen import accel
+    from vaegen.training import accel
 
     seen = {}
     monkeypatch.setattr(torch, "compile", lambda model, **kwargs: seen.update(kwargs) or model)
     train = TrainConfig(compile=True, compile_mode="reduce-overhead")
-    with pytest.warns(UserWarning, match="reduce-overhead replays the step as CUDA graphs, which needs CUDA; on cpu"):
+    with pytest.warns(UserWarning, match="reduce-overhead.*needs CUDA"):
         options = resolve_step_options(train, DataConfig(root="x"), torch.device("cpu"), 1)
     assert (options.compile_mode, options.cuda_graphs) == ("reduce-overhead", False)
     assert "compiled (reduce-overhead)" in options.describe()
@@ -66,7 +66,7 @@ def test_compile_mode_reaches_torch_compile_and_cuda_graphs_need_cuda(monkeypatc
 def test_the_cudnn_autotuner_follows_the_step_options(monkeypatch):
     from dataclasses import replace
 
-    from vaegen.accel import apply_backend_flags
+    from vaegen.training.accel import apply_backend_flags
 
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     options = resolve_step_options(TrainConfig(), DataConfig(root="x"), torch.device("cpu"), 1)
@@ -87,41 +87,41 @@ def test_a_compile_mode_without_compilation_is_refused():
 def test_a_captured_step_needs_cuda_and_says_so_when_it_runs():
     from dataclasses import replace
 
-    with pytest.warns(UserWarning, match="train.cuda_graph replays the step as a CUDA graph, which needs CUDA; on cpu the step runs as usual"):
+    with pytest.warns(UserWarning, match="train.cuda_graph.*needs CUDA"):
         options = resolve_step_options(TrainConfig(cuda_graph=True), DataConfig(root="x"), torch.device("cpu"), 1)
     assert options.step_graph is False and "CUDA graph" not in options.describe()
     assert replace(options, step_graph=True).describe().endswith(", the whole step replayed as a CUDA graph")
 
 
-def test_warnings_of_a_run_are_kept_in_its_train_log(tmp_path):
+def test_warnings_of_a_run_are_kept_in_its_train_log(tmp_path, tiny_config):
     """train.log keeps what the console showed, warnings (on stderr) included."""
-    with pytest.warns(UserWarning, match="train.cuda_graph replays the step as a CUDA graph, which needs CUDA"):
+    with pytest.warns(UserWarning, match="train.cuda_graph.*needs CUDA"):
         assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 1, "cuda_graph": True}))]) == 0
     log = (tmp_path / "logs" / "tiny" / "train.log").read_text()
-    assert "warning: train.cuda_graph replays the step as a CUDA graph, which needs CUDA; on cpu the step runs as usual." in log
+    assert any(line.startswith("warning: train.cuda_graph") and "needs CUDA" in line for line in log.splitlines())
 
 
 @pytest.mark.parametrize(
     ("settings", "named"),
     [
-        ({"train": {"precision": "fp16"}}, "train.precision fp16 (its loss scaler reads"),
-        ({"optim": {"skip_grad_norm": 10.0}}, "optim.skip_grad_norm (reads the gradient norm on the host every step) needs the host"),
-        ({"train": {"ema": 0.999}}, "train.ema (its decay changes with a step counter kept on the host)"),
+        ({"train": {"precision": "fp16"}}, "train.precision fp16"),
+        ({"optim": {"skip_grad_norm": 10.0}}, "optim.skip_grad_norm"),
+        ({"train": {"ema": 0.999}}, "train.ema"),
         ({"adversarial": {"enabled": True}}, "adversarial.enabled"),
     ],
 )
 def test_a_captured_step_refuses_what_needs_the_host_between_steps(settings, named):
     raw = {"data": {"root": "x"}, **settings}
     raw["train"] = {**raw.get("train", {}), "cuda_graph": True}
-    with pytest.raises(ConfigError, match="train.cuda_graph replays one recorded step, but ") as info:
+    with pytest.raises(ConfigError, match="train.cuda_graph replays one recorded step") as info:
         config_from_dict(raw)
-    assert named in str(info.value) and "set train.cuda_graph: false, or turn it off" in str(info.value)
+    assert named in str(info.value) and "set train.cuda_graph: false" in str(info.value)
     raw["train"]["cuda_graph"] = False
     config_from_dict(raw)  # each of them is fine without the graph
 
 
 def test_a_captured_step_is_not_captured_twice():
-    with pytest.raises(ConfigError, match="train.cuda_graph captures the whole step .* train.compile_mode reduce-overhead captures"):
+    with pytest.raises(ConfigError, match="train.cuda_graph.*train.compile_mode reduce-overhead"):
         config_from_dict({"data": {"root": "x"}, "train": {"cuda_graph": True, "compile_mode": "reduce-overhead"}})
     assert config_from_dict({"data": {"root": "x"}, "train": {"cuda_graph": True, "compile": True}}).train.cuda_graph is True
 
@@ -130,7 +130,7 @@ def test_a_captured_step_keeps_no_autocast_cache():
     """torch.cuda.graph's rule: weights autocast cached during the capture would be stale in every replay."""
     from dataclasses import replace
 
-    from vaegen.accel import autocast
+    from vaegen.training.accel import autocast
 
     options = replace(resolve_step_options(TrainConfig(precision="bf16"), DataConfig(root="x"), torch.device("cpu"), 1), step_graph=True)
     with autocast(options, torch.device("cpu")):
@@ -141,8 +141,9 @@ def test_a_captured_step_keeps_no_autocast_cache():
 
 def test_the_step_takes_beta_as_a_tensor_as_it_takes_a_number():
     """A captured step gets β as a device tensor (one recording serves every epoch's β): same loss, same update."""
-    from vaegen.run import build_optimizer, build_run
-    from vaegen.train import to_input, train_step
+    from vaegen.data.dataset import to_input
+    from vaegen.training.loop import train_step
+    from vaegen.training.run import build_optimizer, build_run
 
     config = config_from_dict({"data": {"root": str(SAMPLE), "image_size": 16}, "model": {"widths": [8, 16], "latent_dim": 8}})
     options = resolve_step_options(config.train, config.data, torch.device("cpu"), 1)
@@ -160,9 +161,9 @@ def test_the_step_takes_beta_as_a_tensor_as_it_takes_a_number():
 
 
 @pytest.mark.parametrize(("name", "message"), [("gpu", "device is 'gpu', which is not a device; use auto, cpu"), ("", "which is not a device")]
-                         + ([] if torch.cuda.is_available() else [("cuda", "device is cuda but CUDA is not available here; use device: auto or cpu")]))
+                         + ([] if torch.cuda.is_available() else [("cuda", "device is cuda but CUDA is not available")]))
 def test_device_names_are_checked_and_errors_name_the_setting(name, message):
-    from vaegen.accel import resolve_device
+    from vaegen.training.accel import resolve_device
 
     with pytest.raises(ConfigError, match=message):
         resolve_device(name, key="device")
@@ -191,7 +192,7 @@ def test_device_cache_gives_the_same_batches_as_the_host_path(tmp_path):
         assert torch.equal(x_host, x_dev.cpu()) and torch.equal(y_host, y_dev.cpu())
 
 
-def test_data_in_memory_and_streamed_from_the_host_train_the_same_run_on_cpu(tmp_path):
+def test_data_in_memory_and_streamed_from_the_host_train_the_same_run_on_cpu(tmp_path, tiny_config):
     rows = {}
     for placement in [True, False]:
         config = tiny_config(tmp_path / str(placement), train={"epochs": 2}, data={"on_device": placement, "hflip": True})
@@ -201,7 +202,7 @@ def test_data_in_memory_and_streamed_from_the_host_train_the_same_run_on_cpu(tmp
     assert rows[True] == rows[False]  # same batches, same flips, same steps: the same numbers to the last bit
 
 
-def test_bf16_training_reaches_the_fp32_loss(tmp_path):
+def test_bf16_training_reaches_the_fp32_loss(tmp_path, tiny_config):
     finals = {}
     for precision in ["fp32", "bf16"]:
         config = tiny_config(tmp_path / precision, train={"epochs": 3, "precision": precision})
@@ -213,7 +214,7 @@ def test_bf16_training_reaches_the_fp32_loss(tmp_path):
 
 def _cuda_step_setup(train: dict, conditional: str = "none"):
     """A Run on the GPU as `vaegen train` builds it (channels_last, the step compiled as `train` says), and a batch."""
-    from vaegen.run import build_run
+    from vaegen.training.run import build_run
 
     config = config_from_dict(
         {"data": {"root": str(SAMPLE), "image_size": 32}, "model": {"widths": [8, 16], "conditional": conditional}, "eval": {"backbone": "none"},
@@ -236,7 +237,8 @@ def _cuda_step_setup(train: dict, conditional: str = "none"):
 ], ids=["eager", "cuda-graphs", "eager-onehot", "eager-embedding"])
 def test_training_step_never_syncs_with_the_host(train, conditional):
     """Every step of an epoch but the logging ones runs under sync-debug 'error': no hidden .item()."""
-    from vaegen.train import to_input, train_step
+    from vaegen.data.dataset import to_input
+    from vaegen.training.loop import train_step
 
     run, images = _cuda_step_setup(train, conditional)
     device = images.device
@@ -260,7 +262,8 @@ def test_cuda_graphs_replay_the_step_and_train_like_the_default_compiled_step():
     kernel), and 30 steps on one batch reach the loss the default compiled step reaches."""
     from torch._dynamo.utils import counters
 
-    from vaegen.train import to_input, train_step
+    from vaegen.data.dataset import to_input
+    from vaegen.training.loop import train_step
 
     final = {}
     for mode in ("default", "reduce-overhead"):
@@ -314,7 +317,7 @@ def fake_cuda_graphs(monkeypatch):
 def test_the_captured_step_warms_up_records_once_and_replays_on_new_inputs(fake_cuda_graphs):
     """CapturedStep's bookkeeping: three ordinary steps, then one recording into static inputs (which runs
     nothing) replayed at once, then replays that see each new batch and β; every result is a tensor of its own."""
-    from vaegen.accel import CapturedStep
+    from vaegen.training.accel import CapturedStep
 
     recording, runs = fake_cuda_graphs, []
 
@@ -337,7 +340,7 @@ def test_the_captured_step_warms_up_records_once_and_replays_on_new_inputs(fake_
 
 
 def test_a_step_that_cannot_be_recorded_names_the_setting(fake_cuda_graphs):
-    from vaegen.accel import CapturedStep
+    from vaegen.training.accel import CapturedStep
 
     def step(x, y, beta):
         if "graph" in fake_cuda_graphs:
@@ -347,8 +350,11 @@ def test_a_step_that_cannot_be_recorded_names_the_setting(fake_cuda_graphs):
     captured = CapturedStep(step, torch.device("cpu"))
     for _ in range(3):
         captured(torch.ones(2), None, 1.0)
-    with pytest.raises(ConfigError, match=r"could not be recorded as a CUDA graph \(CUDA error: operation not permitted when stream is capturing\); set train.cuda_graph: false"):
+    with pytest.raises(ConfigError) as error:
         captured(torch.ones(2), None, 1.0)
+    message = str(error.value)
+    assert "could not be recorded as a CUDA graph" in message and "train.cuda_graph: false" in message
+    assert "operation not permitted when stream is capturing" in message
 
 
 @cuda
@@ -356,8 +362,9 @@ def test_a_step_that_cannot_be_recorded_names_the_setting(fake_cuda_graphs):
 def test_the_captured_step_replays_and_trains_like_the_step_itself(compile):
     """train.cuda_graph: 30 calls (3 warm-up, 1 capture, 26 replays) take 30 optimizer steps, replays never
     sync with the host, β set between replays reaches the recorded loss, and the fit matches the plain step's."""
-    from vaegen.accel import CapturedStep
-    from vaegen.train import to_input, train_step
+    from vaegen.data.dataset import to_input
+    from vaegen.training.accel import CapturedStep
+    from vaegen.training.loop import train_step
 
     final = {}
     for graphed in (False, True):
@@ -393,7 +400,7 @@ def test_the_captured_step_replays_and_trains_like_the_step_itself(compile):
 
 
 @cuda
-def test_a_run_with_the_captured_step_checkpoints_and_resumes(tmp_path):
+def test_a_run_with_the_captured_step_checkpoints_and_resumes(tmp_path, tiny_config):
     """End to end on CUDA: two epochs with train.cuda_graph, then a resume (a new capture) to a third; the
     capturable optimizer's state goes through last.pt like any other."""
     config = tiny_config(tmp_path, train={"epochs": 2, "device": "cuda", "compile": False, "cuda_graph": True})
@@ -430,7 +437,7 @@ def test_benchmark_script_prints_each_row_and_the_ratios(tmp_path):
     assert float(ratio.split("c/a =")[1].split()[0]) > 0 and "c/b =" in ratio
 
 
-def test_a_compiled_run_trains_without_graph_breaks_and_times_its_compilation_apart(tmp_path):
+def test_a_compiled_run_trains_without_graph_breaks_and_times_its_compilation_apart(tmp_path, tiny_config):
     """The CUDA default path, compiled, through `vaegen train` on CPU: the model compiles to whole graphs
     (a graph break would silently cost speed), and the time line shows the compiling first epoch apart."""
     from torch._dynamo.utils import counters

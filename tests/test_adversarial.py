@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from helpers import checkpoint_weights, metric_rows
 
-from test_train import _rows, _weights, tiny_config
-from vaegen.adversarial import Adversary, PatchDiscriminator, discriminator_loss, generator_loss
+from vaegen.apps.cli import main
 from vaegen.checkpoint import load_training_state
-from vaegen.cli import main
 from vaegen.config import AdversarialConfig
+from vaegen.training.adversarial import Adversary, PatchDiscriminator, discriminator_loss, generator_loss
 
 
 def test_losses_by_hand():
@@ -53,7 +53,7 @@ def test_generator_term_is_the_gradient_ratio_and_leaves_the_discriminator_alone
     assert adversary.epoch_stats() == {}  # read once per epoch
 
 
-def test_warm_up_then_exact_resume_with_the_discriminator(tmp_path):
+def test_warm_up_then_exact_resume_with_the_discriminator(tmp_path, tiny_config):
     adversarial = {"enabled": True, "start_epoch": 2, "widths": [8, 16], "loss": "non_saturating"}
     straight = tiny_config(tmp_path / "a", train={"epochs": 4}, adversarial=adversarial)
     assert main(["train", "--config", str(straight)]) == 0
@@ -64,10 +64,11 @@ def test_warm_up_then_exact_resume_with_the_discriminator(tmp_path):
     a, b = tmp_path / "a" / "logs" / "tiny", tmp_path / "b" / "logs" / "tiny"
     rows = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
     assert "adv_weight" not in rows[0] and all("adv_weight" in row for row in rows[1:])  # epoch 1 is the warm-up
-    assert max((value.float() - _weights(b)[key].float()).abs().max().item() for key, value in _weights(a).items()) <= 1e-6
+    weights_a, weights_b = checkpoint_weights(a), checkpoint_weights(b)
+    assert max((value.float() - weights_b[key].float()).abs().max().item() for key, value in weights_a.items()) <= 1e-6
     d_a = load_training_state(a / "checkpoints" / "last.pt")["adversary"]
     d_b = load_training_state(b / "checkpoints" / "last.pt")["adversary"]
     for key, value in d_a["discriminator"].items():
         assert (value - d_b["discriminator"][key]).abs().max().item() <= 1e-6, key
     assert d_a["optimizer"]["state"][0]["step"] == d_b["optimizer"]["state"][0]["step"] == 3 * (240 // 32)
-    assert _rows(a) == [pytest.approx(row, rel=1e-5, abs=1e-6) for row in _rows(b)]
+    assert metric_rows(a) == [pytest.approx(row, rel=1e-5, abs=1e-6) for row in metric_rows(b)]

@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vaegen import backbones
-from vaegen.backbones import (
+from vaegen.errors import CheckpointError, ConfigError
+from vaegen.evaluation import backbones
+from vaegen.evaluation.backbones import (
     BACKBONES,
     INCEPTION_ENV,
     INCEPTION_FILE,
@@ -20,7 +21,6 @@ from vaegen.backbones import (
     load_backbone,
     resolve_backbone_name,
 )
-from vaegen.errors import CheckpointError, ConfigError
 
 APPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "apples"
 FRUIT = {948, 957, 952, 951}  # ImageNet: Granny Smith, pomegranate, fig, lemon
@@ -267,7 +267,7 @@ def dinov2_file(tmp_path_factory) -> Path:
 
 
 def test_dinov2_loads_a_local_safetensors_file_and_gives_384_features(dinov2_file, monkeypatch):
-    from vaegen.backbones import DINOV2_ENV, load_backbone
+    from vaegen.evaluation.backbones import DINOV2_ENV, load_backbone
 
     monkeypatch.setenv(DINOV2_ENV, str(dinov2_file))
     network = load_backbone("dinov2")
@@ -281,7 +281,7 @@ def test_dinov2_loads_a_local_safetensors_file_and_gives_384_features(dinov2_fil
 
 
 def test_dinov2_weights_that_are_missing_or_not_safetensors_are_refused(tmp_path, monkeypatch):
-    from vaegen.backbones import DINOV2_ENV, load_backbone
+    from vaegen.evaluation.backbones import DINOV2_ENV, load_backbone
 
     monkeypatch.setenv(DINOV2_ENV, str(tmp_path / "nowhere.safetensors"))
     with pytest.raises(ConfigError, match=f"{DINOV2_ENV} points to .*nowhere.safetensors, which does not exist"):

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 import torch
+from helpers import SAMPLE
 
 import vaegen
-from test_train import SAMPLE
-from vaegen.cli import main
+from vaegen.apps.cli import main
 from vaegen.config import load_config
-from vaegen.density import SAMPLER_FILE
+from vaegen.samplers.mixture import SAMPLER_FILE
 
 BEST = Path(__file__).resolve().parents[1] / "configs" / "train_apples_best.yaml"
 

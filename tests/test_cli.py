@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_train import tiny_config
-from vaegen.cli import main
+from vaegen.apps.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +28,8 @@ def test_unknown_key_exits_2_with_suggestion_and_no_traceback(tmp_path):
     path = write(tmp_path, {"data": {"root": "x"}, "model": {"latnt_dim": 64}})
     result = run("train", "--config", str(path))
     assert result.returncode == 2
-    assert "error:" in result.stderr and "unknown key `model.latnt_dim`; did you mean `latent_dim`?" in result.stderr
+    assert "error:" in result.stderr and "`model.latnt_dim`" in result.stderr
+    assert "did you mean `latent_dim`" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -117,39 +117,41 @@ def test_resume_of_a_run_without_its_config_says_where_the_copy_is(tmp_path, cap
 
 
 @pytest.mark.parametrize("stop_in_epoch", [1, 3])
-def test_ctrl_c_names_the_run_to_resume_and_its_epoch(tmp_path, monkeypatch, capsys, stop_in_epoch):
-    import vaegen.train
+def test_ctrl_c_names_the_run_to_resume_and_its_epoch(tmp_path, monkeypatch, capsys, stop_in_epoch, tiny_config):
+    import vaegen.training.loop
 
-    real_epoch = vaegen.train.train_one_epoch
+    real_epoch = vaegen.training.loop.train_one_epoch
 
     def epoch(run, data, beta, number):
         if number == stop_in_epoch:
             raise KeyboardInterrupt
         return real_epoch(run, data, beta, number)
 
-    monkeypatch.setattr(vaegen.train, "train_one_epoch", epoch)
+    monkeypatch.setattr(vaegen.training.loop, "train_one_epoch", epoch)
     assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 4}))]) == 130
     err = capsys.readouterr().err
     run = tmp_path / "logs" / "tiny"
+    assert "interrupted" in err and str(run) in err
     if stop_in_epoch == 1:
-        assert f"interrupted. Nothing of {run} was saved yet" in err and "--resume" not in err
+        assert "was saved yet" in err and "--resume" not in err
     else:
-        assert f"interrupted. Continue with `vaegen train --resume {run}`: it picks up after epoch 2." in err
+        assert f"vaegen train --resume {run}" in err and "after epoch 2" in err
     assert (run / "train.log").read_text().splitlines()[-1] == err.strip().splitlines()[-1]  # the log keeps it too
 
 
 def test_ctrl_c_outside_training_offers_no_resume(monkeypatch, capsys):
-    import vaegen.cli
+    import vaegen.apps.cli
 
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(vaegen.cli.COMMANDS, "config", interrupted)
+    monkeypatch.setitem(vaegen.apps.cli.COMMANDS, "config", interrupted)
     assert main(["config", "--config", "x.yaml"]) == 130
-    assert capsys.readouterr().err == "interrupted.\n"
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" not in err and "Traceback" not in err
 
 
-def test_resume_by_config_says_which_newer_run_had_nothing_to_resume(tmp_path, capsys):
+def test_resume_by_config_says_which_newer_run_had_nothing_to_resume(tmp_path, capsys, tiny_config):
     config = tiny_config(tmp_path, train={"epochs": 1}, output={"run_name": None})
     assert main(["train", "--config", str(config)]) == 0
     logs = tmp_path / "logs"
@@ -158,7 +160,9 @@ def test_resume_by_config_says_which_newer_run_had_nothing_to_resume(tmp_path, c
     empty.mkdir()
     capsys.readouterr()
     assert main(["train", "--config", str(config), "--resume", "--set", "train.epochs=2"]) == 0
-    assert f"note: resuming {finished}; the newer {empty.name} has no checkpoint to resume from." in capsys.readouterr().err
+    (note,) = [line for line in capsys.readouterr().err.splitlines() if "resuming" in line]
+    assert note.startswith("note:") and f"resuming {finished}" in note
+    assert empty.name in note and "no checkpoint" in note
 
 
 def test_train_without_config_exits_2(capsys):
@@ -177,11 +181,11 @@ def test_version_and_console_script():
     assert result.returncode == 0 and result.stdout.startswith("vaegen ")
 
 
-def test_resume_with_nothing_left_to_do_says_so_before_any_setup(tmp_path, capsys):
+def test_resume_with_nothing_left_to_do_says_so_before_any_setup(tmp_path, capsys, tiny_config):
     assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 1}))]) == 0
     capsys.readouterr()
     run = tmp_path / "logs" / "tiny"
     assert main(["train", "--resume", str(run)]) == 0
     out = capsys.readouterr().out
-    assert f"nothing to do: {run} already has 1 of train.epochs=1; raise it with --set train.epochs=N" in out
+    assert "nothing to do" in out and str(run) in out and "train.epochs=1" in out and "--set train.epochs=N" in out
     assert "data:" not in out  # the data, the model and the evaluation were not set up for nothing

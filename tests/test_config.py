@@ -13,8 +13,8 @@ import pytest
 import yaml
 from pydantic import Field
 
-from vaegen.config import Config, ConfigError, Section, config_from_dict, load_config
-from vaegen.errors import VaegenError
+from vaegen.config import Config, Section, config_from_dict, load_config
+from vaegen.errors import ConfigError, VaegenError
 
 
 def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
@@ -465,10 +465,10 @@ def test_an_image_size_with_channels_says_where_they_go_and_other_mistakes_keep_
     assert load(tmp_path, MINIMAL, ["data.image_size=[64.0, 48]"]).data.image_size == (64, 48)  # as pydantic takes it
 
 
-def test_an_unknown_model_name_lists_the_registry_and_the_close_one(tmp_path, monkeypatch):
-    from vaegen.models import MODELS
+def test_an_unknown_model_name_lists_the_registry_and_the_close_one(tmp_path, register_for_this_test):
+    from vaegen.models.vae import VAE, ConvVAE
 
-    monkeypatch.setitem(MODELS, "tiny_vae", MODELS["conv_vae"])  # the list comes from the registry, not from config.py
+    register_for_this_test("tiny_vae", ConvVAE, VAE())  # the list comes from the registry, not from config/
     says(error(tmp_path, MINIMAL + "model:\n  name: yes\n"),  # once "where a name is expected"
          "`model.name` is true, a yes/no value", "the name of a registered model", "tiny_vae")
     says(error(tmp_path, MINIMAL, ["model.name=conv_vea"]), "`model.name` = 'conv_vea'", "tiny_vae", "did you mean `conv_vae`?")

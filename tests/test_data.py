@@ -1,4 +1,4 @@
-"""vaegen.data: scanning image folders, decoding once into a cached uint8 tensor, splitting, batching.
+"""vaegen.data.dataset: scanning image folders, decoding once into a cached uint8 tensor, splitting, batching.
 
 Every image folder is built in tmp_path with PIL (lossless PNG/TIFF unless a test is about
 JPEG), one solid colour per class so decoded pixel values can be checked, and every
@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-import vaegen.data as data
+import vaegen.data.dataset as data
 from vaegen.config import DataConfig
-from vaegen.data import DecodedImages, batches, decode_image, load_images, load_splits, scan_folder, split
+from vaegen.data.dataset import DecodedImages, batches, decode_image, load_images, load_splits, scan_folder, split
 from vaegen.errors import DataError
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
@@ -72,7 +72,7 @@ def _default_cache_elsewhere(tmp_path, monkeypatch):
 
 @pytest.fixture
 def decoded_paths(monkeypatch) -> list[Path]:
-    """Replace vaegen.data.decode_with_size, load_images' decoder, by a wrapper recording every path it decodes."""
+    """Replace vaegen.data.dataset.decode_with_size, load_images' decoder, by a wrapper recording every path it decodes."""
     calls: list[Path] = []
     lock = threading.Lock()
     real = data.decode_with_size
@@ -501,7 +501,7 @@ def test_adding_a_file_decodes_again(tmp_path, pets, decoded_paths):
 
 
 def derived(tmp_path: Path, folder: str, name: str, made_from: str | None) -> Path:
-    """A cache file computed from a decoded entry, as vaegen.fid and vaegen.fidelity write them."""
+    """A cache file computed from a decoded entry, as vaegen.evaluation.frechet and vaegen.evaluation.class_fidelity write them."""
     from safetensors.torch import save_file
 
     path = tmp_path / "cache" / folder / f"{name}.safetensors"

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train import tiny_config
-from vaegen.cli import main
+from vaegen.apps.cli import main
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed beside this Python")
@@ -27,7 +26,7 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_config):
     one = tiny_config(tmp_path / "one", train={"epochs": 3, "batch_size": 32})
     two = tiny_config(tmp_path / "two", train={"epochs": 3, "batch_size": 32})
     assert main(["train", "--config", str(one)]) == 0
@@ -50,7 +49,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert done.stdout.count("done: 3 epoch(s)") == 1
 
 
-def test_a_run_resumes_across_world_sizes(tmp_path):
+def test_a_run_resumes_across_world_sizes(tmp_path, tiny_config):
     config = tiny_config(tmp_path, train={"epochs": 2, "batch_size": 32})
     run = tmp_path / "logs" / "tiny"
     done = torchrun("--config", str(config))
@@ -63,14 +62,14 @@ def test_a_run_resumes_across_world_sizes(tmp_path):
     assert losses == sorted(losses, reverse=True)  # still learning after each change of world size
 
 
-def test_a_global_batch_that_does_not_split_is_refused(tmp_path):
+def test_a_global_batch_that_does_not_split_is_refused(tmp_path, tiny_config):
     config = tiny_config(tmp_path, train={"epochs": 1, "batch_size": 31})
     done = torchrun("--config", str(config))
     assert done.returncode != 0 and "(exitcode: 2)" in done.stderr  # torchrun itself exits 1
     assert done.stderr.count("error: train.batch_size 31 (the global batch) does not split evenly over 2 processes") == 1
 
 
-def test_sync_batchnorm_on_cpu_is_refused(tmp_path):
+def test_sync_batchnorm_on_cpu_is_refused(tmp_path, tiny_config):
     config = tiny_config(tmp_path, train={"epochs": 1, "sync_batchnorm": True})
     done = torchrun("--config", str(config))
     assert done.returncode != 0
@@ -85,15 +84,15 @@ def test_sync_batchnorm_on_cpu_is_refused(tmp_path):
         ({"train": {"cuda_graph": True}}, "train.cuda_graph is not supported under torchrun yet; set train.cuda_graph: false"),
     ],
 )
-def test_one_process_options_are_refused_under_torchrun(tmp_path, monkeypatch, capsys, settings, message):
+def test_one_process_options_are_refused_under_torchrun(tmp_path, monkeypatch, capsys, settings, message, tiny_config):
     """Refused before anything is built or written, in every process (the group is faked: two processes)."""
-    monkeypatch.setattr("vaegen.distributed.world_size", lambda: 2)
+    monkeypatch.setattr("vaegen.training.distributed.world_size", lambda: 2)
     assert main(["train", "--config", str(tiny_config(tmp_path, **settings))]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "logs" / "tiny").exists()  # nothing of the run is written
 
 
-def test_training_with_evaluation_on_scores_mid_run_and_at_the_end(tmp_path):
+def test_training_with_evaluation_on_scores_mid_run_and_at_the_end(tmp_path, tiny_config):
     """Process 0 scores alone: the metrics must not wait for the other processes (they never join its collectives)."""
     config = tiny_config(
         tmp_path, train={"epochs": 3, "batch_size": 32}, eval={"every": 2, "backbone": "efficientnet-lite0", "num_samples": 32},
@@ -109,7 +108,7 @@ def test_training_with_evaluation_on_scores_mid_run_and_at_the_end(tmp_path):
     assert done.stdout.count("done: 3 epoch(s)") == 1
 
 
-def test_a_divergence_stops_every_process_with_one_message(tmp_path):
+def test_a_divergence_stops_every_process_with_one_message(tmp_path, tiny_config):
     """One step per epoch: the loss is finite, the weights after the step are not; no checkpoint is written."""
     config = tiny_config(tmp_path, optim={"lr": 10.0}, train={"epochs": 2, "batch_size": 256}, eval={"every": 1})
     done = torchrun("--config", str(config))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from vaegen import gallery
-from vaegen.cli import build_parser
+from vaegen.apps import gallery
+from vaegen.apps.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

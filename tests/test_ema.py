@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import torch
+from helpers import checkpoint_weights
 from torch import nn
 
 import vaegen
-from test_train import _weights, tiny_config
+from vaegen.apps.cli import main
 from vaegen.checkpoint import load_training_state
-from vaegen.cli import main
-from vaegen.ema import EMA
+from vaegen.training.ema import EMA
 
 
 def test_update_is_a_warmed_up_exponential_average():
@@ -32,7 +32,7 @@ def test_update_is_a_warmed_up_exponential_average():
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 
-def test_the_average_evaluates_ships_and_resumes_exactly(tmp_path):
+def test_the_average_evaluates_ships_and_resumes_exactly(tmp_path, tiny_config):
     straight = tiny_config(tmp_path / "a", train={"epochs": 4, "ema": 0.95})
     assert main(["train", "--config", str(straight)]) == 0
     halves = tiny_config(tmp_path / "b", train={"epochs": 2, "ema": 0.95})
@@ -44,10 +44,11 @@ def test_the_average_evaluates_ships_and_resumes_exactly(tmp_path):
     assert state_a["ema"]["updates"] == state_b["ema"]["updates"] == 4 * (240 // 32)
     for key, value in state_a["ema"]["module"].items():
         assert (value.float() - state_b["ema"]["module"][key].float()).abs().max().item() <= 1e-6, key
-    assert max((value.float() - _weights(b)[key].float()).abs().max().item() for key, value in _weights(a).items()) <= 1e-6
+    weights_a, weights_b = checkpoint_weights(a), checkpoint_weights(b)
+    assert max((value.float() - weights_b[key].float()).abs().max().item() for key, value in weights_a.items()) <= 1e-6
 
 
-def test_the_exported_model_is_the_average(tmp_path):
+def test_the_exported_model_is_the_average(tmp_path, tiny_config):
     assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 1, "ema": 0.9}))]) == 0
     state = load_training_state(tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt")
     exported = vaegen.load(tmp_path / "best" / "tiny").state_dict()

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import sample_subset
 from PIL import Image
 
-from test_train import tiny_config
-from vaegen.cli import main
+from vaegen.apps.cli import main
 
 
 @pytest.fixture(scope="module", params=["none", "onehot"])
-def trained(request, tmp_path_factory):
+def trained(request, tmp_path_factory, tiny_config):
     tmp_path = tmp_path_factory.mktemp(f"model-{request.param}")
     config = tiny_config(tmp_path, model={"conditional": request.param}, train={"epochs": 2})
     assert main(["train", "--config", str(config)]) == 0
@@ -106,7 +106,7 @@ def test_vaegen_test_takes_the_weights_file_and_refuses_an_output_dir_that_is_a_
     capsys.readouterr()
     assert main(["test", "--checkpoint", str(best), "--set", "backbone=none", "--set", f"output_dir={blocker}"]) == 2
     err = capsys.readouterr().err
-    assert f"{blocker} is a file, not a folder. Point output_dir at a folder" in err and "Traceback" not in err
+    assert str(blocker) in err and "output_dir" in err and "is a file, not a folder" in err and "Traceback" not in err
 
 
 def test_vaegen_test_data_errors_name_its_own_settings_and_skip_bad_works(trained, tmp_path, capsys):
@@ -115,7 +115,7 @@ def test_vaegen_test_data_errors_name_its_own_settings_and_skip_bad_works(traine
     assert main(["test", "--checkpoint", best, "--set", "backbone=none", "--set", f"data_root={tmp_path / 'gone'}"]) == 2
     err = capsys.readouterr().err
     assert "--set data_root=path/to/images" in err and "data.root" not in err  # following the advice must work
-    data = _few_images(tmp_path / "few", {"Golden": 3, "Golden-Red": 3, "Red": 3})
+    data = sample_subset(tmp_path / "few", {"Golden": 3, "Golden-Red": 3, "Red": 3})
     (data / "Red" / "broken.jpg").write_text("not a picture")
     common = ["--set", f"data_root={data}", "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "backbone=none",
               "--set", f"output_dir={tmp_path / 'out'}", "--set", "grid=2"]
@@ -139,21 +139,9 @@ def test_vaegen_test_on_all_images_scores_train_and_val(trained, tmp_path):
     assert json.loads((out / "metrics.json").read_text())["num_images"] == 300
 
 
-def _few_images(root: Path, per_class: dict[str, int]) -> Path:
-    import shutil
-
-    from test_train import SAMPLE
-
-    for name, count in per_class.items():
-        (root / name).mkdir(parents=True)
-        for image in sorted((SAMPLE / name).iterdir())[:count]:
-            shutil.copy(image, root / name / image.name)
-    return root
-
-
 def test_vaegen_test_on_a_one_image_split_skips_the_interpolation_and_scores_the_rest(trained, tmp_path):
     model_dir, _ = trained
-    data, out = _few_images(tmp_path / "few", {"Golden": 1, "Golden-Red": 1, "Red": 2}), tmp_path / "out"
+    data, out = sample_subset(tmp_path / "few", {"Golden": 1, "Golden-Red": 1, "Red": 2}), tmp_path / "out"
     with pytest.warns(UserWarning, match="no interpolation.png: the val split has one image"):
         code = main(["test", "--checkpoint", str(model_dir / "best" / "tiny"), "--set", f"data_root={data}",
                      "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "backbone=none", "--set", f"output_dir={out}", "--set", "grid=2"])
@@ -164,7 +152,7 @@ def test_vaegen_test_on_a_one_image_split_skips_the_interpolation_and_scores_the
 
 def test_vaegen_test_on_a_folder_too_small_for_the_models_split_names_its_own_setting(trained, tmp_path, capsys):
     model_dir, _ = trained
-    data = _few_images(tmp_path / "few", {"Golden": 1, "Golden-Red": 1, "Red": 1})
+    data = sample_subset(tmp_path / "few", {"Golden": 1, "Golden-Red": 1, "Red": 1})
     assert main(["test", "--checkpoint", str(model_dir / "best" / "tiny"), "--set", f"data_root={data}",
                  "--set", f"cache_dir={tmp_path / 'cache'}", "--set", "backbone=none"]) == 2
     err = capsys.readouterr().err
@@ -190,12 +178,9 @@ def test_vaegen_test_of_a_model_trained_without_a_validation_split_says_which_sp
                  "--set", f"output_dir={tmp_path / 'out'}", "--set", "grid=2"]) == 0
 
 
-def test_vaegen_test_scores_the_same_samples_on_extra_backbones(trained, tmp_path, monkeypatch):
-    import vaegen.backbones
-    from test_fid import CountingBackbone, SecondBackbone
+def test_vaegen_test_scores_the_same_samples_on_extra_backbones(trained, tmp_path, monkeypatch, two_backbones):
+    import vaegen.evaluation.backbones
 
-    networks = {"efficientnet-lite0": CountingBackbone, "dinov2": SecondBackbone}
-    monkeypatch.setattr(vaegen.backbones, "load_backbone", lambda name, device="cpu", weights=None: networks[name]())
     model_dir, _ = trained
 
     def scores(name: str, *settings: str) -> dict:
@@ -213,7 +198,7 @@ def test_vaegen_test_scores_the_same_samples_on_extra_backbones(trained, tmp_pat
     assert alone["protocol"]["extra_backbones"] == []
 
     # "auto" without Inception weights is EfficientNet-Lite0: listed again as an extra, it is scored once
-    monkeypatch.setattr(vaegen.backbones, "resolve_backbone_name", lambda name, weights=None: "efficientnet-lite0")
+    monkeypatch.setattr(vaegen.evaluation.backbones, "resolve_backbone_name", lambda name, weights=None: "efficientnet-lite0")
     auto = scores("auto", "backbone=auto", "extra_backbones=[efficientnet-lite0,dinov2]")
     assert auto["protocol"]["extra_backbones"] == both["protocol"]["extra_backbones"]
     assert auto["fd_efficientnet_lite0"] == pytest.approx(both["fd_efficientnet_lite0"], rel=1e-9)
@@ -233,11 +218,11 @@ def test_vaegen_test_given_a_training_run_or_its_state_names_the_runs_model_fold
     called a corrupt safetensors file, with advice to retrain."""
     model_dir, _ = trained
     run = model_dir / "logs" / "tiny"
-    for given, what in [(run, "a training run's log folder"),
-                        (run / "checkpoints" / "last.pt", "the training state that `vaegen train --resume` continues from")]:
+    for given, what in [(run, "log folder"), (run / "checkpoints" / "last.pt", "training state")]:
         assert main(["test", "--checkpoint", str(given)]) == 2
         err = capsys.readouterr().err
-        assert f"{given} is {what}, not a model folder; pass the run's best model folder, {model_dir / 'best' / 'tiny'}," in err
+        assert f"{given} is " in err and what in err and "not a model folder" in err
+        assert str(model_dir / "best" / "tiny") in err
         assert "safetensors" not in err
 
 
@@ -248,11 +233,11 @@ def test_vaegen_test_given_a_training_run_or_its_state_names_the_runs_model_fold
 ])
 def test_vaegen_test_names_its_own_inception_settings(trained, tmp_path, monkeypatch, capsys, settings):
     # they once named eval.inception_weights and eval.backbone, keys of the training config that `vaegen test` refuses
-    import vaegen.backbones
+    import vaegen.evaluation.backbones
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights
-    monkeypatch.delenv(vaegen.backbones.INCEPTION_ENV, raising=False)
-    monkeypatch.setattr(vaegen.backbones, "INCEPTION_URL", "https://weights.invalid/inception.pth")  # offline, at once
+    monkeypatch.delenv(vaegen.evaluation.backbones.INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(vaegen.evaluation.backbones, "INCEPTION_URL", "https://weights.invalid/inception.pth")  # offline, at once
     monkeypatch.chdir(tmp_path)
     model_dir, _ = trained
     sets = [arg for setting in (f"output_dir={tmp_path / 'out'}", *settings) for arg in ("--set", setting)]

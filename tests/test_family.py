@@ -10,12 +10,10 @@ import torch
 from torch import nn
 
 import vaegen
-from vaegen import gallery
-from test_train import tiny_config
+from vaegen.apps import gallery
+from vaegen.apps.cli import main
 from vaegen.checkpoint import load_training_state
-from vaegen.cli import main
-from vaegen.family import Family
-from vaegen.models import FAMILIES, MODELS, register_model
+from vaegen.models import Family
 
 
 class PixelGaussian(nn.Module):
@@ -47,10 +45,9 @@ class PixelGaussianFamily(Family):
 
 
 @pytest.fixture
-def pixel_gaussian(monkeypatch):
+def pixel_gaussian(register_for_this_test):
     """`model.name: pixel_gaussian`, registered for this test only."""
-    monkeypatch.setitem(MODELS, "pixel_gaussian", PixelGaussian)
-    monkeypatch.setitem(FAMILIES, "pixel_gaussian", PixelGaussianFamily())
+    register_for_this_test("pixel_gaussian", PixelGaussian, PixelGaussianFamily())
     return "pixel_gaussian"
 
 
@@ -58,7 +55,7 @@ def rows(run) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_a_family_defined_in_a_test_trains_resumes_scores_and_loads(tmp_path, pixel_gaussian, capsys):
+def test_a_family_defined_in_a_test_trains_resumes_scores_and_loads(tmp_path, pixel_gaussian, capsys, tiny_config):
     settings = {"model": {"name": pixel_gaussian}, "optim": {"lr": 0.05}, "output": {"select": "val_loss"},
                 "eval": {"every": 2, "backbone": "efficientnet-lite0", "num_samples": 16}}
     straight = tiny_config(tmp_path / "a", train={"epochs": 3}, **settings)
@@ -79,9 +76,10 @@ def test_a_family_defined_in_a_test_trains_resumes_scores_and_loads(tmp_path, pi
     assert all(torch.allclose(a[key], b[key], atol=1e-6, rtol=0) for key in a)  # resumed exactly
 
     model = vaegen.load(tmp_path / "a" / "best" / "tiny")
-    assert isinstance(model, PixelGaussian) and model.classes == ["Golden", "Golden-Red", "Red"]
-    images = model.generate(4, torch.Generator().manual_seed(0))
+    assert isinstance(model.model, PixelGaussian) and model.classes == ["Golden", "Golden-Red", "Red"]
+    images = model.sample(4, seed=0)
     assert images.shape == (4, 3, 16, 16) and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(images, model.sample(4, seed=0)) and not torch.equal(images, model.sample(4, seed=1))
     assert gallery.sample_view(model, 4, seed=0, temperature=1.0).images.shape == (4, 3, 16, 16)  # the gallery shows it
 
     capsys.readouterr()
@@ -93,7 +91,7 @@ def test_a_family_defined_in_a_test_trains_resumes_scores_and_loads(tmp_path, pi
     assert sorted(path.name for path in (tmp_path / "a" / "best" / "tiny" / "test").iterdir()) == ["metrics.json", "samples.png"]
 
 
-def test_the_autoencoder_trains_on_its_mixture_resumes_and_tests(tmp_path, capsys):
+def test_the_autoencoder_trains_on_its_mixture_resumes_and_tests(tmp_path, capsys, tiny_config):
     settings = {"model": {"name": "conv_ae"}, "sampler": {"name": "gmm", "components": 3}, "output": {"select": "fid"},
                 "eval": {"every": 1, "backbone": "efficientnet-lite0", "num_samples": 16}}
     config = tiny_config(tmp_path, train={"epochs": 2}, **settings)
@@ -113,7 +111,7 @@ def test_the_autoencoder_trains_on_its_mixture_resumes_and_tests(tmp_path, capsy
     assert "no prior" in capsys.readouterr().err
 
 
-def test_the_autoencoder_without_a_mixture_sampler_is_refused_before_training(tmp_path, capsys):
+def test_the_autoencoder_without_a_mixture_sampler_is_refused_before_training(tmp_path, capsys, tiny_config):
     config = tiny_config(tmp_path, model={"name": "conv_ae"})
     assert main(["train", "--config", str(config)]) == 2
     assert "sampler.name: gmm" in capsys.readouterr().err

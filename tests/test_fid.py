@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import CountingBackbone
 from safetensors import safe_open
-from torch import nn
 
-import vaegen.backbones
+import vaegen.evaluation.backbones
+from vaegen.apps.cli import main
 from vaegen.checkpoint import load_training_state
-from vaegen.cli import main
-from vaegen.data import FROM_ENTRY
-from vaegen.fid import frechet_distance, kernel_distance, metric_names
+from vaegen.data.dataset import FROM_ENTRY
+from vaegen.evaluation.frechet import frechet_distance, kernel_distance, metric_names
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_APPLES = REPO.parent / "shared" / "data" / "apples"
@@ -65,42 +65,7 @@ def test_metric_names_say_which_network():
     assert metric_names("efficientnet-lite0") == ("fd_efficientnet_lite0", "kd_efficientnet_lite0")
 
 
-class CountingBackbone(nn.Module):
-    """A fixed random feature map standing in for a real network; counts every image it sees."""
-
-    name = "efficientnet-lite0"
-    num_features = 8
-    input_size = 16
-    resize = "none (test backbone)"
-    images_seen = 0
-
-    def __init__(self):
-        super().__init__()
-        self.project = nn.Conv2d(3, 8, 4, stride=4, bias=False)  # all its weights seeded: the same network in every call
-        torch.nn.init.normal_(self.project.weight, generator=torch.Generator().manual_seed(0))
-        self.requires_grad_(False)
-
-    def forward(self, images):
-        CountingBackbone.images_seen += len(images)
-        return self.project(images).mean((2, 3))
-
-
-@pytest.fixture
-def counting_backbone(monkeypatch):
-    CountingBackbone.images_seen = 0
-    monkeypatch.setattr(vaegen.backbones, "load_backbone", lambda name, device="cpu", weights=None: CountingBackbone())
-    monkeypatch.setattr(vaegen.backbones, "resolve_backbone_name", lambda name, weights=None: "efficientnet-lite0")
-    return CountingBackbone
-
-
-def fid_config(tmp_path: Path, eval: dict | None = None, **sections) -> Path:
-    from test_train import tiny_config
-
-    evaluation = {"every": 1, "backbone": "efficientnet-lite0", "num_samples": 40, "batch_size": 20, "kid_subset_size": 20}
-    return tiny_config(tmp_path, eval={**evaluation, **(eval or {})}, output={"select": "fid"}, **sections)
-
-
-def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_path, counting_backbone, capsys):
+def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_path, counting_backbone, capsys, fid_config):
     assert main(["train", "--config", str(fid_config(tmp_path, train={"epochs": 4}))]) == 0
     # 240 real training images once, then 40 samples per evaluation
     assert counting_backbone.images_seen == 240 + 4 * 40
@@ -129,7 +94,7 @@ def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_pat
     assert "real images: computed once" not in capsys.readouterr().out
 
 
-def test_a_distance_on_fewer_images_than_feature_dimensions_says_it_is_biased(tmp_path, counting_backbone):
+def test_a_distance_on_fewer_images_than_feature_dimensions_says_it_is_biased(tmp_path, counting_backbone, fid_config):
     config = fid_config(tmp_path, train={"epochs": 1}, eval={"num_samples": 8, "batch_size": 8, "kid_subset_size": 8})
     with pytest.warns(UserWarning) as caught:
         assert main(["train", "--config", str(config)]) == 0
@@ -146,7 +111,7 @@ def test_a_distance_on_fewer_images_than_feature_dimensions_says_it_is_biased(tm
     (1281, 1281, None),
 ])
 def test_the_singular_covariance_warning_names_the_short_side(num_real, num_generated, said):
-    from vaegen.fid import warn_if_covariance_is_singular
+    from vaegen.evaluation.frechet import warn_if_covariance_is_singular
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -154,7 +119,7 @@ def test_the_singular_covariance_warning_names_the_short_side(num_real, num_gene
     assert [said in str(w.message) for w in caught] == ([] if said is None else [True])
 
 
-def test_resume_stays_exact_with_fid_evaluations(tmp_path, counting_backbone):
+def test_resume_stays_exact_with_fid_evaluations(tmp_path, counting_backbone, fid_config):
     assert main(["train", "--config", str(fid_config(tmp_path / "a", train={"epochs": 3}))]) == 0
     assert main(["train", "--config", str(fid_config(tmp_path / "b", train={"epochs": 2}))]) == 0
     assert main(["train", "--resume", str(tmp_path / "b" / "logs" / "tiny"), "--set", "train.epochs=3"]) == 0
@@ -166,12 +131,12 @@ def test_resume_stays_exact_with_fid_evaluations(tmp_path, counting_backbone):
 @pytest.mark.skipif(not SHARED_APPLES.is_dir(), reason="../shared/data/apples is absent")
 def test_two_halves_of_real_apples_are_close_with_efficientnet(tmp_path):
     from vaegen.config import DataConfig
-    from vaegen.data import load_images
-    from vaegen.fid import extract_features
+    from vaegen.data.dataset import load_images
+    from vaegen.evaluation.frechet import extract_features
 
     images = load_images(DataConfig(root=SHARED_APPLES, image_size=32, cache_dir=tmp_path / "cache")).images
     picks = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:600]
-    backbone = vaegen.backbones.load_backbone("efficientnet-lite0")
+    backbone = vaegen.evaluation.backbones.load_backbone("efficientnet-lite0")
     features = extract_features(backbone, images[picks], 50, torch.device("cpu"), desc="apples")
     halves = frechet_distance(features[:300], features[300:])
     noise = extract_features(backbone, torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8), 50, torch.device("cpu"), desc="noise")
@@ -184,7 +149,7 @@ def test_pipeline_equals_torchmetrics_fed_images_directly():
     """Our features-then-distance path gives what torchmetrics computes when it runs the network itself."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from vaegen.fid import extract_features
+    from vaegen.evaluation.frechet import extract_features
 
     backbone = CountingBackbone()
     generator = torch.Generator().manual_seed(5)
@@ -201,37 +166,21 @@ def test_pipeline_equals_torchmetrics_fed_images_directly():
 
 
 def test_eval_batch_size_auto_depends_on_the_device():
-    from vaegen.fid import eval_batch_size
+    from vaegen.evaluation.frechet import eval_batch_size
 
     assert eval_batch_size("auto", torch.device("cpu")) == 64
     assert eval_batch_size("auto", torch.device("cuda")) == 1000
     assert eval_batch_size(7, torch.device("cuda")) == 7
 
 
-class SecondBackbone(CountingBackbone):
-    """Another fixed random feature map, under the second network's name."""
-
-    name = "dinov2"
-
-    def __init__(self):
-        super().__init__()
-        torch.nn.init.normal_(self.project.weight, generator=torch.Generator().manual_seed(1))
-
-
-def test_extra_backbones_score_the_very_same_samples(tmp_path, monkeypatch):
-    from test_train import tiny_config
-
-    networks = {"efficientnet-lite0": CountingBackbone, "dinov2": SecondBackbone}
-    monkeypatch.setattr(vaegen.backbones, "load_backbone", lambda name, device="cpu", weights=None: networks[name]())
-    CountingBackbone.images_seen = 0
-
+def test_extra_backbones_score_the_very_same_samples(tmp_path, tiny_config, two_backbones):
     def run(name: str, **eval_settings) -> dict:
         settings = {"every": 1, "num_samples": 40, "batch_size": 20, "kid_subset_size": 20, **eval_settings}
         assert main(["train", "--config", str(tiny_config(tmp_path / name, train={"epochs": 1}, eval=settings, output={"select": "fid"}))]) == 0
         return json.loads((tmp_path / name / "logs" / "tiny" / "metrics.jsonl").read_text().splitlines()[0])
 
     both = run("both", backbone="efficientnet-lite0", extra_backbones=["dinov2"])
-    assert CountingBackbone.images_seen == 2 * (240 + 40)  # each network: the real images once, the 40 samples
+    assert two_backbones.images_seen == 2 * (240 + 40)  # each network: the real images once, the 40 samples
     assert {"fd_efficientnet_lite0", "kd_efficientnet_lite0", "fd_dinov2", "kd_dinov2", "kd_dinov2_std"} <= both.keys()
     assert both["fd_dinov2"] != both["fd_efficientnet_lite0"]
     metrics = json.loads((tmp_path / "both" / "best" / "tiny" / "metrics.json").read_text())

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from helpers import SAMPLE
 
-from test_train import SAMPLE, tiny_config
-from vaegen.cli import main
+from vaegen.apps.cli import main
 from vaegen.config import DataConfig
-from vaegen.data import load_splits
-from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
+from vaegen.data.dataset import load_splits
+from vaegen.evaluation.class_fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +33,9 @@ def test_real_images_agree_with_their_labels_and_shuffled_labels_do_not(apples):
 
 def test_the_classifier_is_trained_once_and_cached(apples, monkeypatch, capsys):
     splits, classifier, cache = apples
-    import vaegen.fidelity
+    import vaegen.evaluation.class_fidelity
 
-    monkeypatch.setattr(vaegen.fidelity, "train_classifier", lambda *a, **k: pytest.fail("retrained despite the cache"))
+    monkeypatch.setattr(vaegen.evaluation.class_fidelity, "train_classifier", lambda *a, **k: pytest.fail("retrained despite the cache"))
     again = load_or_train_classifier(splits.train, 3, cache, torch.device("cpu"), seed=0)
     assert "classifier" not in capsys.readouterr().out  # the training's one-line notice is for the first time only
     assert all(torch.equal(a, b) for a, b in zip(classifier.state_dict().values(), again.state_dict().values()))
@@ -44,11 +44,11 @@ def test_the_classifier_is_trained_once_and_cached(apples, monkeypatch, capsys):
 def test_the_first_training_says_so_and_its_cache_names_the_data_it_came_from(apples, tmp_path, monkeypatch, capsys):
     from safetensors import safe_open
 
-    import vaegen.fidelity
-    from vaegen.data import FROM_ENTRY
+    import vaegen.evaluation.class_fidelity
+    from vaegen.data.dataset import FROM_ENTRY
 
     splits, classifier, _ = apples
-    monkeypatch.setattr(vaegen.fidelity, "train_classifier", lambda *a, **k: classifier)  # the training itself is tested above
+    monkeypatch.setattr(vaegen.evaluation.class_fidelity, "train_classifier", lambda *a, **k: classifier)  # the training itself is tested above
     load_or_train_classifier(splits.train, 3, tmp_path, torch.device("cpu"), seed=0)
     [cached] = (tmp_path / "classifiers").glob("*.safetensors")
     assert capsys.readouterr().out == (f"the class-fidelity classifier: trained once on {len(splits.train.images)} "
@@ -82,7 +82,7 @@ def test_a_model_that_ignores_its_label_scores_about_one_in_three(apples):
     assert conditional_fidelity(classifier, Oracle(), ["Golden", "Golden-Red", "Red"], 20, seed=0)["cond_fidelity"] >= 2 / 3
 
 
-def test_conditional_training_and_test_report_fidelity(tmp_path):
+def test_conditional_training_and_test_report_fidelity(tmp_path, tiny_config):
     config = tiny_config(tmp_path, model={"conditional": "onehot"}, train={"epochs": 2})
     assert main(["train", "--config", str(config)]) == 0
     rows = [json.loads(line) for line in (tmp_path / "logs" / "tiny" / "metrics.jsonl").read_text().splitlines()]

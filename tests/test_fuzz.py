@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import currently_in_test_context, event, given, note, settings
-from hypothesis import strategies as st
-
 from fuzz_cases import (
     BASE,
     FILE_FORMS,
@@ -40,6 +37,8 @@ from fuzz_cases import (
     write_config,
     write_data,
 )
+from hypothesis import currently_in_test_context, event, given, note, settings
+from hypothesis import strategies as st
 
 SETTINGS = schema_settings()
 BY_KEY = {setting.key: setting for setting in SETTINGS}

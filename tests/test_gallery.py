@@ -1,4 +1,4 @@
-"""vaegen.gallery, the logic behind `streamlit run ui.py`: finding runs safely, their metadata, and every picture."""
+"""vaegen.apps.gallery, the logic behind `streamlit run ui.py`: finding runs safely, their metadata, and every picture."""
 
 from __future__ import annotations
 
@@ -13,47 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import EXPORT_PROTOCOL, SAMPLE_CLASSES
 from PIL import Image
 from safetensors.torch import save_file
 
-from vaegen import evaluate, gallery, samplers
-from vaegen.config import TestConfig, config_from_dict
-from vaegen.data import decode_image
-from vaegen.density import SAMPLER_FILE, fit_latent_gmm
+from vaegen.apps import gallery
+from vaegen.config import TestConfig
+from vaegen.data.dataset import decode_image
 from vaegen.errors import CheckpointError, DataError
-from vaegen.models import build_model
+from vaegen.evaluation import report as evaluate
 from vaegen.plots import BLOCK_COLUMNS, image_grid, labelled_rows, to_pil
-from vaegen.train import RunPaths, export_best
-
-REPO = Path(__file__).resolve().parents[1]
-CLASSES = ["Golden", "Golden-Red", "Red"]
-PROTOCOL = {"backbone": "efficientnet-lite0", "feature_dim": 1280, "num_generated": 500, "num_real": 240,
-            "reference": "train", "image_size": [16, 16], "sampler": "prior", "temperature": 1.0}
-
-
-def make_run(best_dir: Path, name: str, conditional: str = "none", channels: int = 3, fid: float | None = None,
-             resize: str = "center_crop", image_size: int | list[int] = 16) -> Path:
-    """best_models/<name>/ as `vaegen train` exports it, from an untrained 16 px model (no training: fast)."""
-    config = config_from_dict({
-        "data": {"root": str(REPO / "data" / "apples_sample"), "image_size": image_size, "channels": channels, "resize": resize},
-        "model": {"latent_dim": 8, "widths": [8, 16], "conditional": conditional},
-        "train": {"epochs": 7, "batch_size": 32, "seed": 3},
-        "eval": {"backbone": "none" if fid is None else "efficientnet-lite0"},
-        "output": {"select": "val_nelbo"},
-    })
-    torch.manual_seed(len(name))
-    model = build_model(config.model, config.data.image_size, channels, len(CLASSES)).eval()
-    row = {"epoch": 5, "val_nelbo": 123.456, "val_recon": 100.0}
-    if fid is not None:
-        row["fd_efficientnet_lite0"] = fid
-    paths = RunPaths(name, best_dir.parent / "logs" / name, best_dir / name)
-    protocol = {**PROTOCOL, "image_size": list(config.data.image_size)} if fid is not None else None
-    export_best(paths, model, config, CLASSES, row, "val_nelbo", protocol, torch.zeros(3, 18, 18))
-    return paths.best_dir
+from vaegen.samplers import draw as samplers
+from vaegen.samplers.mixture import SAMPLER_FILE, fit_latent_gmm
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, make_run):
     best = tmp_path_factory.mktemp("best")
     make_run(best, "plain")
     make_run(best, "cvae", conditional="onehot")
@@ -87,7 +62,7 @@ def test_checkpoint_root_prefers_the_argument_then_the_environment(monkeypatch, 
     assert gallery.checkpoint_root(["--best", "x"], tmp_path / "default") == tmp_path / "env"
 
 
-def test_find_runs_lists_nested_runs_newest_first_and_broken_ones_last(tmp_path):
+def test_find_runs_lists_nested_runs_newest_first_and_broken_ones_last(tmp_path, make_run):
     best = tmp_path / "best"
     make_run(best, "older")
     make_run(best, "sweep/trial_1")  # a sweep's bests one level deeper
@@ -99,7 +74,7 @@ def test_find_runs_lists_nested_runs_newest_first_and_broken_ones_last(tmp_path)
         os.utime(best / name / "model.safetensors", ns=(2_000_000_000_000_000_000 - age * 10**9,) * 2)
     runs = gallery.find_runs(best)
     assert [run.name for run in runs] == ["newest", "sweep/trial_1", "older"]
-    assert all(run.error is None and run.metadata["classes"] == CLASSES for run in runs)
+    assert all(run.error is None and run.metadata["classes"] == SAMPLE_CLASSES for run in runs)
     assert gallery.find_runs(tmp_path / "missing") == []
     # the newest weights, but unreadable: listed after every run that can be opened, not first
     _truncate(make_run(best, "broken-newest"))
@@ -110,7 +85,7 @@ def test_find_runs_lists_nested_runs_newest_first_and_broken_ones_last(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["../../etc", "..", "/etc", "ok/../../outside", "../best-sibling/run"])
-def test_open_run_refuses_names_outside_the_root(tmp_path, name):
+def test_open_run_refuses_names_outside_the_root(tmp_path, name, make_run):
     best = tmp_path / "best"
     make_run(best, "ok")
     make_run(tmp_path, "best-sibling/run")  # a real model beside the root must still be refused
@@ -119,7 +94,7 @@ def test_open_run_refuses_names_outside_the_root(tmp_path, name):
     assert gallery.open_run(best, "ok") == (best / "ok").resolve()
 
 
-def test_open_run_refuses_a_link_out_of_the_root_and_folders_without_weights(tmp_path):
+def test_open_run_refuses_a_link_out_of_the_root_and_folders_without_weights(tmp_path, make_run):
     best = tmp_path / "best"
     make_run(tmp_path / "elsewhere", "secret")
     best.mkdir()
@@ -136,7 +111,7 @@ def test_open_run_refuses_a_link_out_of_the_root_and_folders_without_weights(tmp
 # Metadata
 
 
-def test_describe_reads_weights_metadata_metrics_and_fid_protocol(tmp_path):
+def test_describe_reads_weights_metadata_metrics_and_fid_protocol(tmp_path, make_run):
     make_run(tmp_path, "run", conditional="onehot", fid=45.678)
     run = gallery.read_run(tmp_path, "run")
     rows = gallery.describe(run)
@@ -155,14 +130,14 @@ def test_describe_reads_weights_metadata_metrics_and_fid_protocol(tmp_path):
     assert gallery.summary(run) == "apples_sample · 16×16 px · 3 classes · epoch 5 · fd_efficientnet_lite0 45.68"
 
 
-def test_describe_without_fid_says_it_was_not_measured(tmp_path):
+def test_describe_without_fid_says_it_was_not_measured(tmp_path, make_run):
     make_run(tmp_path, "run", channels=1)
     rows = gallery.describe(gallery.read_run(tmp_path, "run"))
     assert rows["Fréchet distance"] == "not measured (eval.backbone: none)" and "FID" not in rows
     assert rows["image size"] == "16×16 px (width×height), grayscale"
 
 
-def test_only_inception_distances_are_called_fid(tmp_path):
+def test_only_inception_distances_are_called_fid(tmp_path, make_run):
     folder = make_run(tmp_path, "run", fid=45.678)
     metrics = json.loads((folder / "metrics.json").read_text())
     metrics["metrics"] = {"fid_inception": 12.34}
@@ -172,14 +147,14 @@ def test_only_inception_distances_are_called_fid(tmp_path):
     assert [gallery.distance_label(name) for name in ["fid_inception", "fd_dinov2", None]] == ["FID", "Fréchet distance", "Fréchet distance"]
 
 
-def test_an_unconditional_model_does_not_offer_its_classes(tmp_path):
+def test_an_unconditional_model_does_not_offer_its_classes(tmp_path, make_run):
     make_run(tmp_path, "run")
     run = gallery.read_run(tmp_path, "run")
     assert gallery.describe(run)["classes"] == "3 in the training data (Golden, Golden-Red, Red); the model is unconditional"
     assert gallery.summary(run) == "apples_sample · 16×16 px · unconditional · epoch 5"
 
 
-def test_every_size_reads_width_by_height_in_pixels(tmp_path):
+def test_every_size_reads_width_by_height_in_pixels(tmp_path, make_run):
     """data.image_size [16, 24] is 16 tall and 24 wide: the sidebar, the list, the FID protocol and the upload
     caption once said 16×24 or 24×16 depending on the caption; all say 24×16 px, the way photo tools do."""
     folder = make_run(tmp_path, "wide", fid=45.678, image_size=[16, 24])
@@ -197,8 +172,8 @@ def test_every_size_reads_width_by_height_in_pixels(tmp_path):
 
 
 def test_a_protocol_without_a_usable_image_size_still_reads():
-    assert "images at ?, prior sampler" in gallery.protocol_text({**PROTOCOL, "image_size": [64]})
-    assert "images at ?, prior sampler" in gallery.protocol_text({k: v for k, v in PROTOCOL.items() if k != "image_size"})
+    assert "images at ?, prior sampler" in gallery.protocol_text({**EXPORT_PROTOCOL, "image_size": [64]})
+    assert "images at ?, prior sampler" in gallery.protocol_text({k: v for k, v in EXPORT_PROTOCOL.items() if k != "image_size"})
 
 
 def _truncate(folder: Path) -> None:
@@ -224,7 +199,7 @@ def _foreign_weights(folder: Path) -> None:
     (lambda folder: (folder / "metrics.json").write_text('{"metrics": {"fd_x": 1.0}, "protocol": "x"}'), "`protocol` that is not an object"),
     (lambda folder: (folder / "sweep.json").write_text('{"params": [1, 2]}'), "`params` that is not an object"),
 ])
-def test_broken_runs_are_listed_with_the_reason(tmp_path, damage, message):
+def test_broken_runs_are_listed_with_the_reason(tmp_path, damage, message, make_run):
     make_run(tmp_path, "good")
     damage(make_run(tmp_path, "broken"))
     runs = {run.name: run for run in gallery.find_runs(tmp_path)}
@@ -271,7 +246,7 @@ def test_temperature_zero_decodes_the_mean_code_everywhere(models):
 
 def test_one_class_is_that_class_and_all_classes_are_labelled_rows(models):
     model = models["cvae"]
-    assert gallery.class_choices(model) == [*CLASSES, gallery.ALL_CLASSES]
+    assert gallery.class_choices(model) == [*SAMPLE_CLASSES, gallery.ALL_CLASSES]
     assert gallery.class_choices(models["plain"]) == []
     red = gallery.sample_view(model, 4, seed=2, temperature=1.0, choice="Red").render()
     assert np.array_equal(pixels(red), pixels(to_pil(image_grid(model.sample(4, labels=2, seed=2)))))
@@ -295,7 +270,7 @@ def test_all_classes_wrap_each_class_into_a_labelled_block(models):
     model = models["cvae"]
     assert BLOCK_COLUMNS == 8
     picture = gallery.sample_view(model, 16, seed=2, temperature=1.0, choice=gallery.ALL_CLASSES)
-    assert picture.columns == BLOCK_COLUMNS and picture.names == tuple(CLASSES)
+    assert picture.columns == BLOCK_COLUMNS and picture.names == tuple(SAMPLE_CLASSES)
     page = picture.render()
     block = 2 * 18 + 2  # two rows of 16 px tiles with their padding
     margin = page.width - (8 * 18 + 2)
@@ -410,7 +385,7 @@ def test_interpolation_between_random_latents(models):
     assert np.array_equal(pixels(row)[:, -18:], pixels(first_and_last)[:, -18:])  # the last step is the second
 
 
-def test_random_interpolation_draws_its_ends_from_the_latent_mixture(tmp_path):
+def test_random_interpolation_draws_its_ends_from_the_latent_mixture(tmp_path, make_run):
     """The ends once came from N(0, I) whatever the checkpoint shipped; they come from its mixture, per class."""
     folder = make_run(tmp_path, "cvae", conditional="onehot")
     codes = torch.randn(60, 8, generator=torch.Generator().manual_seed(0)) * 0.1 + 3.0
@@ -466,8 +441,7 @@ def test_uploads_are_converted_and_resized_like_training_data(models, tmp_path):
         gallery.prepare_upload(b"GIF89a but not really", model)
     # PIL's message named the upload "<_io.BytesIO object at 0x7f...>"
     assert "0x" not in str(error.value) and "BytesIO" not in str(error.value)
-    assert str(error.value) == ("the uploaded file is not an image that can be read (cannot identify image file); "
-                                "upload a PNG, JPEG, WebP, BMP or TIFF file.")
+    assert "cannot identify image file" in str(error.value) and "PNG, JPEG, WebP, BMP or TIFF" in str(error.value)
 
 
 @pytest.mark.parametrize("size, resize, text", [
@@ -476,7 +450,7 @@ def test_uploads_are_converted_and_resized_like_training_data(models, tmp_path):
     ((64, 64), "center_crop", "resized from 64×64 px to 16×16 px"),
     ((16, 16), "stretch", "16×16 px, as uploaded"),
 ])
-def test_upload_fit_says_how_the_upload_was_fitted(tmp_path, size, resize, text):
+def test_upload_fit_says_how_the_upload_was_fitted(tmp_path, size, resize, text, make_run):
     model = gallery.load_model(make_run(tmp_path, "run", resize=resize))
     assert gallery.upload_fit(_png(Image.new("RGB", size, "red")), model) == text
 
@@ -498,14 +472,14 @@ def test_png_bytes():
     assert again.format == "PNG" and np.array_equal(np.asarray(again), np.asarray(small))
 
 
-def test_metrics_json_is_optional(tmp_path):
+def test_metrics_json_is_optional(tmp_path, make_run):
     (make_run(tmp_path, "run") / "metrics.json").unlink()
     run = gallery.read_run(tmp_path, "run")
     assert run.error is None and gallery.describe(run)["epoch"] == "5"  # from the weights' metadata
     assert json.loads(json.dumps(gallery.describe(run)))  # plain strings, ready for the page
 
 
-def test_a_sweep_winner_names_its_sweep_trial_and_parameters(tmp_path):
+def test_a_sweep_winner_names_its_sweep_trial_and_parameters(tmp_path, make_run):
     folder = make_run(tmp_path, "apples-lr-best")
     sweep = {"sweep": "apples-lr", "trial": "trial_0003", "params": {"optim.lr": 0.001, "model.latent_dim": 64},
              "val_nelbo": 120.5, "epoch": 5}
@@ -516,7 +490,7 @@ def test_a_sweep_winner_names_its_sweep_trial_and_parameters(tmp_path):
     assert "sweep" not in gallery.describe(dataclasses.replace(run, sweep={}))
 
 
-def test_describe_names_the_sampler_generate_draws_from(tmp_path):
+def test_describe_names_the_sampler_generate_draws_from(tmp_path, make_run):
     folder = make_run(tmp_path, "run")
     assert gallery.describe(gallery.read_run(tmp_path, "run"))["sampler"] == "prior N(0, I)"
     codes = torch.randn(40, 8, generator=torch.Generator().manual_seed(0))

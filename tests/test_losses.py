@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vaegen.losses import LossTerms, kl_divergence, reconstruction_loss, vae_loss
+from vaegen.models.losses import LossTerms, kl_divergence, reconstruction_loss, vae_loss
 
 
 def sigmoid(v: float) -> float:
@@ -137,15 +137,14 @@ def test_calibrated_gaussian_keeps_log_sigma_above_minus_six():
     assert value.item() == pytest.approx(4 * (-6.0 + 0.5 * math.log(2 * math.pi)), rel=1e-6)
 
 
-def test_a_perceptual_loss_on_the_evaluation_backbone_is_refused(tmp_path, capsys):
-    from test_train import tiny_config
-    from vaegen.cli import main
+def test_a_perceptual_loss_on_the_evaluation_backbone_is_refused(tmp_path, capsys, tiny_config):
+    from vaegen.apps.cli import main
     from vaegen.config import load_config
     from vaegen.errors import ConfigError
 
     explicit = tiny_config(tmp_path / "a", loss={"perceptual": "efficientnet-lite0"}, eval={"backbone": "efficientnet-lite0"},
                            output={"select": "fid"})
-    with pytest.raises(ConfigError, match="loss.perceptual uses efficientnet-lite0, which is also the network that computes"):
+    with pytest.raises(ConfigError, match="loss.perceptual.*efficientnet-lite0.*also the network"):
         load_config(explicit)
     assert main(["train", "--config", str(explicit)]) == 2
 
@@ -153,9 +152,9 @@ def test_a_perceptual_loss_on_the_evaluation_backbone_is_refused(tmp_path, capsy
     auto = tiny_config(tmp_path / "b", loss={"perceptual": "efficientnet-lite0"}, eval={"backbone": "auto", "extra_backbones": ["dinov2"]},
                        output={"select": "fid"})
     load_config(auto)
-    import vaegen.backbones
+    import vaegen.evaluation.backbones
 
-    if vaegen.backbones.resolve_backbone_name("auto") != "efficientnet-lite0":
+    if vaegen.evaluation.backbones.resolve_backbone_name("auto") != "efficientnet-lite0":
         pytest.skip("the Inception weights are present here, so auto resolves to another network")
     assert main(["train", "--config", str(auto)]) == 2
     assert not (tmp_path / "b" / "logs" / "tiny" / "checkpoints").exists()
@@ -181,8 +180,7 @@ def test_a_perceptual_loss_on_the_evaluation_backbone_is_refused(tmp_path, capsy
         ({"backbone": "efficientnet-lite0", "extra_backbones": ["dinov2"]}, None),
     ],
 )
-def test_a_perceptual_loss_is_scored_on_two_networks_neither_its_own(tmp_path, scoring, refusal):
-    from test_train import tiny_config
+def test_a_perceptual_loss_is_scored_on_two_networks_neither_its_own(tmp_path, scoring, refusal, tiny_config):
     from vaegen.config import load_config
     from vaegen.errors import ConfigError
 
@@ -196,7 +194,7 @@ def test_a_perceptual_loss_is_scored_on_two_networks_neither_its_own(tmp_path, s
 
 
 def test_perceptual_loss_is_zero_at_the_target_and_trains_the_reconstruction():
-    from vaegen.perceptual import PerceptualLoss
+    from vaegen.training.perceptual import PerceptualLoss
 
     loss = PerceptualLoss("efficientnet-lite0", weight=2.0, device=torch.device("cpu"))
     target = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -7,16 +7,21 @@ import pytest
 import torch
 from torch import nn
 
-from vaegen.config import ConfigError, ModelConfig, load_config
-from vaegen.models import MODELS, ConvVAE, build_model, count_parameters
+from vaegen.config import Config, ModelConfig, load_config
+from vaegen.pipeline import Pipeline
+from vaegen.errors import ConfigError
+from vaegen.models import MODELS, build_model, count_parameters
+from vaegen.models.vae import ConvVAE
 
 SMALL = (8, 16, 32, 64)
 
 
 def make(image_size=(32, 32), channels=3, num_classes=1, latent_dim=8, widths=SMALL, conditional="none"):
+    """A fresh model as vaegen.load gives one: the module in a Pipeline, with class names c0, c1, ..."""
     cfg = ModelConfig(latent_dim=latent_dim, widths=widths, conditional=conditional)
     model = build_model(cfg, image_size=image_size, channels=channels, num_classes=num_classes)
-    return model
+    config = Config(data={"root": "unused", "image_size": list(image_size), "channels": channels}, model=cfg)
+    return Pipeline(model, config, [f"c{i}" for i in range(num_classes)], {})
 
 
 def conv_params(in_ch, out_ch, k=4, bias=True):
@@ -65,7 +70,7 @@ def test_indivisible_image_size_rejected():
 
 
 def test_default_widths_are_reference_architecture():
-    model = make(image_size=(64, 64), channels=3, latent_dim=128, widths=(64, 128, 256, 512))
+    model = make(image_size=(64, 64), channels=3, latent_dim=128, widths=(64, 128, 256, 512)).model
     assert isinstance(model, ConvVAE)
 
     blocks = [b for b in model.encoder if isinstance(b, nn.Sequential)]
@@ -204,7 +209,7 @@ def test_single_label_is_broadcast_for_sampling():
 
 
 def _with_mixture(model, groups: int):
-    from vaegen.density import LatentGMM
+    from vaegen.samplers.mixture import LatentGMM
 
     model.latent_density = LatentGMM(torch.full((groups, 2), 0.5), torch.randn(groups, 2, 8), torch.eye(8).repeat(groups, 2, 1, 1), "full")
     return model
@@ -443,7 +448,7 @@ def test_forward_noise_follows_generator():
 def test_registry_contains_conv_vae():
     assert "conv_vae" in MODELS
     assert MODELS["conv_vae"] is ConvVAE
-    assert isinstance(make(), ConvVAE)
+    assert isinstance(make().model, ConvVAE)
 
 
 def test_unknown_model_name_rejected_with_registered_list(tmp_path):
@@ -456,7 +461,7 @@ def test_unknown_model_name_rejected_with_registered_list(tmp_path):
 
 
 def test_residual_blocks_start_as_the_identity():
-    from vaegen.models import ResidualBlock
+    from vaegen.models.vae import ResidualBlock
 
     block = ResidualBlock(8).train()
     x = torch.randn(2, 8, 4, 4)
@@ -466,7 +471,8 @@ def test_residual_blocks_start_as_the_identity():
 @pytest.mark.parametrize("conditional", ["none", "onehot", "embedding"])
 def test_res_vae_keeps_the_interface_and_adds_depth(conditional):
     from vaegen.config import ModelConfig
-    from vaegen.models import ResVAE, build_model, count_parameters
+    from vaegen.models import build_model, count_parameters
+    from vaegen.models.vae import ResVAE
 
     cfg = ModelConfig(name="res_vae", latent_dim=8, widths=(8, 16), blocks=2, conditional=conditional)
     model = build_model(cfg, (16, 24), 3, 3)
@@ -479,4 +485,5 @@ def test_res_vae_keeps_the_interface_and_adds_depth(conditional):
     labels = None if conditional == "none" else torch.tensor([0, 2])
     logits, mu, logvar = model(torch.rand(2, 3, 16, 24), labels)
     assert logits.shape == (2, 3, 16, 24) and mu.shape == logvar.shape == (2, 8)
-    assert model.sample(3, labels=None if conditional == "none" else 1, seed=0).shape == (3, 3, 16, 24)
+    drawn = Pipeline(model, Config(data={"root": "unused", "image_size": [16, 24]}, model=cfg), ["a", "b", "c"], {})
+    assert drawn.sample(3, labels=None if conditional == "none" else 1, seed=0).shape == (3, 3, 16, 24)

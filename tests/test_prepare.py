@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from vaegen.data.prepare import build_fruit360, build_wikiart
 from vaegen.errors import DataError
-from vaegen.prepare import build_fruit360, build_wikiart
 
 ALL_APPLES = [
     "Apple Golden 1", "Apple Golden 2", "Apple Golden 3",
@@ -219,8 +219,8 @@ def test_wikiart_bad_by_empty_style_and_non_empty_out(wikiart: Path, tmp_path: P
 
 
 def test_cli_builds_a_folder_vaegen_can_train_on(fruit: Path, tmp_path: Path, capsys) -> None:
-    from vaegen.cli import main
-    from vaegen.data import scan_folder
+    from vaegen.apps.cli import main
+    from vaegen.data.dataset import scan_folder
 
     out = tmp_path / "built"
     assert main(["data", "fruit360", "--src", str(fruit), "--out", str(out)]) == 0
@@ -232,7 +232,7 @@ def test_cli_builds_a_folder_vaegen_can_train_on(fruit: Path, tmp_path: Path, ca
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    from vaegen.cli import main
+    from vaegen.apps.cli import main
 
     code = main(argv)
     err = capsys.readouterr().err
@@ -260,7 +260,7 @@ def test_fruit360_copy_failure_is_one_paragraph(fruit: Path, tmp_path: Path, mon
     def full_disk(src, dest):
         raise OSError(errno.ENOSPC, "No space left on device", str(dest))
 
-    monkeypatch.setattr("vaegen.prepare.shutil.copy2", full_disk)
+    monkeypatch.setattr("vaegen.data.prepare.shutil.copy2", full_disk)
     out = tmp_path / "out"
     with pytest.raises(DataError, match=r"Could not copy .*: No space left on device\. .*delete the partly built"):
         build_fruit360(fruit, out)
@@ -312,10 +312,10 @@ def test_wikiart_empty_genres_is_refused_not_read_as_every_genre(wikiart: Path, 
 
 
 def test_the_build_summary_counts_in_words(tmp_path: Path, capsys, monkeypatch) -> None:
-    import vaegen.prepare
-    from vaegen.cli import main
+    import vaegen.data.prepare
+    from vaegen.apps.cli import main
 
-    monkeypatch.setattr(vaegen.prepare, "build_fruit360", lambda src, out, link: {"Golden": 1, "Red": 2})
+    monkeypatch.setattr(vaegen.data.prepare, "build_fruit360", lambda src, out, link: {"Golden": 1, "Red": 2})
     assert main(["data", "fruit360", "--src", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["Golden", "1", "image"] and lines[1].split() == ["Red", "2", "images"]

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 import vaegen
-from vaegen import gallery
+from vaegen.apps import gallery
+from vaegen.apps.cli import main
 from vaegen.checkpoint import load_training_state
-from vaegen.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "release_0_1_0"
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "apples_sample"

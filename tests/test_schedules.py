@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vaegen.config import BetaConfig
-from vaegen.schedules import SCHEDULES, build_beta_schedule
+from vaegen.training.schedules import SCHEDULES, build_beta_schedule
 
 
 def test_registered_schedules():

@@ -9,39 +9,20 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import RESUME_SEED, SAMPLE, checkpoint_weights, metric_rows
 from PIL import Image
 from safetensors.torch import load_file
 
 import vaegen
-import vaegen.train
+import vaegen.training.loop
+from vaegen.apps.cli import main
 from vaegen.checkpoint import load_training_state
-from vaegen.cli import main
-from vaegen.family import VAE
+from vaegen.models.vae import VAE
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "data" / "apples_sample"
 
 
-def tiny_config(tmp_path: Path, **sections) -> Path:
-    """A config that trains in seconds: the bundled sample at 16 px, a small network."""
-    config = {
-        "data": {"root": str(SAMPLE), "image_size": 16, "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.2},
-        "model": {"latent_dim": 8, "widths": [8, 16]},
-        "beta": {"schedule": "warmup", "max": 1.0, "warmup": 2},
-        "optim": {"lr": 1e-3},
-        "train": {"epochs": 3, "batch_size": 32, "device": "cpu"},
-        "eval": {"every": 2, "num_grid": 12, "backbone": "none"},
-        "output": {"logs_dir": str(tmp_path / "logs"), "best_dir": str(tmp_path / "best"), "run_name": "tiny", "select": "val_nelbo"},
-    }
-    for section, values in sections.items():
-        config.setdefault(section, {}).update(values)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def test_train_writes_every_file(tmp_path, capsys):
+def test_train_writes_every_file(tmp_path, capsys, tiny_config):
     assert main(["train", "--config", str(tiny_config(tmp_path))]) == 0
     run, best = tmp_path / "logs" / "tiny", tmp_path / "best" / "tiny"
     for name in ["config.yaml", "metrics.jsonl", "curves.png", "train.log", "checkpoints/last.pt",
@@ -84,7 +65,7 @@ def test_train_writes_every_file(tmp_path, capsys):
     assert _tensorboard_image_sizes(run, "samples") == [(6 * (4 * 18 + 2), 6 * (3 * 18 + 2))] * 2
 
 
-def test_loaded_model_matches_training_state(tmp_path):
+def test_loaded_model_matches_training_state(tmp_path, tiny_config):
     main(["train", "--config", str(tiny_config(tmp_path, output={"select": "val_loss"}))])
     best = tmp_path / "best" / "tiny"
     model = vaegen.load(best)
@@ -101,23 +82,7 @@ def test_loaded_model_matches_training_state(tmp_path):
     assert all(torch.equal(stored[k], v) for k, v in model.state_dict().items())
 
 
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_training_state(run_dir / "checkpoints" / "last.pt")["model"]
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "images_per_s"} for row in rows]
-
-
-# A resumed run matches the straight one to float noise (kernels round differently at other addresses)
-# as long as no ReLU input sits at noise level: one that does flips with that noise and the runs part.
-# With the fused Adam kernel, seed 0's tiny model has such inputs by epoch 3 (a near-dead channel of
-# the first layer; drift 1e-4); seeds 1 to 6 stay within 1.2e-7. The tests measure resume, not that.
-RESUME_SEED = 1
-
-
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, tiny_config):
     straight = tiny_config(tmp_path / "a", train={"epochs": 4, "seed": RESUME_SEED}, data={"hflip": True})
     assert main(["train", "--config", str(straight)]) == 0
 
@@ -126,17 +91,17 @@ def test_resume_is_exact(tmp_path):
     assert main(["train", "--resume", str(tmp_path / "b" / "logs" / "tiny"), "--set", "train.epochs=4"]) == 0
 
     a, b = tmp_path / "a" / "logs" / "tiny", tmp_path / "b" / "logs" / "tiny"
-    weights_a, weights_b = _weights(a), _weights(b)
+    weights_a, weights_b = checkpoint_weights(a), checkpoint_weights(b)
     assert weights_a.keys() == weights_b.keys()
     assert max((weights_a[k].float() - weights_b[k].float()).abs().max().item() for k in weights_a) <= 1e-6
     # CPU kernels round differently once tensors live at other addresses: equal to float32 noise
-    rows_a, rows_b = _rows(a), _rows(b)
+    rows_a, rows_b = metric_rows(a), metric_rows(b)
     assert [row.keys() for row in rows_a] == [row.keys() for row in rows_b]
     assert rows_a == [pytest.approx(row, rel=1e-5, abs=1e-6) for row in rows_b]
     assert load_training_state(b / "checkpoints" / "last.pt")["epoch"] == 4
 
 
-def test_the_next_epoch_trains_while_the_checkpoint_is_written(tmp_path, monkeypatch):
+def test_the_next_epoch_trains_while_the_checkpoint_is_written(tmp_path, monkeypatch, tiny_config):
     import inspect
     import threading
 
@@ -144,7 +109,7 @@ def test_the_next_epoch_trains_while_the_checkpoint_is_written(tmp_path, monkeyp
 
     epochs_started, written = [], {}
     second_epoch_done = threading.Event()
-    real_save, real_epoch = vaegen.checkpoint._torch_save, vaegen.train.train_one_epoch
+    real_save, real_epoch = vaegen.checkpoint._torch_save, vaegen.training.loop.train_one_epoch
 
     def slow_save(state, tmp):
         if state["epoch"] == 1:  # a write in the training thread would wait here for good
@@ -161,14 +126,14 @@ def test_the_next_epoch_trains_while_the_checkpoint_is_written(tmp_path, monkeyp
         return stats
 
     monkeypatch.setattr(vaegen.checkpoint, "_torch_save", slow_save)
-    monkeypatch.setattr(vaegen.train, "train_one_epoch", epoch)
+    monkeypatch.setattr(vaegen.training.loop, "train_one_epoch", epoch)
     assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 3, "seed": RESUME_SEED}))]) == 0
     assert sorted(written) == [1, 2, 3] and written[1][0] == 2  # epoch 1's state was written after epoch 2 trained
 
     # and what it wrote is the model at the end of epoch 1, not what epoch 2 made of it
     monkeypatch.undo()
     assert main(["train", "--config", str(tiny_config(tmp_path / "one", train={"epochs": 1, "seed": RESUME_SEED}))]) == 0
-    after_one, snapshot = _weights(tmp_path / "one" / "logs" / "tiny"), written[1][1]
+    after_one, snapshot = checkpoint_weights(tmp_path / "one" / "logs" / "tiny"), written[1][1]
     assert max((after_one[k].float() - snapshot[k].float()).abs().max().item() for k in after_one) <= 1e-6
     assert max((written[2][1][k].float() - snapshot[k].float()).abs().max().item() for k in after_one) > 1e-3
 
@@ -178,13 +143,13 @@ def test_the_next_epoch_trains_while_the_checkpoint_is_written(tmp_path, monkeyp
         assert f"{phase} " in timing, phase
 
 
-def test_resume_latest_run_of_config(tmp_path):
+def test_resume_latest_run_of_config(tmp_path, tiny_config):
     config = tiny_config(tmp_path, train={"epochs": 1}, output={"run_name": None})
     assert main(["train", "--config", str(config)]) == 0
     (run,) = (tmp_path / "logs").iterdir()
     assert run.name.startswith("tiny-")
     assert main(["train", "--config", str(config), "--resume", "--set", "train.epochs=2"]) == 0
-    assert [row["epoch"] for row in _rows(run)] == [1, 2]
+    assert [row["epoch"] for row in metric_rows(run)] == [1, 2]
 
 
 def explode_at(monkeypatch, now) -> None:
@@ -200,7 +165,7 @@ def explode_at(monkeypatch, now) -> None:
     monkeypatch.setattr(VAE, "training_terms", terms_that_explode)
 
 
-def test_nan_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch, capsys):
+def test_nan_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch, capsys, tiny_config):
     calls = {"n": 0}
     steps_per_epoch = 240 // 32  # 300 images, 20% validation, full batches only
     explode_at(monkeypatch, lambda: calls.update(n=calls["n"] + 1) or calls["n"] == steps_per_epoch + 3)  # epoch 2, step 3
@@ -211,7 +176,7 @@ def test_nan_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch, capsys):
     assert "optim.lr" in err and "beta.max" in err and "optim.grad_clip" in err
     assert "Traceback" not in err
     run_dir = tmp_path / "logs" / "tiny"
-    assert f"then continue with `vaegen train --resume {run_dir} --set optim.lr=...`." in err  # the run, not a placeholder
+    assert f"vaegen train --resume {run_dir} --set optim.lr=" in err  # the run, not a placeholder
     assert (run_dir / "train.log").read_text().endswith(err.strip().splitlines()[-1] + "\n")  # the log keeps what the console said
 
     state = load_training_state(tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt")
@@ -221,7 +186,7 @@ def test_nan_loss_stops_with_checkpoints_intact(tmp_path, monkeypatch, capsys):
     assert torch.isfinite(vaegen.load(tmp_path / "best" / "tiny").sample(2, seed=0)).all()
 
 
-def test_nan_loss_in_the_first_epoch_does_not_promise_a_checkpoint(tmp_path, capsys):
+def test_nan_loss_in_the_first_epoch_does_not_promise_a_checkpoint(tmp_path, capsys, tiny_config):
     assert main(["train", "--config", str(tiny_config(tmp_path, optim={"lr": 1e30}, train={"epochs": 2, "log_every": 1}))]) == 3
     err = capsys.readouterr().err
     assert "NaN or infinite at epoch 1" in err and "before anything was saved" in err and "start the run again" in err
@@ -229,25 +194,26 @@ def test_nan_loss_in_the_first_epoch_does_not_promise_a_checkpoint(tmp_path, cap
 
 
 @pytest.mark.parametrize("setting", ["output.logs_dir", "output.best_dir"])
-def test_an_output_folder_that_cannot_be_made_stops_the_run_before_it_trains(tmp_path, capsys, setting):
+def test_an_output_folder_that_cannot_be_made_stops_the_run_before_it_trains(tmp_path, capsys, setting, tiny_config):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     assert main(["train", "--config", str(tiny_config(tmp_path)), "--set", f"{setting}={blocker / 'runs'}"]) == 2
     err = capsys.readouterr().err
-    assert f"{blocker} is a file, not a folder. Point {setting} at a folder you can write to" in err and "Traceback" not in err
+    assert str(blocker) in err and setting in err and "is a file, not a folder" in err and "Traceback" not in err
     # nothing trained: the best-model folder was once found unwritable only after the first epoch, before last.pt
     assert not (tmp_path / "logs" / "tiny" / "metrics.jsonl").exists()
 
 
-def test_a_file_where_the_runs_best_model_folder_goes_stops_the_run_before_it_trains(tmp_path, capsys):
+def test_a_file_where_the_runs_best_model_folder_goes_stops_the_run_before_it_trains(tmp_path, capsys, tiny_config):
     (tmp_path / "best").mkdir()
     (tmp_path / "best" / "tiny").write_text("not a folder")
     assert main(["train", "--config", str(tiny_config(tmp_path))]) == 2
-    assert f"{tmp_path / 'best' / 'tiny'} is a file, where the run's best model folder goes" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(tmp_path / "best" / "tiny") in err and "is a file" in err and "best model folder" in err
     assert not (tmp_path / "logs" / "tiny").exists()
 
 
-def test_a_failed_checkpoint_write_is_still_reported_when_another_error_stops_the_run(tmp_path, monkeypatch, capsys):
+def test_a_failed_checkpoint_write_is_still_reported_when_another_error_stops_the_run(tmp_path, monkeypatch, capsys, tiny_config):
     import vaegen.checkpoint
 
     def full_disk(state, tmp):
@@ -257,7 +223,7 @@ def test_a_failed_checkpoint_write_is_still_reported_when_another_error_stops_th
     monkeypatch.setattr(vaegen.checkpoint, "_torch_save", full_disk)
     # epoch 2, step 1: the NaN stops the run while epoch 1's write is failing
     explode_at(monkeypatch, lambda: calls.update(n=calls["n"] + 1) or calls["n"] == 240 // 32 + 1)
-    with pytest.warns(UserWarning, match=r"checkpoint write in flight failed too, so .*last.pt is an earlier epoch's \(or missing\): .*No space left"):
+    with pytest.warns(UserWarning, match=r"checkpoint write in flight failed too.*last\.pt.*No space left"):
         assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 3}))]) == 3
     (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert "NaN or infinite at epoch 2, step 1" in error
@@ -268,7 +234,7 @@ def _samples_drawn_by(weights: dict[str, torch.Tensor], run_dir: Path) -> np.nda
     """The sample picture a run's evaluation draws with `weights`: its fixed codes, decoded by a model that holds them."""
     from vaegen.config import load_config
     from vaegen.models import build_model
-    from vaegen.train import sample_picture
+    from vaegen.training.loop import sample_picture
 
     config = load_config(run_dir / "config.yaml")
     model = build_model(config.model, config.data.image_size, config.data.channels, 3)
@@ -298,8 +264,8 @@ class _CtrlCInScoring:
     def __init__(self, monkeypatch, epoch: int):
         self.epoch, self.calls = epoch, 0
         network = type("Network", (), {"networks": ["fake"], "real": range(10), "backbone": type("Backbone", (), {"name": "fake"})})
-        monkeypatch.setattr(vaegen.train, "run_evaluator", lambda *args: network)
-        monkeypatch.setattr(vaegen.train, "score_model", self)
+        monkeypatch.setattr(vaegen.training.loop, "run_evaluator", lambda *args: network)
+        monkeypatch.setattr(vaegen.training.loop, "score_model", self)
 
     def __call__(self, *args) -> dict:
         self.calls += 1  # eval.every: 1, so the call number is the epoch
@@ -309,7 +275,7 @@ class _CtrlCInScoring:
 
 
 @pytest.mark.parametrize("checkpoint_every", [1, 2])
-def test_ctrl_c_during_an_evaluation_leaves_only_pictures_a_checkpoint_holds(tmp_path, monkeypatch, checkpoint_every):
+def test_ctrl_c_during_an_evaluation_leaves_only_pictures_a_checkpoint_holds(tmp_path, monkeypatch, checkpoint_every, tiny_config):
     """Ctrl+C during epoch 4's evaluation once left samples_epoch0004.png (and, between checkpoints, epoch 3's)
     beside an earlier last.pt: pictures of a model state no checkpoint holds. Pictures now follow the checkpoint."""
     _CtrlCInScoring(monkeypatch, epoch=4)
@@ -329,14 +295,14 @@ def test_ctrl_c_during_an_evaluation_leaves_only_pictures_a_checkpoint_holds(tmp
     assert main(["train", "--resume", str(run)]) == 0
     assert _picture_epochs(run) == {"samples": [1, 2, 3, 4, 5], "recon": [1, 2, 3, 4, 5]}
     with Image.open(run / "samples_epoch0005.png") as latest:
-        assert np.array_equal(np.asarray(latest), _samples_drawn_by(_weights(run), run))
+        assert np.array_equal(np.asarray(latest), _samples_drawn_by(checkpoint_weights(run), run))
     _assert_best_model_is_one_epoch(best)
 
 
-def test_ctrl_c_during_a_best_model_export_leaves_the_previous_best_whole(tmp_path, monkeypatch):
+def test_ctrl_c_during_a_best_model_export_leaves_the_previous_best_whole(tmp_path, monkeypatch, tiny_config):
     """The export once wrote the weights first: stopped before the samples, it left the previous best's samples.png
     and metrics.json beside the new weights. Now nothing of an export lands until all of it is written."""
-    real_save_png, best = vaegen.train.save_png, tmp_path / "best" / "tiny"
+    real_save_png, best = vaegen.training.loop.save_png, tmp_path / "best" / "tiny"
     exports = []
 
     def save_png(image, path):
@@ -346,7 +312,7 @@ def test_ctrl_c_during_a_best_model_export_leaves_the_previous_best_whole(tmp_pa
                 raise KeyboardInterrupt
         real_save_png(image, path)
 
-    monkeypatch.setattr(vaegen.train, "save_png", save_png)
+    monkeypatch.setattr(vaegen.training.loop, "save_png", save_png)
     assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 3}, eval={"every": 1}))]) == 130
     assert len(exports) == 2
     assert vaegen.load(best).metadata["epoch"] == 1  # the first export, whole: its weights, metrics and samples
@@ -368,7 +334,7 @@ def _ink(picture: Image.Image, box: tuple[int, int, int, int]) -> bool:
     return bool((np.asarray(picture.convert("L").crop(box)) < 128).any())
 
 
-def test_grayscale_and_conditional_end_to_end(tmp_path):
+def test_grayscale_and_conditional_end_to_end(tmp_path, tiny_config):
     config = tiny_config(tmp_path, data={"channels": 1}, model={"conditional": "onehot"}, train={"epochs": 1})
     assert main(["train", "--config", str(config)]) == 0
     best, run = tmp_path / "best" / "tiny", tmp_path / "logs" / "tiny"
@@ -393,10 +359,10 @@ def test_conditional_samples_are_labelled_blocks_of_the_same_draws_at_every_eval
     """samples_epoch*.png once cycled the classes across unlabelled columns; each class is now a labelled block,
     drawn from the same codes (the prior) or the same seeded mixture draws at every evaluation."""
     from vaegen.config import ModelConfig
-    from vaegen.density import LatentGMM
     from vaegen.models import build_model
     from vaegen.plots import image_grid, scaled, to_pil
-    from vaegen.train import sample_picture
+    from vaegen.samplers.mixture import LatentGMM
+    from vaegen.training.loop import sample_picture
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(latent_dim=8, widths=(8, 16), conditional="onehot"), (16, 16), 3, 3).eval()
@@ -424,7 +390,7 @@ def test_conditional_samples_are_labelled_blocks_of_the_same_draws_at_every_eval
     assert not np.array_equal(np.asarray(drawn), np.asarray(picture))
 
 
-def test_new_run_refuses_to_overwrite_named_run(tmp_path, capsys):
+def test_new_run_refuses_to_overwrite_named_run(tmp_path, capsys, tiny_config):
     config = tiny_config(tmp_path, train={"epochs": 1})
     assert main(["train", "--config", str(config)]) == 0
     before = (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").read_bytes()
@@ -433,7 +399,7 @@ def test_new_run_refuses_to_overwrite_named_run(tmp_path, capsys):
     assert (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").read_bytes() == before
 
 
-def test_new_run_refuses_to_overwrite_the_best_model_of_a_run_whose_log_folder_is_gone(tmp_path, capsys):
+def test_new_run_refuses_to_overwrite_the_best_model_of_a_run_whose_log_folder_is_gone(tmp_path, capsys, tiny_config):
     import shutil
 
     config = tiny_config(tmp_path, train={"epochs": 1})
@@ -443,19 +409,20 @@ def test_new_run_refuses_to_overwrite_the_best_model_of_a_run_whose_log_folder_i
     before = {path.name: path.read_bytes() for path in best.iterdir()}
 
     assert main(["train", "--config", str(config)]) == 2
-    assert f"{best} already holds the best model of an earlier run named tiny, with no training state in " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(best) in err and "already holds the best model" in err
     assert {path.name: path.read_bytes() for path in best.iterdir()} == before
     assert not (tmp_path / "logs" / "tiny").exists()
 
 
-def test_the_done_block_is_kept_in_train_log(tmp_path, capsys):
+def test_the_done_block_is_kept_in_train_log(tmp_path, capsys, tiny_config):
     assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 1}))]) == 0
     out = capsys.readouterr().out
     done = out[out.index("\ndone: "):]
     assert (tmp_path / "logs" / "tiny" / "train.log").read_text().endswith(done)
 
 
-def test_wandb_offline_logs_without_network(tmp_path, monkeypatch):
+def test_wandb_offline_logs_without_network(tmp_path, monkeypatch, tiny_config):
     monkeypatch.setenv("WANDB_SILENT", "true")
     config = tiny_config(tmp_path, train={"epochs": 1}, logging={"wandb": "offline"})
     assert main(["train", "--config", str(config)]) == 0
@@ -484,34 +451,34 @@ def test_acceptance_command_on_shared_apples(tmp_path, monkeypatch):
     assert len(rows) == 2 and rows[1]["val_loss"] < rows[0]["val_loss"]
 
 
-def test_resume_applies_new_learning_rate(tmp_path):
+def test_resume_applies_new_learning_rate(tmp_path, tiny_config):
     config = tiny_config(tmp_path, train={"epochs": 1})
     assert main(["train", "--config", str(config)]) == 0
     run = tmp_path / "logs" / "tiny"
     assert main(["train", "--resume", str(run), "--set", "train.epochs=2", "--set", "optim.lr=1e-5"]) == 0
-    assert [row["lr"] for row in _rows(run)] == [1e-3, 1e-5]
+    assert [row["lr"] for row in metric_rows(run)] == [1e-3, 1e-5]
     assert load_training_state(run / "checkpoints" / "last.pt")["optimizer"]["param_groups"][0]["lr"] == 1e-5
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 1e-5
 
 
-def test_checkpoint_every_writes_the_training_state_less_often(tmp_path, monkeypatch):
+def test_checkpoint_every_writes_the_training_state_less_often(tmp_path, monkeypatch, tiny_config):
     saved_epochs = []
-    real_save = vaegen.train.save_training_state
-    monkeypatch.setattr(vaegen.train, "save_training_state", lambda path, state: (saved_epochs.append(state["epoch"]), real_save(path, state)))
+    real_save = vaegen.training.loop.save_training_state
+    monkeypatch.setattr(vaegen.training.loop, "save_training_state", lambda path, state: (saved_epochs.append(state["epoch"]), real_save(path, state)))
     config = tiny_config(tmp_path, train={"epochs": 5}, output={"checkpoint_every": 2})
     assert main(["train", "--config", str(config)]) == 0
     assert saved_epochs == [2, 4, 5]  # every second epoch, and always the last
-    assert len(_rows(tmp_path / "logs" / "tiny")) == 5
+    assert len(metric_rows(tmp_path / "logs" / "tiny")) == 5
 
 
-def test_an_epoch_that_ends_during_a_write_leaves_its_state_to_the_next_one(tmp_path, monkeypatch):
+def test_an_epoch_that_ends_during_a_write_leaves_its_state_to_the_next_one(tmp_path, monkeypatch, tiny_config):
     """A fast GPU can end epochs faster than the disk takes a state: training does not wait for the disk.
     The state is written at the first epoch end that finds the writer free; the last epoch always writes."""
     import threading
 
     disk_free = threading.Event()
     saved_epochs = []
-    real_save, real_log = vaegen.train.save_training_state, vaegen.train.Tracker.log_epoch
+    real_save, real_log = vaegen.training.loop.save_training_state, vaegen.training.loop.Tracker.log_epoch
 
     def slow_save(path, state):
         if state["epoch"] == 1:
@@ -524,8 +491,8 @@ def test_an_epoch_that_ends_during_a_write_leaves_its_state_to_the_next_one(tmp_
         if row["epoch"] == 3:
             disk_free.set()
 
-    monkeypatch.setattr(vaegen.train, "save_training_state", slow_save)
-    monkeypatch.setattr(vaegen.train.Tracker, "log_epoch", log_epoch)
+    monkeypatch.setattr(vaegen.training.loop, "save_training_state", slow_save)
+    monkeypatch.setattr(vaegen.training.loop.Tracker, "log_epoch", log_epoch)
     assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 4}))]) == 0
     # epoch 2 ended while epoch 1's write was going; epoch 3 may find it still finishing
     assert saved_epochs in ([1, 3, 4], [1, 4])
@@ -533,10 +500,10 @@ def test_an_epoch_that_ends_during_a_write_leaves_its_state_to_the_next_one(tmp_
 
 
 def _one_step(skip_grad_norm: float | None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    from vaegen.accel import resolve_step_options
     from vaegen.config import config_from_dict
-    from vaegen.run import build_run
-    from vaegen.train import train_step
+    from vaegen.training.accel import resolve_step_options
+    from vaegen.training.loop import train_step
+    from vaegen.training.run import build_run
 
     config = config_from_dict({
         "data": {"root": str(SAMPLE), "image_size": 16}, "model": {"latent_dim": 8, "widths": [8, 16]},
@@ -567,21 +534,21 @@ def test_gradient_norm_skip_drops_only_the_updates_above_the_threshold():
     assert torch.equal(terms_kept[:-1], terms_skipped[:-1])  # the losses are those of the batch either way
 
 
-def test_skipped_updates_are_counted_per_epoch(tmp_path):
+def test_skipped_updates_are_counted_per_epoch(tmp_path, tiny_config):
     config = tiny_config(tmp_path, optim={"skip_grad_norm": 1e-12}, train={"epochs": 2})
     assert main(["train", "--config", str(config)]) == 0
-    rows = _rows(tmp_path / "logs" / "tiny")
+    rows = metric_rows(tmp_path / "logs" / "tiny")
     steps = 240 // 32  # the sample's 301 images less its 20 % validation split, full batches
     assert [row["skipped_steps"] for row in rows] == [steps, steps]
     assert rows[0]["train_loss"] == pytest.approx(rows[1]["train_loss"], rel=0.05)  # it never learned
 
 
-def test_a_non_positive_skip_threshold_is_refused(tmp_path, capsys):
+def test_a_non_positive_skip_threshold_is_refused(tmp_path, capsys, tiny_config):
     assert main(["train", "--config", str(tiny_config(tmp_path, optim={"skip_grad_norm": 0}))]) == 2
     assert "optim.skip_grad_norm" in capsys.readouterr().err
 
 
-def test_training_without_a_validation_split_evaluates_and_draws_training_reconstructions(tmp_path, capsys):
+def test_training_without_a_validation_split_evaluates_and_draws_training_reconstructions(tmp_path, capsys, tiny_config):
     """data.val_fraction: 0, which the one-image-per-class error recommends: no validation terms, the rest as usual."""
     config = tiny_config(
         tmp_path, data={"val_fraction": 0}, train={"epochs": 2}, eval={"every": 1, "backbone": "efficientnet-lite0", "num_samples": 16},

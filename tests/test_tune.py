@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 import logging
@@ -17,39 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import SAMPLE, read_summary
 from PIL import Image
 
 import vaegen
-from test_train import SAMPLE
-from vaegen.cli import main
+from vaegen.apps.cli import main
 
 pytest.importorskip("ray.tune", reason="vaegen tune needs ray[tune] (pip install 'vaegen[tune]')")
 pytest.importorskip("optuna", reason="vaegen tune needs optuna (pip install 'vaegen[tune]')")
-
-# Ray's token file under ~/.ray is shared by everything on the machine; a test cluster needs none
-os.environ["RAY_AUTH_MODE"] = "disabled"
-
-
-def tiny_sweep(tmp_path: Path, space: dict, **tune) -> Path:
-    """A sweep over a base config that trains in seconds: 16 px, a small network, 2 epochs, FD every epoch."""
-    base = {
-        "data": {"root": str(SAMPLE), "image_size": 16, "cache_dir": str(tmp_path / "cache"), "val_fraction": 0.2},
-        "model": {"latent_dim": 8, "widths": [8, 16]},
-        "optim": {"lr": 1e-3},
-        "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
-        "eval": {"every": 1, "num_grid": 12, "backbone": "efficientnet-lite0", "num_samples": 32, "reference": "val"},
-        "output": {"logs_dir": str(tmp_path / "logs"), "best_dir": str(tmp_path / "best"), "select": "fid"},
-    }
-    sweep = {
-        "base": base,
-        "space": space,
-        "tune": {"name": "tiny", "num_samples": 3, "max_concurrent": 2, "grace_period": 1, "startup_trials": 2,
-                 "resources": {"cpu": 1}, **tune},
-    }
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep))
-    return path
 
 
 class RayStarted(Exception):
@@ -142,13 +116,8 @@ def assert_only_what_vaegen_does_not_say(console: str | list[str]) -> None:
         assert [line for line in console if line.split(" ", 1)[0] in ("INFO", "DEBUG")] == []
 
 
-def read_summary(tmp_path: Path) -> list[dict]:
-    with (tmp_path / "logs" / "tiny" / "summary.csv").open() as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsys, ray_trial_log,
-                                                                 ray_and_optuna_console):
+                                                                 ray_and_optuna_console, tiny_sweep):
     # the three trials are pinned, so the test knows which one must fail: lr 5 makes the loss NaN in the first
     # epoch (a value the config refuses, batch size 0, is refused before the sweep starts)
     config = tiny_sweep(
@@ -230,7 +199,7 @@ def test_sweep_with_a_failing_trial_writes_summary_plot_and_best(tmp_path, capsy
         assert (run / "curves.png").is_file()
 
 
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, capsys, ray_and_optuna_console):
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, capsys, ray_and_optuna_console, tiny_sweep):
     config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}}, max_concurrent=1, scheduler="fifo")
     trials = tmp_path / "logs" / "tiny" / "trials"
     command = [sys.executable, "-m", "vaegen", "tune", "--config", str(config)]
@@ -270,18 +239,18 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(tmp_path, c
     assert sum(starts_after.values()) <= 4  # the interrupted trial continued once, nothing else repeated
 
 
-def test_resume_of_a_sweep_that_never_ran_is_refused(tmp_path, capsys):
+def test_resume_of_a_sweep_that_never_ran_is_refused(tmp_path, capsys, tiny_sweep):
     config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}})
     assert main(["tune", "--config", str(config), "--resume"]) == 2
     assert "no sweep 'tiny' to continue" in capsys.readouterr().err
 
 
-def test_data_errors_of_a_sweep_name_its_own_keys_before_anything_else(tmp_path, capsys, monkeypatch, recwarn, ray_never_starts):
-    import vaegen.backbones
+def test_data_errors_of_a_sweep_name_its_own_keys_before_anything_else(tmp_path, capsys, monkeypatch, recwarn, ray_never_starts, tiny_sweep):
+    import vaegen.evaluation.backbones
 
     # eval.backbone auto without Inception weights: falls back to efficientnet-lite0, with a warning
     monkeypatch.delenv("VAEGEN_INCEPTION_WEIGHTS", raising=False)
-    monkeypatch.setattr(vaegen.backbones, "_hub_checkpoints", lambda: tmp_path / "no-hub")
+    monkeypatch.setattr(vaegen.evaluation.backbones, "_hub_checkpoints", lambda: tmp_path / "no-hub")
     missing = (tmp_path / "data" / "apples").resolve()  # as load_sweep makes it
     config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}})
     sweep = yaml.safe_load(config.read_text())
@@ -339,7 +308,7 @@ def test_data_errors_of_a_sweep_name_its_own_keys_before_anything_else(tmp_path,
          ("`model.widths`", "one of its choices", "not divisible by 32")),
     ],
 )
-def test_bad_sweep_files_are_named_before_ray_starts(tmp_path, capsys, monkeypatch, space, tune, message):
+def test_bad_sweep_files_are_named_before_ray_starts(tmp_path, capsys, monkeypatch, space, tune, message, tiny_sweep):
     import ray
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started although the sweep file is wrong"))
@@ -357,13 +326,13 @@ def test_bad_sweep_files_are_named_before_ray_starts(tmp_path, capsys, monkeypat
     {"beta.schedule": {"choice": ["cyclic"]}, "beta.warmup": {"int": [1, 30]}, "beta.cycle": {"int": [10, 40]}},
     {"data.image_size": {"choice": [16, 24]}, "model.widths": {"choice": [[8, 16], [8, 16, 32, 64]]}},
 ])
-def test_a_space_whose_values_make_valid_trials_starts_ray(tmp_path, ray_never_starts, space):
+def test_a_space_whose_values_make_valid_trials_starts_ray(tmp_path, ray_never_starts, space, tiny_sweep):
     with pytest.raises(RayStarted):
         main(["tune", "--config", str(tiny_sweep(tmp_path, space))])
 
 
 def test_a_sweep_whose_every_trial_fails_exits_with_the_first_error(tmp_path, capsys, ray_trial_log,
-                                                                     ray_and_optuna_console):
+                                                                     ray_and_optuna_console, tiny_sweep):
     # lr 5 makes the loss NaN in the first epoch; a sweep has no use for `vaegen train --resume` advice
     config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 10]}}, num_samples=1, scheduler="fifo",
                         points_to_evaluate=[{"optim.lr": 5}])
@@ -396,7 +365,7 @@ def test_a_sweep_whose_every_trial_fails_exits_with_the_first_error(tmp_path, ca
         ("space={}", "`space`: space is empty, so there is nothing to search; name at least one setting"),
     ],
 )
-def test_bad_set_overrides_of_a_sweep_are_named_before_ray_starts(tmp_path, capsys, monkeypatch, override, message):
+def test_bad_set_overrides_of_a_sweep_are_named_before_ray_starts(tmp_path, capsys, monkeypatch, override, message, tiny_sweep):
     import ray
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started although the sweep is wrong"))
@@ -407,7 +376,7 @@ def test_bad_set_overrides_of_a_sweep_are_named_before_ray_starts(tmp_path, caps
     assert "Traceback" not in err and "lax-or-strict" not in err
 
 
-def test_asha_runs_trials_to_the_most_epochs_the_space_searches(tmp_path, monkeypatch):
+def test_asha_runs_trials_to_the_most_epochs_the_space_searches(tmp_path, monkeypatch, tiny_sweep):
     import ray
     import ray.tune.schedulers
 
@@ -426,7 +395,7 @@ def test_asha_runs_trials_to_the_most_epochs_the_space_searches(tmp_path, monkey
     assert built.value.args[0]["max_t"] == 4
 
 
-def test_unreachable_cluster_address_is_named_within_seconds(tmp_path):
+def test_unreachable_cluster_address_is_named_within_seconds(tmp_path, tiny_sweep):
     import socket
     import threading
 
@@ -466,7 +435,7 @@ def test_unreachable_cluster_address_is_named_within_seconds(tmp_path):
     assert not (tmp_path / "logs").exists()  # refused before the sweep wrote anything
 
 
-def test_an_address_that_is_not_host_port_is_named(tmp_path, capsys):
+def test_an_address_that_is_not_host_port_is_named(tmp_path, capsys, tiny_sweep):
     config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}})
     assert main(["tune", "--config", str(config), "--address", "headnode"]) == 2
     err = capsys.readouterr().err
@@ -474,8 +443,8 @@ def test_an_address_that_is_not_host_port_is_named(tmp_path, capsys):
     assert "drop --address" in err and "Traceback" not in err
 
 
-def test_overrides_are_checked_like_the_space_and_nested_forms_are_accepted(tmp_path, capsys):
-    from vaegen.tune import load_sweep
+def test_overrides_are_checked_like_the_space_and_nested_forms_are_accepted(tmp_path, capsys, tiny_sweep):
+    from vaegen.tuning.sweep import load_sweep
 
     config = tiny_sweep(tmp_path, {"optim": {"lr": {"loguniform": [1e-4, 1e-2]}}})
     sweep = load_sweep(config, ["overrides.train.epochs=5", "tune.num_samples=7"])
@@ -495,9 +464,9 @@ def test_sweep_console_says_when_each_trial_starts_scores_and_ends(tmp_path, cap
     from ray.exceptions import RayTaskError
 
     from vaegen.errors import TrainingDiverged
-    from vaegen.tune import SweepConsole
+    from vaegen.tuning.sweep import SweepConsole
 
-    caplog.set_level(logging.INFO, logger="vaegen.tune")
+    caplog.set_level(logging.INFO, logger="vaegen.tuning.sweep")
 
     def trial(trial_id: str, epochs: int, error: Exception | None = None):
         pickled = None
@@ -560,11 +529,11 @@ def pickled_trial_error(tmp_path: Path, trial_id: str, error: Exception, config:
                            error_file=None)
 
 
-def test_a_failed_trials_console_line_names_the_trial_once(tmp_path, caplog):
+def test_a_failed_trials_console_line_names_the_trial_once(tmp_path, caplog, tiny_sweep):
     from vaegen.errors import ConfigError
-    from vaegen.tune import SweepConsole, load_sweep, trial_config
+    from vaegen.tuning.sweep import SweepConsole, load_sweep, trial_config
 
-    caplog.set_level(logging.INFO, logger="vaegen.tune")
+    caplog.set_level(logging.INFO, logger="vaegen.tuning.sweep")
     # each value is valid beside some of the others (so the sweep starts), and this pair is not
     space = {"beta.schedule": {"choice": ["cyclic"]}, "beta.warmup": {"int": [1, 30]}, "beta.cycle": {"int": [10, 40]}}
     sweep = load_sweep(tiny_sweep(tmp_path, space))
@@ -581,7 +550,7 @@ def test_a_failed_trials_console_line_names_the_trial_once(tmp_path, caplog):
 def test_ended_trials_leave_no_half_written_files(tmp_path):
     from types import SimpleNamespace
 
-    from vaegen.tune import SweepConsole
+    from vaegen.tuning.sweep import SweepConsole
 
     trials = tmp_path / "trials"
     terms = ("loss", "nelbo", "recon", "kl")
@@ -611,7 +580,7 @@ def test_ended_trials_leave_no_half_written_files(tmp_path):
     assert not (trials / "cccc0003").exists()
 
 
-def test_sweep_yaml_leaves_out_nulls_and_reads_back_as_the_sweep_it_started(tmp_path, recwarn, tuner_never_runs):
+def test_sweep_yaml_leaves_out_nulls_and_reads_back_as_the_sweep_it_started(tmp_path, recwarn, tuner_never_runs, tiny_sweep):
     config = tiny_sweep(tmp_path, {"optim.lr": {"loguniform": [1e-4, 1e-2]}, "model.widths": {"choice": [[8, 16], [16]]},
                                    "model.latent_dim": {"int": [4, 8]}},
                         points_to_evaluate=[{"optim.lr": 2e-3, "model.widths": [8, 16], "model.latent_dim": 8}])
@@ -621,7 +590,7 @@ def test_sweep_yaml_leaves_out_nulls_and_reads_back_as_the_sweep_it_started(tmp_
     written = record.read_text()
     assert "null" not in written and "storage" not in written  # no distribution's unused kinds, no unset storage
     assert "grace_period: 1\n" in written and "scheduler: asha\n" in written  # defaults are stated: what ran
-    from vaegen.tune import load_sweep, read_sweep_record, sweep_record
+    from vaegen.tuning.sweep import load_sweep, read_sweep_record, sweep_record
 
     started = load_sweep(config, ["overrides.train.epochs=2"]).settings
     assert read_sweep_record(record) == started
@@ -642,7 +611,7 @@ def test_sweep_yaml_leaves_out_nulls_and_reads_back_as_the_sweep_it_started(tmp_
     assert read_sweep_record(record) == with_nulls and with_nulls.overrides == {"optim.grad_clip": None}
 
 
-def test_a_sweep_starts_its_own_ray_unless_an_address_is_given(tmp_path, monkeypatch):
+def test_a_sweep_starts_its_own_ray_unless_an_address_is_given(tmp_path, monkeypatch, tiny_sweep):
     import ray
 
     def init(**kwargs):
@@ -668,7 +637,7 @@ def test_a_sweep_starts_its_own_ray_unless_an_address_is_given(tmp_path, monkeyp
 
 
 def test_list_choices_travel_through_optuna_as_text(tmp_path):
-    from vaegen.tune import Distribution, from_sampled, to_domain
+    from vaegen.tuning.sweep import Distribution, from_sampled, to_domain
 
     widths = Distribution(choice=[[8, 16], [16, 32]])
     assert to_domain(widths).categories == ["[8, 16]", "[16, 32]"]
@@ -677,7 +646,7 @@ def test_list_choices_travel_through_optuna_as_text(tmp_path):
     assert to_domain(Distribution(int=(16, 64))).upper == 65  # the YAML's high end is included
 
 
-def test_sweep_joins_a_running_cluster_with_address(tmp_path):
+def test_sweep_joins_a_running_cluster_with_address(tmp_path, tiny_sweep):
     import socket
 
     ray_cli = Path(sys.executable).with_name("ray")

@@ -1,7 +1,7 @@
 """The gallery page (ui.py) driven through streamlit.testing's AppTest, against models the module trains.
 
 Every picture the page shows or offers for download is read back (the media store is recorded)
-and compared pixel for pixel with what vaegen.gallery draws for the same settings.
+and compared pixel for pixel with what vaegen.apps.gallery draws for the same settings.
 """
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 from PIL import Image
 
@@ -23,21 +23,19 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage  
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 import vaegen  # noqa: E402
-from test_gallery import make_run  # noqa: E402
-from test_train import tiny_config  # noqa: E402
-from vaegen import gallery  # noqa: E402
+from vaegen.apps import gallery  # noqa: E402
+from vaegen.apps.cli import main  # noqa: E402
 from vaegen.checkpoint import read_model_metadata, save_model  # noqa: E402
-from vaegen.cli import main  # noqa: E402
 from vaegen.config import ModelConfig  # noqa: E402
-from vaegen.density import SAMPLER_FILE, fit_latent_gmm  # noqa: E402
 from vaegen.models import build_model  # noqa: E402
+from vaegen.samplers.mixture import SAMPLER_FILE, fit_latent_gmm  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 UI = str(REPO / "ui.py")
 
 
 @pytest.fixture(scope="module")
-def best(tmp_path_factory) -> Path:
+def best(tmp_path_factory, tiny_config) -> Path:
     """best_models/ with two trained 16 px runs: `plain` (unconditional), then `cvae` (one-hot conditional)."""
     root = tmp_path_factory.mktemp("ui")
     for name, conditional in [("plain", "none"), ("cvae", "onehot")]:
@@ -153,7 +151,7 @@ def test_sidebar_lists_every_run_with_its_metadata(best, monkeypatch):
     assert not at.selectbox  # no class selector for an unconditional model
 
 
-def test_sidebar_shows_fid_with_its_protocol(tmp_path, monkeypatch):
+def test_sidebar_shows_fid_with_its_protocol(tmp_path, monkeypatch, make_run):
     make_run(tmp_path, "scored", fid=45.678)
     at = app(tmp_path, monkeypatch)
     (text,) = [block.value for block in at.sidebar.markdown if "**dataset**" in block.value]

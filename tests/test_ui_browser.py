@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from test_gallery import make_run
-
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = next((path for path in ["/usr/bin/chromium", shutil.which("chromium")] if path and Path(path).is_file()), None)
 
@@ -52,7 +50,7 @@ def wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float =
 
 
 @pytest.fixture
-def gallery_url(tmp_path):
+def gallery_url(tmp_path, make_run):
     best = os.environ.get("VAEGEN_SCREENSHOT_BEST_DIR")
     if best is None:
         best = tmp_path / "best"

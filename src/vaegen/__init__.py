@@ -4,8 +4,8 @@ __version__ = "0.1.0"
 
 
 def load(path, device="cpu"):
-    """Load a trained model folder (best_models/<run>); see `vaegen.api.load`."""
-    from vaegen.api import load as _load
+    """Load a trained model folder (best_models/<run>); see `vaegen.pipeline.load`."""
+    from vaegen.pipeline import load as _load
 
     return _load(path, device)
 

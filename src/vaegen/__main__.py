@@ -1,5 +1,5 @@
 import sys
 
-from vaegen.cli import main
+from vaegen.apps.cli import main
 
 sys.exit(main())

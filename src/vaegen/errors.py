@@ -5,7 +5,7 @@ Anything raised as a `VaegenError` is printed as one paragraph without a traceba
 """
 
 
-# A message raised where the run folder is not known says RUN_DIR; vaegen.train.train, which knows it, fills it in.
+# A message raised where the run folder is not known says RUN_DIR; vaegen.training.loop.train, which knows it, fills it in.
 RUN_DIR = "RUN_DIR"
 
 

@@ -1,8 +1,8 @@
 """Fault injection for the reliability suite: faults at the OS boundary, and `vaegen` run in a real process.
 
 Nothing here is a hook in vaegen: the faults replace `os.open`/`os.write` (what the checkpoint writer
-calls) or `vaegen.train.train_step` from the outside, in the test process (with monkeypatch) or in a
-child process started by `run_vaegen`, which executes a few lines of setup and then `vaegen.cli.main`.
+calls) or `vaegen.training.loop.train_step` from the outside, in the test process (with monkeypatch) or in a
+child process started by `run_vaegen`, which executes a few lines of setup and then `vaegen.apps.cli.main`.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class CheckpointWriteFault:
 
 
 def kill_at_training_step(step: int) -> None:
-    """Replace vaegen.train.train_step so that global step `step` (1-based, counted over epochs) kills the process.
+    """Replace vaegen.training.loop.train_step so that global step `step` (1-based, counted over epochs) kills the process.
 
     The kill comes once the previous epoch's checkpoint is on disk: last.pt is written on a background
     thread while the next epoch trains, and a few tiny steps can outrun that write. A kill during the
@@ -93,10 +93,10 @@ def kill_at_training_step(step: int) -> None:
     """
     import threading
 
-    import vaegen.train
+    import vaegen.training.loop
     from vaegen.checkpoint import WRITER_THREAD
 
-    real_step = vaegen.train.train_step
+    real_step = vaegen.training.loop.train_step
     calls = {"n": 0}
 
     def step_or_die(*args, **kwargs):
@@ -108,7 +108,7 @@ def kill_at_training_step(step: int) -> None:
             kill_this_process()
         return real_step(*args, **kwargs)
 
-    vaegen.train.train_step = step_or_die
+    vaegen.training.loop.train_step = step_or_die
 
 
 def run_vaegen(
@@ -120,7 +120,7 @@ def run_vaegen(
     script.write_text(
         f"import sys\nsys.path.insert(0, {str(HERE)!r})\n"
         + textwrap.dedent(setup)
-        + "\nimport vaegen.cli\nsys.exit(vaegen.cli.main(sys.argv[1:]))\n"
+        + "\nimport vaegen.apps.cli\nsys.exit(vaegen.apps.cli.main(sys.argv[1:]))\n"
     )
     child_env = {**os.environ, **(env or {})}
     for key in [key for key, value in child_env.items() if value is None]:

@@ -7,18 +7,25 @@ import os
 import shutil
 
 import numpy as np
+import pytest
+from helpers import SAMPLE
 from PIL import Image, ImageOps
 
-from test_train import SAMPLE, tiny_config
-from vaegen.cli import main
+from vaegen.apps.cli import main
 from vaegen.config import load_config
-from vaegen.data import decode_image, load_images
+from vaegen.data.dataset import decode_image, load_images
 
 
-def train(tmp_path, data_root, name):
-    config = tiny_config(tmp_path, data={"root": str(data_root)}, train={"epochs": 1}, output={"run_name": name})
-    assert main(["train", "--config", str(config)]) == 0
-    return load_config(config)
+@pytest.fixture
+def train(tmp_path, tiny_config):
+    """train(data_root, name): one epoch on data_root as run `name`, with tmp_path's decode cache; its config."""
+
+    def run(data_root, name):
+        config = tiny_config(tmp_path, data={"root": str(data_root)}, train={"epochs": 1}, output={"run_name": name})
+        assert main(["train", "--config", str(config)]) == 0
+        return load_config(config)
+
+    return run
 
 
 def data_line(tmp_path, name) -> str:
@@ -26,10 +33,10 @@ def data_line(tmp_path, name) -> str:
     return next(line for line in log.splitlines() if line.startswith("data:"))
 
 
-def test_added_and_removed_images_rebuild_the_cache(tmp_path):
+def test_added_and_removed_images_rebuild_the_cache(tmp_path, train):
     data = tmp_path / "apples"
     shutil.copytree(SAMPLE, data)
-    train(tmp_path, data, "before")
+    train(data, "before")
     (first_cache,) = (tmp_path / "cache").glob("*.safetensors")
     assert "240 train / 60 val images" in data_line(tmp_path, "before")
 
@@ -37,7 +44,7 @@ def test_added_and_removed_images_rebuild_the_cache(tmp_path):
     golden[0].unlink()
     golden[1].unlink()
     shutil.copy(sorted((data / "Red").iterdir())[0], data / "Red" / "extra.jpg")
-    config = train(tmp_path, data, "after")
+    config = train(data, "after")
 
     (second_cache,) = (tmp_path / "cache").glob("*.safetensors")  # the same folder's new cache replaces the old one
     assert second_cache != first_cache
@@ -47,10 +54,10 @@ def test_added_and_removed_images_rebuild_the_cache(tmp_path):
     assert "Red/extra.jpg" in images.files and f"Golden/{golden[0].name}" not in images.files
 
 
-def test_an_image_rewritten_in_place_with_its_size_and_mtime_kept_is_decoded_again(tmp_path):
+def test_an_image_rewritten_in_place_with_its_size_and_mtime_kept_is_decoded_again(tmp_path, train):
     data = tmp_path / "apples"
     shutil.copytree(SAMPLE, data)
-    config = train(tmp_path, data, "before")
+    config = train(data, "before")
     target = sorted((data / "Golden").iterdir())[0]
     relative = f"Golden/{target.name}"
     before = load_images(config.data)
@@ -69,7 +76,7 @@ def test_an_image_rewritten_in_place_with_its_size_and_mtime_kept_is_decoded_aga
     os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert (target.stat().st_size, target.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
 
-    train(tmp_path, data, "after")
+    train(data, "after")
     after = load_images(config.data)
     new_pixels = after.images[after.files.index(relative)]
     assert np.array_equal(new_pixels.numpy(), decode_image(target, config.data))

@@ -7,27 +7,17 @@ import hashlib
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import torch
+from fault_helpers import cli_error, run_vaegen
+from helpers import sample_subset
 from safetensors.torch import load_file
 
-from fault_helpers import cli_error, run_vaegen
-from test_train import SAMPLE, tiny_config
+from vaegen.apps.cli import main
 from vaegen.checkpoint import load_training_state
-from vaegen.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def small_folder(root: Path, per_class: int = 18) -> Path:
-    """Two classes of the bundled sample, few enough images that a batch of 32 is the whole epoch."""
-    for name in ("Golden", "Red"):
-        (root / name).mkdir(parents=True)
-        for image in sorted((SAMPLE / name).iterdir())[:per_class]:
-            shutil.copy(image, root / name / image.name)
-    return root
 
 
 def digest(path: Path) -> str:
@@ -36,7 +26,7 @@ def digest(path: Path) -> str:
 
 def test_nan_samples_stop_the_run_before_the_frechet_math(tmp_path):
     """Samples of a model diverged in its one step reach the evaluation; LAPACK aborted the process on them (exit 139)."""
-    data = small_folder(tmp_path / "data")
+    data = sample_subset(tmp_path / "data", {"Golden": 18, "Red": 18})  # a batch of 32 is the whole epoch
     args = [
         "train", "--config", str(REPO / "configs" / "quickstart.yaml"), "--set", f"data.root={data}",
         "--set", "data.image_size=16", "--set", "train.epochs=2", "--set", "eval.every=1", "--set", "eval.num_samples=64",
@@ -51,7 +41,7 @@ def test_nan_samples_stop_the_run_before_the_frechet_math(tmp_path):
     assert not (tmp_path / "best" / "nan").exists()
 
 
-def test_a_nan_validation_loss_stops_the_run_and_is_never_the_best(tmp_path, capsys):
+def test_a_nan_validation_loss_stops_the_run_and_is_never_the_best(tmp_path, capsys, tiny_config):
     """One step per epoch: the training loss is finite, the weights after that step are not."""
     config = tiny_config(tmp_path, optim={"lr": 10.0}, train={"epochs": 1, "batch_size": 256}, eval={"every": 1})
     assert main(["train", "--config", str(config)]) == 3
@@ -63,7 +53,7 @@ def test_a_nan_validation_loss_stops_the_run_and_is_never_the_best(tmp_path, cap
     assert not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text().strip()
 
 
-def test_a_resumed_run_that_diverges_keeps_its_last_checkpoint_and_best_model(tmp_path, capsys):
+def test_a_resumed_run_that_diverges_keeps_its_last_checkpoint_and_best_model(tmp_path, capsys, tiny_config):
     config = tiny_config(tmp_path, train={"epochs": 2, "batch_size": 256}, eval={"every": 1})
     assert main(["train", "--config", str(config)]) == 0
     run, best = tmp_path / "logs" / "tiny", tmp_path / "best" / "tiny"
@@ -79,7 +69,7 @@ def test_a_resumed_run_that_diverges_keeps_its_last_checkpoint_and_best_model(tm
     assert [row["epoch"] for row in rows] == [1, 2]
 
 
-def test_a_nan_best_score_saved_by_an_earlier_release_does_not_block_later_exports(tmp_path):
+def test_a_nan_best_score_saved_by_an_earlier_release_does_not_block_later_exports(tmp_path, tiny_config):
     """Before this release a NaN could be 'best'; every later score compared False with it, so no export happened."""
     config = tiny_config(tmp_path, train={"epochs": 1, "batch_size": 256}, eval={"every": 1})
     assert main(["train", "--config", str(config)]) == 0

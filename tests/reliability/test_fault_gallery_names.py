@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vaegen import gallery
+from vaegen.apps import gallery
 from vaegen.errors import CheckpointError
 
 

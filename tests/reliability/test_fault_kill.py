@@ -6,17 +6,17 @@ import signal
 
 import pytest
 import torch
+from fault_helpers import run_vaegen
+from helpers import RESUME_SEED, checkpoint_weights, metric_rows
 
 import vaegen
-from fault_helpers import run_vaegen
-from test_train import RESUME_SEED, _rows, _weights, tiny_config
+from vaegen.apps.cli import main
 from vaegen.checkpoint import load_training_state
-from vaegen.cli import main
 
 STEPS_PER_EPOCH = 240 // 32  # tiny_config: 300 images, 20% validation, full batches of 32
 
 
-def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint_and_resume_finishes(tmp_path):
+def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint_and_resume_finishes(tmp_path, tiny_config):
     config = tiny_config(tmp_path, train={"epochs": 3})
     # the epoch-2 save of last.pt writes half of its bytes into its temporary file, then the process is killed
     killed = run_vaegen(tmp_path, ["train", "--config", str(config)], setup="""
@@ -41,11 +41,11 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint_and_resume_f
 
     assert main(["train", "--resume", str(run)]) == 0
     assert load_training_state(last)["epoch"] == 3
-    assert [row["epoch"] for row in _rows(run)] == [1, 2, 3]  # epoch 2 was logged before the kill: not twice
+    assert [row["epoch"] for row in metric_rows(run)] == [1, 2, 3]  # epoch 2 was logged before the kill: not twice
     assert not list(last.parent.glob(".last.pt.*.tmp"))  # the next save cleared the killed one's leftover
 
 
-def test_kill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(tmp_path):
+def test_kill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(tmp_path, tiny_config):
     kill_step = 2 * STEPS_PER_EPOCH + 3  # epoch 3 of 4, step 3
     interrupted = tiny_config(tmp_path / "killed", train={"epochs": 4, "seed": RESUME_SEED}, data={"hflip": True})
     killed = run_vaegen(tmp_path / "killed", ["train", "--config", str(interrupted)], setup=f"""
@@ -55,18 +55,18 @@ def test_kill_mid_epoch_then_resume_ends_with_the_uninterrupted_weights(tmp_path
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     run = tmp_path / "killed" / "logs" / "tiny"
     assert load_training_state(run / "checkpoints" / "last.pt")["epoch"] == 2
-    assert [row["epoch"] for row in _rows(run)] == [1, 2]  # epoch 3 never finished
+    assert [row["epoch"] for row in metric_rows(run)] == [1, 2]  # epoch 3 never finished
 
     assert main(["train", "--resume", str(run)]) == 0
     straight = tiny_config(tmp_path / "straight", train={"epochs": 4, "seed": RESUME_SEED}, data={"hflip": True})
     assert main(["train", "--config", str(straight)]) == 0
     reference = tmp_path / "straight" / "logs" / "tiny"
 
-    resumed, uninterrupted = _weights(run), _weights(reference)
+    resumed, uninterrupted = checkpoint_weights(run), checkpoint_weights(reference)
     assert resumed.keys() == uninterrupted.keys()
     assert max((resumed[k].float() - uninterrupted[k].float()).abs().max().item() for k in resumed) <= 1e-6
     assert load_training_state(run / "checkpoints" / "last.pt")["epoch"] == 4
-    assert _rows(run) == [pytest.approx(row, rel=1e-5, abs=1e-6) for row in _rows(reference)]
+    assert metric_rows(run) == [pytest.approx(row, rel=1e-5, abs=1e-6) for row in metric_rows(reference)]
     # the best model too: the same epoch, the same weights
     best_resumed = vaegen.load(tmp_path / "killed" / "best" / "tiny").state_dict()
     best_reference = vaegen.load(tmp_path / "straight" / "best" / "tiny").state_dict()

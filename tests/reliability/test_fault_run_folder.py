@@ -11,19 +11,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
-
 from fault_helpers import cli_error
-from test_train import tiny_config
-from vaegen.cli import main, resolve_run
+
+from vaegen.apps.cli import main, resolve_run
 
 
 def start_train(config, go: Path, *extra: str) -> subprocess.Popen:
     """`vaegen train` in a new process that imports everything first and waits for `go` to exist: runs started
     together reach their run folders within milliseconds of each other, whatever their import times."""
     script = (
-        "import sys, time, pathlib\nimport vaegen.cli, vaegen.train\n"
+        "import sys, time, pathlib\nimport vaegen.apps.cli, vaegen.training.loop\n"
         f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.005)\n"
-        "sys.exit(vaegen.cli.main(sys.argv[1:]))\n"
+        "sys.exit(vaegen.apps.cli.main(sys.argv[1:]))\n"
     )
     return subprocess.Popen(
         [sys.executable, "-c", script, "train", "--config", str(config), *extra],
@@ -31,7 +30,7 @@ def start_train(config, go: Path, *extra: str) -> subprocess.Popen:
     )
 
 
-def test_two_runs_with_the_same_name_started_together_leave_one_run(tmp_path):
+def test_two_runs_with_the_same_name_started_together_leave_one_run(tmp_path, tiny_config):
     config, go = tiny_config(tmp_path, train={"epochs": 3}), tmp_path / "go"
     first, second = start_train(config, go, "--set", "optim.lr=1e-3"), start_train(config, go, "--set", "optim.lr=3e-4")
     go.touch()
@@ -62,7 +61,7 @@ def held_by_another_process(lock: Path):
         holder.communicate("\n", timeout=30)
 
 
-def test_a_run_folder_held_by_another_process_is_refused(tmp_path, capsys):
+def test_a_run_folder_held_by_another_process_is_refused(tmp_path, capsys, tiny_config):
     config = tiny_config(tmp_path, train={"epochs": 1})
     run = tmp_path / "logs" / "tiny"
     lock = run / ".lock"
@@ -80,7 +79,7 @@ def test_a_run_folder_held_by_another_process_is_refused(tmp_path, capsys):
     assert (run / "checkpoints" / "last.pt").read_bytes() == last
 
 
-def test_auto_named_runs_started_in_the_same_second_get_different_folders(tmp_path, monkeypatch):
+def test_auto_named_runs_started_in_the_same_second_get_different_folders(tmp_path, monkeypatch, tiny_config):
     config = tiny_config(tmp_path)
     raw = yaml.safe_load(config.read_text())
     raw["output"].pop("run_name")
@@ -91,7 +90,7 @@ def test_auto_named_runs_started_in_the_same_second_get_different_folders(tmp_pa
         def now(cls, tz=None):
             return datetime(2026, 12, 4, 12, 0, 0)
 
-    monkeypatch.setattr("vaegen.runs.datetime", FrozenClock)
+    monkeypatch.setattr("vaegen.training.runs.datetime", FrozenClock)
     args = SimpleNamespace(config=config, overrides=[], resume=None)
     names = [resolve_run(args)[1].name for _ in range(3)]  # nothing trained yet: no checkpoint marks a name as taken
     assert names == ["tiny-20261204-120000", "tiny-20261204-120000-2", "tiny-20261204-120000-3"]

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 import yaml
+from helpers import read_summary
 
-from test_tune import read_summary, tiny_sweep  # also sets RAY_AUTH_MODE=disabled, as every sweep test needs
-from vaegen.cli import main
+from vaegen.apps.cli import main
 
 pytest.importorskip("ray.tune", reason="vaegen tune needs ray[tune] (pip install 'vaegen[tune]')")
 pytest.importorskip("optuna", reason="vaegen tune needs optuna (pip install 'vaegen[tune]')")
@@ -19,7 +19,7 @@ OUT_OF_MEMORY = 10**12
 
 
 @pytest.mark.skipif(sys.maxsize < 2**62, reason="needs a 64-bit Python (the refused allocation must be representable)")
-def test_nan_and_out_of_memory_trials_are_recorded_failed_and_the_sweep_continues(tmp_path, capsys):
+def test_nan_and_out_of_memory_trials_are_recorded_failed_and_the_sweep_continues(tmp_path, capsys, tiny_sweep):
     config = tiny_sweep(
         tmp_path,
         {"optim.lr": {"choice": [1e-3, 1e6]}, "model.latent_dim": {"choice": [8, OUT_OF_MEMORY]}},
@@ -58,10 +58,7 @@ def test_nan_and_out_of_memory_trials_are_recorded_failed_and_the_sweep_continue
     assert (best / "model.safetensors").is_file()
 
 
-def test_training_that_runs_out_of_memory_says_what_to_lower(tmp_path, capsys):
-    from test_train import tiny_config
-    from vaegen.cli import main
-
+def test_training_that_runs_out_of_memory_says_what_to_lower(tmp_path, capsys, tiny_config):
     # 10**12 latent dimensions ask the allocator for about a petabyte: refused at once, no RAM used
     config = tiny_config(tmp_path, model={"latent_dim": 10**12})
     assert main(["train", "--config", str(config)]) == 4

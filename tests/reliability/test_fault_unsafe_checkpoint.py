@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import pytest
+from fault_helpers import cli_error
 
 import vaegen
-from fault_helpers import cli_error
-from test_train import tiny_config
-from vaegen.cli import main
+from vaegen.apps.cli import main
 from vaegen.errors import CheckpointError
 
 
 @pytest.fixture
-def trained(tmp_path):
+def trained(tmp_path, tiny_config):
     """A finished one-epoch run: (logs/tiny, best/tiny)."""
     assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 1}))]) == 0
     return tmp_path / "logs" / "tiny", tmp_path / "best" / "tiny"

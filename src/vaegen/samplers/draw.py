@@ -35,7 +35,7 @@ def per_class_samples(
 ) -> torch.Tensor:
     """[num_classes * per_class] images, class k's in block k. From the prior every block decodes the same codes
     (`prior_codes`, else `per_class` seeded draws), so the blocks differ only by the class; a fitted latent
-    mixture (`density`, a `vaegen.density.LatentGMM`) draws each block's codes from that class's own components."""
+    mixture (`density`, a `vaegen.samplers.mixture.LatentGMM`) draws each block's codes from that class's own components."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     if density is None:
@@ -62,7 +62,7 @@ def generated_samples(model: torch.nn.Module, count: int, seed: int, temperature
 def gmm_sampler(
     model: torch.nn.Module, density, temperature: float = 1.0, class_weights: torch.Tensor | None = None
 ) -> Sampler:
-    """z from a fitted latent mixture (`vaegen.density.LatentGMM`); conditional models draw labels like
+    """z from a fitted latent mixture (`vaegen.samplers.mixture.LatentGMM`); conditional models draw labels like
     `prior_sampler` and then a code from that class's mixture."""
     device = next(model.parameters()).device
     density = density.to(device)

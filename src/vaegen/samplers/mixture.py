@@ -161,7 +161,7 @@ def check_mixture_data(labels: torch.Tensor, classes: list[str], per_class: bool
 
 
 def fit_model_density(model: torch.nn.Module, data, sampler: SamplerConfig, seed: int, batch_size: int, device: torch.device) -> LatentGMM:
-    """The mixture for `model` on a split (`vaegen.data.DecodedImages`, normally the training split)."""
+    """The mixture for `model` on a split (`vaegen.data.dataset.DecodedImages`, normally the training split)."""
     check_mixture_data(data.labels, data.classes, model.is_conditional)
     codes = posterior_means(model, data.images, data.labels, batch_size, device)
     check_finite_outputs(int((~torch.isfinite(codes)).any(dim=1).sum()), len(codes), "posterior means of the training images")

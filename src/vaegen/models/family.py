@@ -4,7 +4,7 @@ The loop owns what every family shares: data, batches, precision, compile and CU
 the optimizer step, gradient clipping, EMA, the adversarial head, the perceptual term, checkpoints, resume,
 evaluation and best-model export. A family supplies the rest, through two things:
 
-- its module (built from `model.*` by the model registry, `vaegen.models`), whose `forward(x, labels)` is
+- its module (built from `model.*` by the model registry, vaegen.models.registry), whose `forward(x, labels)` is
   the training forward pass and which draws images after training:
   `generate(n, generator, temperature, class_weights)` (images in [0, 1], randomness from `generator` only),
   and the attributes `is_conditional` and `num_classes`. Latent families also have `latent_dim`,
@@ -23,8 +23,6 @@ import torch
 from torch import nn
 
 from vaegen.config import Config, LossConfig
-from vaegen.errors import ConfigError
-from vaegen.losses import kl_divergence, reconstruction_loss
 
 
 class Family:
@@ -54,68 +52,6 @@ class Family:
     ) -> dict[str, torch.Tensor]:
         """The terms of a held-out batch, per image averaged over it, with noise from `generator` only."""
         return self.training_terms(model(x, y), x, beta, loss)
-
-
-class VAE(Family):
-    """Variational autoencoders: reconstruction + β·KL. Outputs: (decoder logits, μ, log σ²)."""
-
-    name = "vae"
-    terms = ("loss", "recon", "kl", "nelbo")
-    headline = {"recon": "recon", "kl": "KL"}
-    val_headline = {"nelbo": "recon + KL"}
-
-    def training_terms(self, outputs, x, beta, loss):
-        logits, mu, logvar = outputs
-        recon = reconstruction_loss(logits.float(), x, loss.recon)
-        kl = kl_divergence(mu.float(), logvar.float())
-        # nelbo = recon + KL, the bound at β = 1: unlike the objective it compares epochs whatever the β schedule
-        return {"loss": recon + beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl}
-
-    def images(self, outputs):
-        return torch.sigmoid(outputs[0].float())
-
-    @torch.no_grad()
-    def validation_terms(self, model, x, y, generator, beta, loss):
-        """val_mse (squared error of the posterior-mean reconstruction) compares runs whatever their loss."""
-        logits, mu, logvar = model(x, y, generator=generator)
-        terms = self.training_terms((logits, mu, logvar), x, beta, loss)
-        squared_error = (model.decode(mu, y) - x).pow(2).sum() / len(x)
-        return {**terms, "mse": squared_error}
-
-
-class Autoencoder(Family):
-    """Deterministic autoencoders, regularised as RAEs (Ghosh et al. 2020): reconstruction + β·½‖z‖², where β
-    follows the config's β schedule (0: a plain autoencoder). They have no prior: samples come from the latent
-    mixture fitted on the training images' codes (sampler.name: gmm). Outputs: (decoder logits, z)."""
-
-    name = "ae"
-    terms = ("loss", "recon", "latent_l2")
-    headline = {"recon": "recon", "latent_l2": "½‖z‖²"}
-    val_headline = {"recon": "recon"}
-    has_prior = False
-
-    def check(self, config: Config) -> None:
-        if config.sampler.name != "gmm":
-            raise ConfigError(
-                f"model.name {config.model.name} is an autoencoder: it has no prior to sample from, so its samples come "
-                f"from a mixture fitted on the training images' codes; set sampler.name: gmm."
-            )
-
-    def training_terms(self, outputs, x, beta, loss):
-        logits, z = outputs
-        recon = reconstruction_loss(logits.float(), x, loss.recon)
-        latent_l2 = 0.5 * z.float().pow(2).sum() / len(z)
-        return {"loss": recon + beta * latent_l2, "recon": recon, "latent_l2": latent_l2}
-
-    def images(self, outputs):
-        return torch.sigmoid(outputs[0].float())
-
-    @torch.no_grad()
-    def validation_terms(self, model, x, y, generator, beta, loss):
-        logits, z = model(x, y)
-        terms = self.training_terms((logits, z), x, beta, loss)
-        squared_error = (torch.sigmoid(logits.float()) - x).pow(2).sum() / len(x)
-        return {**terms, "mse": squared_error}
 
 
 def reconstructs(model: nn.Module) -> bool:

@@ -23,7 +23,6 @@ import torch
 from vaegen.config import DataConfig, TrainConfig
 from vaegen.errors import ConfigError
 
-
 # torch.compile modes whose compiled code is captured and replayed as CUDA graphs
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 

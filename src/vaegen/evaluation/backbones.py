@@ -339,11 +339,6 @@ def _dinov2(**_) -> Backbone:
     return DINOv2()
 
 
-def network_of(backbone: str) -> str:
-    """The network behind a backbone name: the Inception layers are one network."""
-    return "inception" if backbone.startswith("inception") else backbone
-
-
 def resolve_backbone_name(name: str, inception_weights: str | Path | None = None) -> str:
     """"auto" -> "inception" where its weights are present, else "efficientnet-lite0" (with a warning)."""
     if name == "auto":

@@ -606,3 +606,9 @@ def batches(
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size) if n >= batch_size else 1
+
+
+def to_input(images_u8: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+    """uint8 images as the float [0, 1] batch a model takes, on `device`."""
+    x = images_u8.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

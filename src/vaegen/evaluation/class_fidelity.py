@@ -21,8 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vaegen.checkpoint import atomic_write
-from vaegen.data import CLASSIFIERS_FOLDER, FROM_ENTRY
-from vaegen.density import latent_codes
+from vaegen.data.dataset import CLASSIFIERS_FOLDER, FROM_ENTRY
+from vaegen.samplers.mixture import latent_codes
 
 CLASSIFIER_FORMAT = 1
 
@@ -69,7 +69,7 @@ def train_classifier(
 
 
 def load_or_train_classifier(data, num_classes: int, cache_dir: Path, device: torch.device, seed: int = 0) -> ClassifierNet:
-    """`data` is the training split (`vaegen.data.DecodedImages`); the weights are cached by its fingerprint."""
+    """`data` is the training split (`vaegen.data.dataset.DecodedImages`); the weights are cached by its fingerprint."""
     key = hashlib.sha256(json.dumps([CLASSIFIER_FORMAT, data.fingerprint, num_classes, seed]).encode()).hexdigest()[:20]
     path = Path(cache_dir) / CLASSIFIERS_FOLDER / f"classifier-{key}.safetensors"
     if path.is_file():
@@ -110,7 +110,7 @@ def conditional_fidelity(
     density=None,
 ) -> dict[str, float]:
     """Fidelity (the mean over classes) and each class's own, for `per_class` samples of every class drawn
-    from the prior, or from `density` (a fitted `vaegen.density.LatentGMM`) when given."""
+    from the prior, or from `density` (a fitted `vaegen.samplers.mixture.LatentGMM`) when given."""
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     scores = {}

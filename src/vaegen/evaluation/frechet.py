@@ -19,7 +19,7 @@ import json
 import platform
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vaegen.checkpoint import atomic_write
-from vaegen.data import FEATURES_FOLDER, FROM_ENTRY, default_cache_dir
+from vaegen.data.dataset import FEATURES_FOLDER, FROM_ENTRY, default_cache_dir
 from vaegen.errors import DataError, check_finite_outputs, pixel_size, plural
 
 # Bump when feature extraction changes, so cached real features are recomputed.
@@ -170,33 +170,26 @@ def kernel_distance(real: torch.Tensor, fake: torch.Tensor, subset_size: int, se
     return float(mean), float(std)
 
 
+@dataclass(eq=False)  # tensors inside: no field-wise ==
 class Evaluator:
     """Scores a generator against fixed real features: `score(generate)` -> metrics dict with protocol."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        real: torch.Tensor,
-        reference: str,
-        image_size: tuple[int, int],
-        num_samples: int,
-        batch_size: int,
-        kid_subset_size: int,
-        device: torch.device,
-        seed: int = 0,
-        extras: list[tuple[nn.Module, torch.Tensor]] = (),
-    ):
-        self.backbone = backbone
-        self.real = real.to(device)  # the distance math runs where the features are made
-        # second opinions: other networks with their real features, fed the very same samples
-        self.extras = [(network, features.to(device)) for network, features in extras]
-        self.reference = reference
-        self.image_size = tuple(image_size)
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.kid_subset_size = kid_subset_size
-        self.device = device
-        self.seed = seed
+    backbone: nn.Module
+    real: torch.Tensor  # the reference images' features
+    reference: str
+    image_size: tuple[int, int]
+    num_samples: int
+    batch_size: int
+    kid_subset_size: int
+    device: torch.device
+    seed: int = 0
+    # second opinions: other networks with their real features, fed the very same samples
+    extras: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.real = self.real.to(self.device)  # the distance math runs where the features are made
+        self.extras = [(network, features.to(self.device)) for network, features in self.extras]
+        self.image_size = tuple(self.image_size)
 
     @property
     def networks(self) -> list[str]:
@@ -250,7 +243,7 @@ def score_model(
     """Scores of the model's samples from the prior; with a fitted latent mixture, the mixture's scores
     under the plain names (fd_x, ...) and the prior's beside them (fd_x_prior, ...), so the gain shows.
     A family without a prior (`has_prior` False: an autoencoder) is scored on the mixture's samples alone."""
-    from vaegen.samplers import gmm_sampler, prior_sampler
+    from vaegen.samplers.draw import gmm_sampler, prior_sampler
 
     mixture = None if density is None else evaluator.score(gmm_sampler(model, density, temperature, class_weights), "gmm", temperature)
     if not has_prior:
@@ -295,25 +288,15 @@ def eval_batch_size(value: int | str, device: torch.device) -> int:
 
 
 def build_evaluator(
-    *,
-    backbone: str,
-    inception_weights: Path | None,
-    reference: str,
-    num_samples: int,
-    batch_size: int | str,
-    kid_subset_size: int,
-    data_cfg,
-    splits,
-    seed: int,
-    device: torch.device,
-    extra_backbones: tuple[str, ...] = (),
-    reference_key: str = "eval.reference",
+    settings, reference: str, data_cfg, splits, seed: int, device: torch.device, reference_key: str = "eval.reference"
 ) -> Evaluator | None:
-    """The Evaluator for a run or a test, its real features cached; None when the backbone is "none".
-    `reference_key` is how the config being run names `reference`, for the error when it holds too few images."""
-    from vaegen.backbones import load_backbone, resolve_backbone_name, second_opinions
+    """The Evaluator for a run or a test, its real features cached; None when the backbone is "none". `settings` holds
+    backbone, inception_weights, num_samples, batch_size, kid_subset_size and extra_backbones (a training config's
+    `eval` section, or `vaegen test`'s config); `reference_key` is how that config names `reference`, for the error
+    when it holds too few images."""
+    from vaegen.evaluation.backbones import load_backbone, resolve_backbone_name, second_opinions
 
-    if backbone == "none":
+    if settings.backbone == "none":
         return None
     images, split_name = reference_images(splits, reference, seed, data_cfg.val_fraction)
     if len(images) < 2:  # a covariance of one image does not exist
@@ -322,37 +305,25 @@ def build_evaluator(
             f"real images to compare with. Compare with all of them ({reference_key}: all), or add images."
         )
     cache_dir = Path(data_cfg.cache_dir) if data_cfg.cache_dir else default_cache_dir()
-    batch_size = eval_batch_size(batch_size, device)
+    batch_size = eval_batch_size(settings.batch_size, device)
 
     def network_and_real_features(name: str):
         # a network's construction draws random initial weights before its real ones load: it must not move the
         # training's random stream, or a run's trajectory would depend on which networks score it
         with torch.random.fork_rng(devices=[]):
-            network = load_backbone(name, device, inception_weights)
+            network = load_backbone(name, device, settings.inception_weights)
         # features differ (slightly) between precisions, so each precision has its own cache entry
         cache_file = real_cache_file(cache_dir, splits.train.fingerprint, split_name, f"{name}-{getattr(network, 'precision', 'fp32')}")
         return network, real_features(network, images, cache_file, batch_size, device, splits.train.fingerprint)
 
-    name = resolve_backbone_name(backbone, inception_weights)
+    name = resolve_backbone_name(settings.backbone, settings.inception_weights)
     network, real = network_and_real_features(name)
-    extras = [network_and_real_features(extra) for extra in second_opinions(name, extra_backbones)]
+    extras = [network_and_real_features(extra) for extra in second_opinions(name, settings.extra_backbones)]
     for scoring_network, features in [(network, real), *extras]:
-        warn_if_covariance_is_singular(metric_names(scoring_network.name), features.shape[1], len(features), num_samples)
-    return Evaluator(network, real, reference, data_cfg.image_size, num_samples, batch_size, kid_subset_size, device, seed, extras)
+        warn_if_covariance_is_singular(metric_names(scoring_network.name), features.shape[1], len(features), settings.num_samples)
+    return Evaluator(network, real, reference, data_cfg.image_size, settings.num_samples, batch_size, settings.kid_subset_size, device, seed, extras)
 
 
 def run_evaluator(config, splits, device: torch.device) -> Evaluator | None:
     """build_evaluator with a training config's eval settings (train, and scripts scoring trained runs)."""
-    return build_evaluator(
-        backbone=config.eval.backbone,
-        inception_weights=config.eval.inception_weights,
-        reference=config.eval.reference,
-        num_samples=config.eval.num_samples,
-        batch_size=config.eval.batch_size,
-        kid_subset_size=config.eval.kid_subset_size,
-        data_cfg=config.data,
-        splits=splits,
-        seed=config.train.seed,
-        device=device,
-        extra_backbones=config.eval.extra_backbones,
-    )
+    return build_evaluator(config.eval, config.eval.reference, config.data, splits, config.train.seed, device)

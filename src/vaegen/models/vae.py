@@ -1,19 +1,17 @@
-"""The convolutional VAE (and its conditional variant), the autoencoder built from the same layers, and the
-name -> (model, family) registry.
+"""The VAE family: the convolutional VAE (and its conditional variant), its residual variant, and the `VAE`
+family that trains them (reconstruction + β·KL).
 
 `ConvVAE` with the default widths is the reference architecture: four stride-2
 convolutions down, a linear bottleneck, four stride-2 transposed convolutions up. The one
 difference: layers followed by BatchNorm have no bias of their own (BatchNorm's shift
 replaces it, so the function class is the same and the count is 1,344 parameters lower at
-the default widths). Every
-size is derived from the image size and the widths, so any size divisible by
+the default widths). Every size is derived from the image size and the widths, so any size divisible by
 2**len(widths) works, square or not.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -21,33 +19,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from vaegen.config import ModelConfig
-from vaegen.family import VAE, Autoencoder, Family
-
-MODELS: dict[str, Callable[..., nn.Module]] = {}
-FAMILIES: dict[str, Family] = {}  # model name -> the family that trains and evaluates it
-
-
-def register_model(name: str, family: Family | None = None):
-    """Register a module builder under `model.name: <name>`, trained as `family` (a VAE unless said)."""
-
-    def add(builder):
-        MODELS[name] = builder
-        FAMILIES[name] = family if family is not None else VAE()
-        return builder
-
-    return add
+from vaegen.models.family import Family
+from vaegen.models.losses import kl_divergence, reconstruction_loss
+from vaegen.models.registry import register_model
 
 
-def build_model(cfg: ModelConfig, image_size: tuple[int, int], channels: int, num_classes: int) -> nn.Module:
-    return MODELS[cfg.name](cfg, image_size=image_size, channels=channels, num_classes=num_classes)
+class VAE(Family):
+    """Variational autoencoders: reconstruction + β·KL. Outputs: (decoder logits, μ, log σ²)."""
 
+    name = "vae"
+    terms = ("loss", "recon", "kl", "nelbo")
+    headline = {"recon": "recon", "kl": "KL"}
+    val_headline = {"nelbo": "recon + KL"}
 
-def family_of(cfg: ModelConfig) -> Family:
-    return FAMILIES[cfg.name]
+    def training_terms(self, outputs, x, beta, loss):
+        logits, mu, logvar = outputs
+        recon = reconstruction_loss(logits.float(), x, loss.recon)
+        kl = kl_divergence(mu.float(), logvar.float())
+        # nelbo = recon + KL, the bound at β = 1: unlike the objective it compares epochs whatever the β schedule
+        return {"loss": recon + beta * kl, "recon": recon, "kl": kl, "nelbo": recon + kl}
 
+    def images(self, outputs):
+        return torch.sigmoid(outputs[0].float())
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    @torch.no_grad()
+    def validation_terms(self, model, x, y, generator, beta, loss):
+        """val_mse (squared error of the posterior-mean reconstruction) compares runs whatever their loss."""
+        logits, mu, logvar = model(x, y, generator=generator)
+        terms = self.training_terms((logits, mu, logvar), x, beta, loss)
+        squared_error = (model.decode(mu, y) - x).pow(2).sum() / len(x)
+        return {**terms, "mse": squared_error}
 
 
 def _down(in_ch: int, out_ch: int, norm: bool) -> nn.Sequential:
@@ -68,7 +69,7 @@ def _up(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
-@register_model("conv_vae")
+@register_model("conv_vae", VAE())
 class ConvVAE(nn.Module):
     """Images in [0, 1], shape [N, C, H, W] (`encode` and `reconstruct` also take uint8 images in 0-255; images,
     codes and labels may be numpy arrays where tensors go).
@@ -133,7 +134,7 @@ class ConvVAE(nn.Module):
             raise ValueError(
                 f"this model is conditional on {self.num_classes} classes; pass labels (class indices, or names with vaegen.load)"
             )
-        labels = self._label_tensor(labels)
+        labels = torch.as_tensor(labels, device=self.to_mu.weight.device).long().reshape(-1)
         if labels.numel() == 1 and batch != 1:  # one class for the whole batch, an empty one included
             labels = labels.expand(batch)
         if labels.numel() != batch:
@@ -141,33 +142,6 @@ class ConvVAE(nn.Module):
         if check_range and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
         return labels
-
-    def _label_tensor(self, labels) -> torch.Tensor:
-        """Class names or indices as a flat long tensor on the model's device. Yes/no values and floats are
-        refused: torch would read True and 1.0 (and 1.7) as class 1 without a word."""
-        indices = self.class_indices(labels)
-        try:
-            tensor = torch.as_tensor(indices, device=self.to_mu.weight.device)
-        except (TypeError, ValueError, RuntimeError):  # names mixed with indices, or no number at all
-            raise self._not_labels(labels, "which is neither; pass all indices or all names") from None
-        listed = isinstance(indices, (list, tuple))
-        if torch.is_tensor(indices) or isinstance(indices, np.ndarray):
-            many, plural = ("a tensor of" if torch.is_tensor(indices) else "an array of"), "s"
-        else:
-            many, plural = ("which holds", "s") if listed else ("a", "")
-        if tensor.dtype == torch.bool or (listed and any(isinstance(item, bool) for item in indices)):  # [True, 0] reads as [1, 0]
-            raise self._not_labels(labels, f"{many} yes/no value{plural}; pass the class's index or name")
-        if (tensor.is_floating_point() or tensor.is_complex()) and tensor.numel():  # [] reads as a float tensor
-            fix = "pass whole numbers, e.g. 1 (labels.long() converts a float tensor)"
-            raise self._not_labels(labels, f"{many} float{plural}; {fix}")
-        return tensor.long().reshape(-1)
-
-    def _not_labels(self, labels, why: str) -> ValueError:
-        classes = ", ".join(getattr(self, "classes", None) or []) or "those of a model loaded with vaegen.load"
-        return ValueError(
-            f"labels are class indices (whole numbers from 0 to {self.num_classes - 1}) or class names ({classes}); "
-            f"got {labels!r}, {why}"
-        )
 
     def _as_tensor(self, x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
         """A numpy array as a tensor on this model's device, sharing its memory on the CPU; tensors pass through."""
@@ -298,49 +272,6 @@ class ConvVAE(nn.Module):
         return self.decode(z.to(self.to_mu.weight.device), labels)
 
     @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        labels: torch.Tensor | list[int] | int | None = None,
-        temperature: float = 1.0,
-        seed: int | None = None,
-    ) -> torch.Tensor:
-        """`n` images in [0, 1]; same seed, same images. Codes come from `self.latent_density` (a fitted
-        `vaegen.density.LatentGMM`, set by `vaegen.load` when the checkpoint has one), else z ~ N(0, T² I).
-        `labels` (conditional models only): one class for every image (n = 0 included) or one per image, as indices
-        or `self.classes` names."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n is the number of images to draw, a whole number >= 0; got {n!r}")
-        if not (math.isfinite(temperature) and temperature >= 0):  # 0: every code at its mean
-            raise ValueError(f"temperature scales the spread of the latent codes and must be a number >= 0; got {temperature!r}")
-        if labels is not None and not self.is_conditional:
-            raise ValueError(f"this model is not conditional, so it takes no labels (got labels={labels!r}); leave labels out")
-        labels = self._check_labels(labels, n)  # conditional: one label per image, names or indices
-        device = self.to_mu.weight.device
-        generator = torch.Generator(device="cpu")
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-        from vaegen.density import latent_codes
-
-        density = getattr(self, "latent_density", None)
-        density = density.to(device) if density is not None else None
-        return self.decode(latent_codes(n, self.latent_dim, generator, labels, temperature, density).to(device), labels)
-
-    def class_indices(self, labels):
-        """Class names (`self.classes`, set by `vaegen.load`) to indices; indices pass through."""
-        names = [labels] if isinstance(labels, str) else labels
-        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(name, str) for name in names):
-            return labels
-        classes = list(getattr(self, "classes", None) or [])
-        unknown = [name for name in names if name not in classes]
-        if unknown:
-            raise ValueError(f"{', '.join(map(repr, unknown))} is not a class of this model ({', '.join(classes) or 'no class names loaded'})")
-        indices = [classes.index(name) for name in names]
-        return indices[0] if isinstance(labels, str) else indices
-
-    @torch.no_grad()
     def reconstruct(self, x: torch.Tensor | np.ndarray, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Decode the posterior mean: the model's deterministic reconstruction of `x` (images as `encode` takes them,
         float in [0, 1] or uint8); float images in [0, 1] come back."""
@@ -368,7 +299,7 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-@register_model("res_vae")
+@register_model("res_vae", VAE())
 class ResVAE(ConvVAE):
     """ConvVAE with `model.blocks` residual blocks after every change of resolution: more depth
     (capacity) at each scale for the same bottleneck, conditioning and interface."""
@@ -386,41 +317,3 @@ class ResVAE(ConvVAE):
             width = stage[0].out_channels
             stages += [stage, *(ResidualBlock(width) for _ in range(cfg.blocks))]
         return stages
-
-
-@register_model("conv_ae", family=Autoencoder())
-class ConvAE(ConvVAE):
-    """ConvVAE's encoder and decoder as a deterministic autoencoder: the code is the encoder's output (no log-variance
-    head, no noise). Trained as an RAE (vaegen.family.Autoencoder); its samples come from a latent mixture."""
-
-    def __init__(self, cfg: ModelConfig, image_size: tuple[int, int], channels: int, num_classes: int = 1):
-        super().__init__(cfg, image_size, channels, num_classes)
-        del self.to_logvar
-
-    def _encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, None]:
-        """The code, and no spread: (z, None)."""
-        return self.to_mu(self._features(x, labels)), None
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None):
-        """Decoder logits and the code z."""
-        labels = self._check_labels(labels, x.shape[0], check_range=False)
-        z, _ = self._encode(self._check_images(x), labels)
-        return self._decode_logits(z, labels), z
-
-    def generate(self, n: int, generator: torch.Generator, temperature: float = 1.0, class_weights: torch.Tensor | None = None):
-        raise ValueError(self._no_prior())
-
-    @torch.no_grad()
-    def sample(self, n: int, labels=None, temperature: float = 1.0, seed: int | None = None) -> torch.Tensor:
-        if getattr(self, "latent_density", None) is None:
-            raise ValueError(self._no_prior())
-        return super().sample(n, labels, temperature, seed)
-
-    def _no_prior(self) -> str:
-        return ("an autoencoder has no prior to sample from: its samples come from the latent mixture fitted on the training "
-                "images' codes, which vaegen.load attaches when the model folder has one (sampler.name: gmm); or decode codes")
-
-
-@register_model("res_ae", family=Autoencoder())
-class ResAE(ConvAE, ResVAE):
-    """ResVAE's residual encoder and decoder as a deterministic autoencoder (ConvAE's code, ResVAE's stages)."""

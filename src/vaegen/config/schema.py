@@ -2,17 +2,14 @@
 
 Every section is a pydantic model that forbids unknown keys, so a misspelt key is an error that names the key path
 and the closest valid key, never a silently ignored setting. pydantic's structured errors become one paragraph
-through one formatter (`_explain`). `load_config` is the only way a YAML file becomes a `Config`; each field's
+through one formatter (`explain`). `load_config` is the only way a YAML file becomes a `Config`; each field's
 description is its line in docs/config.md (scripts/config_reference.py).
 """
 
 from __future__ import annotations
 
-import difflib
-import json
-import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -28,12 +25,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from vaegen.errors import ConfigError, plural
+from vaegen.config.messages import allowed, did_you_mean, either, items_of, mentions, takes_only_mappings
 
 # the longest folder or file name, in bytes, that Linux, macOS and Windows file systems hold
 NAME_MAX = 255
 # a seed goes to torch, numpy and scikit-learn (the latent mixture); the last two take 0 to 2**32 - 1
 SEED_MAX = 2**32 - 1
+# model.name's choices: the built-in models, and every name vaegen.models.register_model adds
+MODEL_NAMES = {"conv_vae", "res_vae", "conv_ae", "res_ae"}
 NETWORK_NAMES = ("inception", "inception-64", "efficientnet-lite0", "dinov2")
 BACKBONE_NAMES = ("auto", *NETWORK_NAMES, "none")
 DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
@@ -50,7 +49,7 @@ class Section(BaseModel):
         if not isinstance(raw, dict):
             return raw
         fields = cls.model_fields
-        return {key: {} if value is None and key in fields and _takes_only_mappings(fields[key].annotation) else value
+        return {key: {} if value is None and key in fields and takes_only_mappings(fields[key].annotation) else value
                 for key, value in raw.items()}
 
     @field_validator("*", mode="before")
@@ -58,19 +57,19 @@ class Section(BaseModel):
     def _no_yes_no_or_empty_path(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic reads true as 1 (YAML reads yes, no, on, off as true, false) and '' as the current folder
         field = cls.model_fields[info.field_name]
-        if isinstance(value, (str, Path)) and _mentions(field.annotation, Path):
+        if isinstance(value, (str, Path)) and mentions(field.annotation, Path):
             if not str(value).strip():
                 default = "" if field.is_required() else ", or leave it out for the default"
                 raise ValueError(f"an empty string is no path; give a path{default}")
-            _check_path_names(Path(value))
+            check_path_names(Path(value))
         for position, item in enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]:
-            takes = field.annotation if position is None else _items_of(field.annotation)
-            if isinstance(item, bool) and not _mentions(takes, bool) and _allowed(takes):
-                raise _yes_no(item, _allowed(takes), position)
+            takes = field.annotation if position is None else items_of(field.annotation)
+            if isinstance(item, bool) and not mentions(takes, bool) and allowed(takes):
+                raise _yes_no(item, allowed(takes), position)
         return value
 
 
-def _check_path_names(path: Path) -> None:
+def check_path_names(path: Path) -> None:
     # no file system holds such a name: every use of the path fails (OSError, or ValueError for a NUL)
     if "\0" in str(path):
         raise ValueError("a path cannot hold the NUL character (\\0)")
@@ -144,13 +143,11 @@ class ModelConfig(Section):
     @classmethod
     def _registered(cls, value: Any) -> Any:
         # before Section's yes/no check, so that `name: yes` is answered with the registered models too
-        from vaegen.models import MODELS
-
-        names = sorted(MODELS)
+        names = sorted(MODEL_NAMES)
         if isinstance(value, bool):
-            raise _yes_no(value, f"the name of a registered model ({_either(names)})")
+            raise _yes_no(value, f"the name of a registered model ({either(names)})")
         if value is not None and value not in names:  # None (`name:` with nothing after it) is an empty value
-            close = _did_you_mean(str(value), names)
+            close = did_you_mean(str(value), names)
             raise ValueError(f"unknown model; registered models: {', '.join(names)}" + (f" ({close})" if close else ""))
         return value
 
@@ -337,8 +334,6 @@ class Config(Section):
         if self.output.select == "fid" and self.eval.backbone == "none":
             raise ValueError("output.select is fid but eval.backbone is none, so no FID is measured; choose a backbone "
                              "(auto, efficientnet-lite0, inception) or select on val_nelbo")
-        from vaegen.perceptual import evaluation_network_problem
-
         check_extra_backbones(self.eval.backbone, self.eval.extra_backbones, "eval.")
         # "auto" is checked once resolved, in train
         problem = evaluation_network_problem(self.loss.perceptual, self.eval.backbone, self.eval.extra_backbones)
@@ -422,291 +417,28 @@ def check_extra_backbones(backbone: str, extras: tuple[str, ...], prefix: str = 
                          "list each once")
 
 
-# ---------------------------------------------------------------------------------------
-# Loading and overrides
+def network_of(backbone: str) -> str:
+    """The network behind a backbone name: the Inception layers are one network."""
+    return "inception" if backbone.startswith("inception") else backbone
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> Config:
-    """Read YAML `path` (or take `base`), apply `--set key.path=value` overrides, validate."""
-    raw = read_yaml(path) if path is not None else dict(base or {})
-    empty = path is not None and not raw
-    for item in overrides:
-        apply_override(raw, item)
-    if empty and "data" not in raw:  # rather than "missing required key `data`", as if the rest were there
-        raise ConfigError(
-            f"{path} {_nothing_in(path)}: a config needs at least the folder of training images, "
-            f"`data: {{root: path/to/images}}` (or --set data.root=path/to/images); every other key has a default, "
-            f"and configs/quickstart.yaml is a complete example."
-        )
-    return config_from_dict(raw, _source(path, overrides, "the config"))
-
-
-def load_test_config(path: str | Path | None, overrides: list[str] = ()) -> TestConfig:
-    raw = read_yaml(path) if path is not None else {}
-    for item in overrides:
-        apply_override(raw, item)
-    return config_from_dict(raw, _source(path, overrides, "the test config"), schema=TestConfig)
-
-
-def _source(path: str | Path | None, overrides: list[str], default: str) -> str:
-    # a problem may come from a --set value rather than the file
-    return (str(path) if path is not None else default) + (" with its --set values" if overrides else "")
-
-
-def _nothing_in(path: str | Path) -> str:
-    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    if not any(lines):
-        return "is empty"
-    return "holds only comments" if all(not line or line.startswith("#") for line in lines) else "holds no settings"
-
-
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        _check_path_names(path)
-    except ValueError as exc:
-        message = f"config file {path} cannot exist: {exc}. Pass an existing YAML file with --config."
-        raise ConfigError(message) from None
-    if not path.is_file():
-        what = "is a folder, not a YAML file" if path.is_dir() else "does not exist"
-        raise ConfigError(f"config file {path} {what}. Pass an existing YAML file with --config "
-                          f"(the repository's examples are in configs/).")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}), so it cannot be a YAML "
-                          f"config; pass the .yaml file.") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}. Check "
-                          f"indentation and that every `key: value` pair has a space after the colon.") from exc
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, train:, ...), "
-                          f"not a {type(raw).__name__}.")
-    return raw
-
-
-def apply_override(raw: dict, item: str) -> None:
-    """Apply one `key.path=value` override in place; the value is parsed as YAML."""
-    key_path, sep, text = item.partition("=")
-    if not sep or not all(key_path.strip().split(".")):
-        raise ConfigError(f"--set {item!r} is not of the form key.path=value, e.g. --set train.epochs=5.")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        reason = " ".join(str(exc).split())  # PyYAML's report spans lines with a caret drawing
-        raise ConfigError(f"--set {item!r}: the value {text!r} is not valid YAML ({reason}); quote the whole --set "
-                          f"argument in the shell.") from exc
-    set_key_path(raw, key_path.strip(), value, where=f"--set {item!r}")
-
-
-def set_key_path(raw: dict, key_path: str, value: Any, where: str = "") -> None:
-    """raw["a"]["b"] = value for key_path "a.b", creating sections on the way."""
-    keys = key_path.split(".")
-    node = raw
-    for depth, key in enumerate(keys[:-1]):
-        if node.get(key) is None:  # `model:` with nothing under it is an empty section in YAML
-            node[key] = {}
-        if not isinstance(node[key], dict):
-            raise ConfigError(f"{where or key_path}: `{'.'.join(keys[: depth + 1])}` is a value, not a section, so "
-                              f"it has no `{keys[depth + 1]}`.")
-        node = node[key]
-    node[keys[-1]] = value
-
-
-def check_key_path(key_path: str, source: str, schema: type[Section] = Config) -> None:
-    """Raise the config's unknown-key error for a key path that names no setting of `schema`."""
-    keys = key_path.split(".")
-    node: Any = schema
-    for depth, key in enumerate(keys):
-        if not _is_section(node):
-            raise ConfigError(f"{source}: `{'.'.join(keys[:depth])}` is a value, not a section, so it has no `{key}`.")
-        if key not in node.model_fields:
-            unknown = {"type": "extra_forbidden", "loc": tuple(keys[: depth + 1])}
-            raise ConfigError(f"{source}: {_explain([unknown], schema)[0]}")
-        node = node.model_fields[key].annotation
-    if _is_section(node):
-        fields = ", ".join(f"{key_path}.{name}" for name in node.model_fields)
-        raise ConfigError(f"{source}: `{key_path}` is a whole section; name one setting in it ({fields}).")
-
-
-def config_from_dict(raw: dict, source: str = "the config", schema: type[Section] = Config) -> Config:
-    try:
-        return schema.model_validate(raw)
-    except ValidationError as exc:
-        command = _meant_for(raw, schema)
-        if command is not None:  # one line, rather than an unknown-key error for each of its sections
-            raise ConfigError(
-                f"{source} is a `{command}` config (top-level keys {', '.join(sorted(map(str, raw)))}); "
-                f"pass it to `{command} --config`, or give this command one like those in configs/."
-            ) from None
-        problems = _explain(exc.errors(), schema)
-        raise ConfigError(f"{source} has {plural(len(problems), 'problem')}: " + " ".join(problems)) from None
-
-
-def _meant_for(raw: dict, schema: type[Section]) -> str | None:
-    """The command whose config `raw` is, when its top-level keys are another command's, not `schema`'s."""
-    unknown = set(raw) - set(schema.model_fields)
-    if len(unknown) < 2:  # one stray key is a typo, answered key by key
+def evaluation_network_problem(perceptual: str, eval_backbone: str | None, extra_backbones: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with training on `perceptual` while `eval_backbone` (resolved, or "auto" before it is) and
+    `extra_backbones` score the run; None when nothing is."""
+    if perceptual == "none" or eval_backbone in (None, "none"):
         return None
-    if unknown & {"base", "space"}:  # a sweep (vaegen.tune builds its schema on top of this module)
-        return "vaegen tune"
-    for command, other in (("vaegen train", Config), ("vaegen test", TestConfig)):
-        if other is not schema and unknown <= set(other.model_fields):
-            return command
+    for setting, backbone in [("eval.backbone", eval_backbone), *(("eval.extra_backbones", b) for b in extra_backbones)]:
+        if backbone != "auto" and network_of(backbone) == network_of(perceptual):
+            return (
+                f"loss.perceptual uses {perceptual}, which is also the network that computes a reported Fréchet "
+                f"distance ({setting} {'resolves to' if setting == 'eval.backbone' else 'lists'} {backbone}). Training "
+                f"against the evaluation network improves the number, not the images. Use another perceptual network, "
+                f"or score on other networks, or loss.perceptual: none"
+            )
+    if not extra_backbones:
+        return (
+            f"loss.perceptual uses {perceptual}, and a loss on one ImageNet network can move distances measured on "
+            f"another (their features overlap), so such a run is reported on a second network too: set "
+            f"eval.extra_backbones: [dinov2] (self-supervised, no ImageNet labels), or loss.perceptual: none"
+        )
     return None
-
-
-# ---------------------------------------------------------------------------------------
-# pydantic's errors as sentences: the key path, the value, what is allowed
-
-
-def _explain(errors: list[dict], schema: type[BaseModel]) -> list[str]:
-    """One sentence per setting from pydantic's structured errors (`type`, `loc`, `input`, `ctx`, `msg`)."""
-    groups: dict[tuple, tuple[tuple, list[dict]]] = {}
-    for error in errors:
-        where = _locate(error["loc"], schema)
-        groups.setdefault(where[:2], (where, []))[1].append(error)
-    return [_sentence(where, group) for where, group in groups.values()]
-
-
-def _locate(loc: tuple, schema: type[BaseModel]) -> tuple[tuple[str, ...], int | None, Any, Any]:
-    """(key path, list item, the section holding the key, what the key takes) of a pydantic error location."""
-    keys, item, parent, annotation = [], None, None, schema
-    for part in loc:
-        if isinstance(part, int):
-            item = part
-        elif _is_section(annotation):
-            field = annotation.model_fields.get(part)
-            parent, annotation = annotation, field.annotation if field is not None else None
-            keys.append(part)
-        elif get_origin(annotation) is dict:  # a free key, such as a sweep's `space: {optim.lr: ...}`
-            parent, annotation = None, get_args(annotation)[1]
-            keys.append(part)
-        else:  # past a setting, pydantic names the member of a union that failed (`literal['auto']`, `bool`)
-            break
-    return tuple(keys), item, parent, annotation
-
-
-WRONG_KIND = ("_type", "_parsing", "literal_error")  # pydantic's error types for a value of another kind
-
-
-def _pick(errors: list[dict], takes: Any) -> dict:
-    """pydantic reports a failed `A | B` once per alternative: a bound broken by a value of the right kind
-    (eval.batch_size: 0) speaks for the setting; a value of the wrong kind is told what the setting takes."""
-    bound = next((error for error in errors if not error["type"].endswith(WRONG_KIND)), None)
-    allowed = _allowed(takes)
-    return bound or ({**errors[0], "msg": f"Input should be {allowed}"} if allowed else errors[0])
-
-
-def _sentence(where: tuple, errors: list[dict]) -> str:
-    keys, item, parent, annotation = where
-    takes = annotation if item is None else _items_of(annotation)
-    error = _pick(errors, takes)
-    key, kind, value = ".".join(keys), error["type"], error.get("input")
-    at = "" if item is None else f" item {item + 1}"
-    message = (str(error["ctx"]["error"]) if kind == "value_error" else error.get("msg", "")).rstrip(".")
-    field = parent.model_fields.get(keys[-1]) if parent is not None and item is None else None
-    default = None if field is None or field.is_required() else field.get_default(call_default_factory=True)
-    default = "" if default is None else _yaml(default)
-    if kind == "extra_forbidden":
-        valid, scope = list(parent.model_fields), f"`{'.'.join(keys[:-1])}`" if keys[:-1] else "the top level"
-        hint = _did_you_mean(keys[-1], valid) or f"valid keys in {scope}: {', '.join(valid)}."
-        return f"unknown key `{key}`; {hint}"
-    if kind == "missing":
-        return f"`{key}` has too few values:{at} is missing." if at else f"missing required key `{key}`."
-    if kind == "yes_no":
-        return f"`{key}` {message}."
-    if _is_section(annotation) and value is not None and not isinstance(value, dict):  # `data: data/apples_sample`
-        fields = annotation.model_fields
-        first = next((name for name, info in fields.items() if info.is_required()), next(iter(fields)))
-        fits = fields[first].is_required() and isinstance(value, str)  # `data: x` means `data: {root: x}`
-        example = _yaml({first: value}) if fits else f"{{{first}: ...}}"
-        given = "a list" if isinstance(value, list) else "a single value"
-        return (f"`{key}` is a section of keys ({', '.join(fields)}), not {given} ({_yaml(value)}); "
-                f"write it as e.g. `{keys[-1]}: {example}`.")
-    if isinstance(value, dict) and _allowed(takes):  # --set train.epochs.x=1
-        what = "a list" if _items_of(takes) is not None else "a single value"
-        return (f"`{key}`{at} is {what} with no keys under it, not a mapping ({_yaml(value)}); give it a value itself"
-                + (f" (the default is {default})." if default else "."))
-    if kind == "value_error" and isinstance(value, dict):  # a section's own check: its dict would bury the message
-        return f"`{key}`: {message}." if key else f"{message}."
-    if value is None:  # `key:` with nothing after it, or --set key=
-        what = f" ({field.description})" if field is not None and field.description else ""
-        instead = f", or leave it out for the default, {default}" if default else ""
-        return f"`{key}`{at} is empty: give it a value{what}{instead}."
-    shown = _yaml(value) if isinstance(value, (list, tuple)) else repr(value)  # [64, null], not [64, None]
-    return f"`{key}`{at} = {shown} is not allowed: {message}."
-
-
-def _did_you_mean(word: str, valid: list[str]) -> str | None:
-    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.5)
-    return f"did you mean `{close[0]}`?" if close else None
-
-
-def _yaml(value: Any) -> str:
-    """`value` as it is written in a config file (true, not True; {root: x})."""
-    plain = json.loads(json.dumps(value, default=str))  # tuples as lists, paths as text
-    try:
-        return yaml.safe_dump(plain, default_flow_style=True, width=1_000).strip().removesuffix("...").strip()
-    except yaml.YAMLError:
-        return repr(value)
-
-
-# ---------------------------------------------------------------------------------------
-# What a setting takes, read from its annotation
-
-
-_KINDS = {int: "a number", float: "a number", str: "a name", Path: "a path", tuple: "a list", list: "a list"}
-
-
-def _allowed(annotation: Any) -> str | None:
-    """What a setting takes, in words ("a number", "'none', 'onehot' or 'embedding'", "a number or 'auto'"); None for
-    sections and mappings, whose own errors say what they take."""
-    kinds, choices = [], []
-    for part in _alternatives(annotation):
-        origin = get_origin(part)
-        if part is Any or _is_section(part) or origin is dict:
-            return None
-        if part is bool or origin is Literal:
-            choices += ["true", "false"] if part is bool else [repr(choice) for choice in get_args(part)]
-        elif (origin or part) in _KINDS:
-            kinds.append(_KINDS[origin or part])
-    words = list(dict.fromkeys(kinds)) + ([_either(choices)] if choices else [])
-    return _either(words) if words else None
-
-
-def _either(words: list[str]) -> str:
-    """'a', 'a or b', 'a, b or c': as pydantic lists choices."""
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
-
-
-def _alternatives(annotation: Any) -> list[Any]:
-    """The types a setting takes, with unions, `| None` and constraints (PositiveInt) unwrapped."""
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return _alternatives(get_args(annotation)[0])
-    if origin in (Union, types.UnionType):
-        return [part for arg in get_args(annotation) for part in _alternatives(arg)]
-    return [] if annotation is type(None) else [annotation]
-
-
-def _items_of(annotation: Any) -> Any:
-    """The item type of a list setting (tuple[int, ...], tuple[float, float]); None when it takes no list."""
-    lists = [part for part in _alternatives(annotation) if get_origin(part) in (tuple, list)]
-    return (get_args(lists[0]) or (Any,))[0] if lists else None
-
-
-def _mentions(annotation: Any, kind: type) -> bool:
-    return annotation is kind or any(_mentions(arg, kind) for arg in get_args(annotation))
-
-
-def _takes_only_mappings(annotation: Any) -> bool:
-    return _is_section(annotation) or get_origin(annotation) is dict
-
-
-def _is_section(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)

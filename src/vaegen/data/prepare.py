@@ -290,52 +290,14 @@ def build_wikiart(
             f"genre, or drop --genres to take every image of {style} as one class."
         )
     _require_src(src, "WikiArt", WIKIART_FIX)
-    style_dir = src / style
-    if not style_dir.is_dir():
-        styles = sorted(
-            p.name for p in src.iterdir() if p.is_dir() and p.name != "wikiart_csv" and not p.name.startswith(".")
-        )
-        close = difflib.get_close_matches(style, styles, n=1)
-        hint = f" Did you mean --style {close[0]}?" if close else ""
-        fix = "Pass one of them as --style (names are case-sensitive)." if styles else WIKIART_FIX
-        raise DataError(
-            f"Style folder {style_dir} does not exist. "
-            f"Style folders in {src}: {', '.join(styles) or 'none'}.{hint} {fix}"
-        )
-
-    jobs: list[Job] = []
+    style_dir = _style_folder(src, style)
     missing: list[str] = []
     if by is None:
         jobs = [(img, out / style.lower() / f"{style}__all__{img.stem}{img.suffix}") for img in _images(style_dir)]
         counts = {style.lower(): len(jobs)}
         selection = f"every image in {style}/"
     else:
-        class_file, csvs = _find_genre_files(src)
-        classes = _read_genre_classes(class_file)
-        wanted = list(dict.fromkeys(genres if genres is not None else WIKIART_GENRES))
-        unknown = [g for g in wanted if g not in classes.values()]
-        if unknown or not wanted:
-            raise DataError(
-                f"Unknown genre(s) {', '.join(unknown) or '(none given)'}. Valid genres (from {class_file}): "
-                f"{', '.join(classes[i] for i in sorted(classes))}."
-            )
-        counts = dict.fromkeys(wanted, 0)
-        rows = {row for path in csvs for row in _read_genre_rows(path, style, classes) if row[1] in counts}
-        for rel, genre in sorted(rows, key=lambda r: (r[1], r[0])):
-            img = src / rel
-            if not img.is_file():
-                missing.append(rel)
-                continue
-            jobs.append((img, out / genre / f"{style}__{genre}__{img.stem}{img.suffix}"))
-            counts[genre] += 1
-        if missing:
-            warnings.warn(
-                f"{plural(len(missing), 'image')} listed in the genre CSVs "
-                f"{'is' if len(missing) == 1 else 'are'} missing under {src} "
-                f"(e.g. {missing[0]}); skipped.",
-                stacklevel=2,
-            )
-        selection = f"rows of {', '.join(p.name for p in csvs)} under {style}/ with genre {', '.join(wanted)}"
+        jobs, counts, missing, selection = _genre_jobs(src, out, style, genres)
 
     if not jobs:
         raise DataError(
@@ -357,3 +319,46 @@ def build_wikiart(
         encoding="utf-8",
     )
     return counts
+
+
+def _style_folder(src: Path, style: str) -> Path:
+    """src/<style>, or the error that lists the style folders there (with a did-you-mean)."""
+    style_dir = src / style
+    if style_dir.is_dir():
+        return style_dir
+    styles = sorted(p.name for p in src.iterdir() if p.is_dir() and p.name != "wikiart_csv" and not p.name.startswith("."))
+    close = difflib.get_close_matches(style, styles, n=1)
+    hint = f" Did you mean --style {close[0]}?" if close else ""
+    fix = "Pass one of them as --style (names are case-sensitive)." if styles else WIKIART_FIX
+    raise DataError(f"Style folder {style_dir} does not exist. Style folders in {src}: {', '.join(styles) or 'none'}.{hint} {fix}")
+
+
+def _genre_jobs(src: Path, out: Path, style: str, genres: list[str] | None) -> tuple[list[Job], dict[str, int], list[str], str]:
+    """--by genre: (copy jobs into out/<genre>/, images per genre, listed images missing from the dump, what was selected)."""
+    class_file, csvs = _find_genre_files(src)
+    classes = _read_genre_classes(class_file)
+    wanted = list(dict.fromkeys(genres if genres is not None else WIKIART_GENRES))
+    unknown = [g for g in wanted if g not in classes.values()]
+    if unknown or not wanted:
+        raise DataError(
+            f"Unknown genre(s) {', '.join(unknown) or '(none given)'}. Valid genres (from {class_file}): "
+            f"{', '.join(classes[i] for i in sorted(classes))}."
+        )
+    counts = dict.fromkeys(wanted, 0)
+    jobs: list[Job] = []
+    missing: list[str] = []
+    rows = {row for path in csvs for row in _read_genre_rows(path, style, classes) if row[1] in counts}
+    for rel, genre in sorted(rows, key=lambda r: (r[1], r[0])):
+        img = src / rel
+        if not img.is_file():
+            missing.append(rel)
+            continue
+        jobs.append((img, out / genre / f"{style}__{genre}__{img.stem}{img.suffix}"))
+        counts[genre] += 1
+    if missing:
+        warnings.warn(
+            f"{plural(len(missing), 'image')} listed in the genre CSVs {'is' if len(missing) == 1 else 'are'} missing under "
+            f"{src} (e.g. {missing[0]}); skipped.",
+            stacklevel=3,
+        )
+    return jobs, counts, missing, f"rows of {', '.join(p.name for p in csvs)} under {style}/ with genre {', '.join(wanted)}"

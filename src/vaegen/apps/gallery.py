@@ -4,7 +4,7 @@ reconstructions of an uploaded image, each as a `Picture` that renders at the sc
 at the model's resolution (the download), plus the PNG bytes.
 
 ui.py is a thin page of widgets over these functions, so everything here is unit-tested
-without a browser. Models come from `vaegen.api.load` (safetensors and YAML: no code runs),
+without a browser. Models come from `vaegen.pipeline.load` (safetensors and YAML: no code runs),
 pictures from `vaegen.plots`, and uploads go through the same decoding as the training data.
 """
 
@@ -23,16 +23,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from vaegen.api import load, read_model_folder
 from vaegen.config import Config
-from vaegen.data import decode_image
-from vaegen.density import SAMPLER_FILE, latent_codes
-from vaegen.fid import protocol_text
+from vaegen.data.dataset import decode_image, to_input
 from vaegen.errors import CheckpointError, DataError, VaegenError, pixel_size
-from vaegen.family import reconstructs
+from vaegen.evaluation.frechet import protocol_text
+from vaegen.models import reconstructs
+from vaegen.pipeline import Pipeline, load, read_model_folder
 from vaegen.plots import BLOCK_COLUMNS, image_grid, labelled_rows, scaled, to_pil
-from vaegen.samplers import per_class_samples, slerp
-from vaegen.train import to_input
+from vaegen.samplers.draw import per_class_samples, slerp
+from vaegen.samplers.mixture import SAMPLER_FILE, latent_codes
 
 WEIGHTS = "model.safetensors"
 ALL_CLASSES = "all classes"
@@ -264,17 +263,17 @@ def summary(run: Run) -> str:
 # Models and what they draw
 
 
-def load_model(path: Path) -> torch.nn.Module:
+def load_model(path: Path) -> Pipeline:
     """The model in `path` on the CPU, in eval mode (the page caches it per path and file time)."""
     return load(path, "cpu")
 
 
-def class_choices(model: torch.nn.Module) -> list[str]:
+def class_choices(model: Pipeline) -> list[str]:
     """The class selector's options: every class by name, then all of them as labelled rows; none if unconditional."""
     return [*model.classes, ALL_CLASSES] if model.is_conditional else []
 
 
-def row_labels(model: torch.nn.Module, choice: str | None) -> list[int | None]:
+def row_labels(model: Pipeline, choice: str | None) -> list[int | None]:
     """The class of each block a view draws: [None] unconditional, [k] for one class, every class for ALL_CLASSES."""
     if not model.is_conditional:
         return [None]
@@ -288,12 +287,12 @@ def max_samples(choice: str | None) -> int:
     return MAX_SAMPLES_PER_CLASS if choice == ALL_CLASSES else MAX_SAMPLES
 
 
-def draws_from(model: torch.nn.Module) -> str:
+def draws_from(model: Pipeline) -> str:
     """Where generated codes come from, in the page's words (vaegen.load attaches the run's fitted mixture, if any)."""
     return "the prior" if getattr(model, "latent_density", None) is None else "the latent mixture"
 
 
-def temperature_label(model: torch.nn.Module) -> str:
+def temperature_label(model: Pipeline) -> str:
     if getattr(model, "latent_density", None) is None:
         return "temperature (standard deviation of z)"
     return "temperature (spread of the codes)"  # around each mixture component's mean
@@ -327,14 +326,14 @@ class Picture:
         return max(1, factor)
 
 
-def _picture(model: torch.nn.Module, images: torch.Tensor, labels: list[int | None], columns: int | None) -> Picture:
+def _picture(model: Pipeline, images: torch.Tensor, labels: list[int | None], columns: int | None) -> Picture:
     names = tuple(model.classes[label] for label in labels) if len(labels) > 1 else None
     return Picture(images.detach().cpu(), columns, names)
 
 
 @torch.no_grad()
 def sample_view(
-    model: torch.nn.Module, count: int, seed: int, temperature: float, choice: str | None = None
+    model: Pipeline, count: int, seed: int, temperature: float, choice: str | None = None
 ) -> Picture:
     """`count` samples (a block of `count` per class for ALL_CLASSES), from the checkpoint's latent mixture
     when it ships one, else from z ~ N(0, temperature² I); same seed, same picture."""
@@ -347,7 +346,7 @@ def sample_view(
     return _picture(model, images, labels, columns=None)
 
 
-def _generated(model: torch.nn.Module, count: int, seed: int, temperature: float, labels: list[int | None]) -> torch.Tensor:
+def _generated(model: Pipeline, count: int, seed: int, temperature: float, labels: list[int | None]) -> torch.Tensor:
     """`count` images per entry of `labels` from model.generate, each class told by its one-hot class weights."""
     one_hot = torch.eye(model.num_classes)
     return torch.cat([model.generate(count, torch.Generator().manual_seed(seed), temperature, None if label is None else one_hot[label])
@@ -356,7 +355,7 @@ def _generated(model: torch.nn.Module, count: int, seed: int, temperature: float
 
 @torch.no_grad()
 def interpolation_view(
-    model: torch.nn.Module, steps: int, choice: str | None = None, seed: int = 0, temperature: float = 1.0,
+    model: Pipeline, steps: int, choice: str | None = None, seed: int = 0, temperature: float = 1.0,
     images: torch.Tensor | None = None,
 ) -> Picture:
     """Decoded steps along the path between two codes: two draws from `seed` (from the latent mixture when the
@@ -380,9 +379,9 @@ def interpolation_view(
     return _picture(model, torch.cat(rows), labels, columns=len(rows[0]))
 
 
-def prepare_upload(data: bytes, model: torch.nn.Module) -> torch.Tensor:
+def prepare_upload(data: bytes, model: Pipeline) -> torch.Tensor:
     """An uploaded image file as the model's input [1, C, H, W] in [0, 1], converted and resized exactly
-    like the training data (vaegen.data.decode_image with the model's data config)."""
+    like the training data (vaegen.data.dataset.decode_image with the model's data config)."""
     try:
         array = decode_image(io.BytesIO(data), model.config.data)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # PIL's ways of saying "not an image I can read"
@@ -394,7 +393,7 @@ def prepare_upload(data: bytes, model: torch.nn.Module) -> torch.Tensor:
     return to_input(torch.tensor(array)[None], next(model.parameters()).device)  # a copy: PIL's array is read-only
 
 
-def upload_fit(data: bytes, model: torch.nn.Module) -> str:
+def upload_fit(data: bytes, model: Pipeline) -> str:
     """How prepare_upload fitted an image file to the model's size, from its data.resize, in words."""
     height, width = model.config.data.image_size
     with Image.open(io.BytesIO(data)) as image:
@@ -409,7 +408,7 @@ def upload_fit(data: bytes, model: torch.nn.Module) -> str:
 
 
 @torch.no_grad()
-def reconstruction_view(model: torch.nn.Module, image: torch.Tensor, choice: str | None = None) -> Picture:
+def reconstruction_view(model: Pipeline, image: torch.Tensor, choice: str | None = None) -> Picture:
     """`image` ([1, C, H, W]) beside its reconstruction (the decoded posterior mean); one pair per class for ALL_CLASSES."""
     labels = row_labels(model, choice)
     pairs = [torch.cat([image, model.reconstruct(image, label)]) for label in labels]

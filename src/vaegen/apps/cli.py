@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config value first, e.g. --set train.epochs=5 (repeatable; VALUE is YAML)")
 
-    from vaegen.prepare import WIKIART_GENRES  # light: vaegen data imports torch only once it writes
+    from vaegen.data.prepare import WIKIART_GENRES  # light: vaegen data imports torch only once it writes
 
     data = commands.add_parser("data", help="build a training folder from a downloaded dataset")
     builders = data.add_subparsers(dest="dataset", required=True, metavar="DATASET")
@@ -104,7 +104,7 @@ def one_paragraph(message: str) -> str:
 
 
 def cmd_tune(args) -> int:
-    from vaegen.tune import format_table, load_sweep, run_sweep
+    from vaegen.tuning.sweep import format_table, load_sweep, run_sweep
 
     sweep = load_sweep(args.config, args.overrides)
     started = time.perf_counter()
@@ -140,8 +140,8 @@ def cmd_config(args) -> int:
 
 def cmd_test(args) -> int:
     from vaegen.config import load_test_config
-    from vaegen.evaluate import run_test
-    from vaegen.fid import protocol_text
+    from vaegen.evaluation.frechet import protocol_text
+    from vaegen.evaluation.report import run_test
 
     overrides = list(args.overrides) + ([f"checkpoint={args.checkpoint}"] if args.checkpoint else [])
     report = run_test(load_test_config(args.config, overrides))
@@ -160,8 +160,8 @@ def cmd_test(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from vaegen import distributed
-    from vaegen.train import keep_in_log, train
+    from vaegen.training import distributed
+    from vaegen.training.loop import keep_in_log, train
 
     config, paths, resume = resolve_run(args)
     if resume and not distributed.launched_by_torchrun():
@@ -229,9 +229,9 @@ def where_to_continue(paths) -> str:
 
 def resolve_run(args):
     """The config, run folders and resume flag for `vaegen train` (new run or --resume)."""
-    from vaegen import distributed
     from vaegen.config import load_config
-    from vaegen.runs import RunPaths, claim_new_name, name_taken, new_run_name, taken
+    from vaegen.training import distributed
+    from vaegen.training.runs import RunPaths, claim_new_name, name_taken, new_run_name, taken
 
     if args.resume is None:
         if args.config is None:
@@ -286,7 +286,7 @@ def latest_run(logs_dir: Path, name: str, exact: bool) -> Path:
 
 
 def cmd_data(args) -> int:
-    from vaegen import prepare
+    from vaegen.data import prepare
 
     if args.dataset == "fruit360":
         counts = prepare.build_fruit360(args.src, args.out, link=args.link)

@@ -17,17 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from vaegen import distributed
-from vaegen.accel import CapturedStep, StepOptions, compile_step
-from vaegen.adversarial import Adversary
 from vaegen.checkpoint import load_state_checked
 from vaegen.config import Config
-from vaegen.ema import EMA
 from vaegen.errors import CheckpointError
-from vaegen.family import Family
-from vaegen.models import build_model, family_of
-from vaegen.perceptual import PerceptualLoss
-from vaegen.schedules import build_beta_schedule
+from vaegen.models import Family, build_model, family_of
+from vaegen.training import distributed
+from vaegen.training.accel import CapturedStep, StepOptions, compile_step
+from vaegen.training.adversarial import Adversary
+from vaegen.training.ema import EMA
+from vaegen.training.perceptual import PerceptualLoss
+from vaegen.training.schedules import build_beta_schedule
 
 STATE_FORMAT = 1  # last.pt's layout; what release 0.1.0 wrote keeps loading
 

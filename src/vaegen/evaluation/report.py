@@ -15,22 +15,20 @@ from pathlib import Path
 
 import torch
 
-from vaegen.api import load
-from vaegen.backbones import inception_weights, inception_weights_path, network_of
 from vaegen.checkpoint import make_output_folder, write_text_atomic
-from vaegen.config import SamplerConfig, TestConfig
-from vaegen.data import TEST_SETTINGS, default_cache_dir, load_splits
-from vaegen.density import fit_model_density
+from vaegen.config import SamplerConfig, TestConfig, network_of
+from vaegen.data.dataset import TEST_SETTINGS, default_cache_dir, load_splits, to_input
 from vaegen.errors import ConfigError, DataError
-from vaegen.fid import build_evaluator, eval_batch_size, score_model
-from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
+from vaegen.evaluation.backbones import inception_weights, inception_weights_path
+from vaegen.evaluation.class_fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
+from vaegen.evaluation.frechet import build_evaluator, eval_batch_size, score_model
+from vaegen.evaluation.validation import validation_terms
+from vaegen.models import family_of, reconstructs
+from vaegen.pipeline import load
 from vaegen.plots import class_blocks, for_viewing, image_grid, reconstruction_grid, samples_per_class, save_png
-from vaegen.samplers import generated_samples, per_class_samples, slerp
-from vaegen.accel import resolve_device
-from vaegen.family import reconstructs
-from vaegen.models import family_of
-from vaegen.train import evaluate as validation_terms
-from vaegen.train import to_input
+from vaegen.samplers.draw import generated_samples, per_class_samples, slerp
+from vaegen.samplers.mixture import fit_model_density
+from vaegen.training.accel import resolve_device
 
 
 @dataclass(frozen=True)
@@ -175,19 +173,7 @@ def _inception_weights(cfg: TestConfig) -> Path | None:
 
 
 def _distances(model, splits, data_cfg, seed: int, cfg: TestConfig, weights: Path | None, device) -> dict:
-    evaluator = build_evaluator(
-        backbone=cfg.backbone,
-        inception_weights=weights,
-        reference=cfg.split,
-        reference_key="split",
-        num_samples=cfg.num_samples,
-        batch_size=cfg.batch_size,
-        kid_subset_size=cfg.kid_subset_size,
-        data_cfg=data_cfg,
-        splits=splits,
-        seed=seed,
-        device=device,
-        extra_backbones=cfg.extra_backbones,
-    )
+    settings = cfg.model_copy(update={"inception_weights": weights})  # the weights file found before anything was drawn
+    evaluator = build_evaluator(settings, cfg.split, data_cfg, splits, seed, device, reference_key="split")
     class_weights = torch.bincount(splits.train.labels, minlength=model.num_classes).float()
     return score_model(evaluator, model, cfg.temperature, class_weights, model.latent_density, family_of(model.config.model).has_prior)

@@ -1,5 +1,5 @@
 """`vaegen tune`: hyper-parameter sweeps with Ray Tune (scheduling, fault tolerance, clusters) and Optuna (TPE
-search), each trial an ordinary `vaegen.train.train` run.
+search), each trial an ordinary `vaegen.training.loop.train` run.
 
 A sweep YAML names a base train config, `overrides:` for every trial and a `space:` over config key paths
 (configs/tune_quick.yaml). Trials report the trainer's selection metric after every evaluation; ASHA stops weak
@@ -345,8 +345,8 @@ def _as_yaml(distribution: Distribution) -> str:
 
 
 def selection_metric(config: Config) -> str:
-    from vaegen.backbones import resolve_backbone_name
-    from vaegen.fid import metric_names
+    from vaegen.evaluation.backbones import resolve_backbone_name
+    from vaegen.evaluation.frechet import metric_names
 
     if config.output.select != "fid":
         return config.output.select
@@ -417,8 +417,8 @@ def run_trial(params: dict[str, Any], sweep: Sweep, metric: str) -> None:
     import torch
     from ray import tune
 
-    from vaegen.tracking import draw_curves
-    from vaegen.train import RunPaths, train
+    from vaegen.training.loop import RunPaths, train
+    from vaegen.training.tracking import draw_curves
 
     torch.set_num_threads(max(1, int(sweep.settings.tune.resources.cpu)))
     trial_id = tune.get_context().get_trial_id()
@@ -444,7 +444,7 @@ def run_trial(params: dict[str, Any], sweep: Sweep, metric: str) -> None:
 def tidy_trial_folder(run_dir: Path) -> None:
     """Remove the temporary files of a trial whose process Ray ended (often while drawing curves.png) and redraw
     curves.png; only once the process is gone, or its file would be taken from under it."""
-    from vaegen.tracking import draw_curves
+    from vaegen.training.tracking import draw_curves
 
     interrupted_curves = False
     for leftover in run_dir.rglob(".*.tmp"):  # atomic_write's temporary files: .<name>.<random>.tmp
@@ -708,7 +708,7 @@ class SweepResult:
 
 def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) -> SweepResult:
     tune = _import_tune()
-    from vaegen.data import SWEEP_SETTINGS, load_splits
+    from vaegen.data.dataset import SWEEP_SETTINGS, load_splits
 
     exists = tune.Tuner.can_restore(sweep.experiment_path)
     if resume and not exists:

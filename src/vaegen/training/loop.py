@@ -1,6 +1,6 @@
 """Training, top to bottom: setup, the loop, evaluation, checkpoints, for every model family.
 
-`train` sets up (the data, a `Run` from vaegen.run holding the training state, the evaluation) and runs
+`train` sets up (the data, a `Run` from vaegen.training.run holding the training state, the evaluation) and runs
 the epochs: `train_one_epoch` (the training step is inside it, in plain sight), then `evaluate` on the
 validation split and, every eval.every epochs, the samples and their scores. After every epoch the whole
 training state goes to `logs/<run>/checkpoints/last.pt` (written on a background thread while the next
@@ -9,7 +9,7 @@ reconstruction pictures of the epochs it covers: a run stopped at any point leav
 state that no checkpoint holds. Whenever the selection metric improves, the model goes to
 `best_models/<run>/`. Resuming restores weights, optimizer, epoch, best score and every RNG stream, so an
 interrupted run ends with the same weights as an uninterrupted one. Each run ends with a line saying where
-its time went. What a family does differently (its loss terms, its samples) comes from vaegen.family.
+its time went. What a family does differently (its loss terms, its samples) comes from vaegen.models.family.
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import vaegen
-from vaegen import distributed
-from vaegen.accel import CapturedStep, apply_backend_flags, autocast, resolve_device, resolve_step_options
-from vaegen.adversarial import Adversary
-from vaegen.backbones import resolve_backbone_name, second_opinions
 from vaegen.checkpoint import (
     BackgroundWriter,
     StorageError,
@@ -45,9 +41,17 @@ from vaegen.checkpoint import (
     write_text_atomic,
     written_together,
 )
-from vaegen.config import Config
-from vaegen.data import DecodedImages, Splits, batches, default_cache_dir, load_splits, steps_per_epoch, to_device
-from vaegen.density import SAMPLER_FILE, LatentGMM, check_mixture_data, fit_model_density
+from vaegen.config import Config, evaluation_network_problem
+from vaegen.data.dataset import (
+    DecodedImages,
+    Splits,
+    batches,
+    default_cache_dir,
+    load_splits,
+    steps_per_epoch,
+    to_device,
+    to_input,
+)
 from vaegen.errors import (
     RUN_DIR,
     ConfigError,
@@ -58,16 +62,20 @@ from vaegen.errors import (
     pixel_size,
     plural,
 )
-from vaegen.family import Family, reconstructs
-from vaegen.fid import Evaluator, eval_batch_size, metric_names, run_evaluator, score_model
-from vaegen.fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
-from vaegen.models import count_parameters, family_of
-from vaegen.perceptual import evaluation_network_problem
+from vaegen.evaluation.backbones import resolve_backbone_name, second_opinions
+from vaegen.evaluation.class_fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
+from vaegen.evaluation.frechet import Evaluator, eval_batch_size, metric_names, run_evaluator, score_model
+from vaegen.evaluation.validation import validation_terms
+from vaegen.models import Family, count_parameters, family_of, reconstructs
 from vaegen.plots import class_blocks, for_viewing, image_grid, reconstruction_grid, samples_per_class, save_png
-from vaegen.run import Run, build_optimizer, build_run, seed_everything  # noqa: F401  (build_optimizer: scripts use it from here)
-from vaegen.runs import RunPaths, owned
-from vaegen.samplers import generated_samples, per_class_samples
-from vaegen.tracking import Tracker, draw_curves
+from vaegen.samplers.draw import generated_samples, per_class_samples
+from vaegen.samplers.mixture import SAMPLER_FILE, LatentGMM, check_mixture_data, fit_model_density
+from vaegen.training import distributed
+from vaegen.training.accel import CapturedStep, apply_backend_flags, autocast, resolve_device, resolve_step_options
+from vaegen.training.adversarial import Adversary
+from vaegen.training.run import Run, build_optimizer, build_run, seed_everything  # noqa: F401  (build_optimizer: scripts use it from here)
+from vaegen.training.runs import RunPaths, owned
+from vaegen.training.tracking import Tracker, draw_curves
 
 
 @dataclass(frozen=True)
@@ -137,11 +145,6 @@ def warnings_kept_in(log_file: Path):
 
 # ---------------------------------------------------------------------------------------
 # One step, one epoch of training, one pass of validation
-
-
-def to_input(images_u8: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:
-    x = images_u8.to(device, non_blocking=True).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def train_step(
@@ -225,23 +228,6 @@ def train_one_epoch(run: Run, data: DecodedImages, beta: float, epoch: int) -> d
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, family: Family, data: DecodedImages, config: Config, beta: float, device: torch.device) -> dict:
-    """The validation terms (val_*) with fixed noise: comparable across epochs, and it never touches the training
-    RNG. Nothing (an empty dict) without validation images (data.val_fraction: 0)."""
-    if len(data.images) == 0:
-        return {}
-    model.eval()
-    noise = torch.Generator(device=device).manual_seed(config.train.seed + 1)
-    sums: dict[str, torch.Tensor] = {}
-    for images_u8, labels in batches(data, config.train.batch_size):
-        x = to_input(images_u8, device)
-        y = labels.to(device) if model.is_conditional else None
-        for name, value in family.validation_terms(model, x, y, noise, beta, config.loss).items():
-            sums[name] = sums.get(name, 0.0) + value * len(x)
-    means = (torch.stack(list(sums.values())) / len(data.images)).tolist()
-    return {f"val_{name}": value for name, value in zip(sums, means)}
-
-
 def epoch_line(row: dict, epochs: int, family: Family) -> str:
     """What the console shows of an epoch's metrics row: the family's headline terms, the evaluation's distances."""
 
@@ -546,7 +532,7 @@ def run_epoch(
     with verdict_for_the_others():
         with clock("validation"):
             row = {"epoch": epoch, "beta": beta, "lr": run.optimizer.param_groups[0]["lr"], **train_stats,
-                   **evaluate(run.eval_model, run.family, splits.val, config, beta, run.device)}
+                   **validation_terms(run.eval_model, run.family, splits.val, config, beta, run.device)}
         protocol, density = None, None
         if epoch % config.eval.every == 0 or epoch == config.train.epochs:
             with clock("evaluation"), _diverged_outputs_stop(config, epoch, beta):
@@ -585,7 +571,7 @@ def record_best(run: Run, evaluation: Evaluation, splits: Splits, row: dict, pro
         if density is None:  # selecting on a validation loss can pick an epoch without an evaluation
             density = fit_density(model, splits.train, run.config, run.device)
         samples = sample_picture(model, evaluation.fixed_z, run.classes, run.device, density)
-        export_best(out.paths, model, run.config, run.classes, row, run.criterion, protocol, samples, density)
+        export_best(out.paths, run, row, protocol, samples, density)
     return True
 
 
@@ -714,21 +700,12 @@ def save_checkpoint(run: Run, out: Outputs) -> None:
     out.writer.submit(write)
 
 
-def export_best(
-    paths: RunPaths,
-    model,
-    config: Config,
-    classes: list[str],
-    row: dict,
-    criterion: str,
-    protocol: dict | None,
-    samples,
-    density: LatentGMM | None = None,
-) -> None:
-    """best_models/<run>/, written together (checkpoint.written_together): every file is written before any replaces
-    the previous best's, so an export stopped by a full disk, a kill or Ctrl+C leaves the previous best whole, and
-    never weights beside another epoch's samples, mixture or metrics. `samples` is the run's sample picture (PIL,
-    from `sample_picture`)."""
+def export_best(paths: RunPaths, run: Run, row: dict, protocol: dict | None, samples, density: LatentGMM | None = None) -> None:
+    """best_models/<run>/ for the run's evaluated model at `row`'s epoch, written together (checkpoint.written_together):
+    every file is written before any replaces the previous best's, so an export stopped by a full disk, a kill or
+    Ctrl+C leaves the previous best whole, and never weights beside another epoch's samples, mixture or metrics.
+    `samples` is the run's sample picture (PIL, from `sample_picture`)."""
+    model, config, classes, criterion = run.eval_model, run.config, run.classes, run.criterion
     metadata = {
         "vaegen_version": vaegen.__version__,
         "model": config.model.name,

@@ -1,0 +1,203 @@
+"""The Python API: `vaegen.load("best_models/<run>")` gives a `Pipeline`, a trained model with what it was trained
+with: its class names, its config and the sampler its samples come from.
+
+    model = vaegen.load("best_models/apples")
+    images = model.sample(16, seed=0)          # [16, C, H, W] in [0, 1]
+    mu, logvar = model.encode(images)
+    again = model.reconstruct(images)          # numpy arrays work where tensors do (uint8 in 0-255 too)
+    model.classes                              # class names, index = label
+    model.sampler                              # the fitted latent mixture sample() uses, or None (the prior)
+    model.model                                # the torch module itself
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import reprlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vaegen.checkpoint import load_model_weights, read_model_metadata
+from vaegen.config import Config, load_config
+from vaegen.errors import CheckpointError, VaegenError
+from vaegen.samplers.mixture import SAMPLER_FILE, LatentGMM, latent_codes
+
+
+def read_model_folder(path: str | Path) -> tuple[Path, Config, dict[str, object]]:
+    """The weights file, validated config and weights metadata of a model folder, checked without building the model."""
+    folder = Path(path)
+    if not folder.exists():
+        runs = sorted(weights.parent.name for weights in folder.parent.glob("*/model.safetensors")) if folder.parent.is_dir() else []
+        there = f" Model folders in {folder.parent}: {', '.join(runs)}." if runs else ""
+        raise CheckpointError(f"{folder} does not exist; pass a model folder that `vaegen train` wrote (best_models/<run>).{there}")
+    mix_up = _training_run_given(folder)
+    if mix_up:
+        raise CheckpointError(mix_up)
+    weights = folder / "model.safetensors" if folder.is_dir() else folder
+    folder = weights.parent
+    if not weights.is_file() or not (folder / "config.yaml").is_file():
+        raise CheckpointError(
+            f"{folder} is not a vaegen model folder: it needs model.safetensors and config.yaml "
+            f"(what `vaegen train` writes to best_models/<run>/)."
+        )
+    config = load_config(folder / "config.yaml")
+    metadata = read_model_metadata(weights)
+    if not isinstance(metadata.get("classes"), list):
+        raise CheckpointError(f"{weights} has no class list in its metadata; it was not written by vaegen train.")
+    return weights, config, metadata
+
+
+def _training_run_given(path: Path) -> str | None:
+    """A training run's log folder (logs/<run>) or its state (checkpoints/last.pt) where a model folder goes:
+    the usual mix-up, answered with where that run's model is."""
+    run_dir = path.parent.parent if path.suffix == ".pt" else path
+    if not (run_dir / "checkpoints" / "last.pt").is_file() or (path / "model.safetensors").is_file():
+        return None
+    try:
+        best = load_config(run_dir / "config.yaml").output.best_dir / run_dir.name
+    except VaegenError:
+        best = Path("best_models") / run_dir.name
+    what = "the training state that `vaegen train --resume` continues from" if path.suffix == ".pt" else "a training run's log folder"
+    return f"{path} is {what}, not a model folder; pass the run's best model folder, {best}, which `vaegen train` exported."
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+    """The model in <path> (config.yaml and model.safetensors; no code runs), with its classes, config and sampler.
+    `device`: cpu, cuda, cuda:N, mps, or auto (the first of those that is here)."""
+    from vaegen.models import build_model, family_of
+    from vaegen.training.accel import resolve_device
+
+    if not isinstance(path, (str, os.PathLike)):
+        given = "None" if path is None else f"{reprlib.repr(path)} ({type(path).__name__})"
+        raise TypeError(
+            f"vaegen.load takes the path of a model folder that `vaegen train` wrote (best_models/<run>), "
+            f"as a str or pathlib.Path; got {given}."
+        )
+    device = resolve_device(device, key="device")
+    weights, config, metadata = read_model_folder(path)
+    classes = metadata["classes"]
+    model = build_model(config.model, config.data.image_size, config.data.channels, len(classes))
+    load_model_weights(model, weights)
+    sampler_file = weights.parent / SAMPLER_FILE
+    sampler = LatentGMM.load(sampler_file) if sampler_file.is_file() else None
+    if sampler is None and config.sampler.name == "gmm":  # e.g. a folder copied without it
+        warnings.warn(
+            f"{sampler_file} is missing although this run samples from a latent mixture (sampler.name: gmm), so "
+            f"sample() draws from the prior, not what its FID measured; copy the model folder again, whole.",
+            stacklevel=2,
+        )
+    return Pipeline(model.to(device).eval(), config, classes, metadata, sampler, family_of(config.model).has_prior)
+
+
+@dataclass(eq=False)
+class Pipeline:
+    """A trained model and what it was trained with. `sample`, and a latent family's `encode`, `decode` and
+    `reconstruct`, take class names where the module takes indices; everything else (parameters(), latent_dim, ...)
+    is the module's."""
+
+    model: torch.nn.Module
+    config: Config
+    classes: list[str]
+    metadata: dict[str, object]
+    sampler: LatentGMM | None = None  # set it to None to sample from the prior
+    has_prior: bool = True
+
+    def __repr__(self) -> str:
+        drawn_from = "the prior" if self.sampler is None else "a latent mixture"
+        return f"Pipeline({self.config.model.name}, {len(self.classes)} classes, samples from {drawn_from})"
+
+    def __getattr__(self, name: str):
+        if name == "model":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        found = getattr(self.model, name)
+        if name in ("encode", "decode", "reconstruct"):  # only where the module has them: a latent family's
+            return lambda x, labels=None: found(x, self.class_indices(labels))
+        return found
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    @property
+    def latent_density(self) -> LatentGMM | None:
+        """The sampler's old name."""
+        return self.sampler
+
+    @latent_density.setter
+    def latent_density(self, sampler: LatentGMM | None) -> None:
+        self.sampler = sampler
+
+    def to(self, device: str | torch.device) -> Pipeline:
+        self.model.to(device)
+        return self
+
+    def eval(self) -> Pipeline:
+        self.model.eval()
+        return self
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, temperature: float = 1.0, seed: int | None = None) -> torch.Tensor:
+        """`n` images in [0, 1]; same seed, same images. Codes come from `sampler` (the fitted latent mixture) when there
+        is one, else from the prior, z ~ N(0, T² I). `labels` (conditional models only): one class for every image
+        (n = 0 included) or one per image, as indices or names."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n is the number of images to draw, a whole number >= 0; got {n!r}")
+        if not (math.isfinite(temperature) and temperature >= 0):  # 0: every code at its mean
+            raise ValueError(f"temperature scales the spread of the latent codes and must be a number >= 0; got {temperature!r}")
+        if labels is not None and not self.model.is_conditional:
+            raise ValueError(f"this model is not conditional, so it takes no labels (got labels={labels!r}); leave labels out")
+        if self.sampler is None and not self.has_prior:
+            raise ValueError(
+                f"a {self.config.model.name} model has no prior to sample from: its samples come from the latent mixture "
+                f"fitted on the training images' codes (sampler.safetensors beside the model); copy the model folder "
+                f"again, whole, or decode codes of your own"
+            )
+        generator = torch.Generator(device="cpu")
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed)
+        if not callable(getattr(self.model, "decode", None)):  # a family without codes draws whole images
+            return self.model.generate(n, generator, temperature)
+        labels = self.model._check_labels(self.class_indices(labels), n)  # conditional: one label per image
+        device = next(self.model.parameters()).device
+        sampler = self.sampler.to(device) if self.sampler is not None else None
+        codes = latent_codes(n, self.model.latent_dim, generator, labels, temperature, sampler)
+        return self.model.decode(codes.to(device), labels)
+
+    def class_indices(self, labels) -> torch.Tensor | None:
+        """Class names or indices as a flat long tensor on the model's device (the module checks count and range).
+        Yes/no values and floats are refused: torch would read True and 1.0 (and 1.7) as class 1 without a word."""
+        if labels is None:
+            return None
+        names = [labels] if isinstance(labels, str) else labels
+        indices = labels
+        if isinstance(names, (list, tuple)) and names and all(isinstance(name, str) for name in names):
+            unknown = [name for name in names if name not in self.classes]
+            if unknown:
+                raise ValueError(f"{', '.join(map(repr, unknown))} is not a class of this model ({', '.join(self.classes)})")
+            indices = [self.classes.index(name) for name in names]
+        try:
+            tensor = torch.as_tensor(indices, device=next(self.model.parameters()).device)
+        except (TypeError, ValueError, RuntimeError):  # names mixed with indices, or no number at all
+            raise self._not_labels(labels, "which is neither; pass all indices or all names") from None
+        listed = isinstance(indices, (list, tuple))
+        if torch.is_tensor(indices) or isinstance(indices, np.ndarray):
+            many, plural = ("a tensor of" if torch.is_tensor(indices) else "an array of"), "s"
+        else:
+            many, plural = ("which holds", "s") if listed else ("a", "")
+        if tensor.dtype == torch.bool or (listed and any(isinstance(item, bool) for item in indices)):  # [True, 0] reads as [1, 0]
+            raise self._not_labels(labels, f"{many} yes/no value{plural}; pass the class's index or name")
+        if (tensor.is_floating_point() or tensor.is_complex()) and tensor.numel():  # [] reads as a float tensor
+            raise self._not_labels(labels, f"{many} float{plural}; pass whole numbers, e.g. 1 (labels.long() converts a float tensor)")
+        return tensor.long().reshape(-1)
+
+    def _not_labels(self, labels, why: str) -> ValueError:
+        return ValueError(
+            f"labels are class indices (whole numbers from 0 to {len(self.classes) - 1}) or class names "
+            f"({', '.join(self.classes)}); got {labels!r}, {why}"
+        )
