@@ -1,8 +1,5 @@
-"""vaegen's gallery: `streamlit run ui.py [-- --best-dir DIR]`.
-
-Browse the best checkpoints under best_models/ (or --best-dir, or $VAEGEN_BEST_DIR), then sample,
-pick a class, interpolate and reconstruct in the browser. This file only lays out widgets; what
-they show comes from vaegen.apps.gallery.
+"""vaegen's gallery, `streamlit run ui.py [-- --best-dir DIR]`: browse the best checkpoints under best_models/ (or
+--best-dir, or $VAEGEN_BEST_DIR), then sample, interpolate and reconstruct. Widgets only: vaegen.apps.gallery draws.
 """
 
 from __future__ import annotations
@@ -32,9 +29,8 @@ def pngs(picture: gallery.Picture) -> tuple[bytes, bytes]:
     return gallery.png_bytes(picture.render(picture.screen_scale())), gallery.png_bytes(picture.render(1))
 
 
-# Streamlit reruns the whole page on every click, in any tab: each picture is drawn (and encoded) once per
-# model version and settings. The model is keyed by (folder, weights file time), like cached_model; `_model`
-# itself is not hashed. max_entries bounds what a long session keeps.
+# Streamlit reruns the whole page on every click, so each picture is drawn once per model version (model_key,
+# like cached_model's; `_model` itself is not hashed) and settings.
 @st.cache_data(max_entries=32, show_spinner="drawing")
 def samples_png(model_key: tuple[str, int], _model, count: int, seed: int, temperature: float, choice: str | None):
     return pngs(gallery.sample_view(_model, count, seed, temperature, choice))
@@ -53,19 +49,18 @@ def reconstruction_png(model_key: tuple[str, int], _model, upload: bytes, choice
     return pngs(gallery.reconstruction_view(_model, gallery.prepare_upload(upload, _model), choice))
 
 
-def show(pictures: tuple[bytes, bytes], caption: str, file_name: str, key: str) -> None:
+def show(pictures: tuple[bytes, bytes], caption: str, stem: str, choice: str | None, view: str, **settings) -> None:
+    """The screen PNG (lossless) with its caption below, not in st.image, where a long caption widens the element and
+    the browser stretches the picture, blurred; the caption is the alt text too. Then the download button."""
     screen, download = pictures
-    # PNG: pixels as drawn, not JPEG. The caption goes below rather than into st.image, where a caption longer
-    # than the picture widens the element and the browser stretches the picture to it, blurred; the caption is
-    # the picture's alt text too. A picture wider than the column is shrunk to it.
     st.image(screen, alt=caption, output_format="PNG")
     st.caption(caption)
-    st.download_button("Download PNG", download, file_name=file_name, mime="image/png", key=key, on_click="ignore")
+    st.download_button("Download PNG", download, file_name=gallery.download_name(stem, view, choice, **settings),
+                       mime="image/png", key=f"download_{view}", on_click="ignore")
 
 
 def pick_run(root: Path, runs: list[gallery.Run]) -> gallery.Run:
-    """The sidebar: every run with a one-line summary, the chosen one's metadata; ?run=NAME preselects one,
-    otherwise the first run that can be opened."""
+    """The sidebar: every run with a summary, the chosen one's metadata; ?run=NAME, else the first that opens."""
     names = [run.name for run in runs]
     requested = st.query_params.get("run")
     if requested is not None and requested not in names:
@@ -76,13 +71,8 @@ def pick_run(root: Path, runs: list[gallery.Run]) -> gallery.Run:
             st.error(str(exc))
         requested = None
     working = next((index for index, run in enumerate(runs) if run.error is None), 0)
-    name = st.sidebar.radio(
-        "Models",
-        names,
-        index=names.index(requested) if requested else working,
-        captions=[gallery.summary(run) for run in runs],
-        key="run",
-    )
+    name = st.sidebar.radio("Models", names, index=names.index(requested) if requested else working,
+                            captions=[gallery.summary(run) for run in runs], key="run")
     st.query_params["run"] = name  # a link to this page opens this model
     run = runs[names.index(name)]
     rows = gallery.describe(run)
@@ -92,42 +82,39 @@ def pick_run(root: Path, runs: list[gallery.Run]) -> gallery.Run:
 
 
 def generate_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
-    all_rows = choice == gallery.ALL_CLASSES
-    limit = gallery.max_samples(choice)
+    all_rows, limit = choice == gallery.ALL_CLASSES, gallery.max_samples(choice)
     controls, picture = st.columns([1, 2], gap="large")
     with controls.form("generate"):
         count = st.number_input("samples per class" if all_rows else "samples", 1, limit, 16, key="count")
         seed = st.number_input("seed", 0, 2**31 - 1, 0, key="seed")
         temperature = st.slider(gallery.temperature_label(model), 0.0, 2.0, 1.0, 0.05, key="temperature")
         if st.form_submit_button("Generate", type="primary", key="generate"):
-            # kept, so the grid stays while other widgets (download, tabs) rerun the page; it names the model
-            # folder it was made for, so picking another model does not draw with these settings unasked
+            # kept through other widgets' reruns, for this model folder only: another model does not draw it unasked
             st.session_state["generated"] = (model_key[0], int(count), int(seed), float(temperature))
     folder, count, seed, temperature = st.session_state.get("generated", (None, 0, 0, 0.0))
     if folder != model_key[0]:
         picture.caption(f"Press Generate to draw samples from {gallery.draws_from(model)}.")
         return
     count = min(count, limit)  # a request made for one class may be larger than all classes allow
-    if all_rows:
-        label = f"{choice}, {plural(count, 'sample')} per class"
-    else:
-        label = f"{choice + ', ' if choice else ''}{plural(count, 'sample')}"
+    label = f"{choice + ', ' if choice else ''}{plural(count, 'sample')}{' per class' if all_rows else ''}"
+    caption = f"{label}, seed {seed}, temperature {temperature:g}"
     with picture:
-        show(samples_png(model_key, model, count, seed, temperature, choice), f"{label}, seed {seed}, temperature {temperature:g}",
-             gallery.download_name(stem, "samples", choice, count=count, seed=seed, T=temperature), key="download_samples")
+        show(samples_png(model_key, model, count, seed, temperature, choice), caption, stem, choice, "samples",
+             count=count, seed=seed, T=temperature)
 
 
 def interpolate_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
     between = st.radio("between", ["two random latents", "two uploaded images"], horizontal=True, key="between")
     steps = st.slider("steps", 3, 16, 8, key="steps")
+    left, right = st.columns(2)
     if between == "two random latents":
-        left, right = st.columns(2)
         seed = left.number_input("seed of the two latents", 0, 2**31 - 1, 0, key="interp_seed")
         temperature = right.slider(gallery.temperature_label(model), 0.0, 2.0, 1.0, 0.05, key="interp_temperature")
         pictures = interpolation_png(model_key, model, steps, choice, seed, temperature)
-        caption = f"{steps} steps between two draws from {gallery.draws_from(model)} (seed {seed}, temperature {temperature:g})"
+        caption = (f"{steps} steps between two draws from {gallery.draws_from(model)} "
+                   f"(seed {seed}, temperature {temperature:g})")
+        settings = {"steps": steps, "seed": seed, "T": temperature}
     else:
-        left, right = st.columns(2)
         first = left.file_uploader("first image", UPLOAD_TYPES, key="interp_first")
         second = right.file_uploader("second image", UPLOAD_TYPES, key="interp_second")
         if first is None or second is None:
@@ -139,8 +126,8 @@ def interpolate_tab(model, model_key: tuple[str, int], stem: str, choice: str | 
             st.error(str(exc))
             return
         caption = f"{first.name} → {second.name}: the images at the ends, {steps} decoded steps between their codes"
-    settings = {"steps": steps, **({"seed": seed, "T": temperature} if between == "two random latents" else {})}
-    show(pictures, caption, gallery.download_name(stem, "interpolation", choice, **settings), key="download_interpolation")
+        settings = {"steps": steps}
+    show(pictures, caption, stem, choice, "interpolation", **settings)
 
 
 def reconstruct_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
@@ -153,10 +140,9 @@ def reconstruct_tab(model, model_key: tuple[str, int], stem: str, choice: str | 
     except VaegenError as exc:
         st.error(str(exc))
         return
-    fitted = gallery.upload_fit(upload.getvalue(), model)
     each = " under each class" if choice == gallery.ALL_CLASSES else ""
-    show(pictures, f"{upload.name} as the model sees it ({fitted}), and its reconstruction{each}",
-         gallery.download_name(stem, "reconstruction", choice), key="download_reconstruction")
+    show(pictures, f"{upload.name} as the model sees it ({gallery.upload_fit(upload.getvalue(), model)}), "
+         f"and its reconstruction{each}", stem, choice, "reconstruction")
 
 
 def main() -> None:
@@ -167,10 +153,8 @@ def main() -> None:
     runs = gallery.find_runs(root)
     if not runs:
         st.title("vaegen gallery")
-        if root.is_dir():
-            st.info(gallery.how_to_train(root))
-        else:  # most likely a mistyped --best-dir: a problem, not a fresh start
-            st.warning(gallery.how_to_train(root))
+        # a missing root is most likely a mistyped --best-dir: a problem, not a fresh start
+        (st.info if root.is_dir() else st.warning)(gallery.how_to_train(root))
         return
     run = pick_run(root, runs)
     st.title(run.name)
@@ -183,20 +167,14 @@ def main() -> None:
     except (VaegenError, OSError) as exc:  # OSError: the folder vanished or became unreadable since the listing
         st.error(str(exc))
         return
-    choice = None
-    if model.is_conditional:
-        choice = st.selectbox("class", gallery.class_choices(model), key="class")
+    choice = st.selectbox("class", gallery.class_choices(model), key="class") if model.is_conditional else None
     stem = run.path.name if run.name == "." else run.name.replace("/", "_")  # download file names
     if not gallery.reconstructs(model):  # a family without an encoder and decoder only generates
-        generate_tab(model, model_key, stem, choice)
-        return
-    generate, interpolate, reconstruct = st.tabs(["Generate", "Interpolate", "Reconstruct"])
-    with generate:
-        generate_tab(model, model_key, stem, choice)
-    with interpolate:
-        interpolate_tab(model, model_key, stem, choice)
-    with reconstruct:
-        reconstruct_tab(model, model_key, stem, choice)
+        return generate_tab(model, model_key, stem, choice)
+    tabs = st.tabs(["Generate", "Interpolate", "Reconstruct"])
+    for tab, draw in zip(tabs, [generate_tab, interpolate_tab, reconstruct_tab]):
+        with tab:
+            draw(model, model_key, stem, choice)
 
 
 main()

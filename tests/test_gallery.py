@@ -349,7 +349,7 @@ def test_screen_scale_follows_the_tile_size_within_limits():
 def test_sampler_wording(models):
     model = models["plain"]
     assert gallery.draws_from(model) == "the prior" and gallery.temperature_label(model) == "temperature (standard deviation of z)"
-    with_mixture = types.SimpleNamespace(latent_density=object())  # what vaegen.load attaches when the run has a mixture
+    with_mixture = types.SimpleNamespace(sampler=object())  # what vaegen.load attaches when the run has a mixture
     assert gallery.draws_from(with_mixture) == "the latent mixture"
     assert gallery.temperature_label(with_mixture) == "temperature (spread of the codes)"
 

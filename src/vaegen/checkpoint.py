@@ -1,16 +1,8 @@
 """Writing and reading checkpoints without ever losing one or running code from one.
 
-- Every write goes to a temporary file in the target folder, is fsynced, then renamed
-  over the target: a kill at any moment leaves either the old file or the new one.
-- A write the disk refuses (full, over quota, read-only, no permission) removes its partial
-  file and raises `StorageError`: one paragraph naming the file, the reason and the fix.
-- The training state can be written on a background thread (`BackgroundWriter`): the next epoch
-  trains while the last one's state, copied to host memory first, goes to disk.
-- Model weights are safetensors (no code inside, by construction). The training state
-  (optimizer, RNG states, epoch) is a `torch.save` of plain tensors and numbers, read back
-  with `weights_only=True`, which refuses pickled objects.
-- Loading weights into a model compares names and shapes first and reports the mismatch
-  in words instead of a wall of missing keys.
+Every write goes to a fsynced temporary file renamed over the target (a kill leaves the old file or the new
+one); a write the disk refuses raises `StorageError`. Model weights are safetensors; the training state is a
+`torch.save` of plain tensors read back with `weights_only=True`, which refuses pickled objects.
 """
 
 from __future__ import annotations
@@ -34,25 +26,18 @@ from vaegen.errors import CheckpointError
 
 
 class StorageError(CheckpointError, OSError):
-    """The disk refused a write (full, over quota, read-only, no permission); nothing was replaced.
-
-    Also an OSError, so callers that treat a failed write as optional (the data cache) still catch it.
-    """
+    """The disk refused a write; nothing was replaced. An OSError, so callers whose writes are optional catch it."""
 
 
-# errno -> what the disk said, in words (EDQUOT does not exist on Windows)
-_REFUSALS = {
-    getattr(errno, name): words
-    for name, words in [
-        ("ENOSPC", "the disk is full"),
-        ("EDQUOT", "the disk quota is exceeded"),
-        ("EFBIG", "the file is larger than this file system or the process's file-size limit allows"),
-        ("EROFS", "the file system is read-only"),
-        ("EACCES", "permission is denied"),
-        ("EPERM", "permission is denied"),
-    ]
-    if hasattr(errno, name)
+_REFUSALS = {  # errno -> what the disk said, in words
+    errno.ENOSPC: "the disk is full",
+    errno.EFBIG: "the file is larger than this file system or the process's file-size limit allows",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission is denied",
+    errno.EPERM: "permission is denied",
 }
+if hasattr(errno, "EDQUOT"):  # not on Windows
+    _REFUSALS[errno.EDQUOT] = "the disk quota is exceeded"
 
 
 def storage_error(path: Path, exc: BaseException) -> StorageError | None:
@@ -62,10 +47,9 @@ def storage_error(path: Path, exc: BaseException) -> StorageError | None:
         return None
     error = StorageError(
         f"could not write {path}: {_REFUSALS[code]} ([Errno {code}] {os.strerror(code)}). Nothing was replaced: "
-        f"any earlier version of the file (and every earlier checkpoint) is intact, and no partial file is left. "
-        f"Free space on (or fix) the disk holding {Path(path).parent}, or write elsewhere (output.logs_dir and "
-        f"output.best_dir for runs, data.cache_dir for decoded images); then continue a training run with "
-        f"`vaegen train --resume RUN_DIR`."
+        f"earlier files and checkpoints are intact, and no partial file is left. Free space on (or fix) the disk "
+        f"holding {Path(path).parent}, or write elsewhere (output.logs_dir and output.best_dir for runs, "
+        f"data.cache_dir for decoded images); then continue a training run with `vaegen train --resume RUN_DIR`."
     )
     error.errno = code
     return error
@@ -93,8 +77,7 @@ def file_in_the_way(folder: Path) -> Path | None:
 
 
 def make_output_folder(folder: Path, setting: str) -> None:
-    """Create `folder` (and its parents), or say why it cannot be and how to choose another:
-    `setting` is how the user names it ("output.logs_dir", or a command-line option such as "--out")."""
+    """Create `folder`, or say why not; `setting` is how the user names it ("output.logs_dir", or an option "--out")."""
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -108,8 +91,7 @@ def make_output_folder(folder: Path, setting: str) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp) and rename tmp over path only once it is complete and on disk (inside `written_together`,
-    when that block ends)."""
+    """Call write(tmp), then rename tmp over path once it is on disk (in `written_together`: when that block ends)."""
     path = Path(path)
     tmp = None
     try:
@@ -117,8 +99,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(tmp_name)
-        # mkstemp makes the file private (0600); a checkpoint gets the permissions any new file would
-        os.chmod(tmp, 0o666 & ~_umask())
+        umask = os.umask(0)  # read it back: os has no getter
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what any new file would get
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
@@ -143,10 +126,8 @@ _together = threading.local()
 
 @contextlib.contextmanager
 def written_together():
-    """Files that describe one another land together: every `atomic_write` in the block writes its temporary file as
-    usual, and all are renamed into place, in the order written, only once the block has finished (microseconds
-    apart), with the removals `discard` asked for. A full disk, a kill or Ctrl+C inside the block leaves every
-    file as it was. Per thread, so the background checkpoint writer's files are not held back."""
+    """The block's `atomic_write`s (and `discard`s) land together, in order, once it ends; an error, a kill or Ctrl+C
+    inside it leaves every file as it was. Per thread: the background writer's files are not held back."""
     pending: list[tuple[Path | None, Path]] = []
     _together.pending = pending
     try:
@@ -188,20 +169,13 @@ def _fsync_folder(folder: Path) -> None:
         os.close(dir_fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_text_atomic(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def save_training_state(path: Path, state: dict) -> None:
     path = Path(path)
-    # a process killed while saving leaves its temporary file behind (the checkpoint itself is intact);
-    # one run writes one last.pt, so the next save of it clears them
+    # a process killed while saving leaves its temporary file behind; one run writes one last.pt, so clear them
     for stale in path.parent.glob(f".{path.name}.*.tmp"):
         stale.unlink(missing_ok=True)
     atomic_write(path, lambda tmp: _torch_save(state, tmp))
@@ -222,10 +196,8 @@ WRITER_THREAD = "vaegen-checkpoint-writer"
 
 
 class BackgroundWriter:
-    """Runs one write at a time on a thread, so a large training state (hundreds of MB, fsynced) costs
-    the training loop only its snapshot. `submit` waits for the write before it; `wait` raises that
-    write's error (a full disk, ...) in the caller's thread. Hand it snapshots (`host_copy`), never
-    tensors the optimizer still updates in place."""
+    """Runs one write at a time on a thread, so the training loop pays only for the snapshot (`host_copy`) it hands
+    over. `submit` waits for the write before it; `wait` raises that write's error in the caller's thread."""
 
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
@@ -251,12 +223,11 @@ class BackgroundWriter:
 
     def wait(self) -> None:
         """Block until the write in flight is on disk; raise its error if it failed."""
-        error = self.join()
-        if error is not None:
+        if (error := self.join()) is not None:
             raise error
 
     def join(self) -> BaseException | None:
-        """Block until the write in flight ends; return its error rather than raise it (for when another error is already on its way)."""
+        """Block until the write in flight ends; return its error rather than raise it (another may be on its way)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -300,14 +271,13 @@ def load_training_state(path: Path, mmap: bool = False) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"  # an empty file raises with no text
+        reason = (str(exc).strip() or "no details").splitlines()[0]  # an empty file raises with no text
         raise CheckpointError(
-            f"{path} cannot be loaded safely ({type(exc).__name__}: {reason}). It is either "
-            f"damaged or holds pickled objects, which vaegen never executes. Resume from another run, or start "
-            f"a new run without --resume."
+            f"{path} cannot be loaded safely ({type(exc).__name__}: {reason}). It is either damaged or holds pickled "
+            f"objects, which vaegen never executes. Resume from another run, or start a new run without --resume."
         ) from exc
     missing = [key for key in TRAINING_STATE_KEYS if key not in state] if isinstance(state, dict) else None
-    if missing is None or missing:
+    if missing != []:
         held = f"a {type(state).__name__}" if missing is None else f"no {', '.join(missing)}"
         raise CheckpointError(
             f"{path} is not a vaegen training state (it holds {held}); `vaegen train` writes checkpoints/last.pt with "
@@ -353,19 +323,12 @@ def load_state_checked(model: nn.Module, tensors: dict[str, torch.Tensor], sourc
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    wrong = [
-        f"{name} is {tuple(tensors[name].shape)} in the checkpoint but {tuple(expected[name].shape)} in the model"
-        for name in expected
-        if name in tensors and tensors[name].shape != expected[name].shape
-    ]
-    if missing or unexpected or wrong:
-        details = []
-        if wrong:
-            details.append("shape mismatch: " + "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else ""))
-        if missing:
-            details.append(f"{len(missing)} parameter(s) missing (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected parameter(s) (e.g. {unexpected[0]})")
+    wrong = [f"{name} is {tuple(tensors[name].shape)} in the checkpoint but {tuple(tensor.shape)} in the model"
+             for name, tensor in expected.items() if name in tensors and tensors[name].shape != tensor.shape]
+    details = ["shape mismatch: " + "; ".join(wrong[:3]) + (" ..." if len(wrong) > 3 else "")] if wrong else []
+    details += [f"{len(missing)} parameter(s) missing (e.g. {missing[0]})"] if missing else []
+    details += [f"{len(unexpected)} unexpected parameter(s) (e.g. {unexpected[0]})"] if unexpected else []
+    if details:
         raise CheckpointError(
             f"{source} was saved by a different model than the config describes: {'; '.join(details)}. "
             f"Use the config the checkpoint was trained with (its config.yaml), or train a new model."
@@ -374,7 +337,5 @@ def load_state_checked(model: nn.Module, tensors: dict[str, torch.Tensor], sourc
 
 
 def _unreadable(path: Path, exc: Exception) -> str:
-    return (
-        f"{path} is not a readable safetensors file ({exc}); it may be truncated or not a vaegen checkpoint. "
-        f"Retrain, or restore the file from a copy."
-    )
+    return (f"{path} is not a readable safetensors file ({exc}); it may be truncated or not a vaegen checkpoint. "
+            f"Retrain, or restore the file from a copy.")

@@ -115,12 +115,88 @@ class Pipeline:
         if name == "model":  # not set yet (copy, pickle): no recursion
             raise AttributeError(name)
         found = getattr(self.model, name)
-        if name in ("encode", "decode", "reconstruct"):  # only where the module has them: a latent family's
-            return lambda x, labels=None: found(x, self.class_indices(labels))
+        if name in ("encode", "reconstruct"):  # only where the module has them: a latent family's
+            return lambda x, labels=None: found(self._in_unit_range(self._check_images(x)), self.class_indices(labels))
+        if name in ("decode", "decode_logits"):
+            return lambda z, labels=None: found(self._check_codes(z), self.class_indices(labels))
         return found
 
     def __call__(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+    @property
+    def _weights(self) -> torch.Tensor:
+        return next(self.model.parameters())
+
+    def _check_codes(self, z) -> torch.Tensor:
+        z = self._as_tensor(z, "latent codes")
+        if z.dim() != 2 or z.shape[1] != self.model.latent_dim:
+            raise ValueError(f"this model decodes latent codes of shape [N, {self.model.latent_dim}]; got {list(z.shape)}")
+        if not z.is_floating_point():
+            raise ValueError(f"this model decodes float latent codes; got a {z.dtype} tensor; convert it with z.float()")
+        return z.to(self._weights.dtype)
+
+    def _as_tensor(self, x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
+        """A numpy array as a tensor on this model's device, sharing its memory on the CPU; tensors pass through."""
+        if isinstance(x, np.ndarray):
+            if any(stride < 0 for stride in x.strides):  # x[..., ::-1] (BGR to RGB): torch has no negative strides
+                x = x.copy()
+            return torch.as_tensor(x, device=self._weights.device)
+        if not torch.is_tensor(x):
+            raise TypeError(f"this model takes {what} as a torch tensor or a numpy array; got {type(x).__name__}")
+        return x
+
+    def _check_images(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """`x` as a batch [N, C, H, W] of this model's size, or an error that says how to make it one."""
+        x = self._as_tensor(x, "images")
+        height, width = self.model.image_size
+        if x.dim() == 4 and tuple(x.shape[1:]) == (self.model.channels, height, width):
+            return x
+        if x.dim() == 3:
+            fix = "one image without its batch dimension: add one (x[None] or x.unsqueeze(0))"
+            if tuple(x.shape) != (self.model.channels, height, width):
+                fix += f", and give it {self.model.channels} channel(s) at {height}x{width}"
+        elif x.dim() == 4 and tuple(x.shape[1:]) == (height, width, self.model.channels):
+            fix = "channels last; move them to dimension 1 (x.permute(0, 3, 1, 2))"
+        elif x.dim() == 4 and tuple(x.shape[2:]) == (height, width):
+            fix = f"convert them to {self.model.channels} channel(s), as the training images were (data.channels: {self.model.channels})"
+        elif x.dim() == 4:
+            fix = f"resize them to {height}x{width} first"
+        else:
+            fix = "pass a batch of images, 4 dimensions"
+        shape = f"[N, {self.model.channels}, {height}, {width}]"
+        raise ValueError(f"this model takes images of shape {shape} in [0, 1]; got {list(x.shape)}; {fix}")
+
+    def _in_unit_range(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images (0-255) divided by 255; float images checked to lie in [0, 1], with slack for float noise
+        and augmentations. Reads the images' extremes on the host, so the training step (forward) skips it."""
+        if x.dtype == torch.uint8:
+            return x.to(self._weights.dtype) / 255
+        if not x.is_floating_point():
+            raise ValueError(
+                f"this model takes float images in [0, 1] (or uint8 images in 0-255); got a {x.dtype} tensor; "
+                f"convert it with x.float(), divided by 255 if it holds 0-255 pixel values"
+            )
+        # numpy's default float64 (or a float16 batch) meets the weights' dtype here, not in a convolution's error
+        x = x.to(self._weights.dtype)
+        if not x.numel():
+            return x
+        low, high = (value.item() for value in torch.aminmax(x.detach()))
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ValueError(
+                "these images hold NaN or infinite values; this model takes images with values in [0, 1]: "
+                "check how they were made (torch.nan_to_num replaces such values)"
+            )
+        if high > 1.5 or low < -0.5:
+            if low >= -0.5 and high <= 255.5:
+                fix = "they look like 0-255 pixel values: divide uint8 images by 255 (x / 255), or pass the uint8 tensor itself"
+            elif low >= -1.5 and high <= 1.5:
+                fix = "they look normalized to [-1, 1]: map them back with (x + 1) / 2"
+            else:
+                fix = "scale them to [0, 1] (divide uint8 images by 255)"
+            found = f"these range from {low:.4g} to {high:.4g}"
+            raise ValueError(f"this model takes images with values in [0, 1]; {found}; {fix}")
+        return x
 
     @property
     def latent_density(self) -> LatentGMM | None:

@@ -161,7 +161,8 @@ def cmd_test(args) -> int:
 
 def cmd_train(args) -> int:
     from vaegen.training import distributed
-    from vaegen.training.loop import keep_in_log, train
+    from vaegen.training.log import kept_in, log
+    from vaegen.training.loop import train
 
     config, paths, resume = resolve_run(args)
     if resume and not distributed.launched_by_torchrun():
@@ -179,38 +180,35 @@ def cmd_train(args) -> int:
     main_process = distributed.is_main()
     log_file = paths.run_dir / "train.log"
 
-    def say(line: str, stream=sys.stdout) -> None:
-        print(line, file=stream)
-        if main_process and log_file.is_file():  # train.log keeps what the console showed
-            keep_in_log(log_file, line)
+    def kept(echo: bool = True):  # train.log keeps what the console showed, once the run has one
+        return kept_in(log_file if main_process and log_file.is_file() else None, echo=echo and main_process)
 
     ended_well = False
     try:
         result = train(config, paths, resume=resume)
         ended_well = True
     except KeyboardInterrupt:
-        if main_process:
-            say(f"interrupted. {where_to_continue(paths)}", sys.stderr)
+        with kept():
+            log.warning(f"interrupted. {where_to_continue(paths)}")
         return 130
     except VaegenError as exc:
-        if main_process and log_file.is_file():  # main() prints it; the run's log keeps it too, if it can
-            with contextlib.suppress(OSError):  # a full disk must not replace the error that says so
-                keep_in_log(log_file, f"error: {exc}")
+        with contextlib.suppress(OSError), kept(echo=False):  # main() prints it; a full disk must not replace it
+            log.error(f"error: {exc}")
         raise
     finally:
         distributed.finish(together=ended_well)
     if not main_process:
         return 0
-    seconds = time.perf_counter() - started
-    say(f"\ndone: {result.epochs_run} epoch(s) in {seconds:.0f} s")
-    if result.best_epoch is not None:
-        say(f"  best checkpoint  {paths.best_dir}/  (epoch {result.best_epoch}, {result.criterion} {result.best_value:.4f})")
-        say(f"  best samples     {paths.best_dir / 'samples.png'}")
-    if result.last_samples:
-        say(f"  latest samples   {result.last_samples}")
-    say(f"  curves           {paths.run_dir / 'curves.png'}")
-    say(f"  TensorBoard      tensorboard --logdir {paths.run_dir / 'tensorboard'}")
-    say(f"  continue         vaegen train --resume {paths.run_dir} --set train.epochs={config.train.epochs * 2}")
+    with kept():
+        log.info(f"\ndone: {result.epochs_run} epoch(s) in {time.perf_counter() - started:.0f} s")
+        if result.best_epoch is not None:
+            log.info(f"  best checkpoint  {paths.best_dir}/  (epoch {result.best_epoch}, {result.criterion} {result.best_value:.4f})")
+            log.info(f"  best samples     {paths.best_dir / 'samples.png'}")
+        if result.last_samples:
+            log.info(f"  latest samples   {result.last_samples}")
+        log.info(f"  curves           {paths.run_dir / 'curves.png'}")
+        log.info(f"  TensorBoard      tensorboard --logdir {paths.run_dir / 'tensorboard'}")
+        log.info(f"  continue         vaegen train --resume {paths.run_dir} --set train.epochs={config.train.epochs * 2}")
     return 0
 
 

@@ -13,15 +13,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PositiveInt,
-    ValidationError,
-    ValidationInfo,
-    ValidatorFunctionWrapHandler,
-    field_validator,
-    model_validator,
+    BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler,
+    field_validator, model_validator,
 )
 from pydantic_core import PydanticCustomError
 

@@ -1,12 +1,7 @@
 """Image folders decoded once into a uint8 tensor, cached on disk, split and batched.
 
-Decoding JPEGs is the slow part of image data and it gives the same answer every epoch,
-so every image is decoded, converted and resized exactly once, stored as one
-[N, C, H, W] uint8 tensor in a safetensors file keyed by the file list (names, sizes,
-modification and change times) and the transform. A second run with the same data decodes
-nothing. Batches are drawn by shuffling indices into that tensor with a seeded generator, so
-the batch order is a function of the seed and the generator state, which the training
-checkpoint stores.
+Each image is decoded and resized once into one [N, C, H, W] uint8 tensor, cached in a safetensors file keyed by the
+file list (names, sizes, mtimes, ctimes) and the transform. Batch order follows from a seeded generator.
 """
 
 from __future__ import annotations
@@ -14,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -30,6 +24,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm.auto import tqdm
@@ -38,16 +33,15 @@ from vaegen.checkpoint import atomic_write, file_in_the_way
 from vaegen.config import DataConfig
 from vaegen.errors import DataError, pixel_size, plural
 
-# Bump when decoding or resizing changes, so old caches are not reused.
-CACHE_FORMAT = 1
-# What is computed from a decoded entry (real features, the fidelity classifier) lives in these subfolders of the
-# cache folder and names its entry's fingerprint in its metadata, so that it goes when its entry goes.
+CACHE_FORMAT = 1  # bump when decoding or resizing changes, so old caches are not reused
+# cache subfolders for what is computed from an entry; each file names its entry's fingerprint under FROM_ENTRY
 FEATURES_FOLDER, CLASSIFIERS_FOLDER = "features", "classifiers"
 DERIVED_FOLDERS = (FEATURES_FOLDER, CLASSIFIERS_FOLDER)
 FROM_ENTRY = "data_fingerprint"
 _ENTRY_NAME = re.compile(r"-(?P<size>\d+x\d+x\d+)-(?P<fingerprint>[0-9a-f]{20})\.safetensors$")
-# enlarged more than this many times along a side, an image is mostly interpolation blur: rarely meant as data
-MAX_ENLARGEMENT = 4
+MAX_ENLARGEMENT = 4  # enlarged more than this many times along a side, an image is mostly interpolation blur
+TOO_LARGE = ("Pillow refuses images over its limit as a guard against decompression bombs: shrink those (every image "
+             "is resized anyway). ")
 
 
 @dataclass(frozen=True)
@@ -81,16 +75,9 @@ class Splits:
         """"train", "val", or "all" (both, train first)."""
         if name != "all":
             return self.train if name == "train" else self.val
-        return dataclasses.replace(
-            self.train,
-            images=torch.cat([self.train.images, self.val.images]),
-            labels=torch.cat([self.train.labels, self.val.labels]),
-            files=self.train.files + self.val.files,
-        )
-
-
-def _is_image(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
+        train, val = self.train, self.val
+        return dataclasses.replace(train, images=torch.cat([train.images, val.images]),
+                                   labels=torch.cat([train.labels, val.labels]), files=train.files + val.files)
 
 
 @dataclass(frozen=True)
@@ -105,72 +92,53 @@ class Settings:
 
 TRAIN_SETTINGS = Settings()
 # `vaegen test` takes the data folder and skip_bad as its own keys, and cannot change the split's size
-TEST_SETTINGS = Settings(
-    root="data_root",
-    skip_bad="skip_bad",
-    too_small_for_val="test on the data the model was trained on (leave data_root out)",
-    image_size=None,
-)
+TEST_SETTINGS = Settings(root="data_root", skip_bad="skip_bad", image_size=None,
+                         too_small_for_val="test on the data the model was trained on (leave data_root out)")
 # `vaegen tune` sets the trials' data through the sweep file's overrides (--set overrides.data.root=...)
 SWEEP_SETTINGS = Settings(
-    root="overrides.data.root",
-    skip_bad="overrides.data.skip_bad",
+    root="overrides.data.root", skip_bad="overrides.data.skip_bad", image_size="overrides.data.image_size",
     too_small_for_val="set overrides.data.val_fraction: 0 with a different overrides.output.select",
-    image_size="overrides.data.image_size",
 )
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS and not path.name.startswith(".")
 
 
 def scan_folder(root: Path, names: Settings = TRAIN_SETTINGS) -> ImageIndex:
-    """An ImageFolder (one subfolder per class) or a flat folder of images (one class). Hidden files and folders
-    (.ipynb_checkpoints, .thumbs) are skipped at any depth, and symlinked folders are followed as _Links says."""
+    """An ImageFolder (one subfolder per class) or a flat folder of images (one class); hidden files are skipped."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(
-            f"{names.root} {root} does not exist or is not a folder. Point {names.root} at a folder with one "
-            f"subfolder of images per class (or a flat folder of images), e.g. --set {names.root}=path/to/images."
-        )
+        raise DataError(f"{names.root} {root} does not exist or is not a folder. Point {names.root} at a folder with "
+                        f"one subfolder of images per class (or a flat folder of images), e.g. --set "
+                        f"{names.root}=path/to/images.")
     links = _Links(trees=[Path(os.path.realpath(root))])
     candidates = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_dir())
     class_dirs = [p for p in candidates if not p.is_symlink() or links.follow(p)]  # in order: the first link wins
-    if not class_dirs:
-        files = sorted(p for p in root.iterdir() if _is_image(p))
-        links.warn(root)
-        if not files:
-            raise DataError(
-                f"{names.root} {root} holds no images (looked for {', '.join(sorted(IMG_EXTENSIONS))}). "
-                f"Put images in it, or in one subfolder per class."
-            )
-        return ImageIndex(root, files, [0] * len(files), [root.name])
-
-    files, labels, empty = [], [], []
-    for label, class_dir in enumerate(class_dirs):
-        class_files = _images_under(class_dir, links)
-        if not class_files:
-            empty.append(class_dir.name)
-        files += class_files
-        labels += [label] * len(class_files)
+    loose = sorted(p for p in root.iterdir() if _is_image(p))
+    per_class = [_images_under(class_dir, links) for class_dir in class_dirs]
     links.warn(root)
+    if not class_dirs:
+        if not loose:
+            raise DataError(f"{names.root} {root} holds no images (looked for {', '.join(sorted(IMG_EXTENSIONS))}). "
+                            f"Put images in it, or in one subfolder per class.")
+        return ImageIndex(root, loose, [0] * len(loose), [root.name])
+    empty = [class_dir.name for class_dir, found in zip(class_dirs, per_class) if not found]
     if empty:
-        raise DataError(
-            f"class folder(s) with no images in {root}: {', '.join(empty)}. Every subfolder of {names.root} "
-            f"is a class; add images to it or move it out of {names.root}."
-        )
-    loose = [p.name for p in root.iterdir() if _is_image(p)]
+        raise DataError(f"class folder(s) with no images in {root}: {', '.join(empty)}. Every subfolder of "
+                        f"{names.root} is a class; add images to it or move it out of {names.root}.")
     if loose:
-        warnings.warn(
-            f"{len(loose)} image(s) directly in {root} are ignored because it has class subfolders "
-            f"(e.g. {loose[0]}); move them into a class folder.",
-            stacklevel=2,
-        )
-    return ImageIndex(root, files, labels, [d.name for d in class_dirs])
+        warnings.warn(f"{len(loose)} image(s) directly in {root} are ignored because it has class subfolders "
+                      f"(e.g. {loose[0].name}); move them into a class folder.", stacklevel=2)
+    files = [path for found in per_class for path in found]
+    labels = [label for label, found in enumerate(per_class) for _ in found]
+    return ImageIndex(root, files, labels, [class_dir.name for class_dir in class_dirs])
 
 
 @dataclass
 class _Links:
-    """The symlinked folders of one scan. A link is followed only into a folder tree that nothing read so far
-    overlaps (the data folder's own tree, or an earlier link's), so a link to `.`, to a parent, to another class or
-    to a folder linked twice is skipped: it would read images twice, or loop. A class kept on another disk and
-    linked in is read, with its subfolders."""
+    """The symlinked folders of one scan. A link is read only if its target overlaps no tree read so far, so a link
+    to `.`, a parent, another class or a folder linked twice is skipped (it would read images twice, or loop)."""
 
     trees: list[Path]  # the real folders being read: the data folder, then each followed link's target
     skipped: list[str] = field(default_factory=list)
@@ -188,12 +156,9 @@ class _Links:
         if self.skipped:
             them = "it" if len(self.skipped) == 1 else "them"
             shown = _listing([link.removeprefix(f"{root}{os.sep}") for link in self.skipped])
-            warnings.warn(
-                f"ignored {plural(len(self.skipped), 'symlinked folder')} under {root} that point back into it, above "
-                f"it or at a folder already read ({shown}): following {them} would read the same images twice, or "
-                f"loop. Remove {them} to silence this.",
-                stacklevel=3,
-            )
+            warnings.warn(f"ignored {plural(len(self.skipped), 'symlinked folder')} under {root} that point back into "
+                          f"it, above it or at a folder already read ({shown}): following {them} would read the same "
+                          f"images twice, or loop. Remove {them} to silence this.", stacklevel=3)
 
 
 def _images_under(folder: Path, links: _Links) -> list[Path]:
@@ -213,38 +178,30 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         array = np.asarray(image, dtype=np.float64)
-        if image.mode.startswith("I;16"):
-            top = 65535.0
-        elif image.mode == "F" and array.max() <= 1.0:
-            top = 1.0
-        else:  # 32-bit "I" or "F" carry no range: take 8 bits unless values exceed it
-            top = 65535.0 if array.max() > 255 else 255.0
+        # 16 bits; floats in [0, 1]; 32-bit "I" or "F" carry no range otherwise: 8 bits unless values exceed it
+        sixteen = image.mode.startswith("I;16") or array.max() > 255
+        top = 1.0 if image.mode == "F" and array.max() <= 1.0 else 65535.0 if sixteen else 255.0
         image = Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         # transparent pixels become white, the background of product photos like Fruit-360's
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return image.convert("RGB" if channels == 3 else "L")
 
 
 def decode_image(path: Path | BinaryIO, cfg: DataConfig) -> np.ndarray:
-    """One image file (a path, or an open binary file such as an upload) to a uint8 [C, H, W] array
-    of the configured size and channels."""
+    """One image file (a path or an open binary file) as a uint8 [C, H, W] array of the configured size/channels."""
     return decode_with_size(path, cfg)[0]
 
 
 def decode_with_size(path: Path | BinaryIO, cfg: DataConfig) -> tuple[np.ndarray, tuple[int, int]]:
     """decode_image's array, and the (width, height) of the image before it was resized."""
-    height, width = cfg.image_size
     with Image.open(path) as image:
         image.load()
         image = to_mode(image, cfg.channels)
     source_size = image.size
-    if cfg.resize == "center_crop":
-        image = ImageOps.fit(image, (width, height), method=Image.Resampling.BICUBIC)
-    else:
-        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    size, bicubic = tuple(cfg.image_size[::-1]), Image.Resampling.BICUBIC  # PIL sizes are (width, height)
+    image = ImageOps.fit(image, size, method=bicubic) if cfg.resize == "center_crop" else image.resize(size, bicubic)
     array = np.asarray(image, dtype=np.uint8)
     return (array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), source_size
 
@@ -252,11 +209,9 @@ def decode_with_size(path: Path | BinaryIO, cfg: DataConfig) -> tuple[np.ndarray
 def _why_unreadable(exc: Exception) -> str:
     """A few words on why a decoder gave up on a file, for the list of unreadable files."""
     if isinstance(exc, Image.DecompressionBombError):
-        # Pillow says how many pixels, not width×height
-        counts = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))
-        if counts is None:
-            return "too large"
-        return f"too large: {int(counts[1]):,} pixels, over Pillow's limit of {int(counts[2]):,}"
+        counts = re.search(r"\((\d+) pixels\) exceeds limit of (\d+)", str(exc))  # Pillow gives pixels, not w×h
+        limit = f": {int(counts[1]):,} pixels, over Pillow's limit of {int(counts[2]):,}" if counts else ""
+        return f"too large{limit}"
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not an image Pillow can open"
     if "truncated" in str(exc).lower():
@@ -269,21 +224,15 @@ def _why_unreadable(exc: Exception) -> str:
 
 def cache_key(index: ImageIndex, cfg: DataConfig) -> str:
     digest = hashlib.sha256()
-    header = {
-        "format": CACHE_FORMAT,
-        "size": list(cfg.image_size),
-        "channels": cfg.channels,
-        "resize": cfg.resize,
-        "classes": index.classes,
-    }
+    header = {"format": CACHE_FORMAT, "size": list(cfg.image_size), "channels": cfg.channels, "resize": cfg.resize,
+              "classes": index.classes}
     digest.update(json.dumps(header, sort_keys=True).encode())
     for path, label in zip(index.files, index.labels):
         stat = path.stat()
         # mtime can be set back (os.utime, tar, rsync -t, cp -p), ctime cannot: a file rewritten in place with
         # its old size and mtime restored still gets a new ctime (on Windows st_ctime is the creation time)
-        digest.update(
-            f"{path.relative_to(index.root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}\n".encode()
-        )
+        line = f"{path.relative_to(index.root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}\n"
+        digest.update(line.encode())
     return digest.hexdigest()[:20]
 
 
@@ -298,11 +247,18 @@ def load_images(cfg: DataConfig, workers: int = 4, names: Settings = TRAIN_SETTI
     height, width = cfg.image_size
     fingerprint = cache_key(index, cfg)
     cache_file = cache_dir / f"{index.root.name}-{height}x{width}x{cfg.channels}-{fingerprint}.safetensors"
-    if cache_file.is_file():
-        cached = _read_cache(cache_file, fingerprint)
-        if cached is not None:
-            return _reported(cached, cfg, names)
+    result = _read_cache(cache_file, fingerprint) if cache_file.is_file() else None
+    if result is None:
+        result = _decode_all(index, cfg, workers, names, fingerprint)
+        if _write_cache(cache_file, result, index.root, cfg):
+            with contextlib.suppress(OSError):  # the cache is optional, and so is keeping it small
+                prune_cache(cache_dir, cache_file)
+    _reported(result, cfg, names)
+    return result
 
+
+def _decode_all(index: ImageIndex, cfg: DataConfig, workers: int, names: Settings, fingerprint: str) -> DecodedImages:
+    """Every image of the index decoded, or the error naming the unreadable ones (unless skip_bad)."""
     def decode_or_why(path: Path) -> tuple[np.ndarray, tuple[int, int]] | str:
         try:
             return decode_with_size(path, cfg)
@@ -310,129 +266,80 @@ def load_images(cfg: DataConfig, workers: int = 4, names: Settings = TRAIN_SETTI
             return _why_unreadable(exc)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = list(
-            tqdm(pool.map(decode_or_why, index.files), total=len(index.files), desc=f"decoding {index.root.name}", unit="img", disable=None)
-        )
+        decoded = list(tqdm(pool.map(decode_or_why, index.files), total=len(index.files),
+                            desc=f"decoding {index.root.name}", unit="img", disable=None))
     bad = {str(path): outcome for path, outcome in zip(index.files, decoded) if isinstance(outcome, str)}
     if bad and not cfg.skip_bad:
         raise _unreadable(bad, len(index.files), index.root, names)
     keep = [i for i, outcome in enumerate(decoded) if not isinstance(outcome, str)]
     listed = _listing_why(bad, index.root)
     if not keep:
-        raise DataError(
-            f"none of the {plural(len(index.files), 'image')} under {index.root} could be read ({listed}). "
-            f"Check that they are image files (JPEG, PNG, ...) that open in an image viewer, or point {names.root} at another folder."
-        )
+        raise DataError(f"none of the {plural(len(index.files), 'image')} under {index.root} could be read ({listed}). "
+                        f"Check that they are image files (JPEG, PNG, ...) that open in an image viewer, or point "
+                        f"{names.root} at another folder.")
     # a class whose every image was skipped would be trained on (and asked to generate) with no examples
     emptied = [name for label, name in enumerate(index.classes) if not any(index.labels[i] == label for i in keep)]
     if emptied:
-        raise DataError(
-            f"class folder(s) {', '.join(emptied)} under {index.root} have no readable image once {names.skip_bad} drops the "
-            f"unreadable ones ({listed}). Add readable images to them, or move those folders out of {names.root}."
-        )
+        raise DataError(f"class folder(s) {', '.join(emptied)} under {index.root} have no readable image once "
+                        f"{names.skip_bad} drops the unreadable ones ({listed}). Add readable images to them, or move "
+                        f"those folders out of {names.root}.")
     files = [str(index.files[i].relative_to(index.root)) for i in keep]
-    result = DecodedImages(
-        images=torch.from_numpy(np.stack([decoded[i][0] for i in keep])),
-        labels=torch.tensor([index.labels[i] for i in keep], dtype=torch.int64),
-        classes=index.classes,
-        files=files,
-        skipped=list(bad),
-        fingerprint=fingerprint,
-        reasons=bad,
-        small={file: list(decoded[i][1]) for file, i in zip(files, keep) if _far_smaller(decoded[i][1], cfg)},
-    )
-    if _write_cache(cache_file, result, index.root, cfg):
-        with contextlib.suppress(OSError):  # the cache is optional, and so is keeping it small
-            prune_cache(cache_dir, cache_file)
-    return _reported(result, cfg, names)
-
-
-def _far_smaller(source_size: tuple[int, int], cfg: DataConfig) -> bool:
-    """Whether a side of a (width, height) image is under 1/MAX_ENLARGEMENT of cfg.image_size's: center_crop and
-    stretch alike enlarge it more than MAX_ENLARGEMENT times."""
-    (width, height), (target_height, target_width) = source_size, cfg.image_size
-    return width * MAX_ENLARGEMENT < target_width or height * MAX_ENLARGEMENT < target_height
+    kept, (height, width) = [decoded[i] for i in keep], cfg.image_size
+    # a side under 1/MAX_ENLARGEMENT of image_size's: center_crop and stretch alike enlarge it more than that
+    small = {file: [w, h] for file, (_, (w, h)) in zip(files, kept)
+             if w * MAX_ENLARGEMENT < width or h * MAX_ENLARGEMENT < height}
+    images = torch.from_numpy(np.stack([array for array, _ in kept]))
+    labels = torch.tensor([index.labels[i] for i in keep], dtype=torch.int64)
+    return DecodedImages(images, labels, index.classes, files, list(bad), fingerprint, reasons=bad, small=small)
 
 
 def _listing(paths: list[str], limit: int = 10) -> str:
-    shown = ", ".join(paths[:limit])
-    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+    return ", ".join(paths[:limit]) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
 def _listing_why(bad: dict[str, str], root: Path | str) -> str:
     """Unreadable files by their path under root, each with its reason where known (an old cache has none)."""
-    def shown(path: str) -> str:
-        name = path.removeprefix(f"{Path(root)}{os.sep}")
-        return f"{name} ({bad[path]})" if bad.get(path) else name
-
-    return _listing([shown(path) for path in bad])
-
-
-def _unreadable(bad: dict[str, str], total: int, root: Path, names: Settings) -> DataError:
-    return DataError(
-        f"{len(bad)} of {total} image(s) under {root} could not be read: {_listing_why(bad, root)}. "
-        f"{_too_large_advice(bad)}Delete or replace them, or set {names.skip_bad}: true "
-        f"(--set {names.skip_bad}=true) to go on without them."
-    )
+    names = {path: path.removeprefix(f"{Path(root)}{os.sep}") for path in bad}
+    return _listing([f"{names[path]} ({why})" if why else names[path] for path, why in bad.items()])
 
 
 def _too_large_advice(bad: dict[str, str]) -> str:
-    """One sentence for all the files Pillow found too large, so the list keeps one short reason per file."""
-    if not any(why.startswith("too large") for why in bad.values()):
-        return ""
-    return (
-        "Pillow refuses images over its limit as a guard against decompression bombs: shrink those (every image is "
-        "resized anyway). "
-    )
+    return TOO_LARGE if any(why.startswith("too large") for why in bad.values()) else ""
 
 
-def _reported(images: DecodedImages, cfg: DataConfig, names: Settings) -> DecodedImages:
-    """What a run hears about its images, whether decoded now or read from the cache."""
-    _report_skipped(images, cfg, names)
-    _report_small(images, cfg, names)
-    return images
+def _unreadable(bad: dict[str, str], total: int, root: Path, names: Settings) -> DataError:
+    return DataError(f"{len(bad)} of {total} image(s) under {root} could not be read: {_listing_why(bad, root)}. "
+                     f"{_too_large_advice(bad)}Delete or replace them, or set {names.skip_bad}: true "
+                     f"(--set {names.skip_bad}=true) to go on without them.")
 
 
-def _report_skipped(images: DecodedImages, cfg: DataConfig, names: Settings) -> None:
-    """A cache written with skip_bad: true still holds the bad list, so skip_bad: false fails the same way."""
+def _reported(images: DecodedImages, cfg: DataConfig, names: Settings) -> None:
+    """Warn of skipped and far too small images, whether decoded now or read from the cache; a cache written with
+    skip_bad: true still holds the bad list, so skip_bad: false fails the same way."""
     bad = {path: images.reasons.get(path, "") for path in images.skipped}
     if bad and not cfg.skip_bad:
         raise _unreadable(bad, len(images.files) + len(bad), cfg.root, names)
     if bad:
-        warnings.warn(
-            f"skipped {plural(len(bad), 'unreadable image')} ({names.skip_bad} is true): "
-            f"{_listing_why(bad, cfg.root)}. {_too_large_advice(bad)}".rstrip(),
-            stacklevel=4,
-        )
-
-
-def _report_small(images: DecodedImages, cfg: DataConfig, names: Settings) -> None:
-    """One warning for all the images far smaller than image_size (a folder of thumbnails, an icon, a 1-pixel line)."""
+        warnings.warn(f"skipped {plural(len(bad), 'unreadable image')} ({names.skip_bad} is true): "
+                      f"{_listing_why(bad, cfg.root)}. {_too_large_advice(bad)}".rstrip(), stacklevel=3)
     if not images.small:
         return
     height, width = cfg.image_size
-    examples = [f"{file} ({pixel_size(size[1], size[0])})" for file, size in itertools.islice(images.small.items(), 3)]
-    more = f" and {len(images.small) - 3} more" if len(images.small) > 3 else ""
+    examples = _listing([f"{file} ({pixel_size(size[1], size[0])})" for file, size in images.small.items()], limit=3)
     smaller = f" or a smaller {names.image_size}" if names.image_size else ""
     one = len(images.small) == 1
-    warnings.warn(
-        f"{len(images.small)} of {plural(len(images.files), 'image')} under {cfg.root} {'is' if one else 'are'} far "
-        f"smaller than the {pixel_size(height, width)} {'it is' if one else 'they are'} resized to (a side under "
-        f"1/{MAX_ENLARGEMENT} of it), so {'it trains' if one else 'they train'} as blur: {', '.join(examples)}{more}. "
-        f"Use larger images{smaller}, or remove {'it' if one else 'these'}.",
-        stacklevel=4,
-    )
+    warnings.warn(f"{len(images.small)} of {plural(len(images.files), 'image')} under {cfg.root} "
+                  f"{'is' if one else 'are'} far smaller than the {pixel_size(height, width)} "
+                  f"{'it is' if one else 'they are'} resized to (a side under 1/{MAX_ENLARGEMENT} of it), so "
+                  f"{'it trains' if one else 'they train'} as blur: {examples}. "
+                  f"Use larger images{smaller}, or remove {'it' if one else 'these'}.", stacklevel=3)
 
 
 def _write_cache(path: Path, images: DecodedImages, root: Path, cfg: DataConfig) -> bool:
-    metadata = {
-        "classes": json.dumps(images.classes),
-        "files": json.dumps(images.files),
-        "skipped": json.dumps(images.skipped),
-        "reasons": json.dumps(images.reasons),
-        "small": json.dumps(images.small),
-        "source": _source(root, cfg),  # what prune_cache compares
-    }
+    metadata = {key: json.dumps(getattr(images, key)) for key in ("classes", "files", "skipped", "reasons", "small")}
+    # what prune_cache compares; the host too, as a cache folder shared over NFS holds other machines' folders
+    metadata["source"] = json.dumps({"root": str(Path(root).resolve()), "host": socket.gethostname(),
+                                     "size": list(cfg.image_size), "channels": cfg.channels, "resize": cfg.resize})
     tensors = {"images": images.images.contiguous(), "labels": images.labels}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -441,26 +348,14 @@ def _write_cache(path: Path, images: DecodedImages, root: Path, cfg: DataConfig)
     except OSError as exc:  # a full or read-only disk included (checkpoint.StorageError): the cache is optional
         clash = file_in_the_way(path.parent)
         reason = f"{clash} is a file, not a folder" if clash else os.strerror(exc.errno) if exc.errno else exc
-        warnings.warn(
-            f"could not write the data cache {path} ({reason}); the next run decodes again. Set data.cache_dir "
-            f"(or $VAEGEN_CACHE) to a folder you can write to.",
-            stacklevel=3,
-        )
+        warnings.warn(f"could not write the data cache {path} ({reason}); the next run decodes again. Set "
+                      f"data.cache_dir (or $VAEGEN_CACHE) to a folder you can write to.", stacklevel=3)
         return False
 
 
-def _source(root: Path, cfg: DataConfig) -> str:
-    """The folder and the transform an entry was decoded from and with: one folder decoded the same way needs
-    one entry, its newest; a fresh clone of a repository, or a changed file, makes a new one."""
-    # a cache folder shared between machines (an NFS home) holds folders that exist on other machines only
-    return json.dumps({"root": str(Path(root).resolve()), "host": socket.gethostname(), "size": list(cfg.image_size),
-                       "channels": cfg.channels, "resize": cfg.resize})
-
-
 def prune_cache(cache_dir: Path, newest: Path) -> list[Path]:
-    """Remove the entries `newest` replaces (same folder, same transform, same machine) and those of this
-    machine's folders that no longer exist, then what was computed from entries that are gone. Entries from
-    before their source was recorded, and files vaegen did not name, are left alone. Returns the removed files."""
+    """Remove (and return) the entries `newest` replaces (same folder, transform and machine), those of this machine's
+    gone folders, and what was computed from removed entries; entries with no source and unnamed files stay."""
     newest_source = _metadata(newest).get("source")
     removed, fingerprints = [], set()
     for entry in sorted(cache_dir.glob("*.safetensors")):
@@ -485,9 +380,7 @@ def _folder_gone(source: str) -> bool:
     """Whether an entry's folder is known to be gone: on this machine, and missing (not merely unreadable)."""
     try:
         recorded = json.loads(source)
-        if recorded.get("host") != socket.gethostname():
-            return False
-        return not S_ISDIR(os.stat(recorded["root"]).st_mode)
+        return recorded.get("host") == socket.gethostname() and not S_ISDIR(os.stat(recorded["root"]).st_mode)
     except (FileNotFoundError, NotADirectoryError):
         return True
     except (OSError, ValueError, KeyError, TypeError):  # unreadable, or a source this version did not write
@@ -495,8 +388,6 @@ def _folder_gone(source: str) -> bool:
 
 
 def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             return handle.metadata() or {}
@@ -514,18 +405,10 @@ def _remove(path: Path) -> bool:
 
 def _read_cache(path: Path, fingerprint: str) -> DecodedImages | None:
     try:
-        metadata = _metadata(path)
-        tensors = load_file(str(path))
-        return DecodedImages(
-            images=tensors["images"],
-            labels=tensors["labels"],
-            classes=json.loads(metadata["classes"]),
-            files=json.loads(metadata["files"]),
-            skipped=json.loads(metadata["skipped"]),
-            fingerprint=fingerprint,
-            reasons=json.loads(metadata.get("reasons", "{}")),  # entries written before reasons were kept have none
-            small=json.loads(metadata.get("small", "{}")),
-        )
+        metadata, tensors = _metadata(path), load_file(str(path))
+        listed = {key: json.loads(metadata[key]) for key in ("classes", "files", "skipped")}
+        extra = {key: json.loads(metadata.get(key, "{}")) for key in ("reasons", "small")}  # older entries lack them
+        return DecodedImages(tensors["images"], tensors["labels"], fingerprint=fingerprint, **listed, **extra)
     except Exception as exc:  # a damaged cache is rebuilt, never trusted
         warnings.warn(f"ignoring unreadable data cache {path} ({exc}); decoding again.", stacklevel=3)
         return None
@@ -544,55 +427,42 @@ def split(images: DecodedImages, val_fraction: float, seed: int) -> Splits:
         n_val = min(n_val, len(members) - 1)  # every class keeps at least one training image
         val_idx.append(members[:n_val])
         train_idx.append(members[n_val:])
-    train_idx = torch.cat(train_idx).sort().values
-    val_idx = torch.cat(val_idx).sort().values
-    return Splits(_subset(images, train_idx), _subset(images, val_idx))
+    return Splits(*(_subset(images, torch.cat(idx).sort().values) for idx in (train_idx, val_idx)))
 
 
 def _subset(images: DecodedImages, idx: torch.Tensor) -> DecodedImages:
-    return dataclasses.replace(
-        images, images=images.images[idx], labels=images.labels[idx], files=[images.files[i] for i in idx.tolist()]
-    )
+    files = [images.files[i] for i in idx.tolist()]
+    return dataclasses.replace(images, images=images.images[idx], labels=images.labels[idx], files=files)
 
 
 def to_device(splits: Splits, device: torch.device) -> Splits:
     """Both splits' uint8 images and labels on `device` (decoded once, copied once)."""
-    move = lambda part: dataclasses.replace(part, images=part.images.to(device), labels=part.labels.to(device))  # noqa: E731
-    return Splits(move(splits.train), move(splits.val))
+    return Splits(*(dataclasses.replace(part, images=part.images.to(device), labels=part.labels.to(device))
+                    for part in (splits.train, splits.val)))
 
 
 def load_splits(cfg: DataConfig, seed: int, names: Settings = TRAIN_SETTINGS) -> Splits:
-    """The decoded images, split; `names` spells the settings the errors point at (training's, `vaegen test`'s or
-    a sweep's)."""
+    """The decoded images, split; `names` spells the settings the errors point at (training's, test's or a sweep's)."""
     splits = split(load_images(cfg, names=names), cfg.val_fraction, seed)
     if len(splits.train.images) == 0:
         raise DataError(f"{names.root} {cfg.root} leaves no training images after the validation split.")
     if cfg.val_fraction > 0 and len(splits.val.images) == 0:
-        raise DataError(
-            f"{names.root} {cfg.root} is too small for a validation split (need at least 2 images per class); "
-            f"add images or {names.too_small_for_val}."
-        )
+        raise DataError(f"{names.root} {cfg.root} is too small for a validation split (need at least 2 images per "
+                        f"class); add images or {names.too_small_for_val}.")
     return splits
 
 
 def batches(
-    images: DecodedImages,
-    batch_size: int,
-    generator: torch.Generator | None = None,
-    hflip: bool = False,
+    images: DecodedImages, batch_size: int, generator: torch.Generator | None = None, hflip: bool = False
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """uint8 batches of (images, labels). With a generator: shuffled, full batches only, optional flips.
-
-    Training drops the last partial batch because a batch of one breaks BatchNorm and small
-    tail batches give noisy steps; when the split is smaller than a batch it is one batch.
-    """
+    """uint8 batches of (images, labels). With a generator: shuffled, full batches only (a batch of one breaks
+    BatchNorm; a split smaller than a batch is one batch), optional flips."""
     n = len(images.images)
     if generator is None:
         for start in range(0, n, batch_size):
             yield images.images[start : start + batch_size], images.labels[start : start + batch_size]
         return
-    # drawn on the host from the seeded generator, whatever the device, so every placement of the
-    # data sees the same batches; moved to the data's device once per epoch, not once per step
+    # drawn on the host from the seeded generator, so every placement of the data sees the same batches
     order = torch.randperm(n, generator=generator).to(images.images.device)
     flips = (torch.rand(n, generator=generator) < 0.5).to(images.images.device) if hflip else None
     size = min(batch_size, n)
@@ -605,7 +475,7 @@ def batches(
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    return max(1, n // batch_size) if n >= batch_size else 1
+    return max(1, n // batch_size)
 
 
 def to_input(images_u8: torch.Tensor, device: torch.device, channels_last: bool = False) -> torch.Tensor:

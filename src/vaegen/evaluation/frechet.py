@@ -1,25 +1,21 @@
 """Fréchet and kernel distances between generated and real images, with the protocol stamped on.
 
-A Fréchet distance is only comparable with another one measured the same way: same feature
-network, same number of images, same reference split, same resolution. So every number
-this module returns carries its backbone in its name (`fid_inception` is the standard FID;
-`fd_efficientnet_lite0` is not, and says so) and comes with a `protocol` block.
-
-Real features are computed once per (dataset fingerprint, split, backbone) and cached on
-disk, so later evaluations, and later runs, pass no real image through the backbone.
-Generated images are decoded and scored batch by batch; only their features are kept.
-The math is torchmetrics' (FrechetInceptionDistance / KernelInceptionDistance fed with
-features through an identity extractor).
+A distance is comparable only with one measured the same way (network, image counts, reference split,
+resolution), so each metric's name says its network (`fid_inception` is the standard FID,
+`fd_efficientnet_lite0` is not) and comes with a `protocol` block. Real features are cached on disk per
+(dataset fingerprint, split, backbone); the math is torchmetrics', fed those features.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
 import warnings
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,12 +23,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+import vaegen
 from vaegen.checkpoint import atomic_write
 from vaegen.data.dataset import FEATURES_FOLDER, FROM_ENTRY, default_cache_dir
 from vaegen.errors import DataError, check_finite_outputs, pixel_size, plural
 
-# Bump when feature extraction changes, so cached real features are recomputed.
-FEATURE_FORMAT = 1
+FEATURE_FORMAT = 1  # bump when feature extraction changes, so cached real features are recomputed
+# Under torchrun only process 0 scores: a metric that synced across processes would wait for ones that never join.
+LOCAL_ONLY = {"sync_on_compute": False, "dist_sync_on_step": False}
 
 
 def metric_names(backbone: str) -> tuple[str, str]:
@@ -43,57 +41,20 @@ def metric_names(backbone: str) -> tuple[str, str]:
     return f"fd_{slug}", f"kd_{slug}"
 
 
-@dataclass(frozen=True)
-class Protocol:
-    backbone: str
-    feature_dim: int
-    num_generated: int
-    num_real: int
-    reference: str
-    image_size: tuple[int, int]
-    resize: str
-    backbone_precision: str
-    sampler: str
-    temperature: float
-    kid_subset_size: int
-    libraries: dict[str, str]
-    # the same samples scored on other networks too: "name (dim-d, resize, precision)"
-    extra_backbones: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "image_size": list(self.image_size), "extra_backbones": list(self.extra_backbones)}
-
-
 def protocol_text(protocol: dict) -> str:
-    """How a Fréchet distance was measured, in one line: numbers are comparable only when this matches.
-    Takes the saved dict (Protocol.to_dict), whose hand-edited copies must still read."""
-    measured = protocol.get("image_size")  # [height, width]
-    size = pixel_size(*measured) if isinstance(measured, list) and len(measured) == 2 else "?"
-    return (
-        f"{protocol.get('backbone', '?')} features ({protocol.get('feature_dim', '?')}-d), "
-        f"{protocol.get('num_generated', '?')} generated vs {protocol.get('num_real', '?')} real "
-        f"{protocol.get('reference', '?')} images at {size}, {protocol.get('sampler', '?')} sampler, "
-        f"T={protocol.get('temperature', '?')}"
-    )
+    """How a distance was measured, in one line, from a saved (maybe hand-edited) protocol block."""
+    p = defaultdict(lambda: "?", protocol)
+    size = pixel_size(*p["image_size"]) if isinstance(p["image_size"], list) and len(p["image_size"]) == 2 else "?"
+    return (f"{p['backbone']} features ({p['feature_dim']}-d), {p['num_generated']} generated vs {p['num_real']} real "
+            f"{p['reference']} images at {size}, {p['sampler']} sampler, T={p['temperature']}")
 
 
-def library_versions() -> dict[str, str]:
-    import torchmetrics
-
-    import vaegen
-
-    return {"vaegen": vaegen.__version__, "torch": torch.__version__, "torchmetrics": torchmetrics.__version__, "python": platform.python_version()}
-
-
-class _Features(nn.Module):
-    """Identity 'extractor' so torchmetrics can be fed features we computed (and cached) ourselves."""
+class _Features(nn.Identity):
+    """Identity 'extractor': torchmetrics is fed features we computed (and cached) ourselves."""
 
     def __init__(self, num_features: int):
         super().__init__()
         self.num_features = num_features
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
 
 
 @torch.no_grad()
@@ -112,37 +73,23 @@ def real_cache_file(cache_dir: Path, fingerprint: str, split: str, backbone: str
 
 
 def real_features(
-    backbone: nn.Module,
-    images_u8: torch.Tensor,
-    cache_file: Path,
-    batch_size: int,
-    device: torch.device,
+    backbone: nn.Module, images_u8: torch.Tensor, cache_file: Path, batch_size: int, device: torch.device,
     data_fingerprint: str,
 ) -> torch.Tensor:
-    """Features of the real reference images, from the cache when it holds them (an entry that names
-    `data_fingerprint`, the decoded images' cache key, and goes when that entry is pruned)."""
+    """Features of the real images, from the cache when it holds them; a new entry names `data_fingerprint` (the
+    decoded images' cache key), so it goes when that entry is pruned."""
     if cache_file.is_file():
-        try:
+        with contextlib.suppress(Exception):  # a damaged cache is recomputed, never trusted
             cached = load_file(str(cache_file))["features"]
             if len(cached) == len(images_u8):
                 return cached
-        except Exception:  # a damaged cache is recomputed, never trusted
-            pass
-    # minutes on a CPU for a few thousand images, and silent where progress bars are off (not a terminal)
+    # said first: minutes on a CPU, and silent where progress bars are off (not a terminal)
     tqdm.write(f"{getattr(backbone, 'name', 'backbone')} features of {len(images_u8)} real images: computed once, "
                f"then read from {cache_file.parent}")
     features = extract_features(backbone, images_u8, batch_size, device, desc="real features")
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):  # a read-only cache only costs time
         atomic_write(cache_file, lambda tmp: save_file({"features": features.contiguous()}, str(tmp), metadata={FROM_ENTRY: data_fingerprint}))
-    except OSError:
-        pass  # a read-only cache only costs time
     return features
-
-
-# Under torchrun only process 0 scores: a metric that gathered its states across processes on compute() would wait
-# for processes that never join (a crash or a hang), so the metrics stay local.
-LOCAL_ONLY = {"sync_on_compute": False, "dist_sync_on_step": False}
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -199,6 +146,8 @@ class Evaluator:
     @torch.no_grad()
     def score(self, generate: Callable[[int, torch.Generator], torch.Tensor], sampler: str = "prior", temperature: float = 1.0) -> dict:
         """`generate(n, generator)` returns n images in [0, 1]; its randomness comes from `generator` only."""
+        import torchmetrics
+
         generator = torch.Generator().manual_seed(self.seed)
         networks = [(self.backbone, self.real), *self.extras]
         chunks: list[list[torch.Tensor]] = [[] for _ in networks]
@@ -217,32 +166,25 @@ class Evaluator:
             check_finite_outputs(int((~torch.isfinite(fake)).any(dim=1).sum()), len(fake), f"{network.name} features of generated images")
             kid_mean, kid_std = kernel_distance(real, fake, self.kid_subset_size, self.seed)
             scores |= {fd_name: frechet_distance(real, fake), kd_name: kid_mean, f"{kd_name}_std": kid_std}
-        protocol = Protocol(
-            backbone=self.backbone.name,
-            feature_dim=int(self.real.shape[1]),
-            num_generated=self.num_samples,
-            num_real=len(self.real),
-            reference=self.reference,
-            image_size=self.image_size,
-            resize=self.backbone.resize,
-            backbone_precision=getattr(self.backbone, "precision", "fp32"),
-            sampler=sampler,
-            temperature=temperature,
-            kid_subset_size=min(self.kid_subset_size, len(self.real), self.num_samples),
-            libraries=library_versions(),
-            extra_backbones=tuple(
-                f"{network.name} ({real.shape[1]}-d, {network.resize}, {getattr(network, 'precision', 'fp32')})" for network, real in self.extras
-            ),
-        )
-        return {**scores, "protocol": protocol.to_dict()}
+        libraries = {"vaegen": vaegen.__version__, "torch": torch.__version__, "torchmetrics": torchmetrics.__version__,
+                     "python": platform.python_version()}
+        protocol = {  # numbers are comparable only when this matches; extra_backbones scored the very same samples
+            "backbone": self.backbone.name, "feature_dim": int(self.real.shape[1]), "num_generated": self.num_samples,
+            "num_real": len(self.real), "reference": self.reference, "image_size": list(self.image_size),
+            "resize": self.backbone.resize, "backbone_precision": getattr(self.backbone, "precision", "fp32"),
+            "sampler": sampler, "temperature": temperature,
+            "kid_subset_size": min(self.kid_subset_size, len(self.real), self.num_samples), "libraries": libraries,
+            "extra_backbones": [f"{net.name} ({feats.shape[1]}-d, {net.resize}, {getattr(net, 'precision', 'fp32')})"
+                                for net, feats in self.extras],
+        }
+        return {**scores, "protocol": protocol}
 
 
 def score_model(
     evaluator: Evaluator, model: nn.Module, temperature: float, class_weights: torch.Tensor | None, density=None, has_prior: bool = True
 ) -> dict:
-    """Scores of the model's samples from the prior; with a fitted latent mixture, the mixture's scores
-    under the plain names (fd_x, ...) and the prior's beside them (fd_x_prior, ...), so the gain shows.
-    A family without a prior (`has_prior` False: an autoencoder) is scored on the mixture's samples alone."""
+    """Scores of the model's samples: with a fitted latent mixture, the mixture's under the plain names (fd_x) and the
+    prior's beside them (fd_x_prior); a family without a prior (an autoencoder) is scored on the mixture alone."""
     from vaegen.samplers.draw import gmm_sampler, prior_sampler
 
     mixture = None if density is None else evaluator.score(gmm_sampler(model, density, temperature, class_weights), "gmm", temperature)
@@ -260,24 +202,15 @@ def prior_name(metric: str) -> str:
 
 
 def warn_if_covariance_is_singular(names: tuple[str, str], dim: int, num_real: int, num_generated: int) -> None:
-    """A Fréchet distance needs more images than feature dimensions on both sides: below that a covariance
-    is singular, and the distance is biased upward by an amount that depends on the counts, not the model."""
+    """Warns when a side has no more images than feature dimensions: its covariance is singular, biasing FD upward."""
     short = [f"{count} {side} images" for side, count in (("real", num_real), ("generated", num_generated)) if count <= dim]
     if short:
         fd_name, kd_name = names
-        warnings.warn(
-            f"{fd_name} compares {dim}-d features of only {' and '.join(short)}, fewer than the dimensions: the "
-            f"covariance is singular, so {fd_name} is biased upward and changes with the number of images. Compare it "
-            f"only between runs with the same real images and number of samples (metrics.json's protocol), and read "
-            f"{kd_name} (KID, unbiased at any count) for how far the samples are from the real ones.",
-            stacklevel=3,
-        )
-
-
-def reference_images(splits, reference: str, seed: int, val_fraction: float) -> tuple[torch.Tensor, str]:
-    """The real images FID compares against, and the split's name in the cache key."""
-    key = "all" if reference == "all" else f"{reference}-seed{seed}-val{val_fraction}"
-    return splits.select(reference).images, key
+        warnings.warn(f"{fd_name} compares {dim}-d features of only {' and '.join(short)}, fewer than the "
+                      f"dimensions: the covariance is singular, so {fd_name} is biased upward and changes with the "
+                      f"number of images. Compare it only between runs with the same real images and number of samples "
+                      f"(metrics.json's protocol); {kd_name} (KID, unbiased at any count) says how far the samples are "
+                      f"from the real ones.", stacklevel=3)
 
 
 def eval_batch_size(value: int | str, device: torch.device) -> int:
@@ -290,15 +223,15 @@ def eval_batch_size(value: int | str, device: torch.device) -> int:
 def build_evaluator(
     settings, reference: str, data_cfg, splits, seed: int, device: torch.device, reference_key: str = "eval.reference"
 ) -> Evaluator | None:
-    """The Evaluator for a run or a test, its real features cached; None when the backbone is "none". `settings` holds
-    backbone, inception_weights, num_samples, batch_size, kid_subset_size and extra_backbones (a training config's
-    `eval` section, or `vaegen test`'s config); `reference_key` is how that config names `reference`, for the error
-    when it holds too few images."""
+    """The Evaluator for a run or a test (None when the backbone is "none"). `settings` is a training config's `eval`
+    or `vaegen test`'s config; `reference_key` names `reference` in it, for the error when it holds too few images."""
+    # imported here, where tests can swap them for small stand-ins
     from vaegen.evaluation.backbones import load_backbone, resolve_backbone_name, second_opinions
 
     if settings.backbone == "none":
         return None
-    images, split_name = reference_images(splits, reference, seed, data_cfg.val_fraction)
+    images = splits.select(reference).images
+    split_name = "all" if reference == "all" else f"{reference}-seed{seed}-val{data_cfg.val_fraction}"  # its cache key
     if len(images) < 2:  # a covariance of one image does not exist
         raise DataError(
             f"{reference_key}: {reference} holds {plural(len(images), 'image')}, and the Fréchet distance needs at least 2 "
@@ -308,8 +241,7 @@ def build_evaluator(
     batch_size = eval_batch_size(settings.batch_size, device)
 
     def network_and_real_features(name: str):
-        # a network's construction draws random initial weights before its real ones load: it must not move the
-        # training's random stream, or a run's trajectory would depend on which networks score it
+        # building a network draws random initial weights: the training's random stream must not depend on it
         with torch.random.fork_rng(devices=[]):
             network = load_backbone(name, device, settings.inception_weights)
         # features differ (slightly) between precisions, so each precision has its own cache entry

@@ -1,9 +1,6 @@
-"""`vaegen test`: score a trained model and draw what people look at.
-
-Loads `best_models/<run>` (safetensors, no code runs), reads the data it was trained on, and
-writes to one folder: samples.png (one labelled block per class for conditional models), reconstructions.png,
-interpolation.png (each enlarged by a whole factor when the model's images are small: plots.view_scale) and
-metrics.json (FID/KID with their protocol; the validation loss terms as training computes them).
+"""`vaegen test`: score a trained model (`best_models/<run>`) on the data it was trained on, and write
+samples.png, reconstructions.png, interpolation.png and metrics.json (FID/KID with their protocol, and the
+validation terms as training computes them) to one folder.
 """
 
 from __future__ import annotations
@@ -68,7 +65,8 @@ def run_test(cfg: TestConfig) -> TestReport:
         model.latent_density = fit_model_density(
             model, splits.train, sampler_cfg, train_cfg.train.seed, eval_batch_size(cfg.batch_size, device), device
         )
-    folder = Path(cfg.checkpoint) if Path(cfg.checkpoint).is_dir() else Path(cfg.checkpoint).parent  # or its weights file
+    checkpoint = Path(cfg.checkpoint)
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent  # a model folder, or its weights file
     out = Path(cfg.output_dir) if cfg.output_dir else folder / "test"
     make_output_folder(out, "output_dir")
     split = splits.select(cfg.split)
@@ -82,12 +80,14 @@ def run_test(cfg: TestConfig) -> TestReport:
     files = [_samples(model, cfg, out / "samples.png")]
     if reconstructs(model):  # a latent family's: reconstructions and interpolations between codes
         files += _reconstructions(model, split, cfg, device, out)
-
     metrics = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "num_images": len(split.images),
-               "sampler": "prior" if getattr(model, "latent_density", None) is None else "gmm"}
+               "sampler": "prior" if model.latent_density is None else "gmm"}
     metrics.update(_likelihood_terms(model, split, train_cfg))
     if cfg.backbone != "none":
-        metrics.update(_distances(model, splits, data_cfg, train_cfg.train.seed, cfg, weights, device))
+        evaluator = build_evaluator(cfg.model_copy(update={"inception_weights": weights}), cfg.split, data_cfg, splits,
+                                    train_cfg.train.seed, device, reference_key="split")
+        class_weights = torch.bincount(splits.train.labels, minlength=model.num_classes).float()
+        metrics |= score_model(evaluator, model, cfg.temperature, class_weights, model.latent_density, family.has_prior)
     if model.is_conditional and model.num_classes > 1:
         classifier = load_or_train_classifier(splits.train, model.num_classes, data_cfg.cache_dir or default_cache_dir(), device, train_cfg.train.seed)
         metrics.update(conditional_fidelity(classifier, model, model.classes, 100, cfg.seed, cfg.temperature, model.latent_density))
@@ -102,59 +102,50 @@ def _save(picture, path: Path) -> Path:
     return path
 
 
+@torch.no_grad()
 def _reconstructions(model, split, cfg: TestConfig, device, out: Path) -> list[Path]:
-    """reconstructions.png (up to 32 images above their reconstructions) and interpolation.png."""
+    """reconstructions.png (up to 32 images above their reconstructions) and interpolation.png: rows from one image to
+    another (the original, decoded steps between their codes, the other original)."""
     x = to_input(split.images[:32], device)
     y = split.labels[:32].to(device) if model.is_conditional else None
     files = [_save(for_viewing(reconstruction_grid(x, model.reconstruct(x, y)), x), out / "reconstructions.png")]
-    if len(split.images) >= 2:
-        files.append(_interpolation(model, split, cfg, device, out / "interpolation.png"))
-    else:
+    if len(split.images) < 2:
         warnings.warn(f"no interpolation.png: the {cfg.split} split has one image, and an interpolation runs between two.", stacklevel=3)
-    return files
-
-
-def _samples(model, cfg: TestConfig, path: Path) -> Path:
-    """A grid × grid grid of samples; conditional models: one labelled block per class, samples_per_class(grid²)
-    in each, wrapping after BLOCK_COLUMNS (from the prior every block decodes the same codes, so the blocks
-    differ only by the class; a fitted mixture draws each class's codes from its own components). A family
-    without a decoder draws with its own generate."""
-    if not reconstructs(model):
-        images = generated_samples(model, cfg.grid * cfg.grid, cfg.seed, cfg.temperature)
-        return _save(class_blocks(images, model.classes) if model.is_conditional else for_viewing(image_grid(images, nrow=cfg.grid), images), path)
-    if model.is_conditional:
-        per_class = samples_per_class(cfg.grid * cfg.grid, model.num_classes)
-        images = per_class_samples(model, per_class, cfg.seed, cfg.temperature, getattr(model, "latent_density", None))
-        return _save(class_blocks(images, model.classes), path)
-    images = model.sample(cfg.grid * cfg.grid, temperature=cfg.temperature, seed=cfg.seed)
-    return _save(for_viewing(image_grid(images, nrow=cfg.grid), images), path)
-
-
-@torch.no_grad()
-def _interpolation(model, split, cfg: TestConfig, device, path: Path) -> Path:
-    """Rows from one validation image to another: the original, decoded steps between their codes, the other original."""
+        return files
     rows = min(cfg.interpolation.rows, len(split.images) // 2)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    picks = torch.randperm(len(split.images), generator=generator)[: 2 * rows]
+    picks = torch.randperm(len(split.images), generator=torch.Generator().manual_seed(cfg.seed))[: 2 * rows]
     x = to_input(split.images[picks], device)
     y = split.labels[picks].to(device) if model.is_conditional else None
     mu, _ = model.encode(x, y)
-    weights = torch.linspace(0, 1, cfg.interpolation.steps, device=device)
+    steps = cfg.interpolation.steps
+    weights = torch.linspace(0, 1, steps, device=device)
     images = []
     for r in range(rows):
         a, b = 2 * r, 2 * r + 1
-        z = slerp(mu[a], mu[b], weights)
-        labels = None
-        if y is not None:  # the class switches half-way: conditional codes live per class
-            labels = torch.where(weights < 0.5, y[a], y[b])
-        images += [x[a : a + 1], model.decode(z, labels), x[b : b + 1]]
+        labels = None if y is None else torch.where(weights < 0.5, y[a], y[b])  # conditional codes live per class
+        images += [x[a : a + 1], model.decode(slerp(mu[a], mu[b], weights), labels), x[b : b + 1]]
     images = torch.cat(images)
-    return _save(for_viewing(image_grid(images, nrow=cfg.interpolation.steps + 2), images), path)
+    return [*files, _save(for_viewing(image_grid(images, nrow=steps + 2), images), out / "interpolation.png")]
+
+
+def _samples(model, cfg: TestConfig, path: Path) -> Path:
+    """A grid × grid grid of samples; conditional models: a labelled block per class, samples_per_class(grid²) each."""
+    count = cfg.grid * cfg.grid
+    if not reconstructs(model):  # a family without a decoder draws with its own generate
+        images = generated_samples(model, count, cfg.seed, cfg.temperature)
+    elif model.is_conditional:  # from the prior every block decodes the same codes: blocks differ only by the class
+        per_class = samples_per_class(count, model.num_classes)
+        images = per_class_samples(model, per_class, cfg.seed, cfg.temperature, model.latent_density)
+    else:
+        images = model.sample(count, temperature=cfg.temperature, seed=cfg.seed)
+    if model.is_conditional:
+        return _save(class_blocks(images, model.classes), path)
+    return _save(for_viewing(image_grid(images, nrow=cfg.grid), images), path)
 
 
 def _likelihood_terms(model, split, train_cfg) -> dict:
-    """The family's validation terms exactly as training computes them at β = 1 (the same fixed noise, so a VAE's
-    `nelbo` here is the run's `val_nelbo` on the same split), the objective left out; `recon_kind` names the loss."""
+    """The family's validation terms as training computes them at β = 1 (a VAE's `nelbo` is the run's `val_nelbo`),
+    without the objective; `recon_kind` names the reconstruction loss."""
     terms = validation_terms(model, family_of(train_cfg.model), split, train_cfg, 1.0, next(model.parameters()).device)
     named = {key.removeprefix("val_"): value for key, value in terms.items() if key != "val_loss"}
     if "recon" not in named:
@@ -163,17 +154,10 @@ def _likelihood_terms(model, split, train_cfg) -> dict:
 
 
 def _inception_weights(cfg: TestConfig) -> Path | None:
-    """The Inception weights file the test scores with, found (or downloaded) before anything is drawn, so that a
-    missing one is reported in this config's keys (inception_weights, backbone) and not a training config's."""
+    """The Inception weights file, found (or downloaded) before anything is drawn; errors name this config's keys."""
     if "inception" in {network_of(name) for name in (cfg.backbone, *cfg.extra_backbones)}:
         return inception_weights(cfg.inception_weights, prefix="")
     if cfg.backbone == "auto":  # a wrong path is an error; no weights found picks efficientnet-lite0
         return inception_weights_path(cfg.inception_weights, prefix="")
     return None
 
-
-def _distances(model, splits, data_cfg, seed: int, cfg: TestConfig, weights: Path | None, device) -> dict:
-    settings = cfg.model_copy(update={"inception_weights": weights})  # the weights file found before anything was drawn
-    evaluator = build_evaluator(settings, cfg.split, data_cfg, splits, seed, device, reference_key="split")
-    class_weights = torch.bincount(splits.train.labels, minlength=model.num_classes).float()
-    return score_model(evaluator, model, cfg.temperature, class_weights, model.latent_density, family_of(model.config.model).has_prior)

@@ -64,7 +64,7 @@ class ConvAE(ConvVAE):
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None):
         """Decoder logits and the code z."""
         labels = self._check_labels(labels, x.shape[0], check_range=False)
-        z, _ = self._encode(self._check_images(x), labels)
+        z, _ = self._encode(x, labels)
         return self._decode_logits(z, labels), z
 
     def generate(self, n: int, generator: torch.Generator, temperature: float = 1.0, class_weights: torch.Tensor | None = None):

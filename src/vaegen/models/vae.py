@@ -11,9 +11,7 @@ the default widths). Every size is derived from the image size and the widths, s
 
 from __future__ import annotations
 
-import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,9 +69,7 @@ def _up(in_ch: int, out_ch: int) -> nn.Sequential:
 
 @register_model("conv_vae", VAE())
 class ConvVAE(nn.Module):
-    """Images in [0, 1], shape [N, C, H, W] (`encode` and `reconstruct` also take uint8 images in 0-255; images,
-    codes and labels may be numpy arrays where tensors go).
-    `forward` returns decoder logits, mu and log-variance.
+    """Images in [0, 1], shape [N, C, H, W]; `forward` returns decoder logits, mu and log-variance.
 
     Conditioning (`conditional`):
       - "onehot": the one-hot label enters the encoder as extra constant input planes and is
@@ -143,72 +139,9 @@ class ConvVAE(nn.Module):
             raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
         return labels
 
-    def _as_tensor(self, x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
-        """A numpy array as a tensor on this model's device, sharing its memory on the CPU; tensors pass through."""
-        if isinstance(x, np.ndarray):
-            if any(stride < 0 for stride in x.strides):  # x[..., ::-1] (BGR to RGB): torch has no negative strides
-                x = x.copy()
-            return torch.as_tensor(x, device=self.to_mu.weight.device)
-        if not torch.is_tensor(x):
-            raise TypeError(f"this model takes {what} as a torch tensor or a numpy array; got {type(x).__name__}")
-        return x
-
-    def _check_images(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """`x` as a batch [N, C, H, W] of this model's size, or an error that says how to make it one."""
-        x = self._as_tensor(x, "images")
-        height, width = self.image_size
-        if x.dim() == 4 and tuple(x.shape[1:]) == (self.channels, height, width):
-            return x
-        if x.dim() == 3:
-            fix = "one image without its batch dimension: add one (x[None] or x.unsqueeze(0))"
-            if tuple(x.shape) != (self.channels, height, width):
-                fix += f", and give it {self.channels} channel(s) at {height}x{width}"
-        elif x.dim() == 4 and tuple(x.shape[1:]) == (height, width, self.channels):
-            fix = "channels last; move them to dimension 1 (x.permute(0, 3, 1, 2))"
-        elif x.dim() == 4 and tuple(x.shape[2:]) == (height, width):
-            fix = f"convert them to {self.channels} channel(s), as the training images were (data.channels: {self.channels})"
-        elif x.dim() == 4:
-            fix = f"resize them to {height}x{width} first"
-        else:
-            fix = "pass a batch of images, 4 dimensions"
-        shape = f"[N, {self.channels}, {height}, {width}]"
-        raise ValueError(f"this model takes images of shape {shape} in [0, 1]; got {list(x.shape)}; {fix}")
-
-    def _in_unit_range(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images (0-255) divided by 255; float images checked to lie in [0, 1], with slack for float noise
-        and augmentations. Reads the images' extremes on the host, so the training step (forward) skips it."""
-        if x.dtype == torch.uint8:
-            return x.to(self.to_mu.weight.dtype) / 255
-        if not x.is_floating_point():
-            raise ValueError(
-                f"this model takes float images in [0, 1] (or uint8 images in 0-255); got a {x.dtype} tensor; "
-                f"convert it with x.float(), divided by 255 if it holds 0-255 pixel values"
-            )
-        # numpy's default float64 (or a float16 batch) meets the weights' dtype here, not in a convolution's error
-        x = x.to(self.to_mu.weight.dtype)
-        if not x.numel():
-            return x
-        low, high = (value.item() for value in torch.aminmax(x.detach()))
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ValueError(
-                "these images hold NaN or infinite values; this model takes images with values in [0, 1]: "
-                "check how they were made (torch.nan_to_num replaces such values)"
-            )
-        if high > 1.5 or low < -0.5:
-            if low >= -0.5 and high <= 255.5:
-                fix = "they look like 0-255 pixel values: divide uint8 images by 255 (x / 255), or pass the uint8 tensor itself"
-            elif low >= -1.5 and high <= 1.5:
-                fix = "they look normalized to [-1, 1]: map them back with (x + 1) / 2"
-            else:
-                fix = "scale them to [0, 1] (divide uint8 images by 255)"
-            found = f"these range from {low:.4g} to {high:.4g}"
-            raise ValueError(f"this model takes images with values in [0, 1]; {found}; {fix}")
-        return x
-
-    def encode(self, x: torch.Tensor | np.ndarray, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and log-variance of q(z | x). `x`: images [N, C, H, W], float in [0, 1] or uint8 in
-        0-255 (divided by 255 here); float values clearly outside [0, 1] (below -0.5 or above 1.5) are an error."""
-        x = self._in_unit_range(self._check_images(x))
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance of q(z | x), x: images [N, C, H, W] in [0, 1] (vaegen.load's pipeline
+        checks what a user passes)."""
         return self._encode(x, self._check_labels(labels, x.shape[0]))
 
     def _encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,13 +156,7 @@ class ConvVAE(nn.Module):
             x = torch.cat([x, planes.expand(-1, -1, *x.shape[2:])], dim=1)
         return self.encoder(x)
 
-    def decode_logits(self, z: torch.Tensor | np.ndarray, labels: torch.Tensor | None = None) -> torch.Tensor:
-        z = self._as_tensor(z, "latent codes")
-        if z.dim() != 2 or z.shape[1] != self.latent_dim:
-            raise ValueError(f"this model decodes latent codes of shape [N, {self.latent_dim}]; got {list(z.shape)}")
-        if not z.is_floating_point():
-            raise ValueError(f"this model decodes float latent codes; got a {z.dtype} tensor; convert it with z.float()")
-        z = z.to(self.to_mu.weight.dtype)
+    def decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self._decode_logits(z, self._check_labels(labels, z.shape[0]))
 
     def _decode_logits(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -241,16 +168,15 @@ class ConvVAE(nn.Module):
         hidden = self.from_latent(z).view(z.shape[0], *self.bottleneck_shape)
         return self.decoder(hidden)
 
-    def decode(self, z: torch.Tensor | np.ndarray, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images in [0, 1]."""
         return torch.sigmoid(self.decode_logits(z, labels))
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # the training step: the shape checks only, since encode's range checks read values (a host sync on a GPU)
-        labels = self._check_labels(labels, x.shape[0], check_range=False)
-        mu, logvar = self._encode(self._check_images(x), labels)
+        labels = self._check_labels(labels, x.shape[0], check_range=False)  # no host sync in the training step
+        mu, logvar = self._encode(x, labels)
         if generator is None:  # randn_like keeps the batch dimension symbolic under torch.compile
             noise = torch.randn_like(mu)
         else:
@@ -272,9 +198,8 @@ class ConvVAE(nn.Module):
         return self.decode(z.to(self.to_mu.weight.device), labels)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor | np.ndarray, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Decode the posterior mean: the model's deterministic reconstruction of `x` (images as `encode` takes them,
-        float in [0, 1] or uint8); float images in [0, 1] come back."""
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoded posterior mean: the model's deterministic reconstruction of `x`."""
         mu, _ = self.encode(x, labels)
         return self.decode(mu, labels)
 

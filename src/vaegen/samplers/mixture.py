@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from vaegen.checkpoint import atomic_write
 from vaegen.config import SamplerConfig
+from vaegen.data.dataset import to_input
 from vaegen.errors import CheckpointError, DataError, NonFiniteSamples, check_finite_outputs, plural
 
 SAMPLER_FILE = "sampler.safetensors"
@@ -140,7 +141,7 @@ def posterior_means(model: torch.nn.Module, images_u8: torch.Tensor, labels: tor
     model.eval()
     chunks = []
     for start in range(0, len(images_u8), batch_size):
-        x = images_u8[start : start + batch_size].to(device)  # encode takes uint8 (0-255) and scales it
+        x = to_input(images_u8[start : start + batch_size], device)
         y = labels[start : start + batch_size].to(device) if model.is_conditional else None
         chunks.append(model.encode(x, y)[0].float().cpu())
     model.train(was_training)

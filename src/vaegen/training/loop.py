@@ -1,16 +1,8 @@
-"""Training, top to bottom: setup, the loop, evaluation, checkpoints, for every model family.
-
-`train` sets up (the data, a `Run` from vaegen.training.run holding the training state, the evaluation) and runs
-the epochs: `train_one_epoch` (the training step is inside it, in plain sight), then `evaluate` on the
-validation split and, every eval.every epochs, the samples and their scores. After every epoch the whole
-training state goes to `logs/<run>/checkpoints/last.pt` (written on a background thread while the next
-epoch trains, or at a later epoch's end if that write is still going), followed by the sample and
-reconstruction pictures of the epochs it covers: a run stopped at any point leaves no picture of a model
-state that no checkpoint holds. Whenever the selection metric improves, the model goes to
-`best_models/<run>/`. Resuming restores weights, optimizer, epoch, best score and every RNG stream, so an
-interrupted run ends with the same weights as an uninterrupted one. Each run ends with a line saying where
-its time went. What a family does differently (its loss terms, its samples) comes from vaegen.models.family.
-"""
+"""Training, top to bottom, for every model family: setup (the data, a `Run` holding the training state, the
+evaluation), then the epochs: `train_one_epoch` (the step in plain sight), validation, every eval.every epochs
+the samples and their scores, the best model to best_models/<run>/ when the selection metric improves, and
+last.pt (written in the background; pictures only after the checkpoint that holds their epoch). Resume
+restores every RNG stream, so an interrupted run ends with the uninterrupted run's weights."""
 
 from __future__ import annotations
 
@@ -29,38 +21,15 @@ from tqdm.auto import tqdm
 
 import vaegen
 from vaegen.checkpoint import (
-    BackgroundWriter,
-    StorageError,
-    discard,
-    file_in_the_way,
-    host_copy,
-    load_training_state,
-    make_output_folder,
-    save_model,
-    save_training_state,
-    write_text_atomic,
-    written_together,
+    BackgroundWriter, StorageError, discard, file_in_the_way, host_copy, load_training_state, make_output_folder,
+    save_model, save_training_state, write_text_atomic, written_together,
 )
 from vaegen.config import Config, evaluation_network_problem
 from vaegen.data.dataset import (
-    DecodedImages,
-    Splits,
-    batches,
-    default_cache_dir,
-    load_splits,
-    steps_per_epoch,
-    to_device,
-    to_input,
+    DecodedImages, Splits, batches, default_cache_dir, load_splits, steps_per_epoch, to_device, to_input,
 )
 from vaegen.errors import (
-    RUN_DIR,
-    ConfigError,
-    NonFiniteSamples,
-    OutOfMemory,
-    TrainingDiverged,
-    VaegenError,
-    pixel_size,
-    plural,
+    RUN_DIR, ConfigError, NonFiniteSamples, OutOfMemory, TrainingDiverged, VaegenError, pixel_size, plural,
 )
 from vaegen.evaluation.backbones import resolve_backbone_name, second_opinions
 from vaegen.evaluation.class_fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
@@ -73,6 +42,7 @@ from vaegen.samplers.mixture import SAMPLER_FILE, LatentGMM, check_mixture_data,
 from vaegen.training import distributed
 from vaegen.training.accel import CapturedStep, apply_backend_flags, autocast, resolve_device, resolve_step_options
 from vaegen.training.adversarial import Adversary
+from vaegen.training.log import kept_in, log
 from vaegen.training.run import Run, build_optimizer, build_run, seed_everything  # noqa: F401  (build_optimizer: scripts use it from here)
 from vaegen.training.runs import RunPaths, owned
 from vaegen.training.tracking import Tracker, draw_curves
@@ -106,41 +76,6 @@ class PhaseClock:
     def summary(self) -> str:
         total = sum(self.seconds.values())
         return ", ".join(f"{phase} {seconds:.1f} s ({seconds / total:.0%})" for phase, seconds in self.seconds.items())
-
-
-class Console:
-    """Prints above the progress bar and keeps a copy in logs/<run>/train.log."""
-
-    def __init__(self, log_file: Path, echo: bool = True):
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file = log_file
-        self.echo = echo
-
-    def __call__(self, message: str) -> None:
-        if self.echo:
-            tqdm.write(message)
-        keep_in_log(self.log_file, message)
-
-
-def keep_in_log(log_file: Path, message: str) -> None:
-    """One more line in train.log, which keeps what the console showed."""
-    with log_file.open("a", encoding="utf-8") as handle:  # β and other non-ASCII on any platform
-        handle.write(message + "\n")
-
-
-@contextlib.contextmanager
-def warnings_kept_in(log_file: Path):
-    """Warnings shown during a run (on stderr) go to train.log too, which keeps what the console showed."""
-    with warnings.catch_warnings():  # restores warnings.showwarning on the way out
-        show = warnings.showwarning
-
-        def show_and_keep(message, category, filename, lineno, file=None, line=None):
-            show(message, category, filename, lineno, file, line)
-            if log_file.parent.is_dir() and distributed.is_main():
-                keep_in_log(log_file, f"warning: {message}")
-
-        warnings.showwarning = show_and_keep
-        yield
 
 
 # ---------------------------------------------------------------------------------------
@@ -352,7 +287,6 @@ class Outputs:
     clock that tells where the time went."""
 
     paths: RunPaths
-    say: Callable[[str], None]
     clock: PhaseClock = field(default_factory=PhaseClock)
     tracker: Tracker | None = None
     writer: BackgroundWriter = field(default_factory=BackgroundWriter)
@@ -446,10 +380,12 @@ def train(
     Tune through it). `echo=False` keeps the per-epoch lines out of stdout (train.log has them).
     """
     # under torchrun process 0 alone owns (and writes) the folder: another one failing first must not remove it
-    owner = owned(paths, new=not resume) if distributed.launched_first() else contextlib.nullcontext()
+    first = distributed.launched_first()
+    owner = owned(paths, new=not resume) if first else contextlib.nullcontext()
     try:
-        with owner, warnings_kept_in(paths.run_dir / "train.log"):
-            return _train(config, paths, resume, on_epoch, echo)
+        with owner:
+            with kept_in(paths.run_dir / "train.log" if first else None, echo=echo and first):
+                return _train(config, paths, resume, on_epoch)
     except BaseException as exc:
         raise _in_words(exc, paths) from exc
 
@@ -475,16 +411,16 @@ def _in_words(exc: BaseException, paths: RunPaths) -> BaseException:
     )
 
 
-def _train(config: Config, paths: RunPaths, resume: bool, on_epoch: Callable[[dict, bool], None] | None, echo: bool) -> TrainResult:
+def _train(config: Config, paths: RunPaths, resume: bool, on_epoch: Callable[[dict, bool], None] | None) -> TrainResult:
     setup_started = time.perf_counter()
     device, main_process = start_processes(config)
     prepare_output_folders(paths)
-    out = Outputs(paths, Console(paths.run_dir / "train.log", echo) if main_process else (lambda message: None))
+    out = Outputs(paths)
     clock = out.clock
     seed_everything(config.train.seed + distributed.rank())  # the batch order has its own generator, shared by all
-    splits, run = build_data_and_run(config, device, out.say)
-    evaluation = build_evaluation(run, splits, main_process, out.say)
-    start_epoch = resume_from(run, paths, out.say) if resume else 0
+    splits, run = build_data_and_run(config, device)
+    evaluation = build_evaluation(run, splits, main_process)
+    start_epoch = resume_from(run, paths) if resume else 0
     if main_process:
         out.config_yaml = config.to_yaml()
         write_text_atomic(paths.run_dir / "config.yaml", out.config_yaml)
@@ -511,8 +447,7 @@ def _train(config: Config, paths: RunPaths, resume: bool, on_epoch: Callable[[di
                 draw_curves(paths.run_dir, title=paths.name)
             except OSError as exc:  # e.g. the disk filled up: the error that stopped training is the one to show
                 warnings.warn(f"could not draw {paths.run_dir / 'curves.png'}: {exc}", stacklevel=2)
-    if main_process:
-        out.say(f"time: {clock.summary()}")
+    log.info(f"time: {clock.summary()}")
     return TrainResult(paths, config.train.epochs - start_epoch, run.criterion, run.best_epoch, run.best_value, out.last_samples)
 
 
@@ -542,7 +477,7 @@ def run_epoch(
         if bad is not None:  # never logged, never selected as best, never checkpointed
             raise _diverged(config, epoch, beta, f"{bad} became {'NaN' if math.isnan(row[bad]) else 'infinite'} at epoch {epoch}")
     out.tracker.log_epoch(row)
-    out.say(epoch_line(row, config.train.epochs, run.family))
+    log.info(epoch_line(row, config.train.epochs, run.family))
     improved = record_best(run, evaluation, splits, row, protocol, density, out)
     save_when_due(run, out)
     if on_epoch is not None:
@@ -625,11 +560,11 @@ def prepare_output_folders(paths: RunPaths) -> None:
     make_output_folder(paths.run_dir, "output.logs_dir")
 
 
-def build_data_and_run(config: Config, device: torch.device, say: Callable[[str], None]) -> tuple[Splits, Run]:
+def build_data_and_run(config: Config, device: torch.device) -> tuple[Splits, Run]:
     """The data (decoded once, cached, split deterministically), placed as the step options say, and the Run."""
     splits = load_splits(config.data, config.train.seed)
     classes = splits.train.classes
-    say(
+    log.info(
         f"data: {config.data.root} — {len(splits.train.images)} train / {len(splits.val.images)} val images, "
         f"{len(classes)} class(es) {classes}, {pixel_size(*config.data.image_size)}, {plural(config.data.channels, 'channel')}"
     )
@@ -642,11 +577,11 @@ def build_data_and_run(config: Config, device: torch.device, say: Callable[[str]
     if config.sampler.name == "gmm":  # found now, not at the first evaluation
         check_mixture_data(splits.train.labels, classes, run.model.is_conditional)
     conditioning = "unconditional" if config.model.conditional == "none" else f"{config.model.conditional} conditioning"
-    say(f"model: {config.model.name} ({conditioning}), {count_parameters(run.model):,} parameters, on {device} ({options.describe()})")
+    log.info(f"model: {config.model.name} ({conditioning}), {count_parameters(run.model):,} parameters, on {device} ({options.describe()})")
     return splits, run
 
 
-def build_evaluation(run: Run, splits: Splits, main_process: bool, say: Callable[[str], None]) -> Evaluation:
+def build_evaluation(run: Run, splits: Splits, main_process: bool) -> Evaluation:
     """FID/KID's networks and real features (cached on disk), the class-fidelity classifier, and the selection
     criterion, set up once."""
     config = run.config
@@ -658,7 +593,7 @@ def build_evaluation(run: Run, splits: Splits, main_process: bool, say: Callable
     if config.output.select == "fid" and evaluator is not None:
         run.criterion = metric_names(evaluator.backbone.name)[0]
     if evaluator is not None:
-        say(
+        log.info(
             f"evaluation every {config.eval.every} epoch(s): {', '.join(n for b in evaluator.networks for n in metric_names(b))} of "
             f"{config.eval.num_samples} samples against {len(evaluator.real)} real {config.eval.reference} images "
             f"({' and '.join(evaluator.networks)} features); best checkpoint by {run.criterion}"
@@ -668,14 +603,14 @@ def build_evaluation(run: Run, splits: Splits, main_process: bool, say: Callable
     return Evaluation(evaluator, classifier, class_weights, fixed_z)
 
 
-def resume_from(run: Run, paths: RunPaths, say: Callable[[str], None]) -> int:
+def resume_from(run: Run, paths: RunPaths) -> int:
     """Put last.pt back into `run`; returns the epoch it holds."""
     run.load_state_dict(load_training_state(paths.last_checkpoint), str(paths.last_checkpoint))
     best = f"best {run.criterion} {run.best_value:.4g} at epoch {run.best_epoch}" if run.best_value is not None else f"no best {run.criterion} yet"
-    say(f"resumed {paths.run_dir} at epoch {run.epoch} ({best})")
+    log.info(f"resumed {paths.run_dir} at epoch {run.epoch} ({best})")
     epochs = run.config.train.epochs
     if run.epoch >= epochs:
-        say(f"nothing to do: the run already has {run.epoch} of train.epochs={epochs}; raise it with --set train.epochs=N")
+        log.info(f"nothing to do: the run already has {run.epoch} of train.epochs={epochs}; raise it with --set train.epochs=N")
     return run.epoch
 
 

@@ -1,11 +1,8 @@
-"""`vaegen tune`: hyper-parameter sweeps with Ray Tune (scheduling, fault tolerance, clusters) and Optuna (TPE
-search), each trial an ordinary `vaegen.training.loop.train` run.
+"""`vaegen tune`: hyper-parameter sweeps with Ray Tune (scheduling, fault tolerance, clusters) and Optuna (TPE).
 
 A sweep YAML names a base train config, `overrides:` for every trial and a `space:` over config key paths
-(configs/tune_quick.yaml). Trials report the trainer's selection metric after every evaluation; ASHA stops weak
-ones early and Optuna proposes the next. A sweep writes `<logs_dir>/<name>/`: `trials/<trial>/` (run folders),
-`summary.csv` (from Ray's result dataframe), the metric-vs-parameter plot (Optuna's slice plot) and Ray's state;
-the best trial's model goes to `<best_dir>/<name>-best/`, the layout `vaegen train` writes.
+(configs/tune_quick.yaml); each trial is an ordinary `vaegen.training.loop.train` run. A sweep writes
+`<logs_dir>/<name>/` (trials/, summary.csv, the metric-vs-parameter plot, Ray's state) and `<best_dir>/<name>-best/`.
 """
 
 from __future__ import annotations
@@ -63,21 +60,17 @@ def environment(values: dict[str, str]):
 ANSWER_TIMEOUT = {"RAY_py_gcs_connect_timeout_s": os.environ.get("RAY_py_gcs_connect_timeout_s", "5")}
 
 with environment(ANSWER_TIMEOUT):
-    try:  # Ray is the `tune` extra; without it run_sweep says how to install it before anything needs this
+    try:  # Ray is the `tune` extra; without it run_sweep says how to install it
         from ray.tune import Callback as _RayCallback
     except ImportError:
         _RayCallback = object
 
-# the sweep's console lines; sweep_console() shows them on stdout while a sweep runs
-log = logging.getLogger(__name__)
-
-# ---------------------------------------------------------------------------------------
-# The sweep file
+log = logging.getLogger(__name__)  # the sweep's console lines (sweep_console() prints them)
 
 
+# --- The sweep file
 class Distribution(Section):
-    """Exactly one of: loguniform [low, high], uniform [low, high], int [low, high] (both ends included),
-    choice [values...]."""
+    """Exactly one of: loguniform [low, high], uniform [low, high], int [low, high] (both ends included), choice."""
 
     loguniform: tuple[float, float] | None = None
     uniform: tuple[float, float] | None = None
@@ -86,7 +79,7 @@ class Distribution(Section):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Distribution:
-        given = [name for name in sorted(DISTRIBUTIONS) if getattr(self, name) is not None]
+        given = [name for name in DISTRIBUTIONS if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(
                 "give exactly one of loguniform: [low, high], uniform: [low, high], int: [low, high] or "
@@ -101,10 +94,10 @@ class Distribution(Section):
 
     @property
     def kind(self) -> str:
-        return next(name for name in sorted(DISTRIBUTIONS) if getattr(self, name) is not None)
+        return next(name for name in DISTRIBUTIONS if getattr(self, name) is not None)
 
 
-DISTRIBUTIONS = {"loguniform", "uniform", "int", "choice"}
+DISTRIBUTIONS = ("choice", "int", "loguniform", "uniform")
 
 
 class Resources(Section):
@@ -180,7 +173,7 @@ FIXED_BY_THE_SWEEP = ("output.select", "eval.backbone", "output.logs_dir", "outp
 PATH_KEYS = ("data.root", "data.cache_dir", "eval.inception_weights", "output.logs_dir", "output.best_dir")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Sweep:
     """A validated sweep: its settings, the base train config every trial starts from, and where it writes."""
 
@@ -188,34 +181,23 @@ class Sweep:
     base_raw: dict[str, Any]  # the train config as a mapping, overrides applied, paths absolute
     base: Config
 
+    def __post_init__(self) -> None:
+        self.name = self.settings.tune.name
+        self.sweep_dir = self.base.output.logs_dir / self.name
+        self.trials_dir = self.sweep_dir / "trials"
+        self.storage = self.settings.tune.storage or str(self.sweep_dir / "ray")  # Ray's results
+        self.experiment_path = f"{self.storage.rstrip('/')}/{self.name}"
+        self.best_dir = self.base.output.best_dir / f"{self.name}-best"
+
     @cached_property
     def metric(self) -> str:
-        """What the trials report and ASHA/Optuna minimise; read once the data loads (eval.backbone auto may warn)."""
-        return selection_metric(self.base)
+        """What trials report and ASHA/Optuna minimise; read once the data loads (eval.backbone auto may warn)."""
+        from vaegen.evaluation.backbones import resolve_backbone_name
+        from vaegen.evaluation.frechet import metric_names
 
-    @property
-    def name(self) -> str:
-        return self.settings.tune.name
-
-    @property
-    def sweep_dir(self) -> Path:
-        return self.base.output.logs_dir / self.name
-
-    @property
-    def trials_dir(self) -> Path:
-        return self.sweep_dir / "trials"
-
-    @property
-    def storage(self) -> str:
-        return self.settings.tune.storage or str(self.sweep_dir / "ray")
-
-    @property
-    def experiment_path(self) -> str:
-        return f"{self.storage.rstrip('/')}/{self.name}"
-
-    @property
-    def best_dir(self) -> Path:
-        return self.base.output.best_dir / f"{self.name}-best"
+        if self.base.output.select != "fid":
+            return self.base.output.select
+        return metric_names(resolve_backbone_name(self.base.eval.backbone, self.base.eval.inception_weights))[0]
 
     @property
     def max_epochs(self) -> int:
@@ -232,7 +214,17 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     for item in overrides:
         apply_override(raw, item)
     settings = config_from_dict(raw, str(path), schema=SweepConfig)
-    _check_keys(settings, path)
+    for key_path in settings.overrides:
+        check_key_path(key_path, f"{path}: overrides")
+    for key_path in settings.space:
+        check_key_path(key_path, f"{path}: space")
+        if key_path in FIXED_BY_THE_SWEEP:
+            raise ConfigError(f"{path}: space searches `{key_path}`, which the sweep fixes for every trial (it decides "
+                              f"what is measured or where runs go). Set it once under `overrides:` instead.")
+    for index, point in enumerate(settings.tune.points_to_evaluate):
+        if unknown := sorted(set(point) - set(settings.space)):
+            raise ConfigError(f"{path}: tune.points_to_evaluate[{index}] sets {', '.join(unknown)}, which the space "
+                              f"does not search ({', '.join(settings.space)}).")
     base_raw = _base_raw(settings, path)
     sweep = Sweep(settings, base_raw, config_from_dict(base_raw, f"{path} (base train config)"))
     _check_searched_epochs(settings.space.get("train.epochs"), path)
@@ -245,20 +237,6 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     return sweep
 
 
-def _check_keys(settings: SweepConfig, path: Path) -> None:
-    for key_path in settings.overrides:
-        check_key_path(key_path, f"{path}: overrides")
-    for key_path in settings.space:
-        check_key_path(key_path, f"{path}: space")
-        if key_path in FIXED_BY_THE_SWEEP:
-            raise ConfigError(f"{path}: space searches `{key_path}`, which the sweep fixes for every trial (it decides "
-                              f"what is measured or where runs go). Set it once under `overrides:` instead.")
-    for index, point in enumerate(settings.tune.points_to_evaluate):
-        if unknown := sorted(set(point) - set(settings.space)):
-            raise ConfigError(f"{path}: tune.points_to_evaluate[{index}] sets {', '.join(unknown)}, which the space "
-                              f"does not search ({', '.join(settings.space)}).")
-
-
 def _base_raw(settings: SweepConfig, path: Path) -> dict[str, Any]:
     """The base train config as a mapping: overrides applied, paths absolute."""
     if isinstance(settings.base, dict):
@@ -269,7 +247,9 @@ def _base_raw(settings: SweepConfig, path: Path) -> dict[str, Any]:
         set_key_path(base_raw, key_path, value)
     defaults = {"output.logs_dir": "logs", "output.best_dir": "best_models"}
     for key_path in PATH_KEYS:
-        value = _get(base_raw, key_path)
+        value = base_raw
+        for key in key_path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
         value = defaults.get(key_path) if value is None else value
         if value is not None:
             set_key_path(base_raw, key_path, str(Path(value).expanduser().resolve()))
@@ -294,9 +274,9 @@ COMBINATIONS_TRIED = 4096
 
 
 def _check_space(space: dict[str, Distribution], base_raw: dict[str, Any], path: Path) -> None:
-    """Refuse a space with values that no trial config takes (each end of a range, every choice): a value refused on
-    its own at once; one refused beside other settings only if no combination of their ends and choices takes it."""
-    tried = {key: _candidates(distribution) for key, distribution in space.items()}
+    """Refuse a value (a range's end, a choice) no trial config takes, alone or beside any other searched values."""
+    tried = {key: [("one of its choices", _sampled(value)) for value in d.choice] if d.kind == "choice"
+             else list(zip(("its low end", "its high end"), getattr(d, d.kind))) for key, d in space.items()}
     for key, candidates in tried.items():  # each on its own first, so that no value is blamed for another's problem
         for where, value in candidates:
             raw = trial_raw(base_raw, space, {key: value})
@@ -313,16 +293,8 @@ def _check_space(space: dict[str, Distribution], base_raw: dict[str, Any], path:
                 _refuse(trial_raw(base_raw, space, combinations[0]), path, key, space[key], where)
 
 
-def _candidates(distribution: Distribution) -> list[tuple[str, Any]]:
-    """(where, value) pairs _check_space tries, each value as a trial is handed it."""
-    if distribution.kind == "choice":
-        return [("one of its choices", _sampled(value)) for value in distribution.choice]
-    low, high = getattr(distribution, distribution.kind)
-    return [("its low end", low), ("its high end", high)]
-
-
 def _refused_at(raw: dict[str, Any]) -> list[tuple[str, ...]]:
-    """The key paths (as tuples of names) that the train config `raw` is refused for; [] when it is valid."""
+    """The key paths (tuples of names) the train config `raw` is refused for; [] when it is valid."""
     try:
         Config.model_validate(raw)
     except ValidationError as exc:
@@ -340,42 +312,19 @@ def _refuse(raw: dict[str, Any], path: Path, key: str, distribution: Distributio
 
 
 def _as_yaml(distribution: Distribution) -> str:
-    searched = {distribution.kind: getattr(distribution, distribution.kind)}
-    return yaml.safe_dump(searched, default_flow_style=True).strip()
+    return _sampled({distribution.kind: getattr(distribution, distribution.kind)})  # one line of YAML
 
 
-def selection_metric(config: Config) -> str:
-    from vaegen.evaluation.backbones import resolve_backbone_name
-    from vaegen.evaluation.frechet import metric_names
-
-    if config.output.select != "fid":
-        return config.output.select
-    return metric_names(resolve_backbone_name(config.eval.backbone, config.eval.inception_weights))[0]
-
-
-def _get(raw: dict, key_path: str) -> Any:
-    node: Any = raw
-    for key in key_path.split("."):
-        if not isinstance(node, dict) or node.get(key) is None:
-            return None
-        node = node[key]
-    return node
-
-
-# ---------------------------------------------------------------------------------------
-# Search space: YAML distributions as Ray Tune domains (OptunaSearch turns them into Optuna's)
-
-
+# --- Search space: YAML distributions as Ray Tune domains (OptunaSearch turns them into Optuna's)
 def to_domain(distribution: Distribution):
     from ray import tune
 
-    if distribution.kind == "loguniform":
-        return tune.loguniform(*distribution.loguniform)
-    if distribution.kind == "uniform":
-        return tune.uniform(*distribution.uniform)
+    if distribution.kind == "choice":
+        return tune.choice([_sampled(value) for value in distribution.choice])
+    low, high = getattr(distribution, distribution.kind)
     if distribution.kind == "int":
-        return tune.randint(distribution.int[0], distribution.int[1] + 1)  # Ray's high end is exclusive, the YAML's not
-    return tune.choice([_sampled(value) for value in distribution.choice])
+        return tune.randint(low, high + 1)  # Ray's high end is exclusive, the YAML's not
+    return getattr(tune, distribution.kind)(low, high)  # tune.loguniform, tune.uniform
 
 
 def _is_scalar(value: Any) -> bool:
@@ -393,10 +342,7 @@ def from_sampled(value: Any, distribution: Distribution) -> Any:
     return int(value) if distribution.kind == "int" else value
 
 
-# ---------------------------------------------------------------------------------------
-# One trial: an ordinary training run that reports to Ray Tune after every evaluation
-
-
+# --- One trial: an ordinary training run that reports to Ray Tune after every evaluation
 def trial_raw(base_raw: dict[str, Any], space: dict[str, Distribution], params: dict[str, Any]) -> dict[str, Any]:
     """A trial's train config as a mapping: the base with the values the search drew."""
     raw = json.loads(json.dumps(base_raw))
@@ -412,8 +358,7 @@ def trial_config(sweep: Sweep, params: dict[str, Any], trial_id: str) -> Config:
 
 
 def run_trial(params: dict[str, Any], sweep: Sweep, metric: str) -> None:
-    """Ray Tune's function trainable, reporting `metric` (decided once, on the driver). A restored sweep continues a
-    trial from its own last.pt."""
+    """Ray Tune's function trainable, reporting `metric`; a restored sweep continues a trial from its last.pt."""
     import torch
     from ray import tune
 
@@ -441,32 +386,8 @@ def run_trial(params: dict[str, Any], sweep: Sweep, metric: str) -> None:
         raise TrainingDiverged(f"{exc.diagnosis} (in the sweep's `space:` or `overrides:`).", exc.diagnosis) from None
 
 
-def tidy_trial_folder(run_dir: Path) -> None:
-    """Remove the temporary files of a trial whose process Ray ended (often while drawing curves.png) and redraw
-    curves.png; only once the process is gone, or its file would be taken from under it."""
-    from vaegen.training.tracking import draw_curves
-
-    interrupted_curves = False
-    for leftover in run_dir.rglob(".*.tmp"):  # atomic_write's temporary files: .<name>.<random>.tmp
-        leftover.unlink(missing_ok=True)
-        interrupted_curves |= leftover.name.startswith(".curves.png.")
-    if interrupted_curves or not (run_dir / "curves.png").is_file():
-        draw_curves(run_dir, title=f"trial {run_dir.name}")
-
-
 def trial_epochs(params: dict[str, Any], base_epochs: int) -> int:
-    """The epochs a trial trains for: its searched train.epochs, or the base config's."""
     return int(params.get("train.epochs") or base_epochs)
-
-
-def trial_status(failed: bool, last_epoch: int, epochs: int, ended: bool = True) -> str:
-    """failed; finished (all its epochs); stopped early (ended before them without an error: ASHA stopped it); or not
-    finished (the sweep was interrupted first)."""
-    if failed:
-        return "failed"
-    if last_epoch >= epochs:
-        return "finished"
-    return "stopped early" if ended else "not finished"
 
 
 def format_params(params: dict[str, Any]) -> str:
@@ -485,13 +406,9 @@ def _trial_id(trial) -> str:  # module level: Ray pickles it into the sweep's st
     return trial.trial_id
 
 
-# ---------------------------------------------------------------------------------------
-# The console: a line when a trial starts, one per evaluation, one when it ends, in place of Ray's tables
-
-
+# --- The console: a line when a trial starts, one per evaluation, one when it ends, in place of Ray's tables
 class SweepConsole(_RayCallback):
-    """Ray calls it in the driver (the place to tidy the trial folders this machine sees when the sweep ends) and
-    keeps it in the sweep's state, so a resumed sweep's "best so far" counts the trials before."""
+    """Runs in the driver; Ray keeps it in the sweep's state, so a resumed "best so far" counts earlier trials."""
 
     trials_dir: Path | None = None  # None: leave the folders as they are (also a console an older vaegen pickled)
 
@@ -500,7 +417,7 @@ class SweepConsole(_RayCallback):
         self.best: dict[str, tuple[float, int]] = {}  # trial id: (its best value, that epoch)
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        log.info("trial %s started: %s", trial.trial_id, format_params(self._params(trial)))
+        log.info("trial %s started: %s", trial.trial_id, format_params({k: trial.config.get(k) for k in self.keys}))
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         value = result.get(self.metric)
@@ -510,27 +427,39 @@ class SweepConsole(_RayCallback):
         if trial_id not in self.best or value < self.best[trial_id][0]:
             self.best[trial_id] = (value, epoch)
         leader = min(self.best, key=lambda t: self.best[t][0])  # ties: the trial that got there first
-        log.info("trial %s  epoch %s/%s  %s %.4g  best so far %.4g (%s)", trial_id, epoch, self._epochs(trial),
-                 self.metric, value, self.best[leader][0], leader)
+        log.info("trial %s  epoch %s/%s  %s %.4g  best so far %.4g (%s)", trial_id, epoch,
+                 trial_epochs(trial.config, self.base_epochs), self.metric, value, self.best[leader][0], leader)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        epochs, last_epoch = self._epochs(trial), trial.last_result.get("epoch") or 0
-        how = "finished" if trial_status(False, last_epoch, epochs) == "finished" else "stopped early by ASHA"
+        epochs, last_epoch = trial_epochs(trial.config, self.base_epochs), trial.last_result.get("epoch") or 0
         best = self.best.get(trial.trial_id)
         scored = f", best {self.metric} {best[0]:.4g} (epoch {best[1]})" if best else ""
-        log.info("trial %s %s: %s of %s epochs%s", trial.trial_id, how, last_epoch, epochs, scored)
+        log.info("trial %s %s: %s of %s epochs%s", trial.trial_id,
+                 "finished" if last_epoch >= epochs else "stopped early by ASHA", last_epoch, epochs, scored)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        log.info("trial %s failed: %s", trial.trial_id, _trial_error(trial))
+        import ray.cloudpickle
+
+        # read here, where Ray has just written it (Trial.get_pickled_error reads the storage, empty until later)
+        error = "its error is in Ray's log above"
+        if trial.pickled_error_file and Path(trial.pickled_error_file).is_file():
+            error = _first_line(ray.cloudpickle.loads(Path(trial.pickled_error_file).read_bytes()))
+        log.info("trial %s failed: %s", trial.trial_id, error)
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        # not in on_trial_complete: a trial's process writes its last files after that; here every one has ended
-        if self.trials_dir is None:
-            return
-        for run_dir in (self.trials_dir / trial.trial_id for trial in trials):
+        """Tidy trials whose process Ray ended (often while drawing curves.png): .tmp files gone, curves redrawn."""
+        from vaegen.training.tracking import draw_curves
+
+        for run_dir in (self.trials_dir / trial.trial_id for trial in trials if self.trials_dir is not None):
             try:
-                if run_dir.is_dir():
-                    tidy_trial_folder(run_dir)
+                if not run_dir.is_dir():
+                    continue
+                interrupted_curves = False
+                for leftover in run_dir.rglob(".*.tmp"):  # atomic_write's temporary files: .<name>.<random>.tmp
+                    leftover.unlink(missing_ok=True)
+                    interrupted_curves |= leftover.name.startswith(".curves.png.")
+                if interrupted_curves or not (run_dir / "curves.png").is_file():
+                    draw_curves(run_dir, title=f"trial {run_dir.name}")
             except OSError as exc:  # a leftover file is not worth failing a finished sweep for
                 warnings.warn(f"could not tidy {run_dir} (a stopped trial's half-written files stay): {exc}",
                               stacklevel=2)
@@ -540,22 +469,6 @@ class SweepConsole(_RayCallback):
 
     def set_state(self, state: dict) -> None:
         self.best = dict(state["best"])
-
-    def _params(self, trial) -> dict[str, Any]:
-        return {key: trial.config.get(key) for key in self.keys}
-
-    def _epochs(self, trial) -> int:
-        return trial_epochs(trial.config, self.base_epochs)
-
-
-def _trial_error(trial) -> str:
-    """A failed trial's error in one line, from the file Ray has just written here (Ray's Trial.get_pickled_error
-    reads the trial's storage, which has nothing yet when the callback runs)."""
-    import ray.cloudpickle
-
-    if trial.pickled_error_file and Path(trial.pickled_error_file).is_file():
-        return _first_line(ray.cloudpickle.loads(Path(trial.pickled_error_file).read_bytes()))
-    return "its error is in Ray's log above"
 
 
 # Ray's lines that the console or the CLI says in its own words (Ray's other warnings and errors stay), and where
@@ -600,9 +513,7 @@ def sweep_console():
         optuna.logging.set_verbosity(saved[3])
 
 
-# ---------------------------------------------------------------------------------------
-# Ray: where it runs, and the tuner
-
+# --- Ray: where it runs, and the tuner
 # one attempt at a given address (Ray's default: 20), read by ray.init: with ANSWER_TIMEOUT, an address where no
 # cluster answers is named within ~16 s (5 s to connect, 5 s for Ray's event channel, 5 s for an answer, a pause)
 CONNECT_ATTEMPTS = "RAY_gcs_server_port_wait_time_s"
@@ -610,8 +521,7 @@ CONNECT_ATTEMPTS = "RAY_gcs_server_port_wait_time_s"
 
 @contextmanager
 def ray_session(address: str | None):
-    """Ray for the sweep's duration, at --address, else RAY_ADDRESS, else a Ray of the sweep's own (plain ray.init()
-    would join any cluster `ray start` left running here); the driver quiet but for warnings."""
+    """Ray at --address, else RAY_ADDRESS, else a Ray of the sweep's own (not a cluster `ray start` left running)."""
     import ray
 
     given_as = "--address" if address else "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else None
@@ -656,40 +566,19 @@ def new_tuner(sweep: Sweep, trainable):
             trial_name_creator=_trial_id, trial_dirname_creator=_trial_id,  # Ray's trial folder named as vaegen's
         ),
         run_config=tune.RunConfig(
-            name=sweep.name,
-            storage_path=sweep.storage,
+            name=sweep.name, storage_path=sweep.storage, verbose=0,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=sweep.metric,
                                                     checkpoint_score_order="min"),
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             callbacks=[SweepConsole(sweep.metric, list(sweep.settings.space), sweep.base.train.epochs,
                                     sweep.trials_dir)],
-            verbose=0,
         ),
     )
 
 
-def _import_tune():
-    try:
-        import optuna  # noqa: F401
-        from ray import tune
-    except ImportError as exc:
-        raise VaegenError(
-            f"vaegen tune needs Ray Tune and Optuna ({exc.name} is not installed). Install them with "
-            f"`pip install 'vaegen[tune]'` (or `pip install 'ray[tune]' optuna`)."
-        ) from None
-    return tune
-
-
-# ---------------------------------------------------------------------------------------
-# The sweep
-
-
+# --- The sweep
 class NoTrialSucceeded(VaegenError):
     """Every trial failed; the sweep exits with the first trial error's code (3 when the loss diverged)."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -702,12 +591,16 @@ class SweepResult:
 
     @property
     def trials(self) -> list[pd.Series]:
-        """The summary's rows (`trial.status`, `trial["optim.lr"]`)."""
         return [row for _, row in self.summary.iterrows()]
 
 
 def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) -> SweepResult:
-    tune = _import_tune()
+    try:
+        import optuna  # noqa: F401
+        from ray import tune
+    except ImportError as exc:
+        raise VaegenError(f"vaegen tune needs Ray Tune and Optuna ({exc.name} is not installed). Install them with "
+                          f"`pip install 'vaegen[tune]'` (or `pip install 'ray[tune]' optuna`).") from None
     from vaegen.data.dataset import SWEEP_SETTINGS, load_splits
 
     exists = tune.Tuner.can_restore(sweep.experiment_path)
@@ -717,15 +610,17 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
     if exists and not resume:
         raise ConfigError(f"a sweep named {sweep.name!r} already exists at {sweep.experiment_path}. Continue it with "
                           f"--resume, or start another with --set tune.name=NEW_NAME.")
-    # the images decoded into the shared cache here, once, not by every trial; its errors name overrides.data.*
-    # and come before the evaluation's warnings (sweep.metric's, which Ray would otherwise interleave)
+    # the images decoded into the shared cache once, not by every trial; its errors name overrides.data.* and come
+    # before the evaluation's warnings (sweep.metric's, which Ray would otherwise interleave)
     load_splits(sweep.base.data, sweep.base.train.seed, SWEEP_SETTINGS)
     resources = sweep.settings.tune.resources
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=sweep, metric=sweep.metric),
                                     {"cpu": resources.cpu, "gpu": resources.gpu})
     with sweep_console(), ray_session(address):
         record_sweep(sweep, resume)
-        log.info(sweep_header(sweep, resume))
+        log.info(f"{'resuming' if resume else 'starting'} sweep {sweep.name}: "
+                 f"{plural(sweep.settings.tune.num_samples, 'trial')}, {sweep.settings.tune.max_concurrent} at a "
+                 f"time, in {sweep.sweep_dir}/  (TensorBoard: tensorboard --logdir {sweep.trials_dir})")
         if resume:
             tuner = tune.Tuner.restore(sweep.experiment_path, trainable, resume_unfinished=True, resume_errored=False)
         else:
@@ -753,8 +648,7 @@ def record_sweep(sweep: Sweep, resume: bool) -> None:
 
 
 def sweep_record(settings: SweepConfig) -> str:
-    """Every default written out (a later vaegen may change one); nulls not (a distribution's other kinds, an unset
-    storage), as leaving one out reads back the same. Nulls inside overrides, a base mapping or a choice stay."""
+    """The sweep as YAML: every default written out, unset fields (nulls) not (leaving one out reads back the same)."""
     return yaml.safe_dump(settings.model_dump(mode="json", exclude_none=True), sort_keys=False)
 
 
@@ -766,45 +660,34 @@ def read_sweep_record(path: Path) -> SweepConfig | None:
         return None
 
 
-def sweep_header(sweep: Sweep, resume: bool) -> str:
-    settings = sweep.settings.tune
-    return (f"{'resuming' if resume else 'starting'} sweep {sweep.name}: {plural(settings.num_samples, 'trial')}, "
-            f"{settings.max_concurrent} at a time, in {sweep.sweep_dir}/  (TensorBoard: tensorboard --logdir "
-            f"{sweep.trials_dir})")
-
-
 def no_trial_succeeded(grid, sweep: Sweep) -> NoTrialSucceeded:
     first = next(result for result in grid if result.error is not None)  # the grid lists trials in start order
     params = {key: first.config.get(key) for key in sweep.settings.space}
-    return NoTrialSucceeded(
+    error = NoTrialSucceeded(
         f"no trial of sweep {sweep.name!r} succeeded: all {len(grid)} failed, so there is no best model. The first, "
         f"{Path(first.path).name} ({format_params(params)}), failed with: {_first_line(first.error)} Fix what it "
         f"names and start a new sweep with --set tune.name=NEW_NAME (every trial's error is in "
-        f"{sweep.sweep_dir / 'summary.csv'}).",
-        exit_code=getattr(getattr(first.error, "cause", first.error), "exit_code", 1),
+        f"{sweep.sweep_dir / 'summary.csv'})."
     )
+    error.exit_code = getattr(getattr(first.error, "cause", first.error), "exit_code", 1)
+    return error
 
 
-# ---------------------------------------------------------------------------------------
-# Summary: Ray's result dataframe, Optuna's plot, the best model
-
-
-def summary_columns(sweep: Sweep) -> list[str]:
-    return ["trial", *sweep.settings.space, f"best_{sweep.metric}", "epoch", "status", "error"]
-
-
+# --- Summary: Ray's result dataframe, Optuna's plot, the best model
 def summarize(grid, sweep: Sweep) -> pd.DataFrame:
-    """One row per trial, best first: its values, status and error, and from Ray's dataframe filtered for the
-    minimum its best score and that epoch (Ray's dataframe has no row for a trial that never reported)."""
+    """One row per trial, best first: values, status, error, and its best score and epoch from Ray's dataframe."""
     import pandas as pd
 
-    # Ray says no trial's status, only counts: with all ended, a trial short of its epochs without an error was stopped
     ended = len(grid) >= sweep.settings.tune.num_samples and grid.num_terminated + grid.num_errors == len(grid)
     rows = []
     for result in grid:
         params = {key: result.config.get(key) for key in sweep.settings.space}
-        last_epoch, epochs = (result.metrics or {}).get("epoch") or 0, trial_epochs(params, sweep.base.train.epochs)
-        status = trial_status(result.error is not None, last_epoch, epochs, ended)
+        if result.error is not None:
+            status = "failed"
+        elif ((result.metrics or {}).get("epoch") or 0) >= trial_epochs(params, sweep.base.train.epochs):
+            status = "finished"
+        else:  # Ray says no trial's status, only counts: with all ended, one short of its epochs was stopped
+            status = "stopped early" if ended else "not finished"
         error = "" if result.error is None else _first_line(result.error)
         rows.append({"trial": Path(result.path).name, **params, "status": status, "error": error})
     best = grid.get_dataframe(filter_metric=sweep.metric, filter_mode="min")
@@ -813,7 +696,7 @@ def summarize(grid, sweep: Sweep) -> pd.DataFrame:
     summary = pd.DataFrame(rows, columns=["trial", *sweep.settings.space, "status", "error"])
     summary = summary.merge(best, on="trial", how="left").astype({"epoch": "Int64"})
     summary = summary.sort_values([f"best_{sweep.metric}", "trial"], na_position="last", ignore_index=True)
-    return summary[summary_columns(sweep)]
+    return summary[["trial", *sweep.settings.space, f"best_{sweep.metric}", "epoch", "status", "error"]]
 
 
 def format_table(trials: list, sweep: Sweep) -> str:
@@ -822,7 +705,7 @@ def format_table(trials: list, sweep: Sweep) -> str:
 
     if not trials:
         return "no trial ran"
-    table = pd.DataFrame(trials, columns=summary_columns(sweep)).drop(columns="error")
+    table = pd.DataFrame(trials).drop(columns="error")
     table["epoch"] = pd.to_numeric(table["epoch"])  # pandas writes a missing integer as <NA>, a missing float as na_rep
     text = table.to_string(index=False, na_rep="-", float_format="{:.4g}".format)
     if failed := int((table["status"] == "failed").sum()):
@@ -863,8 +746,7 @@ def plot_sweep(grid, summary: pd.DataFrame, sweep: Sweep) -> Path | None:
     failed = int((summary["status"] == "failed").sum())
     figure.suptitle(f"{sweep.name}: {plural(len(scored), 'scored trial')}, the best {scored['trial'].iloc[0]}"
                     + (f", {failed} failed" if failed else ""))
-    name = "fid" if sweep.base.output.select == "fid" else sweep.metric
-    path = sweep.sweep_dir / f"{name}_vs_params.png"
+    path = sweep.sweep_dir / f"{'fid' if sweep.base.output.select == 'fid' else sweep.metric}_vs_params.png"
     figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return path
@@ -882,8 +764,8 @@ def copy_best(grid, summary: pd.DataFrame, sweep: Sweep) -> Path | None:
     staging, old = target.with_name(f".{target.name}.incoming"), target.with_name(f".{target.name}.old")
     shutil.rmtree(staging, ignore_errors=True)
     result.get_best_checkpoint(sweep.metric, "min").to_directory(str(staging))
-    params = {key: result.config.get(key) for key in sweep.settings.space}
-    record = {"sweep": sweep.name, "trial": best["trial"], "params": params,
+    record = {"sweep": sweep.name, "trial": best["trial"],
+              "params": {key: result.config.get(key) for key in sweep.settings.space},
               sweep.metric: float(best[f"best_{sweep.metric}"]), "epoch": int(best["epoch"]),
               "summary": str(sweep.sweep_dir / "summary.csv")}
     (staging / "sweep.json").write_text(json.dumps(record, indent=2) + "\n")
