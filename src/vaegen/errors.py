@@ -5,10 +5,6 @@ Anything raised as a `VaegenError` is printed as one paragraph without a traceba
 """
 
 
-# A message raised where the run folder is not known says RUN_DIR; vaegen.training.loop.train, which knows it, fills it in.
-RUN_DIR = "RUN_DIR"
-
-
 def plural(n: int, noun: str) -> str:
     """'1 image', '2 images': messages count things."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
@@ -43,16 +39,15 @@ class CheckpointError(VaegenError):
 
 
 class TrainingDiverged(VaegenError):
-    """The loss became NaN or infinite; checkpoints written before it are kept.
-
-    `diagnosis` is the message without its last sentence, what to do next with the run, so that a
-    caller that is not a plain run (a sweep's trial) can say its own next step."""
+    """The loss (or weights, samples, metrics) became NaN or infinite; checkpoints written before it are kept.
+    `diagnosis` says what happened and what to change; `then`, what to do next with the run (a sweep's trial says
+    its own); `resumable`: the run has a checkpoint to continue from, which vaegen.training.loop.train names."""
 
     exit_code = 3
 
-    def __init__(self, message: str, diagnosis: str | None = None):
-        super().__init__(message)
-        self.diagnosis = diagnosis or message
+    def __init__(self, diagnosis: str, then: str | None = None, resumable: bool = False):
+        super().__init__(f"{diagnosis}; {then}." if then else diagnosis)
+        self.diagnosis, self.then, self.resumable = diagnosis, then, resumable
 
 
 class NonFiniteSamples(TrainingDiverged):

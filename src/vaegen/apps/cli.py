@@ -162,16 +162,16 @@ def cmd_test(args) -> int:
 def cmd_train(args) -> int:
     from vaegen.training import distributed
     from vaegen.training.log import kept_in, log
-    from vaegen.training.loop import train
+    from vaegen.training.loop import nothing_left, train
 
     config, paths, resume = resolve_run(args)
     if resume and not distributed.launched_by_torchrun():
         from vaegen.checkpoint import load_training_state
 
-        done = load_training_state(paths.last_checkpoint, mmap=True)["epoch"]  # train() reads the tensors
-        if done >= config.train.epochs:  # said before the data, the networks and the real features are set up
-            print(f"nothing to do: {paths.run_dir} already has {done} of train.epochs={config.train.epochs}; "
-                  f"raise it with --set train.epochs=N")
+        # said before the data, the networks and the real features are set up (train() reads the tensors)
+        done = nothing_left(paths.run_dir, load_training_state(paths.last_checkpoint, mmap=True)["epoch"], config.train.epochs)
+        if done:
+            print(done)
             return 0
     if distributed.launched_by_torchrun():  # one run folder for every process (new names carry the time)
         distributed.init(config.train.device)

@@ -12,21 +12,20 @@ from vaegen.config.messages import explain, is_section
 from vaegen.config.schema import Config, Section, TestConfig, check_path_names
 from vaegen.errors import ConfigError, plural
 
-# ---------------------------------------------------------------------------------------
-# Loading and overrides
 
-
-def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> Config:
-    """Read YAML `path` (or take `base`), apply `--set key.path=value` overrides, validate."""
-    raw = read_yaml(path) if path is not None else dict(base or {})
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read YAML `path` (or nothing), apply `--set key.path=value` overrides, validate."""
+    raw = read_yaml(path) if path is not None else {}
     empty = path is not None and not raw
     for item in overrides:
         apply_override(raw, item)
     if empty and "data" not in raw:  # rather than "missing required key `data`", as if the rest were there
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        what = "holds only comments" if all(line.startswith("#") for line in lines) else "holds no settings"
         raise ConfigError(
-            f"{path} {_nothing_in(path)}: a config needs at least the folder of training images, "
-            f"`data: {{root: path/to/images}}` (or --set data.root=path/to/images); every other key has a default, "
-            f"and configs/quickstart.yaml is a complete example."
+            f"{path} {what if lines else 'is empty'}: a config needs at least the folder of training images, "
+            "`data: {root: path/to/images}` (or --set data.root=path/to/images); every other key has a default, "
+            "and configs/quickstart.yaml is a complete example."
         )
     return config_from_dict(raw, _source(path, overrides, "the config"))
 
@@ -41,13 +40,6 @@ def load_test_config(path: str | Path | None, overrides: list[str] = ()) -> Test
 def _source(path: str | Path | None, overrides: list[str], default: str) -> str:
     # a problem may come from a --set value rather than the file
     return (str(path) if path is not None else default) + (" with its --set values" if overrides else "")
-
-
-def _nothing_in(path: str | Path) -> str:
-    lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    if not any(lines):
-        return "is empty"
-    return "holds only comments" if all(not line or line.startswith("#") for line in lines) else "holds no settings"
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -71,12 +63,10 @@ def read_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}. Check "
                           f"indentation and that every `key: value` pair has a space after the colon.") from exc
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
+    if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections (data:, model:, train:, ...), "
                           f"not a {type(raw).__name__}.")
-    return raw
+    return raw or {}
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -148,5 +138,3 @@ def _meant_for(raw: dict, schema: type[Section]) -> str | None:
         if other is not schema and unknown <= set(other.model_fields):
             return command
     return None
-
-

@@ -1,4 +1,4 @@
-"""pydantic's structured errors as sentences (the key path, the value, what is allowed), and what a setting takes, read from its annotation."""
+"""pydantic's structured errors as sentences (the key path, the value, what is allowed), and what a setting takes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
-# ---------------------------------------------------------------------------------------
-# pydantic's errors as sentences: the key path, the value, what is allowed
+WRONG_KIND = ("_type", "_parsing", "literal_error")  # pydantic's error types for a value of another kind
+_KINDS = {int: "a number", float: "a number", str: "a name", Path: "a path", tuple: "a list", list: "a list"}
 
 
 def explain(errors: list[dict], schema: type[BaseModel]) -> list[str]:
@@ -42,21 +42,13 @@ def _locate(loc: tuple, schema: type[BaseModel]) -> tuple[tuple[str, ...], int |
     return tuple(keys), item, parent, annotation
 
 
-WRONG_KIND = ("_type", "_parsing", "literal_error")  # pydantic's error types for a value of another kind
-
-
-def _pick(errors: list[dict], takes: Any) -> dict:
-    """pydantic reports a failed `A | B` once per alternative: a bound broken by a value of the right kind
-    (eval.batch_size: 0) speaks for the setting; a value of the wrong kind is told what the setting takes."""
-    bound = next((error for error in errors if not error["type"].endswith(WRONG_KIND)), None)
-    takes_words = allowed(takes)
-    return bound or ({**errors[0], "msg": f"Input should be {takes_words}"} if takes_words else errors[0])
-
-
 def _sentence(where: tuple, errors: list[dict]) -> str:
     keys, item, parent, annotation = where
     takes = annotation if item is None else items_of(annotation)
-    error = _pick(errors, takes)
+    # a failed `A | B` is reported once per alternative: a broken bound (eval.batch_size: 0) speaks for the setting,
+    # and a value of the wrong kind is told what the setting takes
+    error = next((error for error in errors if not error["type"].endswith(WRONG_KIND)), None)
+    error = error or ({**errors[0], "msg": f"Input should be {allowed(takes)}"} if allowed(takes) else errors[0])
     key, kind, value = ".".join(keys), error["type"], error.get("input")
     at = "" if item is None else f" item {item + 1}"
     message = (str(error["ctx"]["error"]) if kind == "value_error" else error.get("msg", "")).rstrip(".")
@@ -100,23 +92,12 @@ def did_you_mean(word: str, valid: list[str]) -> str | None:
 
 def as_yaml(value: Any) -> str:
     """`value` as it is written in a config file (true, not True; {root: x})."""
-    plain = json.loads(json.dumps(value, default=str))  # tuples as lists, paths as text
-    try:
-        return yaml.safe_dump(plain, default_flow_style=True, width=1_000).strip().removesuffix("...").strip()
-    except yaml.YAMLError:
-        return repr(value)
-
-
-# ---------------------------------------------------------------------------------------
-# What a setting takes, read from its annotation
-
-
-_KINDS = {int: "a number", float: "a number", str: "a name", Path: "a path", tuple: "a list", list: "a list"}
+    plain = json.loads(json.dumps(value, default=str))  # tuples as lists, paths as text: always dumpable
+    return yaml.safe_dump(plain, default_flow_style=True, width=1_000).strip().removesuffix("...").strip()
 
 
 def allowed(annotation: Any) -> str | None:
-    """What a setting takes, in words ("a number", "'none', 'onehot' or 'embedding'", "a number or 'auto'"); None for
-    sections and mappings, whose own errors say what they take."""
+    """What a setting takes, in words ("a number or 'auto'"); None for sections and mappings, whose errors say it."""
     kinds, choices = [], []
     for part in _alternatives(annotation):
         origin = get_origin(part)

@@ -1,10 +1,5 @@
-"""Typed run configuration: YAML in, validated objects out.
-
-Every section is a pydantic model that forbids unknown keys, so a misspelt key is an error that names the key path
-and the closest valid key, never a silently ignored setting. pydantic's structured errors become one paragraph
-through one formatter (`explain`). `load_config` is the only way a YAML file becomes a `Config`; each field's
-description is its line in docs/config.md (scripts/config_reference.py).
-"""
+"""The config's sections: pydantic models that forbid unknown keys; each field's description is its line in
+docs/config.md (scripts/config_reference.py)."""
 
 from __future__ import annotations
 
@@ -29,6 +24,9 @@ MODEL_NAMES = {"conv_vae", "res_vae", "conv_ae", "res_ae"}
 NETWORK_NAMES = ("inception", "inception-64", "efficientnet-lite0", "dinov2")
 BACKBONE_NAMES = ("auto", *NETWORK_NAMES, "none")
 DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
+DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, mps, cuda or cuda:N"
+BATCH_HELP = "images per decoder/backbone batch; auto = 1000 on CUDA, 64 elsewhere"
+WEIGHTS_HELP = "weights-inception-2015-12-05-6726825d.pth, if not in the torch cache"
 
 
 class Section(BaseModel):
@@ -79,12 +77,20 @@ def _yes_no(value: bool, allowed: str, position: int | None = None) -> PydanticC
                                {"item": item, "value": str(value).lower(), "allowed": allowed})
 
 
+def _refuse_first(rules: list[tuple[Any, str | None]]) -> None:
+    """Raise the message of the first rule whose condition holds."""
+    for broken, message in rules:
+        if broken:
+            raise ValueError(message)
+
+
 class DataConfig(Section):
     """The training images and how they are read."""
 
     root: Path = Field(description="ImageFolder (one subfolder per class) or a flat folder of images")
-    image_size: tuple[int, int] = Field((64, 64), description="one number (square) or [height, width], in pixels; "
-                                                              "each divisible by 2**len(model.widths)")
+    image_size: tuple[PositiveInt, PositiveInt] = Field(
+        (64, 64), description="one number (square) or [height, width], in pixels; each divisible by 2**len(model.widths)"
+    )
     channels: Literal[1, 3] = Field(3, description="3 for RGB, 1 for grayscale")
     resize: Literal["center_crop", "stretch"] = Field("center_crop", description="stretch ignores the aspect ratio")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of each class held out for validation")
@@ -99,17 +105,13 @@ class DataConfig(Section):
     def _square_or_height_width(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> tuple[int, int]:
         # one number is a square; pydantic's words for other shapes ("a valid tuple") say nothing of image sizes
         try:
-            sizes = handler((value, value) if isinstance(value, int) and not isinstance(value, bool) else value)
-        except ValidationError as exc:
-            # empty values, keys under it and yes/no items have their own sentences
+            return handler((value, value) if isinstance(value, int) and not isinstance(value, bool) else value)
+        except ValidationError as exc:  # empty values, keys under it and yes/no items have their own sentences
             if value is None or isinstance(value, dict) or any(error["type"] == "yes_no" for error in exc.errors()):
                 raise
-            sizes = None
-        if sizes is None or min(sizes) < 1:
-            channels = "; the channel count goes in data.channels" * (isinstance(value, list) and len(value) == 3)
-            raise ValueError("an image size is one whole number of pixels for square images (e.g. 64) or "
-                             f"[height, width] (e.g. [64, 48]), each at least 1{channels}")
-        return sizes
+        channels = "; the channel count goes in data.channels" * (isinstance(value, list) and len(value) == 3)
+        raise ValueError("an image size is one whole number of pixels for square images (e.g. 64) or "
+                         f"[height, width] (e.g. [64, 48]), each at least 1{channels}")
 
 
 class ModelConfig(Section):
@@ -121,8 +123,7 @@ class ModelConfig(Section):
     widths: tuple[int, ...] = Field((64, 128, 256, 512), min_length=1,
                                     description="encoder channels per stride-2 layer; the decoder mirrors them")
     conditional: Literal["none", "onehot", "embedding"] = Field(
-        "none", description="class conditioning: one-hot label planes into the encoder, or a learned vector added to z"
-    )
+        "none", description="class conditioning: one-hot label planes into the encoder, or a learned vector added to z")
     blocks: int = Field(2, ge=1, description="res_vae only: residual blocks after each change of resolution")
 
     @field_validator("widths")
@@ -151,8 +152,7 @@ class LossConfig(Section):
     # gaussian: σ-VAE, a Gaussian likelihood whose σ is set optimally per batch (calibrated decoder)
     recon: Literal["mse", "bce", "gaussian"] = Field("mse", description="summed over pixels; gaussian = σ-VAE")
     perceptual: Literal["none", "efficientnet-lite0", "inception"] = Field(
-        "none", description="add a feature distance on this frozen ImageNet network; never the eval.backbone"
-    )
+        "none", description="add a feature distance on this frozen ImageNet network; never the eval.backbone")
     perceptual_weight: float = Field(1.0, gt=0.0, description="factor on the perceptual term")
 
 
@@ -168,8 +168,8 @@ class BetaConfig(Section):
     @model_validator(mode="after")
     def _warmup_fits_cycle(self) -> BetaConfig:
         if self.schedule == "cyclic" and self.warmup > self.cycle:
-            raise ValueError(f"beta.warmup ({self.warmup}) must be at most beta.cycle ({self.cycle}) for the "
-                             "cyclic schedule, or beta never reaches beta.max")
+            raise ValueError(f"beta.warmup ({self.warmup}) must be at most beta.cycle ({self.cycle}) for the cyclic "
+                             "schedule, or beta never reaches beta.max")
         return self
 
 
@@ -200,17 +200,15 @@ class TrainConfig(Section):
     epochs: int = Field(100, ge=1, description="passes over the training split")
     batch_size: int = Field(64, ge=1, description="images per step; under torchrun the global batch")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="0 to 2**32 - 1, the seeds numpy and scikit-learn take")
-    device: str = Field("auto", pattern=DEVICE, description="auto (cuda, then mps, then cpu), cpu, mps, cuda or cuda:N")
+    device: str = Field("auto", pattern=DEVICE, description=DEVICE_HELP)
     log_every: int = Field(20, ge=1, description="steps between progress-bar loss updates (the only host syncs)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto = bf16 on CUDA, else fp32")
     channels_last: Literal["auto"] | bool = Field("auto", description="auto = on for CUDA, and on CPU up to 32x32 px")
     compile: Literal["auto"] | bool = Field("auto", description="torch.compile the training step; auto = on for CUDA")
     cudnn_benchmark: Literal["auto"] | bool = Field(
-        "auto", description="let cuDNN time its algorithms for each new shape and keep the fastest; auto = on for CUDA"
-    )
+        "auto", description="let cuDNN time its algorithms for each new shape and keep the fastest; auto = on for CUDA")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
-        "default", description="torch.compile's mode; reduce-overhead replays the compiled step as CUDA graphs"
-    )
+        "default", description="torch.compile's mode; reduce-overhead replays the compiled step as CUDA graphs")
     cuda_graph: bool = Field(False, description="capture the whole step (forward, loss, backward, optimizer) as one "
                                                 "CUDA graph and replay it; CUDA only")
     sync_batchnorm: bool = Field(False, description="under torchrun: BatchNorm statistics over the global batch")
@@ -218,18 +216,15 @@ class TrainConfig(Section):
                                                                  "evaluation and export use (e.g. 0.999); null = off")
 
     @model_validator(mode="after")
-    def _mode_needs_compile(self) -> TrainConfig:
-        if self.compile is False and self.compile_mode != "default":
-            raise ValueError(f"train.compile_mode is {self.compile_mode} but train.compile is false, so nothing is "
-                             "compiled; set train.compile to auto or true, or remove train.compile_mode")
-        return self
-
-    @model_validator(mode="after")
-    def _graph_once(self) -> TrainConfig:
-        if self.cuda_graph and self.compile_mode in ("reduce-overhead", "max-autotune"):
-            raise ValueError(f"train.cuda_graph captures the whole step as one CUDA graph, and train.compile_mode "
-                             f"{self.compile_mode} captures the compiled part again inside it; use one: remove "
-                             "train.compile_mode, or set train.cuda_graph: false")
+    def _compile_settings_agree(self) -> TrainConfig:
+        mode = self.compile_mode
+        _refuse_first([
+            (self.compile is False and mode != "default", f"train.compile_mode is {mode} but train.compile is false, "
+             "so nothing is compiled; set train.compile to auto or true, or remove train.compile_mode"),
+            (self.cuda_graph and mode in ("reduce-overhead", "max-autotune"), "train.cuda_graph captures the whole "
+             f"step as one CUDA graph, and train.compile_mode {mode} captures the compiled part again inside it; use "
+             "one: remove train.compile_mode, or set train.cuda_graph: false"),
+        ])
         return self
 
 
@@ -261,15 +256,12 @@ class EvalConfig(Section):
     num_grid: int = Field(64, ge=1, description="images in each grid")
     backbone: Literal[BACKBONE_NAMES] = Field("auto", description="feature network for FID/KID; auto = inception if "
                                                                   "its weights are here, else efficientnet-lite0")
-    inception_weights: Path | None = Field(None, description="weights-inception-2015-12-05-6726825d.pth, if not in "
-                                                             "the torch cache")
+    inception_weights: Path | None = Field(None, description=WEIGHTS_HELP)
     extra_backbones: tuple[Literal[NETWORK_NAMES], ...] = Field(
-        (), description="also score the same samples on these networks (required with loss.perceptual)"
-    )
+        (), description="also score the same samples on these networks (required with loss.perceptual)")
     num_samples: int = Field(5000, ge=2, description="generated images per FID/KID evaluation")
     reference: Literal["train", "val", "all"] = Field("train", description="real images the samples are compared with")
-    batch_size: Literal["auto"] | PositiveInt = Field("auto", description="images per decoder/backbone batch; "
-                                                                          "auto = 1000 on CUDA, 64 elsewhere")
+    batch_size: Literal["auto"] | PositiveInt = Field("auto", description=BATCH_HELP)
     kid_subset_size: int = Field(1000, ge=2, description="images per KID subset")
     temperature: float = Field(1.0, gt=0.0, description="prior temperature for FID samples")
 
@@ -313,47 +305,43 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        layers = len(self.model.widths)
-        factor = 2**layers
+        layers, select, no_val = len(self.model.widths), self.output.select, self.data.val_fraction == 0
+        factor, sizes = 2**layers, []
         for axis, size in zip(("height", "width"), self.data.image_size):
-            if size % factor:
-                lower, upper = size // factor * factor, (size // factor + 1) * factor
-                raise ValueError(f"data.image_size {axis} {size} is not divisible by {factor} (2**{layers} for "
-                                 f"{layers} downsampling layers in model.widths); use "
-                                 + (f"{lower} or {upper}" if lower else f"{upper}"))
-        if self.output.select.startswith("val_") and self.data.val_fraction == 0:
-            raise ValueError(f"output.select is {self.output.select} but data.val_fraction is 0, so there is no "
-                             "validation split to select on; set data.val_fraction to e.g. 0.1")
-        if self.output.select == "fid" and self.eval.backbone == "none":
-            raise ValueError("output.select is fid but eval.backbone is none, so no FID is measured; choose a backbone "
-                             "(auto, efficientnet-lite0, inception) or select on val_nelbo")
-        check_extra_backbones(self.eval.backbone, self.eval.extra_backbones, "eval.")
+            lower = size - size % factor
+            sizes.append((size % factor, f"data.image_size {axis} {size} is not divisible by {factor} (2**{layers} for "
+                          f"{layers} downsampling layers in model.widths); use "
+                          + (f"{lower} or {lower + factor}" if lower else f"{factor}")))
         # "auto" is checked once resolved, in train
-        problem = evaluation_network_problem(self.loss.perceptual, self.eval.backbone, self.eval.extra_backbones)
-        if problem:
-            raise ValueError(problem)
-        if self.eval.reference == "val" and self.data.val_fraction == 0:
-            raise ValueError("eval.reference is val but data.val_fraction is 0; use eval.reference: train or all")
-        if self.train.cuda_graph:
-            self._check_step_replays()
+        network = evaluation_network_problem(self.loss.perceptual, self.eval.backbone, self.eval.extra_backbones)
+        _refuse_first([
+            *sizes,
+            (select.startswith("val_") and no_val, f"output.select is {select} but data.val_fraction is 0, so there is "
+             "no validation split to select on; set data.val_fraction to e.g. 0.1"),
+            (select == "fid" and self.eval.backbone == "none", "output.select is fid but eval.backbone is none, so no "
+             "FID is measured; choose a backbone (auto, efficientnet-lite0, inception) or select on val_nelbo"),
+            *_extras_rules(self.eval.backbone, self.eval.extra_backbones, "eval."),
+            (network is not None, network),
+            (self.eval.reference == "val" and no_val,
+             "eval.reference is val but data.val_fraction is 0; use eval.reference: train or all"),
+            self._host_in_replayed_step(),
+        ])
         return self
 
-    def _check_step_replays(self) -> None:
-        """A replayed graph repeats the device work of one step: nothing in it may need the host."""
-        host_parts = [
+    def _host_in_replayed_step(self) -> tuple[bool, str]:
+        """A replayed CUDA graph repeats one step's device work: nothing in it may need the host."""
+        host = [name for name, on in [
             ("train.precision fp16 (its loss scaler reads the gradients' inf checks on the host)",
              self.train.precision == "fp16"),
             ("optim.skip_grad_norm (reads the gradient norm on the host every step)",
              self.optim.skip_grad_norm is not None),
             ("train.ema (its decay changes with a step counter kept on the host)", self.train.ema is not None),
             ("adversarial.enabled (the discriminator joins the step at a later epoch)", self.adversarial.enabled),
-        ]
-        clashes = [name for name, clash in host_parts if clash]
-        if clashes:
-            many = len(clashes) > 1
-            raise ValueError(f"train.cuda_graph replays one recorded step, but {'; and '.join(clashes)} "
-                             f"{'need' if many else 'needs'} the host between steps; set train.cuda_graph: false, "
-                             f"or turn {'them' if many else 'it'} off")
+        ] if on]
+        many = len(host) > 1
+        return (self.train.cuda_graph and bool(host), f"train.cuda_graph replays one recorded step, but "
+                f"{'; and '.join(host)} {'need' if many else 'needs'} the host between steps; set "
+                f"train.cuda_graph: false, or turn {'them' if many else 'it'} off")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -377,12 +365,10 @@ class TestConfig(Section):
     skip_bad: bool | None = Field(None, description="leave out unreadable images; default: the run's data.skip_bad")
     split: Literal["train", "val", "all"] = Field("val", description="the images scored and reconstructed")
     backbone: Literal[BACKBONE_NAMES] = Field("auto", description="feature network for FID/KID, as eval.backbone")
-    inception_weights: Path | None = Field(None, description="weights-inception-2015-12-05-6726825d.pth, if not in "
-                                                             "the torch cache")
+    inception_weights: Path | None = Field(None, description=WEIGHTS_HELP)
     extra_backbones: tuple[Literal[NETWORK_NAMES], ...] = Field((), description="also score the samples on these")
     num_samples: int = Field(5000, ge=2, description="generated images for FID/KID")
-    batch_size: Literal["auto"] | PositiveInt = Field("auto", description="images per decoder/backbone batch; "
-                                                                          "auto = 1000 on CUDA, 64 elsewhere")
+    batch_size: Literal["auto"] | PositiveInt = Field("auto", description=BATCH_HELP)
     kid_subset_size: int = Field(1000, ge=2, description="images per KID subset")
     grid: int = Field(8, ge=1, description="samples.png holds grid x grid samples (conditional models: about as many, "
                                            "one labelled block per class)")
@@ -392,7 +378,7 @@ class TestConfig(Section):
                                                                          "it has one; gmm fits one now if it has none")
     interpolation: InterpolationConfig = InterpolationConfig()
     output_dir: Path | None = Field(None, description="default: <checkpoint>/test")
-    device: str = Field("auto", pattern=DEVICE, description="auto (cuda, then mps, then cpu), cpu, mps, cuda or cuda:N")
+    device: str = Field("auto", pattern=DEVICE, description=DEVICE_HELP)
 
     @model_validator(mode="after")
     def _check(self) -> TestConfig:
@@ -400,14 +386,18 @@ class TestConfig(Section):
         return self
 
 
+def _extras_rules(backbone: str, extras: tuple[str, ...], prefix: str) -> list[tuple[bool, str]]:
+    return [
+        (bool(extras) and backbone == "none", f"{prefix}extra_backbones is set but {prefix}backbone is none, so "
+         "nothing is scored; choose a backbone or drop the extras"),
+        (len(set(extras)) != len(extras) or backbone in extras, f"{prefix}extra_backbones {list(extras)} repeats a "
+         f"network ({prefix}backbone is {backbone}); list each once"),
+    ]
+
+
 def check_extra_backbones(backbone: str, extras: tuple[str, ...], prefix: str = "") -> None:
-    """The second opinions must be other networks than the first, each scored once."""
-    if extras and backbone == "none":
-        raise ValueError(f"{prefix}extra_backbones is set but {prefix}backbone is none, so nothing is scored; "
-                         "choose a backbone or drop the extras")
-    if len(set(extras)) != len(extras) or backbone in extras:
-        raise ValueError(f"{prefix}extra_backbones {list(extras)} repeats a network ({prefix}backbone is {backbone}); "
-                         "list each once")
+    """Refuse extra backbones beside no backbone, or that repeat a network."""
+    _refuse_first(_extras_rules(backbone, extras, prefix))
 
 
 def network_of(backbone: str) -> str:
@@ -415,23 +405,19 @@ def network_of(backbone: str) -> str:
     return "inception" if backbone.startswith("inception") else backbone
 
 
-def evaluation_network_problem(perceptual: str, eval_backbone: str | None, extra_backbones: tuple[str, ...] = ()) -> str | None:
-    """What is wrong with training on `perceptual` while `eval_backbone` (resolved, or "auto" before it is) and
-    `extra_backbones` score the run; None when nothing is."""
+def evaluation_network_problem(perceptual: str, eval_backbone: str | None,
+                               extra_backbones: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with a perceptual loss on `perceptual` for a run these networks score; None when nothing is."""
     if perceptual == "none" or eval_backbone in (None, "none"):
         return None
-    for setting, backbone in [("eval.backbone", eval_backbone), *(("eval.extra_backbones", b) for b in extra_backbones)]:
+    extras = [("eval.extra_backbones lists", extra) for extra in extra_backbones]
+    for setting, backbone in [("eval.backbone resolves to", eval_backbone), *extras]:
         if backbone != "auto" and network_of(backbone) == network_of(perceptual):
-            return (
-                f"loss.perceptual uses {perceptual}, which is also the network that computes a reported Fréchet "
-                f"distance ({setting} {'resolves to' if setting == 'eval.backbone' else 'lists'} {backbone}). Training "
-                f"against the evaluation network improves the number, not the images. Use another perceptual network, "
-                f"or score on other networks, or loss.perceptual: none"
-            )
+            return (f"loss.perceptual uses {perceptual}, which is also the network that computes a reported Fréchet "
+                    f"distance ({setting} {backbone}), so training against it improves the number, not the images; "
+                    "use another perceptual network, or score on other networks, or loss.perceptual: none")
     if not extra_backbones:
-        return (
-            f"loss.perceptual uses {perceptual}, and a loss on one ImageNet network can move distances measured on "
-            f"another (their features overlap), so such a run is reported on a second network too: set "
-            f"eval.extra_backbones: [dinov2] (self-supervised, no ImageNet labels), or loss.perceptual: none"
-        )
+        return (f"loss.perceptual uses {perceptual}, and a loss on one ImageNet network can move distances measured on "
+                "another (their features overlap), so such a run is reported on a second network too: set "
+                "eval.extra_backbones: [dinov2] (self-supervised, no ImageNet labels), or loss.perceptual: none")
     return None

@@ -59,10 +59,10 @@ def run_test(cfg: TestConfig) -> TestReport:
             f"sampler at auto (its latent mixture) or set --set sampler=gmm."
         )
     if cfg.sampler == "prior":
-        model.latent_density = None
-    elif (cfg.sampler == "gmm" or not family.has_prior) and model.latent_density is None:
+        model.sampler = None
+    elif (cfg.sampler == "gmm" or not family.has_prior) and model.sampler is None:
         sampler_cfg = train_cfg.sampler if train_cfg.sampler.name == "gmm" else SamplerConfig(name="gmm")
-        model.latent_density = fit_model_density(
+        model.sampler = fit_model_density(
             model, splits.train, sampler_cfg, train_cfg.train.seed, eval_batch_size(cfg.batch_size, device), device
         )
     checkpoint = Path(cfg.checkpoint)
@@ -81,16 +81,16 @@ def run_test(cfg: TestConfig) -> TestReport:
     if reconstructs(model):  # a latent family's: reconstructions and interpolations between codes
         files += _reconstructions(model, split, cfg, device, out)
     metrics = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "num_images": len(split.images),
-               "sampler": "prior" if model.latent_density is None else "gmm"}
+               "sampler": "prior" if model.sampler is None else "gmm"}
     metrics.update(_likelihood_terms(model, split, train_cfg))
     if cfg.backbone != "none":
         evaluator = build_evaluator(cfg.model_copy(update={"inception_weights": weights}), cfg.split, data_cfg, splits,
                                     train_cfg.train.seed, device, reference_key="split")
         class_weights = torch.bincount(splits.train.labels, minlength=model.num_classes).float()
-        metrics |= score_model(evaluator, model, cfg.temperature, class_weights, model.latent_density, family.has_prior)
+        metrics |= score_model(evaluator, model, cfg.temperature, class_weights, model.sampler, family.has_prior)
     if model.is_conditional and model.num_classes > 1:
         classifier = load_or_train_classifier(splits.train, model.num_classes, data_cfg.cache_dir or default_cache_dir(), device, train_cfg.train.seed)
-        metrics.update(conditional_fidelity(classifier, model, model.classes, 100, cfg.seed, cfg.temperature, model.latent_density))
+        metrics.update(conditional_fidelity(classifier, model, model.classes, 100, cfg.seed, cfg.temperature, model.sampler))
         metrics[f"classifier_{cfg.split}_accuracy"] = label_agreement(classifier, split.images, split.labels)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     files.append(out / "metrics.json")
@@ -135,7 +135,7 @@ def _samples(model, cfg: TestConfig, path: Path) -> Path:
         images = generated_samples(model, count, cfg.seed, cfg.temperature)
     elif model.is_conditional:  # from the prior every block decodes the same codes: blocks differ only by the class
         per_class = samples_per_class(count, model.num_classes)
-        images = per_class_samples(model, per_class, cfg.seed, cfg.temperature, model.latent_density)
+        images = per_class_samples(model, per_class, cfg.seed, cfg.temperature, model.sampler)
     else:
         images = model.sample(count, temperature=cfg.temperature, seed=cfg.seed)
     if model.is_conditional:

@@ -1,14 +1,7 @@
-"""How the training step uses the hardware: precision, memory layout, compilation, data placement.
+"""How the training step uses the hardware: precision, memory layout, compilation, data placement, CUDA graphs.
 
-Each option is `auto` by default and resolves once per run, for the device at hand, into a
-`StepOptions`; the training loop reads only that. The rules (measured, see docs/benchmarks.md):
-bf16 autocast, channels_last, torch.compile and cuDNN's autotuner on CUDA; fp32 eager on CPU, where compile costs
-more than it returns, and channels_last only for images of at most 32x32 px: there the step was
-faster on both CPUs measured (by 10-13 % on an AMD EPYC), at 64 px slower on an Intel Xeon and no
-faster on the EPYC. The fused Adam kernel on both (on CPU it cuts the optimizer step from ~28 ms to
-~5 ms at 32 px). torch.compile's mode is torch's default unless `train.compile_mode` sets it:
-whether CUDA graphs (`reduce-overhead`, or `train.cuda_graph` for the whole step with its loss and
-optimizer) pay for a launch-bound batch-64 step is not measured yet.
+Each `auto` option resolves once per run into `StepOptions` by rules measured in docs/benchmarks.md: on CUDA bf16,
+channels_last, torch.compile and cuDNN's autotuner; on CPU fp32 eager, channels_last only up to 32x32 px.
 """
 
 from __future__ import annotations
@@ -23,9 +16,6 @@ import torch
 from vaegen.config import DataConfig, TrainConfig
 from vaegen.errors import ConfigError
 
-# torch.compile modes whose compiled code is captured and replayed as CUDA graphs
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-
 
 @dataclass(frozen=True)
 class StepOptions:
@@ -37,23 +27,19 @@ class StepOptions:
     compile_mode: str = "default"  # torch.compile's mode, when compile
     cudnn_benchmark: bool = False  # cuDNN picks each convolution's algorithm by timing them (CUDA)
     cuda_graphs: bool = False  # the compiled step replays as CUDA graphs (compile_mode on CUDA)
-    step_graph: bool = False  # the whole step (forward, loss, backward, optimizer) is captured once and replayed (train.cuda_graph)
+    step_graph: bool = False  # the whole step is captured once and replayed (train.cuda_graph)
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
         return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
 
-    def _compiled(self) -> str:
-        if not self.compile:
-            return "eager"
-        if self.compile_mode == "default":
-            return "compiled"
-        return f"compiled ({self.compile_mode}{', CUDA graphs' if self.cuda_graphs else ''})"
-
     def describe(self) -> str:
+        compiled = f"compiled ({self.compile_mode}{', CUDA graphs' if self.cuda_graphs else ''})"
+        if not self.compile or self.compile_mode == "default":
+            compiled = "compiled" if self.compile else "eager"
         return (
-            f"{self.precision}, {'channels_last' if self.channels_last else 'NCHW'}, "
-            f"{self._compiled()}, {'fused' if self.fused_optimizer else 'plain'} optimizer, "
+            f"{self.precision}, {'channels_last' if self.channels_last else 'NCHW'}, {compiled}, "
+            f"{'fused' if self.fused_optimizer else 'plain'} optimizer, "
             f"data {'on the device' if self.on_device else 'streamed from host'}"
             + (", cuDNN autotuned" if self.cudnn_benchmark else "")
             + (", the whole step replayed as a CUDA graph" if self.step_graph else "")
@@ -63,19 +49,15 @@ class StepOptions:
 def resolve_device(name: str | torch.device, key: str = "train.device") -> torch.device:
     """`auto` (CUDA, then MPS, then the CPU) or a named device that exists here; `key` names the setting in errors."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        mps = torch.backends.mps.is_available()
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         raise ConfigError(f"{key} is {name!r}, which is not a device; use auto, cpu, cuda, cuda:N or mps.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{key} is {name} but CUDA is not available here; use {key}: auto or cpu.")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"{key} is {name} but MPS is not available here; use {key}: auto or cpu.")
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(device.type)
+    if available is not None and not available():
+        raise ConfigError(f"{key} is {name} but {device.type.upper()} is not available here; use {key}: auto or cpu.")
     return device
 
 
@@ -90,38 +72,28 @@ def resolve_step_options(train: TrainConfig, data: DataConfig, device: torch.dev
     if on_device == "auto":
         on_device = not cuda or data_bytes < 0.5 * torch.cuda.mem_get_info(device)[0]
     compiled = cuda if train.compile == "auto" else bool(train.compile)
-    graphs = compiled and train.compile_mode in CUDA_GRAPH_MODES
+    graphs = compiled and train.compile_mode in ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
     if graphs and not cuda:
-        warnings.warn(
-            f"train.compile_mode {train.compile_mode} replays the step as CUDA graphs, which needs CUDA; on {device} "
-            "the step is compiled without them.",
-            stacklevel=2,
-        )
+        warnings.warn(f"train.compile_mode {train.compile_mode} replays the step as CUDA graphs, which needs CUDA; "
+                      f"on {device} the step is compiled without them.", stacklevel=2)
     if train.cuda_graph and not cuda:
-        warnings.warn(f"train.cuda_graph replays the step as a CUDA graph, which needs CUDA; on {device} the step runs as usual.", stacklevel=2)
+        warnings.warn(f"train.cuda_graph replays the step as a CUDA graph, which needs CUDA; on {device} the step runs "
+                      "as usual.", stacklevel=2)
+    # on CPU channels_last was 10-13 % faster at 32x32 px, and slower or no faster at 64 px
+    small = data.image_size[0] * data.image_size[1] <= 32 * 32
     return StepOptions(
-        precision=precision,
-        channels_last=(cuda or _small_images(data)) if train.channels_last == "auto" else bool(train.channels_last),
-        compile=compiled,
-        on_device=bool(on_device),
+        precision=precision, compile=compiled, on_device=bool(on_device),
+        channels_last=(cuda or small) if train.channels_last == "auto" else bool(train.channels_last),
         fused_optimizer=device.type in ("cuda", "cpu") and _has_fused_adam(device),
-        compile_mode=train.compile_mode if compiled else "default",
-        cuda_graphs=graphs and cuda,
+        compile_mode=train.compile_mode if compiled else "default", cuda_graphs=graphs and cuda,
         cudnn_benchmark=cuda if train.cudnn_benchmark == "auto" else bool(train.cudnn_benchmark) and cuda,
         step_graph=train.cuda_graph and cuda,
     )
 
 
 def apply_backend_flags(options: StepOptions) -> None:
-    """Process-wide settings the step options imply; set before the first convolution runs."""
-    # every training batch has one shape, so the one-off timing of each convolution's algorithms
-    # is repaid every step; evaluation adds a handful of shapes, each timed once
+    """Set before the first convolution: every training batch has one shape, so timing each algorithm once pays."""
     torch.backends.cudnn.benchmark = options.cudnn_benchmark
-
-
-def _small_images(data: DataConfig) -> bool:
-    height, width = data.image_size
-    return height * width <= 32 * 32
 
 
 def _has_fused_adam(device: torch.device) -> bool:
@@ -141,10 +113,7 @@ def autocast(options: StepOptions, device: torch.device):
 
 
 def compile_step(model: torch.nn.Module, options: StepOptions) -> torch.nn.Module:
-    """The module the training step calls: compiled when asked, the model itself otherwise.
-
-    Weights stay shared, so checkpoints keep using `model.state_dict()` (no `_orig_mod.` prefixes).
-    """
+    """The model, compiled when asked (its weights stay shared: checkpoints hold no `_orig_mod.` prefixes)."""
     if not options.compile:
         return model
     import torch._dynamo
@@ -160,15 +129,11 @@ def compile_step(model: torch.nn.Module, options: StepOptions) -> torch.nn.Modul
 
 
 class CapturedStep:
-    """The training step recorded once as a CUDA graph and then replayed (`train.cuda_graph`).
+    """The training step recorded once as a CUDA graph and replayed (`train.cuda_graph`): the host only copies in.
 
-    At a small batch the host can be the bottleneck: every step runs Python, autograd and one
-    launch per kernel, which may take longer than the GPU's work. A replay launches the recorded
-    step as one unit, so the host only copies the batch in. It is the same `step` function: the
-    first `warmup` calls run it as usual (on the capture's stream, so compilation, cuDNN's
-    algorithm search, the optimizer's state and every per-stream handle exist before capture),
-    the next one records it into static input and output tensors, and every call replays it.
-    `step(x, y, beta)` must not sync with the host, and `beta` reaches it as a device tensor.
+    The first `warmup` calls run `step` on the capture's stream (so compilation, cuDNN's search and the optimizer's
+    state exist before capture), the next records it into static tensors, and every later call replays it.
+    `step(x, y, beta)` must not sync with the host; `beta` reaches it as a device tensor.
     """
 
     def __init__(self, step: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor], device: torch.device, warmup: int = 3):

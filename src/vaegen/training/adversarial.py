@@ -1,14 +1,5 @@
-"""Adversarial refinement (VAE-GAN): a patch discriminator trained from scratch against the decoder.
-
-A Gaussian/MSE likelihood rewards the mean of the plausible images, which is blurry; a
-discriminator that judges local patches rewards texture that looks real. Following Esser et al.
-2021 (VQGAN) the adversarial term is weighted adaptively, by the ratio of the reconstruction
-loss's and the adversarial loss's gradient norms at the decoder's last layer, so neither term
-swamps the other whatever their scales, and it starts only after a warm-up (the discriminator
-would otherwise win at once against an untrained decoder).
-
-The discriminator is its own network, never the backbone that computes the reported FID.
-"""
+"""VAE-GAN refinement: a patch discriminator rewards texture that looks real where a likelihood rewards the blurry
+mean; its term is weighted adaptively as in VQGAN (Esser et al. 2021) and starts after a warm-up."""
 
 from __future__ import annotations
 
@@ -25,14 +16,12 @@ class PatchDiscriminator(nn.Module):
     def __init__(self, channels: int, widths: tuple[int, ...]):
         super().__init__()
         layers: list[nn.Module] = []
-        in_ch = channels
-        for index, width in enumerate(widths):
+        for index, (in_ch, width) in enumerate(zip((channels, *widths), widths)):
             layers.append(nn.Conv2d(in_ch, width, 4, stride=2, padding=1, bias=index == 0))
             if index > 0:
                 layers.append(nn.GroupNorm(min(32, width // 4) or 1, width))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
-            in_ch = width
-        layers.append(nn.Conv2d(in_ch, 1, 3, padding=1))
+        layers.append(nn.Conv2d(widths[-1], 1, 3, padding=1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -70,7 +59,7 @@ class Adversary:
         recon_grad = torch.autograd.grad(recon, last_layer, retain_graph=True)[0]
         adv_grad = torch.autograd.grad(loss, last_layer, retain_graph=True)[0]
         adaptive = (recon_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(max=1e4).detach()
-        self.sums += torch.stack([loss.detach(), torch.zeros_like(loss).detach(), adaptive])
+        self.sums += torch.stack([loss.detach(), torch.zeros_like(loss), adaptive])
         return self.cfg.weight * adaptive * loss
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> None:

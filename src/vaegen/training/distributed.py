@@ -1,12 +1,5 @@
-"""Data-parallel training across processes with PyTorch's DistributedDataParallel.
-
-`torchrun --nproc_per_node N -m vaegen train --config ...` starts N copies of the same run. Every
-process builds the same model and draws the same global batch order from the seeded host
-generator; each takes its contiguous share of every global batch (so `train.batch_size` stays
-the global batch, and the batches match a one-process run's), and DDP averages the gradients.
-Process 0 alone evaluates, logs and writes checkpoints, which hold the plain model's state, so a
-run resumes in any number of processes. Without torchrun's environment nothing here does anything.
-"""
+"""Data-parallel training under torchrun (DDP): each process takes its contiguous share of every global batch, and
+process 0 alone evaluates, logs and writes checkpoints. Without torchrun nothing here does anything."""
 
 from __future__ import annotations
 
@@ -110,8 +103,7 @@ def wrap(model: torch.nn.Module, device: torch.device, sync_batchnorm: bool) -> 
 
 
 def finish(together: bool = True) -> None:
-    """Leave the process group; `together` (a run that ended well) waits for every process first. After an error
-    it must not: the others may be inside a collective that this process will never join."""
+    """Leave the process group; `together` (not after an error: others may wait in a collective) waits for all first."""
     if dist.is_initialized():
         if together:
             dist.barrier()

@@ -1,10 +1,4 @@
-"""An exponential moving average of the model's weights, for evaluation and the exported model.
-
-Averaging the last few hundred steps' weights smooths the optimizer's noise out of the decoder,
-which shows as sharper, more consistent samples at no training cost. torch.optim.swa_utils'
-AveragedModel does the same, but it reads its step counter from the device every update (a host
-sync per training step); here the counter lives on the host and the update is two fused ops.
-"""
+"""The moving average of the weights that evaluates and ships (not swa_utils.AveragedModel: it syncs every update)."""
 
 from __future__ import annotations
 
@@ -27,8 +21,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         weight = 1.0 - self.current_decay()
-        averaged, live = _floats(self.module), _floats(model)
-        torch._foreach_lerp_(averaged, live, weight)
+        torch._foreach_lerp_(_floats(self.module), _floats(model), weight)
         # BatchNorm's batch counters are integers: take the live ones
         for mine, theirs in zip(self.module.buffers(), model.buffers()):
             if not mine.is_floating_point():

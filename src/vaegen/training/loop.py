@@ -29,7 +29,7 @@ from vaegen.data.dataset import (
     DecodedImages, Splits, batches, default_cache_dir, load_splits, steps_per_epoch, to_device, to_input,
 )
 from vaegen.errors import (
-    RUN_DIR, ConfigError, NonFiniteSamples, OutOfMemory, TrainingDiverged, VaegenError, pixel_size, plural,
+    ConfigError, NonFiniteSamples, OutOfMemory, TrainingDiverged, pixel_size, plural,
 )
 from vaegen.evaluation.backbones import resolve_backbone_name, second_opinions
 from vaegen.evaluation.class_fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
@@ -192,12 +192,12 @@ def _diverged(config: Config, epoch: int, beta: float, what: str) -> TrainingDiv
     fixes = f"Likely fixes: a lower optim.lr, a lower beta.max, or set {clip}"
     if epoch == 1:  # a resumed run starts at epoch 2 or later: here nothing has been saved yet
         diagnosis = f"{what} (lr {config.optim.lr:g}, β {beta:g}), before anything was saved. {fixes}"
-        return TrainingDiverged(f"{diagnosis}; then start the run again.", diagnosis)
+        return TrainingDiverged(diagnosis, "then start the run again")
     diagnosis = (
         f"{what} (lr {config.optim.lr:g}, β {beta:g}). Nothing from this epoch was saved: the last checkpoint and the "
         f"best model are intact. {fixes}"
     )
-    return TrainingDiverged(f"{diagnosis}; then continue with `vaegen train --resume RUN_DIR --set optim.lr=...`.", diagnosis)
+    return TrainingDiverged(diagnosis, resumable=True)
 
 
 def check_state_is_finite(run: Run, epoch: int, beta: float) -> None:
@@ -223,7 +223,7 @@ def verdict_for_the_others():
     try:
         yield
     except TrainingDiverged as exc:
-        distributed.broadcast((str(exc), exc.diagnosis))
+        distributed.broadcast((exc.diagnosis, exc.then, exc.resumable))
         raise
     distributed.broadcast(None)
 
@@ -392,8 +392,8 @@ def train(
 
 def _in_words(exc: BaseException, paths: RunPaths) -> BaseException:
     """The error to report for `exc`: the run folder named, and torch's errors a user can fix said as such."""
-    if isinstance(exc, VaegenError) and RUN_DIR in str(exc):  # errors raised deep in the loop name the folder here
-        exc.args = (str(exc).replace(RUN_DIR, str(paths.run_dir)),)
+    if isinstance(exc, TrainingDiverged) and exc.resumable:  # raised deep in the loop, which does not know the folder
+        return TrainingDiverged(exc.diagnosis, f"then continue with `vaegen train --resume {paths.run_dir} --set optim.lr=...`")
     if isinstance(exc, ValueError) and "Expected more than 1 value per channel" in str(exc):
         return ConfigError(
             f"a training batch of one image reaches a 1×1 feature map, where BatchNorm has nothing to normalise "
@@ -608,10 +608,17 @@ def resume_from(run: Run, paths: RunPaths) -> int:
     run.load_state_dict(load_training_state(paths.last_checkpoint), str(paths.last_checkpoint))
     best = f"best {run.criterion} {run.best_value:.4g} at epoch {run.best_epoch}" if run.best_value is not None else f"no best {run.criterion} yet"
     log.info(f"resumed {paths.run_dir} at epoch {run.epoch} ({best})")
-    epochs = run.config.train.epochs
-    if run.epoch >= epochs:
-        log.info(f"nothing to do: the run already has {run.epoch} of train.epochs={epochs}; raise it with --set train.epochs=N")
+    done = nothing_left(paths.run_dir, run.epoch, run.config.train.epochs)
+    if done:
+        log.info(done)
     return run.epoch
+
+
+def nothing_left(run_dir: Path, epoch: int, epochs: int) -> str | None:
+    """What resuming a run that already has all its epochs says; None while epochs remain."""
+    if epoch >= epochs:
+        return f"nothing to do: {run_dir} already has {epoch} of train.epochs={epochs}; raise it with --set train.epochs=N"
+    return None
 
 
 # ---------------------------------------------------------------------------------------

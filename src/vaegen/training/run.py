@@ -1,10 +1,4 @@
-"""A training run's state: the modules that make a step and everything `--resume` needs to continue exactly.
-
-`build_run` turns a config into a `Run` (family, model, optimizer, scaler, EMA, adversarial head, perceptual
-term, the step as the hardware runs it, the batch-order generator); `Run.state_dict()` is what
-`logs/<run>/checkpoints/last.pt` holds and `Run.load_state_dict()` puts it back, RNG streams included, so an
-interrupted run ends with the weights of an uninterrupted one.
-"""
+"""A training run's state (`Run`): what a step uses, and what last.pt holds so a resumed run ends as an unbroken one."""
 
 from __future__ import annotations
 
@@ -67,7 +61,8 @@ class Run:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng_state(self.shuffle),
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(),
+                    **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {})},
             "best_criterion": self.criterion,
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
@@ -75,8 +70,7 @@ class Run:
         }
 
     def load_state_dict(self, state: dict, source: str) -> None:
-        """Continue from `state` (last.pt, read from `source`). The config wins over the saved optimizer settings,
-        so `--resume --set optim.lr=...` takes effect."""
+        """Continue from last.pt's `state`; the config's optimizer settings win (`--resume --set optim.lr=...`)."""
         if state.get("classes") != self.classes:
             raise CheckpointError(
                 f"{source} was trained on classes {state.get('classes')} but data.root now has {self.classes}. "
@@ -87,7 +81,10 @@ class Run:
         optim = self.config.optim
         for group in self.optimizer.param_groups:
             group.update(lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
-        restore_rng_state(state["rng"], self.shuffle)
+        torch.set_rng_state(state["rng"]["torch"])
+        self.shuffle.set_state(state["rng"]["shuffle"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and "ema" in state:
@@ -125,8 +122,9 @@ def build_run(config: Config, device: torch.device, options: StepOptions, classe
 def build_optimizer(config: Config, model: nn.Module, fused: bool = False, capturable: bool = False) -> torch.optim.Optimizer:
     """`capturable`: its step counters live on the device, so a CUDA graph can record the update."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.optim.name]
-    kwargs = {**({"fused": True} if fused else {}), **({"capturable": True} if capturable else {})}
-    return cls(model.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay, **kwargs)
+    # fused=False would also turn off torch's default foreach kernels: None leaves the choice to torch
+    return cls(model.parameters(), lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay,
+               fused=fused or None, capturable=capturable)
 
 
 def seed_everything(seed: int) -> None:
@@ -134,16 +132,3 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
-
-def rng_state(shuffle: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict, shuffle: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    shuffle.set_state(state["shuffle"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

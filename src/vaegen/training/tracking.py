@@ -1,8 +1,4 @@
-"""Where a run's numbers and pictures go: metrics.jsonl, TensorBoard, and optionally W&B.
-
-metrics.jsonl holds one JSON row per epoch and is the source of truth (curves.png and
-`vaegen` summaries are drawn from it); TensorBoard and W&B are views of the same rows.
-"""
+"""Where a run's numbers and pictures go: metrics.jsonl (one row per epoch, the source of truth), TensorBoard, W&B."""
 
 from __future__ import annotations
 
@@ -21,7 +17,6 @@ from vaegen.plots import plot_curves
 
 
 def read_metrics(path: Path) -> list[dict]:
-    path = Path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -82,14 +77,8 @@ def _start_wandb(run_dir: Path, config: Config, run_name: str):
     except ImportError:
         warnings.warn("logging.wandb is set but wandb is not installed (pip install wandb); logging to TensorBoard only.")
         return None
-    settings = dict(
-        project=config.logging.wandb_project,
-        name=run_name,
-        id=run_name.replace(".", "-"),
-        resume="allow",
-        dir=str(run_dir),
-        config=config.model_dump(mode="json"),
-    )
+    settings = dict(project=config.logging.wandb_project, name=run_name, id=run_name.replace(".", "-"), resume="allow",
+                    dir=str(run_dir), config=config.model_dump(mode="json"))
     # wait at most 30 s for the server (W&B's default is 90), unless $WANDB_INIT_TIMEOUT says otherwise
     timeout = {} if os.environ.get("WANDB_INIT_TIMEOUT") else {"init_timeout": 30}
     try:
@@ -98,18 +87,16 @@ def _start_wandb(run_dir: Path, config: Config, run_name: str):
         if config.logging.wandb != "online":
             raise
         # a run must not die because the W&B server is unreachable; sync later with `wandb sync`
-        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        warnings.warn(
-            f"W&B online logging failed ({reason}); falling back to offline logging in {run_dir}/wandb. "
-            f"Upload it later with `wandb sync {run_dir}/wandb/offline-run-*`."
-        )
-        # the failed online run still holds the run id in W&B's service ("run ID ... is in use"): stop it first
-        teardown = getattr(wandb, "teardown", None)
-        if teardown is not None:
-            teardown()
-        try:
-            return wandb.init(mode="offline", **settings)
-        except Exception as offline_exc:  # e.g. a W&B service this process shares but cannot tear down
-            reason = next((line.strip() for line in str(offline_exc).splitlines() if line.strip()), type(offline_exc).__name__)
-            warnings.warn(f"W&B offline logging failed too ({reason}); this run logs to TensorBoard and metrics.jsonl only.")
-            return None
+        warnings.warn(f"W&B online logging failed ({_first_line(exc)}); falling back to offline logging in "
+                      f"{run_dir}/wandb. Upload it later with `wandb sync {run_dir}/wandb/offline-run-*`.")
+    wandb.teardown()  # the failed online run still holds the run id in W&B's service ("run ID ... is in use")
+    try:
+        return wandb.init(mode="offline", **settings)
+    except Exception as exc:  # e.g. a W&B service this process shares but cannot tear down
+        warnings.warn(f"W&B offline logging failed too ({_first_line(exc)}); this run logs to TensorBoard and "
+                      "metrics.jsonl only.")
+        return None
+
+
+def _first_line(exc: Exception) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)

@@ -383,7 +383,7 @@ def run_trial(params: dict[str, Any], sweep: Sweep, metric: str) -> None:
     try:
         train(config, paths, resume=paths.last_checkpoint.is_file(), on_epoch=report, echo=False)
     except TrainingDiverged as exc:  # a sweep's fix goes in the sweep file, not `vaegen train --resume`
-        raise TrainingDiverged(f"{exc.diagnosis} (in the sweep's `space:` or `overrides:`).", exc.diagnosis) from None
+        raise TrainingDiverged(f"{exc.diagnosis} (in the sweep's `space:` or `overrides:`).") from None
 
 
 def trial_epochs(params: dict[str, Any], base_epochs: int) -> int:
