@@ -622,6 +622,8 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
                  f"{plural(sweep.settings.tune.num_samples, 'trial')}, {sweep.settings.tune.max_concurrent} at a "
                  f"time, in {sweep.sweep_dir}/  (TensorBoard: tensorboard --logdir {sweep.trials_dir})")
         if resume:
+            # a sweep started by release 0.1.0 pickled the flat module's name into Ray's state
+            sys.modules.setdefault("vaegen.tune", sys.modules[__name__])
             tuner = tune.Tuner.restore(sweep.experiment_path, trainable, resume_unfinished=True, resume_errored=False)
         else:
             tuner = new_tuner(sweep, trainable)
