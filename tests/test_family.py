@@ -116,3 +116,16 @@ def test_the_autoencoder_without_a_mixture_sampler_is_refused_before_training(tm
     assert main(["train", "--config", str(config)]) == 2
     assert "sampler.name: gmm" in capsys.readouterr().err
     assert not (tmp_path / "logs" / "tiny").exists()
+
+
+@pytest.mark.parametrize("setting", [{"adversarial": {"enabled": True}}, {"loss": {"perceptual": "inception"}}])
+def test_image_space_options_on_a_family_without_forward_images_are_refused_before_training(
+    tmp_path, capsys, tiny_config, pixel_gaussian, setting
+):
+    key = "adversarial.enabled" if "adversarial" in setting else "loss.perceptual"
+    config = tiny_config(tmp_path, model={"name": pixel_gaussian}, eval={"backbone": "efficientnet-lite0", "extra_backbones": ["dinov2"]},
+                         **setting)
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "pixel_gaussian" in err and "Traceback" not in err
+    assert not (tmp_path / "logs" / "tiny" / "checkpoints").exists()  # nothing trained

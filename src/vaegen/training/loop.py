@@ -535,9 +535,26 @@ def start_processes(config: Config) -> tuple[torch.device, bool]:
         raise ConfigError("adversarial.enabled is not supported under torchrun yet; train the VAE-GAN in one process.")
     if config.train.cuda_graph and distributed.world_size() > 1:
         raise ConfigError("train.cuda_graph is not supported under torchrun yet; set train.cuda_graph: false, or train in one process.")
-    family_of(config.model).check(config)
+    family = family_of(config.model)
+    family.check(config)
+    refuse_what_the_family_cannot_take(config, family)
     refuse_training_against_the_scorer(config)
     return device, distributed.is_main()
+
+
+def refuse_what_the_family_cannot_take(config: Config, family: Family) -> None:
+    """The loop's image-space options need images from the forward pass, and the adversarial head a `recon` term to
+    weigh its own against: refused before any data loads, not at the epoch they start."""
+    makes_images = type(family).images is not Family.images
+    wanted = {"loss.perceptual": config.loss.perceptual != "none" and not makes_images,
+              "adversarial.enabled": config.adversarial.enabled and not (makes_images and "recon" in family.terms)}
+    refused = [key for key, bad in wanted.items() if bad]
+    if refused:
+        raise ConfigError(
+            f"{' and '.join(refused)} work on the images a model makes in its forward pass and (the adversarial head) "
+            f"its reconstruction term, which the {family.name} family of model.name {config.model.name} does not "
+            f"give; turn {' and '.join(refused)} off for this model."
+        )
 
 
 def refuse_training_against_the_scorer(config: Config) -> None:
@@ -574,6 +591,9 @@ def build_data_and_run(config: Config, device: torch.device) -> tuple[Splits, Ru
     if options.on_device:
         splits = to_device(splits, device)
     run = build_run(config, device, options, classes)
+    if config.adversarial.enabled and not hasattr(run.model, "last_layer"):  # where the adversarial weight is measured
+        raise ConfigError(f"adversarial.enabled needs the model's image-making layer (last_layer), which "
+                          f"{config.model.name} does not name; turn adversarial.enabled off for this model.")
     if config.sampler.name == "gmm":  # found now, not at the first evaluation
         check_mixture_data(splits.train.labels, classes, run.model.is_conditional)
     conditioning = "unconditional" if config.model.conditional == "none" else f"{config.model.conditional} conditioning"
