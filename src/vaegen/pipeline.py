@@ -25,7 +25,9 @@ import torch
 from vaegen.checkpoint import load_model_weights, read_model_metadata
 from vaegen.config import Config, load_config
 from vaegen.errors import CheckpointError, VaegenError
+from vaegen.models import build_model, family_of
 from vaegen.samplers.mixture import SAMPLER_FILE, LatentGMM, latent_codes
+from vaegen.training.accel import resolve_device
 
 
 def read_model_folder(path: str | Path) -> tuple[Path, Config, dict[str, object]]:
@@ -69,9 +71,6 @@ def _training_run_given(path: Path) -> str | None:
 def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
     """The model in <path> (config.yaml and model.safetensors; no code runs), with its classes, config and sampler.
     `device`: cpu, cuda, cuda:N, mps, or auto (the first of those that is here)."""
-    from vaegen.models import build_model, family_of
-    from vaegen.training.accel import resolve_device
-
     if not isinstance(path, (str, os.PathLike)):
         given = "None" if path is None else f"{reprlib.repr(path)} ({type(path).__name__})"
         raise TypeError(

@@ -27,6 +27,7 @@ import vaegen
 from vaegen.checkpoint import atomic_write
 from vaegen.data.dataset import FEATURES_FOLDER, FROM_ENTRY, default_cache_dir
 from vaegen.errors import DataError, check_finite_outputs, pixel_size, plural
+from vaegen.samplers.draw import gmm_sampler, prior_sampler
 
 FEATURE_FORMAT = 1  # bump when feature extraction changes, so cached real features are recomputed
 # Under torchrun only process 0 scores: a metric that synced across processes would wait for ones that never join.
@@ -185,8 +186,6 @@ def score_model(
 ) -> dict:
     """Scores of the model's samples: with a fitted latent mixture, the mixture's under the plain names (fd_x) and the
     prior's beside them (fd_x_prior); a family without a prior (an autoencoder) is scored on the mixture alone."""
-    from vaegen.samplers.draw import gmm_sampler, prior_sampler
-
     mixture = None if density is None else evaluator.score(gmm_sampler(model, density, temperature, class_weights), "gmm", temperature)
     if not has_prior:
         return mixture

@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import torch
 
+from vaegen.plots import samples_per_class
+
 Sampler = Callable[[int, torch.Generator], torch.Tensor]
 
 
@@ -50,8 +52,6 @@ def per_class_samples(
 def generated_samples(model: torch.nn.Module, count: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
     """`count` images from `model.generate` (any family's own draws) with a fixed seed; conditional models: a block
     of samples_per_class(count) per class, in class order, each drawn with its class's one-hot weights."""
-    from vaegen.plots import samples_per_class
-
     if not model.is_conditional:
         return model.generate(count, torch.Generator().manual_seed(seed), temperature)
     per_class = samples_per_class(count, model.num_classes)
