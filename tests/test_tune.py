@@ -444,7 +444,7 @@ def test_an_address_that_is_not_host_port_is_named(tmp_path, capsys, tiny_sweep)
 
 
 def test_overrides_are_checked_like_the_space_and_nested_forms_are_accepted(tmp_path, capsys, tiny_sweep):
-    from vaegen.tuning.sweep import load_sweep
+    from vaegen.tuning.space import load_sweep
 
     config = tiny_sweep(tmp_path, {"optim": {"lr": {"loguniform": [1e-4, 1e-2]}}})
     sweep = load_sweep(config, ["overrides.train.epochs=5", "tune.num_samples=7"])
@@ -531,7 +531,8 @@ def pickled_trial_error(tmp_path: Path, trial_id: str, error: Exception, config:
 
 def test_a_failed_trials_console_line_names_the_trial_once(tmp_path, caplog, tiny_sweep):
     from vaegen.errors import ConfigError
-    from vaegen.tuning.sweep import SweepConsole, load_sweep, trial_config
+    from vaegen.tuning.space import load_sweep, trial_config
+    from vaegen.tuning.sweep import SweepConsole
 
     caplog.set_level(logging.INFO, logger="vaegen.tuning.sweep")
     # each value is valid beside some of the others (so the sweep starts), and this pair is not
@@ -590,7 +591,8 @@ def test_sweep_yaml_leaves_out_nulls_and_reads_back_as_the_sweep_it_started(tmp_
     written = record.read_text()
     assert "null" not in written and "storage" not in written  # no distribution's unused kinds, no unset storage
     assert "grace_period: 1\n" in written and "scheduler: asha\n" in written  # defaults are stated: what ran
-    from vaegen.tuning.sweep import load_sweep, read_sweep_record, sweep_record
+    from vaegen.tuning.space import load_sweep
+    from vaegen.tuning.sweep import read_sweep_record, sweep_record
 
     started = load_sweep(config, ["overrides.train.epochs=2"]).settings
     assert read_sweep_record(record) == started
@@ -637,7 +639,7 @@ def test_a_sweep_starts_its_own_ray_unless_an_address_is_given(tmp_path, monkeyp
 
 
 def test_list_choices_travel_through_optuna_as_text(tmp_path):
-    from vaegen.tuning.sweep import Distribution, from_sampled, to_domain
+    from vaegen.tuning.space import Distribution, from_sampled, to_domain
 
     widths = Distribution(choice=[[8, 16], [16, 32]])
     assert to_domain(widths).categories == ["[8, 16]", "[16, 32]"]

@@ -104,7 +104,8 @@ def one_paragraph(message: str) -> str:
 
 
 def cmd_tune(args) -> int:
-    from vaegen.tuning.sweep import format_table, load_sweep, run_sweep
+    from vaegen.tuning.space import load_sweep
+    from vaegen.tuning.sweep import format_table, run_sweep
 
     sweep = load_sweep(args.config, args.overrides)
     started = time.perf_counter()
