@@ -41,7 +41,7 @@ def run_test(cfg: TestConfig) -> TestReport:
     if cfg.checkpoint is None:
         raise ConfigError("vaegen test needs a checkpoint: --checkpoint best_models/<run>, or `checkpoint:` in the test config.")
     device = resolve_device(cfg.device, key="device")
-    model = load(cfg.checkpoint, device)
+    model = load(cfg.checkpoint, device)  # the pipeline; internal calls take its module, past the user-input checks
     train_cfg = model.config
     overrides = {"root": cfg.data_root, "cache_dir": cfg.cache_dir, "skip_bad": cfg.skip_bad}
     data_cfg = train_cfg.data.model_copy(update={key: value for key, value in overrides.items() if value is not None})
@@ -63,7 +63,7 @@ def run_test(cfg: TestConfig) -> TestReport:
     elif (cfg.sampler == "gmm" or not family.has_prior) and model.sampler is None:
         sampler_cfg = train_cfg.sampler if train_cfg.sampler.name == "gmm" else SamplerConfig(name="gmm")
         model.sampler = fit_model_density(
-            model, splits.train, sampler_cfg, train_cfg.train.seed, eval_batch_size(cfg.batch_size, device), device
+            model.model, splits.train, sampler_cfg, train_cfg.train.seed, eval_batch_size(cfg.batch_size, device), device
         )
     checkpoint = Path(cfg.checkpoint)
     folder = checkpoint if checkpoint.is_dir() else checkpoint.parent  # a model folder, or its weights file
@@ -82,15 +82,15 @@ def run_test(cfg: TestConfig) -> TestReport:
         files += _reconstructions(model, split, cfg, device, out)
     metrics = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "num_images": len(split.images),
                "sampler": "prior" if model.sampler is None else "gmm"}
-    metrics.update(_likelihood_terms(model, split, train_cfg))
+    metrics.update(_likelihood_terms(model.model, split, train_cfg))
     if cfg.backbone != "none":
         evaluator = build_evaluator(cfg.model_copy(update={"inception_weights": weights}), cfg.split, data_cfg, splits,
                                     train_cfg.train.seed, device, reference_key="split")
         class_weights = torch.bincount(splits.train.labels, minlength=model.num_classes).float()
-        metrics |= score_model(evaluator, model, cfg.temperature, class_weights, model.sampler, family.has_prior)
+        metrics |= score_model(evaluator, model.model, cfg.temperature, class_weights, model.sampler, family.has_prior)
     if model.is_conditional and model.num_classes > 1:
         classifier = load_or_train_classifier(splits.train, model.num_classes, data_cfg.cache_dir or default_cache_dir(), device, train_cfg.train.seed)
-        metrics.update(conditional_fidelity(classifier, model, model.classes, 100, cfg.seed, cfg.temperature, model.sampler))
+        metrics.update(conditional_fidelity(classifier, model.model, model.classes, 100, cfg.seed, cfg.temperature, model.sampler))
         metrics[f"classifier_{cfg.split}_accuracy"] = label_agreement(classifier, split.images, split.labels)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     files.append(out / "metrics.json")
@@ -132,10 +132,10 @@ def _samples(model, cfg: TestConfig, path: Path) -> Path:
     """A grid × grid grid of samples; conditional models: a labelled block per class, samples_per_class(grid²) each."""
     count = cfg.grid * cfg.grid
     if not reconstructs(model):  # a family without a decoder draws with its own generate
-        images = generated_samples(model, count, cfg.seed, cfg.temperature)
+        images = generated_samples(model.model, count, cfg.seed, cfg.temperature)
     elif model.is_conditional:  # from the prior every block decodes the same codes: blocks differ only by the class
         per_class = samples_per_class(count, model.num_classes)
-        images = per_class_samples(model, per_class, cfg.seed, cfg.temperature, model.sampler)
+        images = per_class_samples(model.model, per_class, cfg.seed, cfg.temperature, model.sampler)
     else:
         images = model.sample(count, temperature=cfg.temperature, seed=cfg.seed)
     if model.is_conditional:
