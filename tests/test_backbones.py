@@ -122,8 +122,9 @@ def test_efficientnet_weights_classify_apples_as_fruit(lite0):
         top5 = classifier.classifier(pooled).topk(5).indices.tolist()
     for row in top5:
         assert row[0] in FRUIT or 948 in row, top5
-    # the backbone's features are exactly the classifier's input
+    # the backbone's features are exactly the classifier's input, and its logits (the offline Inception Score's) the output
     torch.testing.assert_close(lite0(images), pooled, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lite0.logits(lite0(images)), classifier.classifier(pooled), atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name, size", [("inception", 2048), ("inception-64", 64)])
@@ -138,6 +139,13 @@ def test_inception_features_with_weights_file(fake_inception_weights, name, size
     assert torch.equal(features, backbone(images))
     if size == 64:  # the 64-d features come from the stem, cheap enough to check the uint8 input too
         torch.testing.assert_close(backbone(images), backbone((images * 255).round() / 255))
+        assert backbone.logits(features) is None
+    else:  # the Inception Score's logits are torch-fidelity's "logits_unbiased" of the same image
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        reference = NoTrainInceptionV3("inception-v3-compat", ["logits_unbiased"], str(fake_inception_weights))
+        expected = reference((images.expand(-1, 3, -1, -1) * 255).round().to(torch.uint8))
+        torch.testing.assert_close(backbone.logits(features).float(), expected, atol=1e-3, rtol=1e-4)
 
 
 @pytest.mark.skipif(inception_weights_path() is None, reason=f"{INCEPTION_FILE} is not on this machine")

@@ -60,6 +60,11 @@ def test_vaegen_test_writes_every_file(trained, capsys):
     assert metrics["fd_efficientnet_lite0"] > 0 and "kd_efficientnet_lite0" in metrics
     assert metrics["protocol"]["num_generated"] == 24 and metrics["protocol"]["num_real"] == 60
     assert metrics["protocol"]["backbone"] == "efficientnet-lite0" and metrics["protocol"]["feature_dim"] == 1280
+    # the field's other numbers: k-NN fidelity and diversity, IS on EfficientNet-Lite0's ImageNet head, SSIM and PSNR
+    assert all(0 <= metrics[f"{name}_efficientnet_lite0"] <= 1 for name in ("precision", "recall", "coverage"))
+    assert metrics["density_efficientnet_lite0"] >= 0 and 1 <= metrics["is_efficientnet_lite0"] <= 1000
+    assert metrics["is_efficientnet_lite0_std"] >= 0 and metrics["protocol"]["nearest_k"] == 5
+    assert 0 < metrics["ssim"] <= 1 and 5 < metrics["psnr"] < 100 and "ms_ssim" not in metrics  # 16 px: no MS-SSIM
     printed = capsys.readouterr().out
     assert "fd_efficientnet_lite0" in printed and f"to {out}/" in printed
 

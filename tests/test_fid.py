@@ -78,6 +78,10 @@ def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_pat
     rows = [json.loads(line) for line in (tmp_path / "logs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
     fds = [row["fd_efficientnet_lite0"] for row in rows]
     assert all("kd_efficientnet_lite0" in row and "kd_efficientnet_lite0_std" in row for row in rows)
+    for row in rows:  # the same samples' fidelity and diversity, IS from the network's logits, reconstructions' quality
+        assert all(0 <= row[f"{name}_efficientnet_lite0"] <= 1 for name in ("precision", "recall", "coverage"))
+        assert row["density_efficientnet_lite0"] >= 0 and row["is_efficientnet_lite0"] >= 1
+        assert -1 <= row["val_ssim"] <= 1 and 0 < row["val_psnr"] < 100
     metrics = json.loads((tmp_path / "best" / "tiny" / "metrics.json").read_text())
     assert metrics["criterion"] == "fd_efficientnet_lite0"
     assert metrics["value"] == min(fds) and metrics["epoch"] == 1 + fds.index(min(fds))
@@ -85,6 +89,7 @@ def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_pat
     assert protocol["backbone"] == "efficientnet-lite0" and protocol["feature_dim"] == 8
     assert protocol["num_generated"] == 40 and protocol["num_real"] == 240 and protocol["reference"] == "train"
     assert protocol["image_size"] == [16, 16] and protocol["sampler"] == "prior"
+    assert protocol["nearest_k"] == 5 and protocol["is_splits"] == 10
     assert {"torch", "torchmetrics", "vaegen"} <= set(protocol["libraries"])
 
     # a second run on the same data passes no real image through the backbone
@@ -183,6 +188,8 @@ def test_extra_backbones_score_the_very_same_samples(tmp_path, tiny_config, two_
     assert two_backbones.images_seen == 2 * (240 + 40)  # each network: the real images once, the 40 samples
     assert {"fd_efficientnet_lite0", "kd_efficientnet_lite0", "fd_dinov2", "kd_dinov2", "kd_dinov2_std"} <= both.keys()
     assert both["fd_dinov2"] != both["fd_efficientnet_lite0"]
+    assert {"precision_dinov2", "coverage_dinov2", "is_efficientnet_lite0"} <= both.keys()
+    assert "is_dinov2" not in both  # a network without a classifier has no Inception Score
     metrics = json.loads((tmp_path / "both" / "best" / "tiny" / "metrics.json").read_text())
     assert metrics["criterion"] == "fd_efficientnet_lite0"  # the first network selects
     assert metrics["protocol"]["extra_backbones"] == ["dinov2 (8-d, none (test backbone), fp32)"]

@@ -27,6 +27,10 @@ DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 DEVICE_HELP = "auto (cuda, then mps, then cpu), cpu, mps, cuda or cuda:N"
 BATCH_HELP = "images per decoder/backbone batch; auto = 1000 on CUDA, 64 elsewhere"
 WEIGHTS_HELP = "weights-inception-2015-12-05-6726825d.pth, if not in the torch cache"
+NEAREST_K = 5
+NEAREST_K_HELP = ("the k of the k-nearest-neighbour balls behind precision, recall, density and coverage (Naeem et al. "
+                  "use 5); lowered to fewer than the images on either side when needed")
+IS_SPLITS_HELP = "splits of the samples whose Inception Scores give its mean ± std (10, as published)"
 
 
 class Section(BaseModel):
@@ -263,6 +267,8 @@ class EvalConfig(Section):
     reference: Literal["train", "val", "all"] = Field("train", description="real images the samples are compared with")
     batch_size: Literal["auto"] | PositiveInt = Field("auto", description=BATCH_HELP)
     kid_subset_size: int = Field(1000, ge=2, description="images per KID subset")
+    nearest_k: int = Field(NEAREST_K, ge=1, description=NEAREST_K_HELP)
+    is_splits: int = Field(10, ge=1, description=IS_SPLITS_HELP)
     temperature: float = Field(1.0, gt=0.0, description="prior temperature for FID samples")
 
 
@@ -370,6 +376,8 @@ class TestConfig(Section):
     num_samples: int = Field(5000, ge=2, description="generated images for FID/KID")
     batch_size: Literal["auto"] | PositiveInt = Field("auto", description=BATCH_HELP)
     kid_subset_size: int = Field(1000, ge=2, description="images per KID subset")
+    nearest_k: int = Field(NEAREST_K, ge=1, description=NEAREST_K_HELP)
+    is_splits: int = Field(10, ge=1, description=IS_SPLITS_HELP)
     grid: int = Field(8, ge=1, description="samples.png holds grid x grid samples (conditional models: about as many, "
                                            "one labelled block per class)")
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seeds the samples; 0 to 2**32 - 1")

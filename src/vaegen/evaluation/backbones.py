@@ -63,6 +63,10 @@ class Backbone(nn.Module):
         with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             return self.features(x).float()
 
+    def logits(self, features: Tensor) -> Tensor | None:
+        """Class logits from this network's features, for the Inception Score; None for a network without a classifier."""
+        return None
+
     @property
     def precision(self) -> str:
         """bf16 on CUDA, except for the standard FID network, whose published numbers are fp32."""
@@ -124,9 +128,14 @@ class EfficientNetLite0(Backbone):
     def __init__(self):
         model = _timm_lite0()
         efficientnet_lite0_state_dict(model)
+        head = model.classifier  # ImageNet's 1000 classes: the offline stand-in for the Inception Score's classifier
         model.reset_classifier(0)  # forward now ends at the 1280-d global average pool
         # depthwise convolutions run about 3x faster in channels_last on CPU
         super().__init__(model.to(memory_format=torch.channels_last))
+        self.head = head.requires_grad_(False)
+
+    def logits(self, features: Tensor) -> Tensor:
+        return self.head(features.to(self.head.weight.dtype))
 
     def features(self, x: Tensor) -> Tensor:
         size = (self.input_size, self.input_size)
@@ -206,6 +215,10 @@ class InceptionFID(Backbone):
         super().__init__(NoTrainInceptionV3("inception-v3-compat", [feature], feature_extractor_weights_path=str(path)))
         self.name = "inception" if feature == "2048" else f"inception-{feature}"
         self.num_features = int(feature)
+
+    def logits(self, features: Tensor) -> Tensor | None:
+        # torch-fidelity's "logits_unbiased", what the Inception Score is computed on: the 1008-way layer without bias
+        return features.double() @ self.model.fc.weight.double().T if self.num_features == 2048 else None
 
     def features(self, x: Tensor) -> Tensor:
         # the network resizes to 299 itself and wants the 8-bit values the TF graph was fed

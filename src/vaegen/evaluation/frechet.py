@@ -1,4 +1,5 @@
-"""Fréchet and kernel distances between generated and real images, with the protocol stamped on.
+"""Fréchet and kernel distances between generated and real images, with precision, recall, density, coverage and
+the Inception Score on the same features (evaluation.manifold), and the protocol stamped on.
 
 A distance is comparable only with one measured the same way (network, image counts, reference split,
 resolution), so each metric's name says its network (`fid_inception` is the standard FID,
@@ -27,6 +28,7 @@ import vaegen
 from vaegen.checkpoint import atomic_write
 from vaegen.data.dataset import FEATURES_FOLDER, FROM_ENTRY, default_cache_dir
 from vaegen.errors import DataError, check_finite_outputs, pixel_size, plural
+from vaegen.evaluation.manifold import inception_score, precision_recall_density_coverage, usable_k
 from vaegen.samplers.draw import gmm_sampler, prior_sampler
 
 FEATURE_FORMAT = 1  # bump when feature extraction changes, so cached real features are recomputed
@@ -38,8 +40,12 @@ def metric_names(backbone: str) -> tuple[str, str]:
     """Names for (Fréchet, kernel) distance: `fid_`/`kid_` only for the standard Inception feature."""
     if backbone == "inception":
         return "fid_inception", "kid_inception"
-    slug = backbone.replace("-", "_").replace("inception_64", "inception64")
-    return f"fd_{slug}", f"kd_{slug}"
+    return f"fd_{network_slug(backbone)}", f"kd_{network_slug(backbone)}"
+
+
+def network_slug(backbone: str) -> str:
+    """The network's part of a metric's name: precision_efficientnet_lite0, is_inception."""
+    return backbone.replace("-", "_").replace("inception_64", "inception64")
 
 
 def protocol_text(protocol: dict) -> str:
@@ -133,6 +139,8 @@ class Evaluator:
     seed: int = 0
     # second opinions: other networks with their real features, fed the very same samples
     extras: list[tuple[nn.Module, torch.Tensor]] = field(default_factory=list)
+    nearest_k: int = 5  # the k of precision, recall, density and coverage (Naeem et al.'s choice)
+    is_splits: int = 10  # the Inception Score's splits, as published
 
     def __post_init__(self) -> None:
         self.real = self.real.to(self.device)  # the distance math runs where the features are made
@@ -167,6 +175,7 @@ class Evaluator:
             check_finite_outputs(int((~torch.isfinite(fake)).any(dim=1).sum()), len(fake), f"{network.name} features of generated images")
             kid_mean, kid_std = kernel_distance(real, fake, self.kid_subset_size, self.seed)
             scores |= {fd_name: frechet_distance(real, fake), kd_name: kid_mean, f"{kd_name}_std": kid_std}
+            scores |= self.fidelity_and_diversity(network, real, fake)
         libraries = {"vaegen": vaegen.__version__, "torch": torch.__version__, "torchmetrics": torchmetrics.__version__,
                      "python": platform.python_version()}
         protocol = {  # numbers are comparable only when this matches; extra_backbones scored the very same samples
@@ -174,11 +183,25 @@ class Evaluator:
             "num_real": len(self.real), "reference": self.reference, "image_size": list(self.image_size),
             "resize": self.backbone.resize, "backbone_precision": getattr(self.backbone, "precision", "fp32"),
             "sampler": sampler, "temperature": temperature,
-            "kid_subset_size": min(self.kid_subset_size, len(self.real), self.num_samples), "libraries": libraries,
+            "kid_subset_size": min(self.kid_subset_size, len(self.real), self.num_samples),
+            "nearest_k": usable_k(self.nearest_k, len(self.real), self.num_samples),
+            "is_splits": min(self.is_splits, self.num_samples), "libraries": libraries,
             "extra_backbones": [f"{net.name} ({feats.shape[1]}-d, {net.resize}, {getattr(net, 'precision', 'fp32')})"
                                 for net, feats in self.extras],
         }
         return {**scores, "protocol": protocol}
+
+
+    def fidelity_and_diversity(self, network: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> dict[str, float]:
+        """Precision, recall, density and coverage of one network's features, and the Inception Score of its logits
+        where it classifies (the standard IS on Inception; EfficientNet-Lite0's ImageNet head offline)."""
+        slug = network_slug(network.name)
+        k = usable_k(self.nearest_k, len(real), len(fake))
+        scores = {f"{name}_{slug}": value for name, value in precision_recall_density_coverage(real, fake, k).items()}
+        logits = network.logits(fake)
+        if logits is not None:
+            scores[f"is_{slug}"], scores[f"is_{slug}_std"] = inception_score(logits, self.is_splits, self.seed)
+        return scores
 
 
 def score_model(
@@ -252,7 +275,8 @@ def build_evaluator(
     extras = [network_and_real_features(extra) for extra in second_opinions(name, settings.extra_backbones)]
     for scoring_network, features in [(network, real), *extras]:
         warn_if_covariance_is_singular(metric_names(scoring_network.name), features.shape[1], len(features), settings.num_samples)
-    return Evaluator(network, real, reference, data_cfg.image_size, settings.num_samples, batch_size, settings.kid_subset_size, device, seed, extras)
+    return Evaluator(network, real, reference, data_cfg.image_size, settings.num_samples, batch_size, settings.kid_subset_size,
+                     device, seed, extras, settings.nearest_k, settings.is_splits)
 
 
 def run_evaluator(config, splits, device: torch.device) -> Evaluator | None:

@@ -34,6 +34,7 @@ from vaegen.errors import (
 from vaegen.evaluation.backbones import resolve_backbone_name, second_opinions
 from vaegen.evaluation.class_fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.evaluation.frechet import Evaluator, eval_batch_size, metric_names, run_evaluator, score_model
+from vaegen.evaluation.reconstruction import reconstruction_quality
 from vaegen.evaluation.validation import validation_terms
 from vaegen.models import Family, count_parameters, family_of, reconstructs
 from vaegen.plots import class_blocks, for_viewing, image_grid, reconstruction_grid, samples_per_class, save_png
@@ -346,14 +347,16 @@ def evaluate_samples(run: Run, evaluation: Evaluation, splits: Splits, epoch: in
     samples = sample_picture(model, evaluation.fixed_z, run.classes, device, density)
     out.pictures.append((out.last_samples, samples))
     out.tracker.log_image("samples", samples, epoch)
+    scores, protocol = {}, None
     if reconstructs(model):
         shown = splits.val if len(splits.val.images) else splits.train  # data.val_fraction: 0 has no validation images
         reconstructions = reconstruction_picture(model, shown, min(32, config.eval.num_grid), device)
         out.pictures.append((out.paths.run_dir / f"recon_epoch{epoch:04d}.png", reconstructions))
         out.tracker.log_image("reconstructions", reconstructions, epoch)
-    scores, protocol = {}, None
+        quality = reconstruction_quality(model, splits.val, eval_batch_size(config.eval.batch_size, device), device)
+        scores = {f"val_{name}": value for name, value in quality.items()}
     if evaluation.evaluator is not None:
-        scores = score_model(evaluation.evaluator, model, config.eval.temperature, evaluation.class_weights, density, run.family.has_prior)
+        scores |= score_model(evaluation.evaluator, model, config.eval.temperature, evaluation.class_weights, density, run.family.has_prior)
         protocol = scores.pop("protocol")
     if evaluation.classifier is not None:
         scores.update(conditional_fidelity(evaluation.classifier, model, run.classes, 100, config.train.seed, config.eval.temperature, density))
