@@ -1,4 +1,4 @@
-"""The Python API: `vaegen.load("best_models/<run>")` gives a `Pipeline`, a trained model with what it was trained
+"""The Python API: `vaegen.load("best_models/<run>")` (or a Hugging Face Hub id, "owner/name") gives a `Pipeline`, a trained model with what it was trained
 with: its class names, its config and the sampler its samples come from.
 
     model = vaegen.load("best_models/apples")
@@ -27,12 +27,17 @@ from vaegen.config import Config, load_config
 from vaegen.errors import CheckpointError, VaegenError
 from vaegen.models import build_model, family_of
 from vaegen.samplers.mixture import SAMPLER_FILE, LatentGMM, latent_codes
+from vaegen.sharing import hub_repo_id, hub_snapshot
 from vaegen.training.accel import resolve_device
 
 
 def read_model_folder(path: str | Path) -> tuple[Path, Config, dict[str, object]]:
-    """The weights file, validated config and weights metadata of a model folder, checked without building the model."""
+    """The weights file, validated config and weights metadata of a model folder (or of a Hugging Face Hub repo id,
+    vaegen.sharing), checked without building the model."""
     folder = Path(path)
+    repo_id = None if folder.exists() else hub_repo_id(str(path))
+    if repo_id is not None:
+        folder = hub_snapshot(repo_id)
     if not folder.exists():
         runs = sorted(weights.parent.name for weights in folder.parent.glob("*/model.safetensors")) if folder.parent.is_dir() else []
         there = f" Model folders in {folder.parent}: {', '.join(runs)}." if runs else ""

@@ -40,6 +40,7 @@ from vaegen.models import Family, count_parameters, family_of, reconstructs
 from vaegen.plots import class_blocks, for_viewing, image_grid, reconstruction_grid, samples_per_class, save_png
 from vaegen.samplers.draw import generated_samples, per_class_samples
 from vaegen.samplers.mixture import SAMPLER_FILE, LatentGMM, check_mixture_data, fit_model_density
+from vaegen.sharing import model_card
 from vaegen.training import distributed
 from vaegen.training.accel import CapturedStep, apply_backend_flags, autocast, resolve_device, resolve_step_options
 from vaegen.training.adversarial import Adversary
@@ -669,7 +670,7 @@ def export_best(paths: RunPaths, run: Run, row: dict, protocol: dict | None, sam
     """best_models/<run>/ for the run's evaluated model at `row`'s epoch, written together (checkpoint.written_together):
     every file is written before any replaces the previous best's, so an export stopped by a full disk, a kill or
     Ctrl+C leaves the previous best whole, and never weights beside another epoch's samples, mixture or metrics.
-    `samples` is the run's sample picture (PIL, from `sample_picture`)."""
+    `samples` is the run's sample picture (PIL, from `sample_picture`); README.md is its model card (vaegen.sharing)."""
     model, config, classes, criterion = run.eval_model, run.config, run.classes, run.criterion
     metadata = {
         "vaegen_version": vaegen.__version__,
@@ -700,3 +701,5 @@ def export_best(paths: RunPaths, run: Run, row: dict, protocol: dict | None, sam
         write_text_atomic(paths.best_dir / "config.yaml", config.to_yaml())
         save_png(samples, paths.best_dir / "samples.png")
         write_text_atomic(paths.best_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        card = model_card(paths.name, config, metrics, run.family.name, count_parameters(model))
+        write_text_atomic(paths.best_dir / "README.md", card)
