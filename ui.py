@@ -1,5 +1,6 @@
 """vaegen's gallery, `streamlit run ui.py [-- --best-dir DIR]`: browse the best checkpoints under best_models/ (or
---best-dir, or $VAEGEN_BEST_DIR), then sample, interpolate and reconstruct. Widgets only: vaegen.apps.gallery draws.
+--best-dir, or $VAEGEN_BEST_DIR), then sample, interpolate and reconstruct, or compare several. Widgets only:
+vaegen.apps.gallery draws.
 """
 
 from __future__ import annotations
@@ -145,6 +146,33 @@ def reconstruct_tab(model, model_key: tuple[str, int], stem: str, choice: str | 
          f"and its reconstruction{each}", stem, choice, "reconstruction")
 
 
+# ttl: a model still training writes new rows and a new best while the page is open
+@st.cache_data(ttl=30, max_entries=8, show_spinner="comparing")
+def cached_comparison(root: str, names: tuple[str, ...]) -> gallery.CompareView:
+    return gallery.compare_view(Path(root), list(names))
+
+
+def compare_page(root: Path, runs: list[gallery.Run]) -> None:
+    """Several models side by side, as `vaegen compare` shows them: the table, the protocol notes, curves, samples."""
+    names = [run.name for run in runs if run.error is None]
+    chosen = st.sidebar.multiselect("models to compare", names, default=names[:2], key="compare_runs")
+    st.title("Compare models")
+    if len(chosen) < 2:
+        st.info("Pick two models or more in the sidebar to compare them.")
+        return
+    try:
+        view = cached_comparison(str(root), tuple(chosen))
+    except VaegenError as exc:
+        st.error(str(exc))
+        return
+    st.dataframe({label: [row[index] for row in view.rows] for index, label in enumerate(view.header)}, hide_index=True)
+    for note in view.notes:
+        (st.warning if note.startswith("⚠") else st.caption)(note)
+    for caption, png in view.pictures:
+        st.image(png, alt=caption, output_format="PNG")
+        st.caption(caption)
+
+
 def main() -> None:
     st.set_page_config(page_title="vaegen gallery", layout="wide")
     root = gallery.checkpoint_root(sys.argv[1:], Path(__file__).resolve().parent / "best_models")
@@ -156,6 +184,8 @@ def main() -> None:
         # a missing root is most likely a mistyped --best-dir: a problem, not a fresh start
         (st.info if root.is_dir() else st.warning)(gallery.how_to_train(root))
         return
+    if st.sidebar.toggle("Compare models", key="compare"):
+        return compare_page(root, runs)
     run = pick_run(root, runs)
     st.title(run.name)
     if run.error is not None:

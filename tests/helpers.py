@@ -24,6 +24,8 @@ SAMPLE_CLASSES = ["Golden", "Golden-Red", "Red"]
 EXPORT_PROTOCOL = {"backbone": "efficientnet-lite0", "feature_dim": 1280, "num_generated": 500, "num_real": 240,
                    "reference": "train", "image_size": [16, 16], "sampler": "prior", "temperature": 1.0}
 
+TIMINGS = ("images_per_s", "wall_s")  # metrics.jsonl keys that differ between two runs of the same training
+
 # A resumed run matches the straight one to float noise (kernels round differently at other addresses)
 # as long as no ReLU input sits at noise level: one that does flips with that noise and the runs part.
 # With the fused Adam kernel, seed 0's tiny model has such inputs by epoch 3 (a near-dead channel of
@@ -37,9 +39,9 @@ def checkpoint_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
-    """A run's metrics.jsonl, one dict an epoch, without images_per_s (a timing, never the same twice)."""
+    """A run's metrics.jsonl, one dict an epoch, without images_per_s and wall_s (timings, never the same twice)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k != "images_per_s"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
 
 
 def read_summary(tmp_path: Path) -> list[dict]:

@@ -461,6 +461,18 @@ def test_resume_applies_new_learning_rate(tmp_path, tiny_config):
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 1e-5
 
 
+def test_wall_time_adds_up_across_a_resume_and_is_not_guessed_for_older_rows(tmp_path, tiny_config):
+    assert main(["train", "--config", str(tiny_config(tmp_path, train={"epochs": 1}))]) == 0
+    run = tmp_path / "logs" / "tiny"
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < rows[0]["wall_s"] < rows[1]["wall_s"]  # the resumed epoch counts on from the first run's time
+    # rows from before wall_s was logged: the resumed epochs do not know the past, so they write none
+    (run / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in row.items() if k != "wall_s"}) + "\n" for row in rows))
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=3"]) == 0
+    assert not any("wall_s" in row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()))
+
+
 def test_checkpoint_every_writes_the_training_state_less_often(tmp_path, monkeypatch, tiny_config):
     saved_epochs = []
     real_save = vaegen.training.loop.save_training_state

@@ -446,3 +446,19 @@ def test_a_model_with_a_latent_mixture_says_so(best, tmp_path, monkeypatch, medi
     expected = gallery.interpolation_view(model, 3, gallery.ALL_CLASSES, seed=0, temperature=0.5)
     assert same(downloaded(at, media, "download_interpolation"), expected.render())
     assert shown(at, media, "3 steps between two draws from the latent mixture (seed 0, temperature 0.5)")
+
+
+def test_compare_models_shows_what_vaegen_compare_draws(best, monkeypatch, media):
+    at = app(best, monkeypatch)
+    at.sidebar.toggle(key="compare").set_value(True).run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Compare models" and not at.sidebar.radio  # the model list gives way to the choice
+    assert at.sidebar.multiselect(key="compare_runs").value == ["cvae", "plain"]  # the first two, newest first
+    view = gallery.compare_view(best, ["cvae", "plain"])
+    (table,) = at.dataframe
+    assert list(table.value.columns) == view.header and table.value.values.tolist() == view.rows
+    assert [note.value for note in at.caption if note.value in view.notes] == view.notes  # eval off: said, not flagged
+    for caption, png in view.pictures:
+        assert same(shown(at, media, caption), Image.open(io.BytesIO(png)))
+    at.sidebar.multiselect(key="compare_runs").set_value(["plain"]).run()
+    assert "Pick two models or more" in at.info[0].value and not at.dataframe

@@ -38,6 +38,16 @@ class CheckpointError(VaegenError):
     exit_code = 2
 
 
+class CompareError(VaegenError):
+    """`vaegen compare` was given a folder that is not a run, model or sweep, too few runs, or metrics it cannot read."""
+
+    exit_code = 2
+
+
+class ProtocolMismatch(CompareError):
+    """`vaegen compare --strict`: the runs' FD/KID were measured under different protocols, so they do not compare."""
+
+
 class TrainingDiverged(VaegenError):
     """The loss (or weights, samples, metrics) became NaN or infinite; checkpoints written before it are kept.
     `diagnosis` says what happened and what to change; `then`, what to do next with the run (a sweep's trial says

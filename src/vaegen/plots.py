@@ -1,8 +1,9 @@
-"""The pictures a run leaves behind: image grids and the loss/beta curves."""
+"""The pictures a run leaves behind: image grids and the loss/beta curves; and the runs `vaegen compare` sets side by side."""
 
 from __future__ import annotations
 
 import functools
+import io
 import math
 from pathlib import Path
 
@@ -141,3 +142,78 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> None:
         fig.suptitle(title)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
+
+
+def overlaid_curves(quantities: dict[str, dict[str, list[tuple]]], runs: list[str], title: str = "") -> bytes:
+    """PNG bytes: a row per quantity, every run overlaid, against the epoch (left) and the run's wall-clock time (right,
+    where any run logged it). `quantities`: key -> run name -> [(epoch, wall seconds or None, value)]; `runs` fixes
+    each run's colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    walls = [wall for series in quantities.values() for points in series.values() for _, wall, _ in points if wall is not None]
+    unit, per = _time_unit(max(walls, default=0.0))
+    columns = 2 if walls else 1
+    fig, axes = plt.subplots(len(quantities), columns, figsize=(5 * columns, 3.0 * len(quantities)), squeeze=False,
+                             constrained_layout=True)
+    for (key, series), panels in zip(quantities.items(), axes):
+        for name, points in series.items():
+            style = {"color": f"C{runs.index(name) % 10}", "label": name, "marker": "o" if len(points) < 30 else None}
+            panels[0].plot([epoch for epoch, _, _ in points], [value for _, _, value in points], **style)
+            timed = [(wall / per, value) for _, wall, value in points if wall is not None]
+            if timed and walls:
+                panels[1].plot(*zip(*timed), **style)
+        untimed = [name for name, points in series.items() if not any(wall is not None for _, wall, _ in points)]
+        if untimed and walls:  # runs from before metrics.jsonl's wall_s: their time is not known, so not guessed
+            panels[1].text(0.02, 0.02, f"no wall time logged: {', '.join(untimed)}", transform=panels[1].transAxes, fontsize=8)
+        values = [value for points in series.values() for _, _, value in points]
+        for ax, xlabel in zip(panels, ["epoch", f"wall-clock time ({unit})"]):
+            if values and min(values) > 0 and max(values) > 10 * min(values):
+                ax.set_yscale("log")  # the first epochs' values would otherwise flatten the rest
+            ax.set(title=key, xlabel=xlabel)
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
+        panels[0].xaxis.set_major_locator(MaxNLocator(integer=True))
+        if walls:
+            panels[1].set_xlim(left=0)  # from the start of training: a late first point is time spent, not hidden
+    if title:
+        fig.suptitle(title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _time_unit(longest: float) -> tuple[str, float]:
+    """The unit a time axis reads best in, and its seconds."""
+    return ("h", 3600.0) if longest >= 3 * 3600 else ("min", 60.0) if longest >= 180 else ("s", 1.0)
+
+
+def side_by_side(images: list[Image.Image], labels: list[str], per_row: int = 4) -> Image.Image:
+    """The pictures (RGB) each under its label, `per_row` to a row, top-aligned on white."""
+    font = label_font(20)
+    pad = font.size // 2
+    images = [image.convert("RGB") for image in images]
+    width = max(image.width for image in images)
+    label_height = font.size + 2 * pad
+    rows = [images[start:start + per_row] for start in range(0, len(images), per_row)]
+    heights = [label_height + max(image.height for image in row) + pad for row in rows]
+    page = Image.new("RGB", (min(len(images), per_row) * (width + pad) + pad, sum(heights)), "white")
+    draw = ImageDraw.Draw(page)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        row, column = divmod(index, per_row)
+        left, top = pad + column * (width + pad), sum(heights[:row])
+        draw.text((left, top + pad), _fitted(label, font, width), fill="black", font=font)
+        page.paste(image, (left, top + label_height))
+    return page
+
+
+def _fitted(text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
+    """`text`, cut with an ellipsis where it is wider than `width` px."""
+    while len(text) > 1 and font.getlength(text) > width:
+        text = text[:-2] + "…"
+    return text

@@ -1,4 +1,4 @@
-"""`vaegen` on the command line: train, test, tune, config, data. Bad input exits non-zero with one readable paragraph."""
+"""`vaegen` on the command line: train, test, tune, compare, config, data. Bad input exits non-zero with one readable paragraph."""
 
 from __future__ import annotations
 
@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are not rerun")
     tune.add_argument("--address", metavar="HOST:PORT", help="join a running Ray cluster (`ray start --head` prints it; `auto`: the one on this machine); "
                       "default: $RAY_ADDRESS if set, else a Ray instance of the sweep's own")
+
+    compare = commands.add_parser("compare", help="compare runs: one table of every metric, overlaid curves, sample grids side by side")
+    compare.add_argument("paths", nargs="+", type=Path, metavar="RUN_OR_MODEL",
+                         help="a run folder (logs/<run>), a model folder (best_models/<run>) or a sweep folder (logs/<sweep>: its trials); two runs or more")
+    compare.add_argument("--out", type=Path, metavar="DIR", help="where compare.md and its pictures go (default: comparisons/<run>-vs-<run>...)")
+    compare.add_argument("--metric", nargs="+", action="extend", metavar="KEY",
+                         help="the table's metric columns: keys or patterns, e.g. --metric val_nelbo 'fd_*' (default: every metric of any run)")
+    compare.add_argument("--strict", action="store_true", help="refuse runs whose FD/KID were measured under different protocols (exit 2)")
 
     show = commands.add_parser("config", help="validate a training config and print it with every default filled in")
     show.add_argument("--config", type=Path, required=True, help="training YAML (see configs/)")
@@ -125,6 +133,21 @@ def cmd_tune(args) -> int:
     if not result.complete:
         print(f"interrupted: continue with `vaegen tune --config {args.config} --resume`; finished trials are kept.", file=sys.stderr)
         return 130
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from vaegen.evaluation import compare
+
+    comparison = compare.compare(args.paths, args.metric)
+    if args.strict:
+        compare.refuse_mismatch(comparison.entries)
+    out = args.out or compare.default_out_dir(args.paths)
+    files = compare.write(comparison, out)
+    print(compare.console_table(comparison))
+    for note in compare.protocol_notes(comparison.entries):
+        print(f"\n{note}")
+    print(f"\nwrote {', '.join(path.name for path in files)} to {out}/")
     return 0
 
 
@@ -298,4 +321,4 @@ def cmd_data(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "test": cmd_test, "tune": cmd_tune, "config": cmd_config, "data": cmd_data}
+COMMANDS = {"train": cmd_train, "test": cmd_test, "tune": cmd_tune, "compare": cmd_compare, "config": cmd_config, "data": cmd_data}

@@ -1,6 +1,6 @@
 """What the gallery (`streamlit run ui.py`) shows, without Streamlit, so it is unit-tested without a browser: the runs
-under a checkpoint root and their metadata, and each view (samples, interpolations, reconstructions) as a `Picture`
-rendered at the screen's scale or at the model's resolution (the download)."""
+under a checkpoint root and their metadata, each view (samples, interpolations, reconstructions) as a `Picture`
+rendered at the screen's scale or at the model's resolution (the download), and the compare view of several models."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from PIL import Image
 from vaegen.config import Config
 from vaegen.data.dataset import decode_image, to_input
 from vaegen.errors import CheckpointError, DataError, VaegenError, pixel_size
+from vaegen.evaluation.compare import CURVE_GROUPS, compare, curves_png, protocol_notes, samples_picture, table
 from vaegen.evaluation.frechet import protocol_text
 from vaegen.models import reconstructs
 from vaegen.pipeline import Pipeline, load, read_model_folder
@@ -361,3 +362,30 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# Comparing models
+@dataclass(frozen=True)
+class CompareView:
+    """What the compare view shows, all drawn by vaegen.evaluation.compare: the table (its header and a row of cells per
+    model, as compare.md has it), the protocol notes, and the pictures as (caption, PNG bytes)."""
+
+    header: list[str]
+    rows: list[list[str]]
+    notes: list[str]
+    pictures: list[tuple[str, bytes]]
+
+
+def compare_view(root: Path, names: list[str]) -> CompareView:
+    """The models `names` under `root` (at least two) compared as `vaegen compare` compares them, with their runs'
+    curves where their metrics.json names the run folder."""
+    comparison = compare([open_run(root, name) for name in names])
+    pictures = []
+    for group, (title, _) in CURVE_GROUPS.items():
+        png = curves_png(comparison, group)
+        if png is not None:
+            pictures.append((f"{title} against the epoch and the wall-clock time", png))
+    samples = samples_picture(comparison)
+    if samples is not None:
+        pictures.append(("each model's best samples", png_bytes(samples)))
+    return CompareView(*table(comparison), protocol_notes(comparison.entries), pictures)

@@ -1,9 +1,12 @@
-"""Where a run's numbers and pictures go: metrics.jsonl (one row per epoch, the source of truth), TensorBoard, W&B."""
+"""Where a run's numbers and pictures go: metrics.jsonl (one row per epoch, the source of truth), TensorBoard, W&B.
+Each metrics.jsonl row also carries `wall_s`, the run's wall-clock seconds at the epoch's end (setup excluded, summed
+over resumes), which `vaegen compare` plots against."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -36,15 +39,19 @@ class Tracker:
         self.metrics_path = run_dir / "metrics.jsonl"
         kept = [row for row in read_metrics(self.metrics_path) if row["epoch"] <= start_epoch]
         write_text_atomic(self.metrics_path, "".join(json.dumps(row) + "\n" for row in kept))
+        # a run resumed from rows without wall_s (an older vaegen) cannot know its past time, so it writes none
+        self.wall_offset = kept[-1].get("wall_s") if kept else 0.0
         # purge_step drops TensorBoard events logged after the checkpoint by an interrupted run
         self.tensorboard = SummaryWriter(run_dir / "tensorboard", purge_step=start_epoch + 1 if start_epoch else None)
         self.wandb_run = _start_wandb(run_dir, config, run_name) if config.logging.wandb != "disabled" else None
+        self.started = time.perf_counter()  # after W&B's start, which may wait up to 30 s for its server: setup
 
     def log_epoch(self, row: dict) -> None:
         epoch = row["epoch"]
+        timed = row if self.wall_offset is None else {**row, "wall_s": self.wall_offset + time.perf_counter() - self.started}
         try:
             with self.metrics_path.open("a") as handle:
-                handle.write(json.dumps(row) + "\n")
+                handle.write(json.dumps(timed) + "\n")
         except OSError as exc:  # a full disk is one paragraph, like a failed checkpoint write
             raise storage_error(self.metrics_path, exc) or exc
         for key, value in row.items():
