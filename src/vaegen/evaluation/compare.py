@@ -29,10 +29,13 @@ PROTOCOL_FIELDS = ("backbone", "feature_dim", "num_generated", "num_real", "refe
 MISSING = "—"
 KINDS = "a run folder (logs/<run>), a model folder (best_models/<run>) or a sweep folder (logs/<sweep>)"
 # The curve files: name -> (title, whether a metrics.jsonl key belongs to it); the keys themselves come from the rows.
+RECONSTRUCTION_SCORES = ("val_ssim", "val_ms_ssim", "val_psnr")
 CURVE_GROUPS = {
-    "loss": ("losses", lambda key: key in ("train_loss", "val_loss") or key.startswith("val_")),
+    "loss": ("losses", lambda key: key in ("train_loss", "val_loss") or (key.startswith("val_") and key not in RECONSTRUCTION_SCORES)),
     "fd": ("Fréchet distances", lambda key: key.startswith(("fid_", "fd_")) and not key.endswith("_std")),
     "kd": ("kernel distances", lambda key: key.startswith(("kid_", "kd_")) and not key.endswith("_std")),
+    "fidelity": ("precision, recall, density, coverage", lambda key: key.startswith(("precision_", "recall_", "density_", "coverage_"))),
+    "reconstruction": ("reconstruction SSIM and PSNR", lambda key: key in RECONSTRUCTION_SCORES),
 }
 NAME_ROOM = 100  # characters of the default output folder's name
 
