@@ -185,6 +185,12 @@ CHOICES = {  # choices a full run may take here (the config property draws every
     "logging.wandb": ("disabled",),  # offline starts W&B's service (seconds, outliving the example); online needs the network
     "train.compile": (False, "auto"),  # torch.compile on CPU costs tens of seconds; auto is off on CPU
     "train.device": ("cpu", "auto"),  # cuda/mps are refused here in microseconds: the config property covers them
+    # the other sources read a torchvision dataset or an array file, not the drawn folder (tests/test_data_sources.py)
+    "data.source": ("folder",),
+    "data.dataset": (None,),
+    "data.split": (None,),
+    "data.download": (True,),
+    "data.labels": (None,),
 }
 def _model_names() -> list[str]:
     """model.name's valid values, which its annotation (str) does not tell: the model registry."""

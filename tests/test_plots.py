@@ -38,6 +38,12 @@ def test_class_blocks_of_grayscale_images_stay_grayscale_and_are_labelled_at_sca
     assert text[: 6 * 18].any() and text[6 * 18 :].any()  # each block's name, drawn in its margin
 
 
+def test_class_names_with_line_breaks_are_drawn_on_one_line():
+    names = ["a\nb", "c\x85d", "e\u2029f", "g\r\nh"]  # each used to stop Pillow's text layout (raqm_layout() failed)
+    images = torch.rand(len(names), 3, 16, 16)
+    assert np.array_equal(np.asarray(class_blocks(images, names)), np.asarray(class_blocks(images, ["a b", "c d", "e f", "g h"])))
+
+
 def test_class_names_outside_ascii_are_drawn_as_letters_not_as_the_missing_glyph_box():
     # "Äpfel grün" was drawn "□pfel gr□n": Pillow's default font has ASCII only; U+E000 is private use, in no font
     names = ["Ä", "ü", "β", "я", "\ue000"]

@@ -71,6 +71,8 @@ def label_font(size: int) -> ImageFont.FreeTypeFont:
 def labelled_rows(images: torch.Tensor, names: list[str], columns: int | None = None, scale: int = 1) -> Image.Image:
     """The images in len(names) equal blocks, each named in a left margin (RGB, or L for one channel); a block wraps
     after `columns` (None: one row), wrapped blocks set apart by a ruled gap. Names are drawn after the `scale`."""
+    # Pillow's text layout (raqm) fails on a line break inside a label: \n, \r, U+001C-001E, U+0085, U+2029
+    names = [" ".join(name.splitlines()) for name in names]
     per_block = len(images) // len(names)
     columns = min(columns or per_block, per_block)
     mode = "L" if images.shape[1] == 1 else "RGB"

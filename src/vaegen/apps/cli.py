@@ -156,9 +156,13 @@ def cmd_config(args) -> int:
 
     config = load_config(args.config, args.overrides)
     print(config.to_yaml(), end="")
-    if not config.data.root.is_dir():  # valid as a config, but training would stop at once
-        print(f"note: data.root {config.data.root} does not exist here yet; build it (docs/guide.md, Datasets) or "
+    root, source = config.data.root, config.data.source
+    # valid as a config, but training would stop at once (a torchvision dataset is downloaded then)
+    if source == "folder" and not root.is_dir():
+        print(f"note: data.root {root} does not exist here yet; build it (docs/guide.md, Datasets) or "
               f"point at a copy with --set data.root=DIR.", file=sys.stderr)
+    if source == "array" and not root.is_file():
+        print(f"note: data.root {root} is no file here; point at the array with --set data.root=FILE.", file=sys.stderr)
     return 0
 
 

@@ -175,7 +175,7 @@ def describe(run: Run) -> dict[str, str]:
     model, train, beta, sampler = config.model, config.train, config.beta, config.sampler
     names = ", ".join(classes)
     rows = {
-        "dataset": f"{Path(config.data.root).name} ({config.data.root})",
+        "dataset": f"{config.data.title} ({config.data.root})",
         "image size": f"{size} (width×height), {'RGB' if config.data.channels == 3 else 'grayscale'}",
         "classes": f"{len(classes)} in the training data ({names}); the model is unconditional"
         if model.conditional == "none" else f"{len(classes)}: {names}",
@@ -210,7 +210,7 @@ def summary(run: Run) -> str:
         return "cannot be opened (select it to see why)"
     size, epoch = _size_and_epoch(run)
     classes = "unconditional" if run.config.model.conditional == "none" else f"{len(run.metadata['classes'])} classes"
-    parts = [Path(run.config.data.root).name, size, classes, f"epoch {epoch}"]
+    parts = [run.config.data.title, size, classes, f"epoch {epoch}"]
     score = fid(run)
     if score is not None:
         parts.append(f"{score[0]} {score[1]:.4g}")

@@ -31,6 +31,13 @@ NEAREST_K = 5
 NEAREST_K_HELP = ("the k of the k-nearest-neighbour balls behind precision, recall, density and coverage (Naeem et al. "
                   "use 5); lowered to fewer than the images on either side when needed")
 IS_SPLITS_HELP = "splits of the samples whose Inception Scores give its mean ± std (10, as published)"
+# data.source torchvision: the datasets read, each with its own splits as torchvision names them (the first is the default)
+TORCHVISION_SPLITS = {
+    "MNIST": ("train", "test"), "FashionMNIST": ("train", "test"), "KMNIST": ("train", "test"),
+    "CIFAR10": ("train", "test"), "CIFAR100": ("train", "test"), "SVHN": ("train", "test", "extra"),
+    "CelebA": ("train", "valid", "test", "all"),
+}
+ARRAY_SUFFIXES = (".npy", ".npz")
 
 
 class Section(BaseModel):
@@ -91,7 +98,25 @@ def _refuse_first(rules: list[tuple[Any, str | None]]) -> None:
 class DataConfig(Section):
     """The training images and how they are read."""
 
-    root: Path = Field(description="ImageFolder (one subfolder per class) or a flat folder of images")
+    root: Path = Field(description="ImageFolder (one subfolder per class) or a flat folder of images; with "
+                                   "data.source torchvision the folder the dataset is downloaded into, with array a "
+                                   ".npy or .npz file")
+    source: Literal["folder", "torchvision", "array"] = Field(
+        "folder", description="what data.root holds: image files, a torchvision dataset (data.dataset), or a numpy "
+                              "array of images (N×H×W, N×H×W×C or N×C×H×W, C = 1 or 3; uint8, or floats in [0, 1])")
+    dataset: Literal[tuple(TORCHVISION_SPLITS)] | None = Field(
+        None, description="source torchvision only: the dataset, any case (its classes; CelebA is one class, CelebA)")
+    split: Literal["train", "test", "extra", "valid", "all"] | None = Field(
+        None, description="source torchvision only: the dataset's own part to read; null = train; SVHN also has "
+                          "extra, CelebA valid and all (data.val_fraction still holds out part of it)")
+    download: bool = Field(True, description="source torchvision only: download missing files into data.root "
+                                             "(false: never use the network)")
+    labels: Path | None = Field(
+        None, description="source array with a .npy only: a .npy of one whole-number label per image, classes named "
+                          "class_<label>; an .npz holds its own (arrays images or x, labels or y, and class names in "
+                          "classes); null = one class, named after the file")
+    limit: PositiveInt | None = Field(None, description="at most this many images per class, the first in the "
+                                                        "source's order (files by name), before the split; null = all")
     image_size: tuple[PositiveInt, PositiveInt] = Field(
         (64, 64), description="one number (square) or [height, width], in pixels; each divisible by 2**len(model.widths)"
     )
@@ -116,6 +141,46 @@ class DataConfig(Section):
         channels = "; the channel count goes in data.channels" * (isinstance(value, list) and len(value) == 3)
         raise ValueError("an image size is one whole number of pixels for square images (e.g. 64) or "
                          f"[height, width] (e.g. [64, 48]), each at least 1{channels}")
+
+    @property
+    def title(self) -> str:
+        """The data's name in summaries: its folder's or file's, or the torchvision dataset's and split's."""
+        return f"{self.dataset} {self.split or 'train'}" if self.source == "torchvision" else self.root.name
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        # torchvision spells them MNIST, CIFAR10, CelebA; `mnist` or `cifar10` means the same dataset
+        names = {name.lower(): name for name in TORCHVISION_SPLITS}
+        return names.get(value.lower(), value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _keys_fit_the_source(self) -> DataConfig:
+        _refuse_first(self._source_rules())
+        return self
+
+    def _source_rules(self) -> list[tuple[bool, str]]:
+        """Each key read by one source is refused under another; each source's own keys must fit together."""
+        source, dataset, split, labels = self.source, self.dataset, self.split, self.labels
+        owners = {"dataset": "torchvision", "split": "torchvision", "download": "torchvision", "labels": "array"}
+        # a dumped config holds every key, so a key counts as set when it differs from its default
+        foreign = next((key for key, owner in owners.items()
+                        if owner != source and getattr(self, key) != DataConfig.model_fields[key].default), None)
+        owner, splits, suffix = owners.get(foreign), TORCHVISION_SPLITS.get(dataset, ("train",)), self.root.suffix.lower()
+        return [
+            (foreign is not None, f"data.{foreign} is set, but data.source is {source} and only data.source {owner} "
+             f"reads it; remove data.{foreign}, or set data.source: {owner}"),
+            (source == "torchvision" and dataset is None, "data.source torchvision needs data.dataset, the dataset "
+             f"to read: {either(list(TORCHVISION_SPLITS))} (e.g. data.dataset: MNIST)"),
+            (split is not None and dataset is not None and split not in splits, f"data.split {split} is no split of "
+             f"{dataset}, which has {either(list(splits))}; set one of those, or remove data.split for train"),
+            (source == "array" and suffix not in ARRAY_SUFFIXES, f"data.source array reads a .npy or .npz file, but "
+             f"data.root is {self.root}; point data.root at one, or set data.source: folder for a folder of images"),
+            (labels is not None and suffix == ".npz", "data.labels goes with a .npy data.root; an .npz holds its "
+             "labels itself, as an array named labels (or y): remove data.labels"),
+            (labels is not None and labels.suffix.lower() != ".npy", f"data.labels {labels} is not a .npy file; save "
+             "the labels with numpy.save (one whole number per image) and point data.labels at that file"),
+        ]
 
 
 class ModelConfig(Section):

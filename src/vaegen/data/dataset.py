@@ -1,4 +1,4 @@
-"""Image folders decoded once into a uint8 tensor, cached on disk, split and batched.
+"""Image folders (or the other sources of vaegen.data.sources) decoded once into a uint8 tensor, cached, split, batched.
 
 Each image is decoded and resized once into one [N, C, H, W] uint8 tensor, cached in a safetensors file keyed by the
 file list (names, sizes, mtimes, ctimes) and the transform. Batch order follows from a seeded generator.
@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import re
 import socket
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from stat import S_ISDIR
+from stat import S_ISDIR, S_ISREG
 from typing import BinaryIO
 
 import numpy as np
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from vaegen.checkpoint import atomic_write, file_in_the_way
 from vaegen.config import DataConfig
+from vaegen.data.sources import SourceImages, first_per_class, open_source
 from vaegen.errors import DataError, pixel_size, plural
 
 CACHE_FORMAT = 1  # bump when decoding or resizing changes, so old caches are not reused
@@ -54,7 +56,7 @@ class ImageIndex:
 
 @dataclass(frozen=True)
 class DecodedImages:
-    """All usable images of a folder: uint8 [N, C, H, W] plus int64 labels."""
+    """All usable images of a folder (or another source): uint8 [N, C, H, W] plus int64 labels."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -198,7 +200,12 @@ def decode_with_size(path: Path | BinaryIO, cfg: DataConfig) -> tuple[np.ndarray
     """decode_image's array, and the (width, height) of the image before it was resized."""
     with Image.open(path) as image:
         image.load()
-        image = to_mode(image, cfg.channels)
+        return fit_image(image, cfg)
+
+
+def fit_image(image: Image.Image, cfg: DataConfig) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image of any mode as a uint8 [C, H, W] array of the configured size/channels, and its (width, height)."""
+    image = to_mode(image, cfg.channels)
     source_size = image.size
     size, bicubic = tuple(cfg.image_size[::-1]), Image.Resampling.BICUBIC  # PIL sizes are (width, height)
     image = ImageOps.fit(image, size, method=bicubic) if cfg.resize == "center_crop" else image.resize(size, bicubic)
@@ -222,11 +229,17 @@ def _why_unreadable(exc: Exception) -> str:
     return text if len(text) <= 80 else text[:79] + "…"
 
 
+def _header(cfg: DataConfig, **identity) -> dict:
+    """What a cache key covers besides the files: the transform, and data.limit only when set (so the keys of
+    sources read whole stay what they were before data.limit)."""
+    header = {"format": CACHE_FORMAT, "size": list(cfg.image_size), "channels": cfg.channels, "resize": cfg.resize,
+              **identity}
+    return header if cfg.limit is None else {**header, "limit": cfg.limit}
+
+
 def cache_key(index: ImageIndex, cfg: DataConfig) -> str:
     digest = hashlib.sha256()
-    header = {"format": CACHE_FORMAT, "size": list(cfg.image_size), "channels": cfg.channels, "resize": cfg.resize,
-              "classes": index.classes}
-    digest.update(json.dumps(header, sort_keys=True).encode())
+    digest.update(json.dumps(_header(cfg, classes=index.classes), sort_keys=True).encode())
     for path, label in zip(index.files, index.labels):
         stat = path.stat()
         # mtime can be set back (os.utime, tar, rsync -t, cp -p), ctime cannot: a file rewritten in place with
@@ -236,21 +249,38 @@ def cache_key(index: ImageIndex, cfg: DataConfig) -> str:
     return digest.hexdigest()[:20]
 
 
+def source_key(identity: dict, cfg: DataConfig) -> str:
+    """The cache key of a torchvision or array source: what identifies it (vaegen.data.sources) and the transform."""
+    return hashlib.sha256(json.dumps(_header(cfg, **identity), sort_keys=True).encode()).hexdigest()[:20]
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("VAEGEN_CACHE", Path.home() / ".cache" / "vaegen"))
 
 
+def limit_per_class(index: ImageIndex, limit: int | None) -> ImageIndex:
+    """The first `limit` files of each class (all when None)."""
+    kept = first_per_class(index.labels, limit)
+    return dataclasses.replace(index, files=[index.files[i] for i in kept], labels=[index.labels[i] for i in kept])
+
+
 def load_images(cfg: DataConfig, workers: int = 4, names: Settings = TRAIN_SETTINGS) -> DecodedImages:
-    """Decode every image under cfg.root once; later calls read the cached tensor."""
-    index = scan_folder(cfg.root, names)
+    """Decode every image of cfg.root (as cfg.source reads it) once; later calls read the cached tensor."""
+    if cfg.source == "folder":
+        index = limit_per_class(scan_folder(cfg.root, names), cfg.limit)
+        entry, fingerprint = index.root.name, cache_key(index, cfg)
+        decode = functools.partial(_decode_all, index, cfg, workers, names, fingerprint)
+    else:
+        source = open_source(cfg, names.root)
+        entry, fingerprint = source.name, source_key(source.identity, cfg)
+        decode = functools.partial(_decode_source, source.read, cfg, workers, fingerprint)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     height, width = cfg.image_size
-    fingerprint = cache_key(index, cfg)
-    cache_file = cache_dir / f"{index.root.name}-{height}x{width}x{cfg.channels}-{fingerprint}.safetensors"
+    cache_file = cache_dir / f"{entry}-{height}x{width}x{cfg.channels}-{fingerprint}.safetensors"
     result = _read_cache(cache_file, fingerprint) if cache_file.is_file() else None
     if result is None:
-        result = _decode_all(index, cfg, workers, names, fingerprint)
-        if _write_cache(cache_file, result, index.root, cfg):
+        result = decode()
+        if _write_cache(cache_file, result, Path(cfg.root), cfg):
             with contextlib.suppress(OSError):  # the cache is optional, and so is keeping it small
                 prune_cache(cache_dir, cache_file)
     _reported(result, cfg, names)
@@ -284,13 +314,39 @@ def _decode_all(index: ImageIndex, cfg: DataConfig, workers: int, names: Setting
                         f"{names.skip_bad} drops the unreadable ones ({listed}). Add readable images to them, or move "
                         f"those folders out of {names.root}.")
     files = [str(index.files[i].relative_to(index.root)) for i in keep]
-    kept, (height, width) = [decoded[i] for i in keep], cfg.image_size
-    # a side under 1/MAX_ENLARGEMENT of image_size's: center_crop and stretch alike enlarge it more than that
-    small = {file: [w, h] for file, (_, (w, h)) in zip(files, kept)
-             if w * MAX_ENLARGEMENT < width or h * MAX_ENLARGEMENT < height}
+    kept = [decoded[i] for i in keep]
     images = torch.from_numpy(np.stack([array for array, _ in kept]))
     labels = torch.tensor([index.labels[i] for i in keep], dtype=torch.int64)
-    return DecodedImages(images, labels, index.classes, files, list(bad), fingerprint, reasons=bad, small=small)
+    return DecodedImages(images, labels, index.classes, files, list(bad), fingerprint, reasons=bad,
+                         small=_far_too_small(files, [size for _, size in kept], cfg))
+
+
+def _far_too_small(files: list[str], sizes: list[tuple[int, int]], cfg: DataConfig) -> dict[str, list[int]]:
+    """file -> [width, height] of the images with a side under 1/MAX_ENLARGEMENT of image_size's: center_crop and
+    stretch alike enlarge them more than that."""
+    height, width = cfg.image_size
+    return {file: [w, h] for file, (w, h) in zip(files, sizes) if w * MAX_ENLARGEMENT < width or h * MAX_ENLARGEMENT < height}
+
+
+def _decode_source(read: Callable[[], SourceImages], cfg: DataConfig, workers: int, fingerprint: str) -> DecodedImages:
+    """Every image a torchvision or array source keeps, fitted to the configured size and channels."""
+    source = read()
+
+    def fit(index: int) -> tuple[np.ndarray, tuple[int, int]]:
+        try:
+            return fit_image(source.image(index), cfg)
+        except Exception as exc:  # a damaged file behind a dataset (CelebA's JPEGs); arrays were checked when read
+            raise DataError(f"image {index} of {source.name} under {cfg.root} could not be read "
+                            f"({_why_unreadable(exc)}); delete the dataset's files and download them again.") from None
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        decoded = list(tqdm(pool.map(fit, source.indices), total=len(source.indices), desc=f"decoding {source.name}",
+                            unit="img", disable=None))
+    files = [f"{source.name}[{index}]" for index in source.indices]
+    images = torch.from_numpy(np.stack([array for array, _ in decoded]))
+    labels = torch.tensor(source.labels, dtype=torch.int64)
+    return DecodedImages(images, labels, source.classes, files, [], fingerprint,
+                         small=_far_too_small(files, [size for _, size in decoded], cfg))
 
 
 def _listing(paths: list[str], limit: int = 10) -> str:
@@ -338,8 +394,7 @@ def _reported(images: DecodedImages, cfg: DataConfig, names: Settings) -> None:
 def _write_cache(path: Path, images: DecodedImages, root: Path, cfg: DataConfig) -> bool:
     metadata = {key: json.dumps(getattr(images, key)) for key in ("classes", "files", "skipped", "reasons", "small")}
     # what prune_cache compares; the host too, as a cache folder shared over NFS holds other machines' folders
-    metadata["source"] = json.dumps({"root": str(Path(root).resolve()), "host": socket.gethostname(),
-                                     "size": list(cfg.image_size), "channels": cfg.channels, "resize": cfg.resize})
+    metadata["source"] = json.dumps(_entry_source(root, cfg))
     tensors = {"images": images.images.contiguous(), "labels": images.labels}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -351,6 +406,17 @@ def _write_cache(path: Path, images: DecodedImages, root: Path, cfg: DataConfig)
         warnings.warn(f"could not write the data cache {path} ({reason}); the next run decodes again. Set "
                       f"data.cache_dir (or $VAEGEN_CACHE) to a folder you can write to.", stacklevel=3)
         return False
+
+
+def _entry_source(root: Path, cfg: DataConfig) -> dict:
+    """What prune_cache compares; a folder read whole is recorded as before the other sources and data.limit."""
+    source = {"root": str(Path(root).resolve()), "host": socket.gethostname(), "size": list(cfg.image_size),
+              "channels": cfg.channels, "resize": cfg.resize}
+    if cfg.source != "folder":
+        source["kind"] = cfg.source
+    if cfg.source == "torchvision":
+        source |= {"dataset": cfg.dataset, "split": cfg.split or "train"}
+    return source if cfg.limit is None else {**source, "limit": cfg.limit}
 
 
 def prune_cache(cache_dir: Path, newest: Path) -> list[Path]:
@@ -377,10 +443,12 @@ def prune_cache(cache_dir: Path, newest: Path) -> list[Path]:
 
 
 def _folder_gone(source: str) -> bool:
-    """Whether an entry's folder is known to be gone: on this machine, and missing (not merely unreadable)."""
+    """Whether an entry's folder (an array source's file) is known to be gone: on this machine, and missing (not merely
+    unreadable)."""
     try:
         recorded = json.loads(source)
-        return recorded.get("host") == socket.gethostname() and not S_ISDIR(os.stat(recorded["root"]).st_mode)
+        is_kind = S_ISREG if recorded.get("kind") == "array" else S_ISDIR
+        return recorded.get("host") == socket.gethostname() and not is_kind(os.stat(recorded["root"]).st_mode)
     except (FileNotFoundError, NotADirectoryError):
         return True
     except (OSError, ValueError, KeyError, TypeError):  # unreadable, or a source this version did not write

@@ -584,9 +584,10 @@ def prepare_output_folders(paths: RunPaths) -> None:
 def build_data_and_run(config: Config, device: torch.device) -> tuple[Splits, Run]:
     """The data (decoded once, cached, split deterministically), placed as the step options say, and the Run."""
     splits = load_splits(config.data, config.train.seed)
-    classes = splits.train.classes
+    classes, data = splits.train.classes, config.data
+    where = f"{data.title} in {data.root}" if data.source == "torchvision" else data.root
     log.info(
-        f"data: {config.data.root} — {len(splits.train.images)} train / {len(splits.val.images)} val images, "
+        f"data: {where} — {len(splits.train.images)} train / {len(splits.val.images)} val images, "
         f"{len(classes)} class(es) {classes}, {pixel_size(*config.data.image_size)}, {plural(config.data.channels, 'channel')}"
     )
     # how the step uses the hardware (precision, layout, compile, data placement)

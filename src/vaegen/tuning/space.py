@@ -131,7 +131,7 @@ def _flatten(mapping: dict, is_leaf, prefix: str = "") -> dict:
 # the trial's own bookkeeping; a sweep that searched these would compare unlike numbers or lose runs
 FIXED_BY_THE_SWEEP = ("output.select", "eval.backbone", "output.logs_dir", "output.best_dir", "output.run_name")
 # paths in a train config, made absolute because trials run in Ray's workers with another cwd
-PATH_KEYS = ("data.root", "data.cache_dir", "eval.inception_weights", "output.logs_dir", "output.best_dir")
+PATH_KEYS = ("data.root", "data.labels", "data.cache_dir", "eval.inception_weights", "output.logs_dir", "output.best_dir")
 
 
 @dataclass
