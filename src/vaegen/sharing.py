@@ -65,7 +65,9 @@ def model_card(name: str, config: Config, metrics: dict, family: str, parameters
 
 
 def _recipe(config: Config) -> str:
-    rows = [("data", f"{config.data.root}, val_fraction {config.data.val_fraction}, hflip {config.data.hflip}"),
+    data = config.data
+    limit = f", at most {data.limit} per class" if data.limit else ""
+    rows = [("data", f"{data.title} ({data.source}: {data.root}){limit}, val_fraction {data.val_fraction}, hflip {data.hflip}"),
             ("model", f"{config.model.name}, widths {list(config.model.widths)}, conditional {config.model.conditional}"),
             ("loss", f"recon {config.loss.recon}, perceptual {config.loss.perceptual}"),
             ("β", f"{config.beta.schedule} to {config.beta.max}"),
