@@ -3,14 +3,17 @@
     python scripts/ablate.py                                  # 32 px, 20 epochs, CPU (under an hour on 2 cores)
     python scripts/ablate.py --device cuda --size 96 --epochs 100
     python scripts/ablate.py --rows reference,+gmm --epochs 5 --no-record    # a quick look
+    python scripts/ablate.py --data ../shared/data/impressionism --recipe configs/train_impressionism.yaml \
+        --rows "reference,best recipe" --section impressionism     # another dataset, its own section
 
-Every row trains `configs/train_apples.yaml` with the same seed, data, epochs and evaluation
+Every row trains the recipe (`configs/train_apples.yaml` unless --recipe) with the same seed, data, epochs and evaluation
 protocol (Fréchet and kernel distance on EfficientNet-Lite0 features of --num-samples generated
 images against all real images, once, after the last epoch), changing only what the row names.
 One evaluation, not the best of several: choosing an epoch by the reported score would flatter
 every row (and each row's best of four evaluations was its last one anyway, measured 2026-11-23).
-The table (distance, KID, reconstruction MSE per image, copy ratio, wall time, device) and one
-sample grid per row replace the ablation section of docs/results.md.
+The table (distance, KID, precision/recall/density/coverage, reconstruction MSE per image, copy ratio,
+wall time, device) and one sample grid per row replace the ablation section of docs/results.md (--section
+NAME: a section of its own, between <!-- ablation:NAME:start --> and <!-- ablation:NAME:end -->).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def default_data() -> Path:
 
 
 def row_config(args, changes: dict[str, object], out: Path, slug: str):
-    raw = read_yaml(REPO / "configs" / "train_apples.yaml")
+    raw = read_yaml(args.recipe)
     protocol = {
         "data.root": str(args.data), "data.image_size": args.size, "train.epochs": args.epochs, "train.device": args.device,
         "eval.every": args.epochs, "eval.num_samples": args.num_samples, "eval.reference": "all", "eval.backbone": "efficientnet-lite0",
@@ -89,6 +92,8 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--data", type=Path, default=None)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
+    parser.add_argument("--recipe", type=Path, default=REPO / "configs" / "train_apples.yaml", help="the reference row's config")
+    parser.add_argument("--section", default="", help="record into docs/results.md's section of this name (default: the apples ablation)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/vaegen-ablation"))
     parser.add_argument("--no-record", action="store_true", help="print the table, leave docs/results.md alone")
     parser.add_argument("--fresh", action="store_true", help="retrain rows already finished in --out (default: reuse them)")
@@ -207,50 +212,85 @@ def score_with_mixture(config, trained: Path, out: Path) -> dict:
             "metrics": {**trained_metrics["metrics"], **{k: v for k, v in scores.items() if k != "protocol"}}}
 
 
+def command_line(args) -> str:
+    """The command that reproduces the table: the options this invocation set beyond the defaults."""
+    options = f"--device {args.device} --size {args.size} --epochs {args.epochs}"
+    if args.num_samples != 2000:
+        options += f" --num-samples {args.num_samples}"
+    if args.data != default_data():
+        options += f" --data {relative(args.data)}"
+    if args.recipe.resolve() != (REPO / "configs" / "train_apples.yaml"):
+        options += f" --recipe {relative(args.recipe)}"
+    if args.rows != ",".join(ROWS):
+        options += f' --rows "{args.rows}"'
+    return f"python scripts/ablate.py {options}" + (f" --section {args.section}" if args.section else "")
+
+
+def relative(path: Path) -> str:
+    """A path as a reader of docs/results.md would type it: from the repository root (../shared beside it)."""
+    path = path.resolve()
+    for base, shown in ((REPO, ""), (REPO.parent, "../")):
+        if path.is_relative_to(base):
+            return shown + str(path.relative_to(base))
+    return str(path)
+
+
 def render(results: list[dict], args, device_name: str, total: str) -> str:
     lines = [
         f"Measured {date.today()} on {device_name}, torch {torch.__version__}: {args.size} px, {args.epochs} epochs, "
         f"batch 64, seed 0, data {args.data.name} (all its images are the reference), {args.num_samples} samples "
-        f"scored once, after the last epoch. Command: `python scripts/ablate.py "
-        f"--device {args.device} --size {args.size} --epochs {args.epochs}`. {total}",
+        f"scored once, after the last epoch. Command: `{command_line(args)}`. {total}",
         "",
-        "| row | FD (EfficientNet-Lite0) | KID | FD from the prior | recon MSE / image | copy ratio | wall time | samples |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| row | FD (EfficientNet-Lite0) | KID | FD from the prior | precision | recall | density | coverage | "
+        "recon MSE / image | copy ratio | wall time | samples |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    legend = [f"- **{r['row']}**: " + (", ".join(f"`{k}: {v}`" for k, v in ROWS[r['row']].items()) or "configs/train_apples.yaml as it is")
+    recipe = relative(args.recipe)
+    legend = [f"- **{r['row']}**: " + (", ".join(f"`{k}: {v}`" for k, v in ROWS[r['row']].items()) or f"{recipe} as it is")
               + (f" (fitted after training on the {POST_HOC[r['row']]} row's checkpoint)" if r["row"] in POST_HOC else "")
               for r in results]
     reference = next((r["best"]["value"] for r in results if r["row"] == "reference"), None)
+    prefix = f"{args.section}-" if args.section else ""
     for result in results:
         metrics = result["best"]["metrics"]
         fd = result["best"]["value"]
         ratio = f" ({fd / reference:.2f}×)" if reference and result["row"] != "reference" else ""
         prior = metrics.get("fd_efficientnet_lite0_prior")
+        shares = " | ".join(number(metrics.get(f"{name}_efficientnet_lite0"), ".2f") for name in ("precision", "recall", "density", "coverage"))
         lines.append(
-            f"| {result['row']} | {fd:.1f}{ratio} | {metrics['kd_efficientnet_lite0']:.3f} | "
-            f"{'-' if prior is None else f'{prior:.1f}'} | {metrics['val_mse']:.1f} | {result['copy_ratio']:.2f} | "
-            f"{result['seconds'] / 60:.1f} min | ![{result['row']}](img/ablation/{args.size}px-{result['slug']}.png) |"
+            f"| {result['row']} | {fd:.1f}{ratio} | {metrics['kd_efficientnet_lite0']:.3f} | {number(prior, '.1f')} | {shares} | "
+            f"{metrics['val_mse']:.1f} | {result['copy_ratio']:.2f} | {result['seconds'] / 60:.1f} min | "
+            f"![{result['row']}](img/ablation/{prefix}{args.size}px-{result['slug']}.png) |"
         )
-    note = ("Copy ratio: the median pixel distance from 2,000 samples to their nearest training image over the same "
-            "median for the validation images. Fruit-360 films each apple turning, so a validation frame has a "
-            "near-twin in the training set and real images score far below any sampler; a row whose ratio fell "
-            "toward 1 or below would be handing back training images (which a feature distance rewards). "
-            "Wall time of a row fitted after training: its base row's training plus the fit and the scoring, what the "
-            "row costs from scratch.")
-    return "\n".join([*lines, "", note, "", "What each row changes in the reference recipe:", "", *legend])
+    twins = (" Fruit-360 films each apple turning, so a validation frame has a near-twin in the training set and real "
+             "images score far below any sampler;") if args.data.name == "apples" else ""
+    note = ("Precision and density say how many samples look like real images (fidelity), recall and coverage how much "
+            f"of the real images the samples reach (diversity); k = 5 nearest neighbours on the same features as FD. "
+            "Copy ratio: the median pixel distance from 2,000 samples to their nearest training image over the same "
+            f"median for the validation images.{twins} a row whose ratio fell toward 1 or below would be handing back "
+            "training images (which a feature distance rewards). Wall time of a row fitted after training: its base "
+            "row's training plus the fit and the scoring, what the row costs from scratch.")
+    return "\n".join([*lines, "", note, "", f"What each row changes in {recipe}:", "", *legend])
+
+
+def number(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def record(table: str, results: list[dict], args) -> None:
     images = REPO / "docs" / "img" / "ablation"
     images.mkdir(parents=True, exist_ok=True)
+    prefix = f"{args.section}-" if args.section else ""
     for result in results:
-        shutil.copyfile(result["samples"], images / f"{args.size}px-{result['slug']}.png")
+        shutil.copyfile(result["samples"], images / f"{prefix}{args.size}px-{result['slug']}.png")
     path = REPO / "docs" / "results.md"
     text = path.read_text()
-    section = f"{START}\n## Ablation at {args.size} px, {args.epochs} epochs\n\n{table}\n{END}"
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
+    start, end = (f"<!-- ablation:{args.section}:start -->", f"<!-- ablation:{args.section}:end -->") if args.section else (START, END)
+    heading = f"Ablation on {args.data.name}" if args.section else "Ablation"
+    section = f"{start}\n## {heading} at {args.size} px, {args.epochs} epochs\n\n{table}\n{end}"
+    if start in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)

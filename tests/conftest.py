@@ -180,3 +180,9 @@ def register_for_this_test():
         MODELS.pop(name, None)
         FAMILIES.pop(name, None)
         MODEL_NAMES.discard(name)
+
+
+@pytest.fixture
+def default_cache_elsewhere(tmp_path, monkeypatch):
+    """$VAEGEN_CACHE in tmp_path: the default cache of a config without data.cache_dir lands there, not in ~/.cache."""
+    monkeypatch.setenv("VAEGEN_CACHE", str(tmp_path / "env-cache"))

@@ -23,6 +23,9 @@ from vaegen.config import DataConfig
 from vaegen.data.dataset import DecodedImages, batches, decode_image, load_images, load_splits, scan_folder, split
 from vaegen.errors import DataError
 
+# a config that lost its cache_dir writes into tmp_path, never ~/.cache
+pytestmark = pytest.mark.usefixtures("default_cache_elsewhere")
+
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 CLASS_COLOURS = {"cat": RED, "dog": GREEN, "eel": BLUE}
 
@@ -62,12 +65,6 @@ def close_to(tensor: torch.Tensor, value, tol: int = 1) -> bool:
     """Every pixel within tol of value; channels are dim -3 of [..., C, H, W], or dim 0 of a [C, W] column."""
     expected = torch.tensor(value, dtype=torch.int16).view(-1, *([1] * min(tensor.dim() - 1, 2)))
     return bool(((tensor.to(torch.int16) - expected).abs() <= tol).all())
-
-
-@pytest.fixture(autouse=True)
-def _default_cache_elsewhere(tmp_path, monkeypatch):
-    """Safety net: if a config ever lost its cache_dir the default would land in tmp_path, not ~/.cache."""
-    monkeypatch.setenv("VAEGEN_CACHE", str(tmp_path / "env-cache"))
 
 
 @pytest.fixture

@@ -27,6 +27,9 @@ from vaegen.config import DataConfig, config_from_dict
 from vaegen.data.dataset import cache_key, fit_image, load_images, load_splits, prune_cache, scan_folder
 from vaegen.errors import ConfigError, DataError
 
+# a config that lost its cache_dir writes into tmp_path, never ~/.cache
+pytestmark = pytest.mark.usefixtures("default_cache_elsewhere")
+
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
 
@@ -66,12 +69,6 @@ def mnist_cfg(tmp_path: Path, **overrides) -> DataConfig:
     values = {"root": tmp_path / "tv", "source": "torchvision", "dataset": "MNIST", "image_size": 32, "channels": 1,
               "download": False, "cache_dir": tmp_path / "cache"}
     return DataConfig(**{**values, **overrides})
-
-
-@pytest.fixture(autouse=True)
-def _default_cache_elsewhere(tmp_path, monkeypatch):
-    """Safety net: if a config ever lost its cache_dir the default would land in tmp_path, not ~/.cache."""
-    monkeypatch.setenv("VAEGEN_CACHE", str(tmp_path / "env-cache"))
 
 
 @pytest.fixture

@@ -80,3 +80,5 @@ def test_ssim_and_psnr_of_identical_and_of_noisy_reconstructions(tmp_path):
     assert noisy["ssim"] < 0.9
     # clamped to [0, 1], the noise's mean square stays just under 0.01: a PSNR just over 20 dB
     assert 20.0 < noisy["psnr"] < 20.0 + 10 * math.log10(2)
+    tiny = load_splits(DataConfig(root=root, image_size=8, cache_dir=tmp_path / "cache", val_fraction=0.5), 0).val
+    assert reconstruction_quality(_Copy(), tiny, batch_size=4, device=torch.device("cpu")) == {"psnr": PSNR_CAP_DB}  # no SSIM window fits

@@ -318,7 +318,7 @@ def test_ctrl_c_during_a_best_model_export_leaves_the_previous_best_whole(tmp_pa
     assert vaegen.load(best).metadata["epoch"] == 1  # the first export, whole: its weights, metrics and samples
     assert json.loads((best / "metrics.json").read_text())["epoch"] == 1 and (best / "samples.png").is_file()
     _assert_best_model_is_one_epoch(best)
-    assert sorted(path.name for path in best.iterdir()) == ["config.yaml", "metrics.json", "model.safetensors", "samples.png"]
+    assert sorted(path.name for path in best.iterdir()) == ["README.md", "config.yaml", "metrics.json", "model.safetensors", "samples.png"]
 
 
 def _tensorboard_image_sizes(run: Path, tag: str) -> list[tuple[int, int]]:

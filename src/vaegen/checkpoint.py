@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vaegen.errors import CheckpointError
+from vaegen.errors import CheckpointError, VaegenError
 
 
 class StorageError(CheckpointError, OSError):
@@ -339,3 +339,15 @@ def load_state_checked(model: nn.Module, tensors: dict[str, torch.Tensor], sourc
 def _unreadable(path: Path, exc: Exception) -> str:
     return (f"{path} is not a readable safetensors file ({exc}); it may be truncated or not a vaegen checkpoint. "
             f"Retrain, or restore the file from a copy.")
+
+
+def read_json_object(path: Path, error: type[VaegenError] = CheckpointError) -> dict:
+    """A JSON object vaegen wrote (metrics.json, sweep.json, params.json), refused as `error` when it cannot be read
+    or holds anything but an object, so a hand-edited file names itself instead of failing later."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path} is not readable JSON ({exc}); it should be what vaegen wrote there.") from exc
+    if not isinstance(value, dict):
+        raise error(f"{path} holds a JSON {type(value).__name__}, not the object vaegen writes there.")
+    return value

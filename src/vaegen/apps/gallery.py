@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import os
 import re
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from vaegen.checkpoint import read_json_object
 from vaegen.config import Config
 from vaegen.data.dataset import decode_image, to_input
 from vaegen.errors import CheckpointError, DataError, VaegenError, pixel_size
@@ -108,12 +108,7 @@ def _read_json(path: Path) -> dict:
     the type vaegen writes, so a hand-edited file cannot break the page."""
     if not path.is_file():
         return {}
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not readable JSON ({exc}); it should be what vaegen wrote there.") from exc
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}, not the object vaegen writes there.")
+    value = read_json_object(path)
     scores, found = value.get("metrics", {}), []
     if not isinstance(scores, dict):
         scores, found = {}, [f"`metrics` as a JSON {type(scores).__name__}, not an object of numbers"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from vaegen.checkpoint import atomic_write, make_output_folder, write_text_atomic
+from vaegen.checkpoint import atomic_write, make_output_folder, read_json_object, write_text_atomic
 from vaegen.errors import CompareError, ProtocolMismatch
 from vaegen.evaluation.frechet import protocol_text
 from vaegen.plots import overlaid_curves, side_by_side
@@ -200,13 +200,7 @@ def _names_run(model_dir: Path, run_dir: Path) -> bool:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CompareError(f"cannot read {path} ({exc}); it should be the JSON vaegen wrote there.") from exc
-    if not isinstance(value, dict):
-        raise CompareError(f"{path} holds a JSON {type(value).__name__}, not the object vaegen writes there.")
-    return value
+    return read_json_object(path, CompareError)
 
 
 def _read_yaml(path: Path) -> dict:

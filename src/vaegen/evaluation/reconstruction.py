@@ -11,17 +11,20 @@ from vaegen.data.dataset import DecodedImages, batches, to_input
 from vaegen.evaluation.frechet import LOCAL_ONLY
 
 PSNR_CAP_DB = 100.0  # a mean squared error of 1e-10
+SSIM_MIN_SIDE = 11  # its 11-pixel Gaussian window
 MS_SSIM_MIN_SIDE = 176  # torchmetrics' five scales of an 11-pixel window: each side // 16 must exceed 10
 
 
 @torch.no_grad()
 def reconstruction_quality(model: torch.nn.Module, data: DecodedImages, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Mean SSIM, MS-SSIM and PSNR (dB, per image, at most 100) of `model.reconstruct` on every image of `data`, in [0, 1] pixels;
-    empty when `data` has no images."""
+    """Mean SSIM (from 11 px), MS-SSIM (from 176 px) and PSNR (dB, per image, at most 100) of `model.reconstruct` on
+    every image of `data`, in [0, 1] pixels; empty when `data` has no images."""
     if len(data.images) == 0:
         return {}
     model.eval()
-    metrics = {"ssim": StructuralSimilarityIndexMeasure(data_range=1.0, **LOCAL_ONLY)}
+    metrics = {}
+    if min(data.images.shape[-2:]) >= SSIM_MIN_SIDE:
+        metrics["ssim"] = StructuralSimilarityIndexMeasure(data_range=1.0, **LOCAL_ONLY)
     if min(data.images.shape[-2:]) >= MS_SSIM_MIN_SIDE:
         metrics["ms_ssim"] = MultiScaleStructuralSimilarityIndexMeasure(data_range=1.0, **LOCAL_ONLY)
     metrics = {name: metric.to(device) for name, metric in metrics.items()}
