@@ -263,11 +263,11 @@ def render(results: list[dict], args, device_name: str, total: str) -> str:
             f"![{result['row']}](img/ablation/{prefix}{args.size}px-{result['slug']}.png) |"
         )
     twins = (" Fruit-360 films each apple turning, so a validation frame has a near-twin in the training set and real "
-             "images score far below any sampler;") if args.data.name == "apples" else ""
+             "images score far below any sampler; a") if args.data.name == "apples" else " A"
     note = ("Precision and density say how many samples look like real images (fidelity), recall and coverage how much "
             f"of the real images the samples reach (diversity); k = 5 nearest neighbours on the same features as FD. "
             "Copy ratio: the median pixel distance from 2,000 samples to their nearest training image over the same "
-            f"median for the validation images.{twins} a row whose ratio fell toward 1 or below would be handing back "
+            f"median for the validation images.{twins} row whose ratio fell toward 1 or below would be handing back "
             "training images (which a feature distance rewards). Wall time of a row fitted after training: its base "
             "row's training plus the fit and the scoring, what the row costs from scratch.")
     return "\n".join([*lines, "", note, "", f"What each row changes in {recipe}:", "", *legend])

@@ -152,18 +152,19 @@ def test_protocol_fields_and_runs_without_one():
     base = {"backbone": "inception", "feature_dim": 2048, "num_generated": 10000, "num_real": 5000, "reference": "train",
             "image_size": [64, 64], "resize": "bilinear", "sampler": "prior", "temperature": 1.0, "libraries": {"torch": "2"}}
     assert compare.differences(base, {**base, "libraries": {}}) == []
-    assert compare.differences(base, {**base, "image_size": [32, 32], "temperature": 0.8}) == ["image_size", "temperature"]
+    assert compare.differences(base, {**base, "image_size": [32, 32], "num_real": 4000}) == ["num_real", "image_size"]
+    assert compare.differences(base, {**base, "sampler": "gmm", "temperature": 0.8}) == []  # the models' side, compared
     assert compare.differences(base, {key: value for key, value in base.items() if key != "resize"}) == ["resize"]
 
     def entry(name: str, protocol: dict | None, metrics: dict) -> compare.Entry:
         return compare.Entry(name, compare.Source(name, None, None), "conv_vae (VAE)", 1, None, metrics, protocol, [], None)
 
     entries = [entry("a", base, {"fid_inception": 1.0}), entry("b", None, {"val_nelbo": 2.0}),
-               entry("c", None, {"fid_inception": 3.0}), entry("d", {**base, "sampler": "gmm"}, {"fid_inception": 4.0})]
+               entry("c", None, {"fid_inception": 3.0}), entry("d", {**base, "num_generated": 500}, {"fid_inception": 4.0})]
     _, group_of = compare.protocol_groups(entries)
     assert [compare.protocol_marker(e, group_of) for e in entries] == ["A", "none (eval off)", "unknown", "B ⚠ differs"]
     notes = compare.protocol_notes(entries)
-    assert any("d were measured under protocol B" in note and "sampler (prior vs gmm)" in note for note in notes)
+    assert any("d were measured under protocol B" in note and "num_generated (10000 vs 500)" in note for note in notes)
     with pytest.raises(ProtocolMismatch):
         compare.refuse_mismatch(entries[:3])  # c's distances have no protocol to check
 

@@ -23,9 +23,9 @@ from vaegen.errors import CompareError, ProtocolMismatch
 from vaegen.evaluation.frechet import protocol_text
 from vaegen.plots import overlaid_curves, side_by_side
 
-# The protocol fields that make two FD/KID numbers comparable; library versions and precision are left out on purpose.
-PROTOCOL_FIELDS = ("backbone", "feature_dim", "num_generated", "num_real", "reference", "image_size", "resize",
-                   "sampler", "temperature")
+# The protocol fields that make two FD/KID numbers comparable; library versions and precision are left out on purpose,
+# and so are the sampler and its temperature: how a model draws its samples is what a comparison compares.
+PROTOCOL_FIELDS = ("backbone", "feature_dim", "num_generated", "num_real", "reference", "image_size", "resize")
 MISSING = "—"
 KINDS = "a run folder (logs/<run>), a model folder (best_models/<run>) or a sweep folder (logs/<sweep>)"
 # The curve files: name -> (title, whether a metrics.jsonl key belongs to it); the keys themselves come from the rows.
