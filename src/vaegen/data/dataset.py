@@ -210,7 +210,9 @@ def fit_image(image: Image.Image, cfg: DataConfig) -> tuple[np.ndarray, tuple[in
     size, bicubic = tuple(cfg.image_size[::-1]), Image.Resampling.BICUBIC  # PIL sizes are (width, height)
     image = ImageOps.fit(image, size, method=bicubic) if cfg.resize == "center_crop" else image.resize(size, bicubic)
     array = np.asarray(image, dtype=np.uint8)
-    return (array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), source_size
+    # contiguous [C, H, W], the layout a cached read gives: a transposed view would stack into a channels-last batch,
+    # whose convolutions round differently, so a run's result would depend on whether its cache was warm
+    return np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1)), source_size
 
 
 def _why_unreadable(exc: Exception) -> str:
