@@ -69,6 +69,32 @@ def test_vaegen_test_writes_every_file(trained, capsys):
     assert "fd_efficientnet_lite0" in printed and f"to {out}/" in printed
 
 
+def test_vaegen_test_reports_the_likelihood_bounds_in_nats_and_bits_per_dim(trained, tmp_path):
+    model_dir, conditional = trained
+    best = str(model_dir / "best" / "tiny")
+    settings = ["--set", "backbone=none", "--set", "grid=2", "--set", "likelihood.samples=16"]
+    assert main(["test", "--checkpoint", best, "--set", f"output_dir={tmp_path / 'a'}", *settings]) == 0
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    dims = 3 * 16 * 16
+    for bound in ("iwae", "elbo"):
+        nats = metrics[f"nll_{bound}_nats"]
+        assert metrics[f"nll_{bound}_bits_per_dim"] == pytest.approx(nats / (np.log(2) * dims))
+    assert metrics["nll_iwae_nats"] <= metrics["nll_elbo_nats"]  # the same draws: the IWAE bound is the tighter
+    # the ELBO estimate agrees with the validation nelbo (the same decoder density as the mse loss, up to D/2·log π)
+    assert metrics["nll_elbo_nats"] - dims / 2 * np.log(np.pi) == pytest.approx(metrics["nelbo"], rel=0.05)
+    block = metrics["likelihood"]
+    assert block["distribution"] == "gaussian" and block["sigma"] == pytest.approx(0.5**0.5) and block["discretised"] is False
+    assert block["samples"] == 16 and block["num_images"] == 60 and block["dims"] == dims
+    assert block["conditional"] is (conditional == "onehot")
+    # deterministic given the seed; samples 0 turns it off
+    assert main(["test", "--checkpoint", best, "--set", f"output_dir={tmp_path / 'b'}", *settings]) == 0
+    again = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert again["nll_iwae_nats"] == metrics["nll_iwae_nats"]
+    assert main(["test", "--checkpoint", best, "--set", f"output_dir={tmp_path / 'c'}", *settings, "--set", "likelihood.samples=0"]) == 0
+    off = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert "likelihood" not in off and not any(key.startswith("nll_") for key in off)
+
+
 def test_vaegen_test_needs_a_checkpoint(capsys):
     assert main(["test"]) == 2
     assert "needs a checkpoint" in capsys.readouterr().err

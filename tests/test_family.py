@@ -87,7 +87,7 @@ def test_a_family_defined_in_a_test_trains_resumes_scores_and_loads(tmp_path, pi
     report = json.loads((tmp_path / "a" / "best" / "tiny" / "test" / "metrics.json").read_text())
     best = json.loads((tmp_path / "a" / "best" / "tiny" / "metrics.json").read_text())
     assert report["split"] == "val" and report["nll"] == pytest.approx(best["metrics"]["val_nll"], rel=1e-5)  # as training measured it
-    assert report["fd_efficientnet_lite0"] > 0
+    assert report["fd_efficientnet_lite0"] > 0 and "likelihood" not in report  # a family without likelihood bounds
     assert sorted(path.name for path in (tmp_path / "a" / "best" / "tiny" / "test").iterdir()) == ["metrics.json", "samples.png"]
 
 
@@ -107,6 +107,8 @@ def test_the_autoencoder_trains_on_its_mixture_resumes_and_tests(tmp_path, capsy
     assert model.sample(4, seed=0).shape == (4, 3, 16, 16)  # from the mixture it ships with
     assert main(["test", "--checkpoint", str(best), "--set", "num_samples=16"]) == 0
     assert {"samples.png", "reconstructions.png", "interpolation.png"} <= {path.name for path in (best / "test").iterdir()}
+    report = json.loads((best / "test" / "metrics.json").read_text())  # no likelihood, so no bounds
+    assert "likelihood" not in report and not any(key.startswith("nll_") for key in report)
     assert main(["test", "--checkpoint", str(best), "--set", "sampler=prior", "--set", "backbone=none"]) == 2
     assert "no prior" in capsys.readouterr().err
 

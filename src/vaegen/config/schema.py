@@ -425,6 +425,13 @@ class InterpolationConfig(Section):
     steps: int = Field(10, ge=2, description="images per row, both ends included")
 
 
+class LikelihoodConfig(Section):
+    """The test split's negative log-likelihood bounds (families with a likelihood: the VAE's, not the autoencoder's)."""
+
+    samples: int = Field(64, ge=0, description="K, the importance samples per image of the IWAE bound (the ELBO uses "
+                                               "the same draws); 0: no likelihood bounds")
+
+
 class TestConfig(Section):
     """`vaegen test`: what to load, what to compare it with, what to draw."""
 
@@ -450,6 +457,7 @@ class TestConfig(Section):
     sampler: Literal["auto", "prior", "gmm"] = Field("auto", description="auto = the checkpoint's latent mixture if "
                                                                          "it has one; gmm fits one now if it has none")
     interpolation: InterpolationConfig = InterpolationConfig()
+    likelihood: LikelihoodConfig = LikelihoodConfig()
     output_dir: Path | None = Field(None, description="default: <checkpoint>/test")
     device: str = Field("auto", pattern=DEVICE, description=DEVICE_HELP)
 

@@ -12,6 +12,8 @@ evaluation and best-model export. A family supplies the rest, through two things
   gallery's interpolation use; `last_layer` lets the adversarial head weigh its term.
 - a `Family` object: the named loss terms of a batch from the module's outputs (on the device, no host
   sync), the validation terms, which terms the epoch line shows, and whether samples can come from a prior.
+  A family with a likelihood bound also gives its decoder density and the log importance weights that
+  `vaegen test` turns into the IWAE bound and the ELBO (`decoder_likelihood`, `log_weights`).
 
 A family is registered with its modules (`vaegen.models.register_model(name, family)`); no code outside its
 module asks which family it is.
@@ -19,10 +21,13 @@ module asks which family it is.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
 from vaegen.config import Config, LossConfig
+from vaegen.models.losses import DecoderLikelihood
 
 
 class Family:
@@ -52,6 +57,21 @@ class Family:
     ) -> dict[str, torch.Tensor]:
         """The terms of a held-out batch, per image averaged over it, with noise from `generator` only."""
         return self.training_terms(model(x, y), x, beta, loss)
+
+    def decoder_likelihood(
+        self, model: nn.Module, data: Iterable[tuple[torch.Tensor, torch.Tensor | None]], loss: LossConfig, generator: torch.Generator
+    ) -> DecoderLikelihood | None:
+        """The density p(x | z) the family's likelihood bounds assume, a free parameter of it fitted on `data` ((x, y)
+        batches of training images, noise from `generator`); None (the default): the family has no likelihood."""
+        return None
+
+    def log_weights(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, k: int, generator: torch.Generator,
+        decoder: DecoderLikelihood, batch_size: int,
+    ) -> torch.Tensor:
+        """Log importance weights [k, N]: log p(x | z_i, y) + log p(z_i) - log q(z_i | x, y) for k draws z_i ~ q(z | x, y)
+        from `generator`, decoding at most about `batch_size` images at a time. Only for families with a likelihood."""
+        raise NotImplementedError(f"the {self.name} family has no likelihood bound")
 
 
 def reconstructs(model: nn.Module) -> bool:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,39 @@ def calibrated_gaussian_nll(mean: torch.Tensor, target: torch.Tensor) -> torch.T
     squared = (mean - target).pow(2)
     log_sigma = (0.5 * squared.mean().log()).clamp(min=-6.0)
     return (squared * torch.exp(-2.0 * log_sigma) / 2.0 + log_sigma + 0.5 * math.log(2.0 * math.pi)).sum()
+
+
+@dataclass(frozen=True)
+class DecoderLikelihood:
+    """The density p(x | z) that a decoder's logits define for images x in [0, 1]: what a likelihood bound assumes.
+
+    bernoulli: every pixel value a Bernoulli probability, log p = x log m + (1 - x) log(1 - m), m = sigmoid(logits),
+    the log-likelihood `bce` minimises; for grey levels between 0 and 1 it is not a normalised density.
+    gaussian: N(sigmoid(logits), σ² I), a continuous density on R^D, not discretised to 8-bit values."""
+
+    distribution: Literal["bernoulli", "gaussian"]
+    sigma: float | None = None  # gaussian only
+    note: str = ""
+
+    def log_prob(self, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | z) per image, summed over its pixels: logits [..., C, H, W] (leading dimensions broadcast with x)."""
+        logits, x = logits.float(), x.float()
+        if self.distribution == "bernoulli":
+            per_pixel = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+        else:
+            log_sigma = math.log(self.sigma)
+            per_pixel = -((torch.sigmoid(logits) - x) / self.sigma).pow(2) / 2 - log_sigma - 0.5 * math.log(2 * math.pi)
+        return per_pixel.flatten(-3).sum(-1)
+
+    def describe(self) -> dict:
+        """The block metrics.json states the bound's assumption in."""
+        block = {"distribution": self.distribution, "mean": "sigmoid(decoder logits)", "discretised": False}
+        if self.sigma is not None:
+            block["sigma"] = self.sigma
+        return {**block, "note": self.note}
+
+
+MSE_SIGMA = math.sqrt(0.5)  # the sum of squared errors is -log N(x; mean, ½ I) - D/2·log π
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,15 @@ the default widths). Every size is derived from the image size and the widths, s
 from __future__ import annotations
 
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vaegen.config import ModelConfig
 from vaegen.models.family import Family
-from vaegen.models.losses import kl_divergence, reconstruction_loss
+from vaegen.models.losses import MSE_SIGMA, DecoderLikelihood, kl_divergence, reconstruction_loss
 from vaegen.models.registry import register_model
 
 
@@ -47,6 +49,44 @@ class VAE(Family):
         terms = self.training_terms((logits, mu, logvar), x, beta, loss)
         squared_error = (model.decode(mu, y) - x).pow(2).sum() / len(x)
         return {**terms, "mse": squared_error}
+
+    @torch.no_grad()
+    def decoder_likelihood(self, model, data, loss, generator):
+        """bce: Bernoulli; mse: the Gaussian of σ = 1/√2 the unweighted squared error implies; gaussian: the σ-VAE's
+        Gaussian, its σ calibrated as training calibrates it per batch (σ² the mean squared error of reconstructions
+        from sampled codes, log σ ≥ -6), here once over all of `data`."""
+        if loss.recon == "bce":
+            return DecoderLikelihood("bernoulli", note="the log-likelihood bce minimises; for grey levels between 0 "
+                                     "and 1 it is not a normalised density, so the numbers compare only like models")
+        if loss.recon == "mse":
+            return DecoderLikelihood("gaussian", MSE_SIGMA, note="the fixed sigma = 1/sqrt(2) the mse loss implies (sum "
+                                     "of squared errors = -log N(x; mean, sigma^2 I) - D/2 log pi); continuous density")
+        squared, count = 0.0, 0
+        for x, y in data:
+            logits, _, _ = model(x, y, generator=generator)
+            squared += (torch.sigmoid(logits.float()) - x).pow(2).sum().item()
+            count += x.numel()
+        log_sigma = max(0.5 * math.log(squared / count), -6.0) if squared > 0 else -6.0
+        return DecoderLikelihood("gaussian", math.exp(log_sigma), note="the learned sigma of the calibrated decoder, "
+                                 "fitted on the training split as training fits it per batch; continuous density")
+
+    @torch.no_grad()
+    def log_weights(self, model, x, y, k, generator, decoder, batch_size):
+        """z = μ + σ·ε drawn all at once (the same draws whatever `batch_size`), decoded `batch_size // N` draws at a
+        time; conditional models condition the encoder and the decoder on y, as in training."""
+        mu, logvar = (value.float() for value in model.encode(x, y))
+        noise = torch.randn((k, *mu.shape), generator=generator, device=mu.device)
+        z = mu + noise * torch.exp(0.5 * logvar)
+        half_log_2pi = 0.5 * math.log(2 * math.pi)
+        log_q = (-0.5 * noise.pow(2) - 0.5 * logvar - half_log_2pi).sum(-1)
+        log_prior = (-0.5 * z.pow(2) - half_log_2pi).sum(-1)
+        step = max(1, batch_size // len(x))
+        log_px = []
+        for draws in z.split(step):
+            labels = None if y is None else y.repeat(len(draws))
+            logits = model.decode_logits(draws.flatten(0, 1), labels)
+            log_px.append(decoder.log_prob(logits.view(*draws.shape[:2], *logits.shape[1:]), x))
+        return torch.cat(log_px) + log_prior - log_q
 
 
 def _down(in_ch: int, out_ch: int, norm: bool) -> nn.Sequential:
