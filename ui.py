@@ -1,6 +1,6 @@
 """vaegen's gallery, `streamlit run ui.py [-- --best-dir DIR]`: browse the best checkpoints under best_models/ (or
---best-dir, or $VAEGEN_BEST_DIR), then sample, interpolate and reconstruct, or compare several. Widgets only:
-vaegen.apps.gallery draws.
+--best-dir, or $VAEGEN_BEST_DIR), then sample, interpolate, reconstruct and look at the latent space, or compare
+several. Widgets only: vaegen.apps.gallery draws.
 """
 
 from __future__ import annotations
@@ -146,6 +146,30 @@ def reconstruct_tab(model, model_key: tuple[str, int], stem: str, choice: str | 
          f"and its reconstruction{each}", stem, choice, "reconstruction")
 
 
+@st.cache_data(max_entries=8, show_spinner="encoding the images, drawing the maps")
+def latent_pngs(model_key: tuple[str, int], _model) -> list[tuple[str, str, bytes]]:
+    return gallery.latent_view(_model)
+
+
+def latent_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
+    if st.button("Show the latent space", key="latents"):  # seconds of encoding and t-SNE: only when asked
+        st.session_state["latents_of"] = model_key[0]
+    if st.session_state.get("latents_of") != model_key[0]:
+        st.caption("KL per latent dimension and the active units, traversals of the most used dimensions, and a "
+                   "PCA and t-SNE map of the codes, on the validation images the model was trained with.")
+        return
+    try:
+        pictures = latent_pngs(model_key, model)
+    except VaegenError as exc:
+        st.error(str(exc))
+        return
+    for name, caption, png in pictures:
+        st.image(png, alt=caption, output_format="PNG")
+        st.caption(caption)
+        st.download_button("Download PNG", png, file_name=f"{stem}-{name}", mime="image/png", key=f"download_{name}",
+                           on_click="ignore")
+
+
 # ttl: a model still training writes new rows and a new best while the page is open
 @st.cache_data(ttl=30, max_entries=8, show_spinner="comparing")
 def cached_comparison(root: str, names: tuple[str, ...]) -> gallery.CompareView:
@@ -201,8 +225,8 @@ def main() -> None:
     stem = run.path.name if run.name == "." else run.name.replace("/", "_")  # download file names
     if not gallery.reconstructs(model):  # a family without an encoder and decoder only generates
         return generate_tab(model, model_key, stem, choice)
-    tabs = st.tabs(["Generate", "Interpolate", "Reconstruct"])
-    for tab, draw in zip(tabs, [generate_tab, interpolate_tab, reconstruct_tab]):
+    tabs = st.tabs(["Generate", "Interpolate", "Reconstruct", "Latent space"])
+    for tab, draw in zip(tabs, [generate_tab, interpolate_tab, reconstruct_tab, latent_tab]):
         with tab:
             draw(model, model_key, stem, choice)
 

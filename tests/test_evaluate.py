@@ -33,7 +33,8 @@ def test_vaegen_test_writes_every_file(trained, capsys):
     ])
     assert code == 0
     # conditional models: samples.png is one labelled block per class (per_class.png was the same picture twice over)
-    assert {"samples.png", "reconstructions.png", "interpolation.png", "metrics.json"} == {p.name for p in out.iterdir()}
+    assert {"samples.png", "reconstructions.png", "interpolation.png", "metrics.json", "kl_per_dim.png", "traversals.png",
+            "latent_map.png"} == {p.name for p in out.iterdir()}
 
     # 16 px tiles are written 6x (96 px), so they can be looked at
     with Image.open(out / "samples.png") as grid:

@@ -281,6 +281,19 @@ def test_a_wide_upload_says_it_was_cropped(best, monkeypatch, media):
     assert shown(at, media, "strip.png as the model sees it (center-cropped and resized from 2000×100 px to 16×16 px)")
 
 
+def test_the_latent_space_tab_shows_what_vaegen_test_draws(best, monkeypatch, media):
+    at = app(best, monkeypatch, run="cvae")
+    assert "download_traversals.png" not in [button.key for button in at.download_button]  # drawn only when asked
+    at.button(key="latents").click().run()
+    assert not at.exception, at.exception
+    expected = gallery.latent_view(vaegen.load(best / "cvae"))
+    assert [name for name, _, _ in expected] == ["kl_per_dim.png", "traversals.png", "latent_map.png"]
+    for name, caption, png_data in expected:
+        assert same(shown(at, media, caption), Image.open(io.BytesIO(png_data)))
+        assert downloaded(at, media, f"download_{name}").size == Image.open(io.BytesIO(png_data)).size
+    assert "60 validation images" in expected[0][1]
+
+
 def test_empty_root_shows_how_to_train_one(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     at = app(tmp_path / "empty", monkeypatch)

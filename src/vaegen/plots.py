@@ -219,3 +219,60 @@ def _fitted(text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
     while len(text) > 1 and font.getlength(text) > width:
         text = text[:-2] + "…"
     return text
+
+
+def _figure_image(fig) -> Image.Image:
+    """A matplotlib figure as an RGB PIL image (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format="png")
+    plt.close(fig)
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        return image.convert("RGB")
+
+
+def ranked_bars(values: list[float], highlighted: list[bool], ylabel: str, title: str,
+                threshold: float | None = None) -> Image.Image:
+    """One bar per index, sorted from the largest value, each labelled with its index; highlighted bars coloured, the
+    others grey; an optional dashed horizontal `threshold`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(range(len(values)), key=lambda index: -values[index])
+    fig, ax = plt.subplots(figsize=(min(16.0, max(5.0, 0.22 * len(values) + 2)), 3.6), constrained_layout=True)
+    colours = ["C0" if highlighted[index] else "0.7" for index in order]
+    ax.bar(range(len(order)), [values[index] for index in order], color=colours)
+    ax.set_xticks(range(len(order)), [str(index) for index in order], fontsize=7 if len(order) > 32 else 9,
+                  rotation=90 if len(order) > 32 else 0)
+    if threshold is not None:
+        ax.axhline(threshold, color="C3", linestyle="--", linewidth=1)
+    ax.set(xlabel="latent dimension, sorted", ylabel=ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.yaxis.label.set_fontsize(8)
+    ax.grid(axis="y", alpha=0.3)
+    return _figure_image(fig)
+
+
+def latent_map_figure(maps: dict, labels, names: list[str], title: str) -> Image.Image:
+    """One scatter panel per 2-D embedding in `maps` (name -> [N, 2] array), points coloured by class, one legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.6 * len(maps) + 1.6, 4.4), squeeze=False, constrained_layout=True)
+    for ax, (name, points) in zip(axes[0], maps.items()):
+        for index, class_name in enumerate(names):
+            chosen = labels == index
+            if chosen.any():
+                ax.scatter(points[chosen, 0], points[chosen, 1], s=8, alpha=0.7, color=f"C{index % 10}", label=class_name)
+        ax.set(title=name, xticks=[], yticks=[])
+    handles, legend_names = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, legend_names, loc="outside right upper", fontsize=8, markerscale=2)
+    fig.suptitle(title)
+    return _figure_image(fig)

@@ -179,6 +179,8 @@ def cmd_test(args) -> int:
         if key == "protocol":
             continue
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if isinstance(value, list):  # per-dimension numbers: hundreds of them for a wide latent
+            shown = f"{len(value)} values in metrics.json"
         print(f"  {key:<{width}}  {shown}")
     protocol = report.metrics.get("protocol")
     if protocol:

@@ -1,6 +1,7 @@
 """What the gallery (`streamlit run ui.py`) shows, without Streamlit, so it is unit-tested without a browser: the runs
 under a checkpoint root and their metadata, each view (samples, interpolations, reconstructions) as a `Picture`
-rendered at the screen's scale or at the model's resolution (the download), and the compare view of several models."""
+rendered at the screen's scale or at the model's resolution (the download), the latent diagnostics `vaegen test` draws,
+and the compare view of several models."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ import torch
 from PIL import Image
 
 from vaegen.checkpoint import read_json_object
-from vaegen.config import Config
-from vaegen.data.dataset import decode_image, to_input
+from vaegen.config import Config, DiagnosticsConfig
+from vaegen.data.dataset import TEST_SETTINGS, decode_image, load_splits, to_input
 from vaegen.errors import CheckpointError, DataError, VaegenError, pixel_size
 from vaegen.evaluation.compare import CURVE_GROUPS, compare, curves_png, protocol_notes, samples_picture, table
 from vaegen.evaluation.frechet import protocol_text
+from vaegen.evaluation.latents import latent_pictures
 from vaegen.models import reconstructs
 from vaegen.pipeline import Pipeline, load, read_model_folder
 from vaegen.plots import BLOCK_COLUMNS, image_grid, labelled_rows, scaled, to_pil
@@ -343,6 +345,31 @@ def reconstruction_view(model: Pipeline, image: torch.Tensor, choice: str | None
     labels = row_labels(model, choice)
     pairs = [torch.cat([image, model.reconstruct(image, label)]) for label in labels]
     return _picture(model, torch.cat(pairs), labels, columns=2)
+
+
+# The latent space
+LATENT_CAPTIONS = {
+    "kl_per_dim.png": "KL(q(z_d | x) ‖ N(0, 1)) of each latent dimension, mean over the images, sorted; the title counts "
+                      "the active units",
+    "code_variance_per_dim.png": "the variance of each dimension's code over the images, sorted (a deterministic code: "
+                                 "no KL); the title counts the active units",
+    "traversals.png": "the most used dimensions, one per row, moved from -3 to +3 standard deviations around the first "
+                      "image's code, decoded",
+    "latent_map.png": "the images' posterior means in two dimensions, coloured by class",
+}
+
+
+@torch.no_grad()
+def latent_view(model: Pipeline, cfg: DiagnosticsConfig | None = None, seed: int = 0) -> list[tuple[str, str, bytes]]:
+    """What `vaegen test` draws of the latent space, as (file name, caption, PNG bytes), computed on the validation
+    images of the data the model was trained on (its training images where it kept none aside). DataError when the
+    data is not where its config says."""
+    config = model.config
+    splits = load_splits(config.data, config.train.seed, TEST_SETTINGS)
+    split, data = ("validation", splits.val) if len(splits.val.images) else ("training", splits.train)
+    stats, pictures = latent_pictures(model.model, data, cfg or DiagnosticsConfig(), seed, batch_size=64)
+    where = f" ({len(data.images)} {split} images of {config.data.root}; {stats.active_units} of {stats.means.shape[1]} active)"
+    return [(name, LATENT_CAPTIONS[name] + where, png_bytes(picture)) for name, picture in pictures.items()]
 
 
 # Saving

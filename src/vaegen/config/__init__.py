@@ -10,7 +10,7 @@ from vaegen.config.loading import (  # noqa: F401  (the package's names)
 )
 from vaegen.config.schema import (  # noqa: F401  (the package's names)
     BACKBONE_NAMES, MODEL_NAMES, NAME_MAX, NETWORK_NAMES, SEED_MAX, AdversarialConfig, BetaConfig, Config,
-    DataConfig, EvalConfig, InterpolationConfig, LoggingConfig, LossConfig, ModelConfig, OptimConfig,
+    DataConfig, DiagnosticsConfig, EvalConfig, InterpolationConfig, LoggingConfig, LossConfig, ModelConfig, OptimConfig,
     OutputConfig, SamplerConfig, Section, TestConfig, TrainConfig, check_extra_backbones,
     evaluation_network_problem, network_of,
 )

@@ -432,6 +432,18 @@ class LikelihoodConfig(Section):
                                                "the same draws); 0: no likelihood bounds")
 
 
+class DiagnosticsConfig(Section):
+    """Latent diagnostics of latent families: kl_per_dim.png, traversals.png, latent_map.png and metrics.json's counts."""
+
+    enabled: bool = Field(True, description="draw them (and write active_units, latent_dim and the per-dimension KL)")
+    traversal_dims: int = Field(8, ge=1, description="traversals.png: rows, the most used latent dimensions (by KL, or "
+                                                     "by code variance without one)")
+    traversal_steps: int = Field(9, ge=2, description="traversals.png: decoded values per row, from -3 to +3 standard "
+                                                      "deviations around the first image's code")
+    map_points: int = Field(2000, ge=2, description="latent_map.png: at most this many images' posterior means")
+    tsne: bool = Field(True, description="latent_map.png: a t-SNE panel beside the PCA one (seconds per 1,000 points)")
+
+
 class TestConfig(Section):
     """`vaegen test`: what to load, what to compare it with, what to draw."""
 
@@ -458,6 +470,9 @@ class TestConfig(Section):
                                                                          "it has one; gmm fits one now if it has none")
     interpolation: InterpolationConfig = InterpolationConfig()
     likelihood: LikelihoodConfig = LikelihoodConfig()
+
+
+    diagnostics: DiagnosticsConfig = DiagnosticsConfig()
     output_dir: Path | None = Field(None, description="default: <checkpoint>/test")
     device: str = Field("auto", pattern=DEVICE, description=DEVICE_HELP)
 

@@ -1,7 +1,9 @@
 """`vaegen test`: score a trained model (`best_models/<run>`) on the data it was trained on, and write
 samples.png, reconstructions.png, interpolation.png and metrics.json (FID/KID, precision/recall/density/coverage
 and the Inception Score with their protocol, reconstruction SSIM/PSNR, the validation terms as training
-computes them, and the IWAE-bound and ELBO negative log-likelihood of families with a likelihood) to one folder.
+computes them, and the IWAE-bound and ELBO negative log-likelihood of families with a likelihood) to one folder;
+latent families also get the latent diagnostics (vaegen.evaluation.latents): kl_per_dim.png, traversals.png,
+latent_map.png and their counts in metrics.json.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from vaegen.evaluation.backbones import inception_weights, inception_weights_pat
 from vaegen.evaluation.class_fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.evaluation.frechet import build_evaluator, eval_batch_size, score_model
 from vaegen.evaluation.likelihood import likelihood_metrics
+from vaegen.evaluation.latents import latent_pictures
 from vaegen.evaluation.reconstruction import reconstruction_quality
 from vaegen.evaluation.validation import validation_terms
 from vaegen.models import family_of, reconstructs
@@ -89,6 +92,10 @@ def run_test(cfg: TestConfig) -> TestReport:
     metrics.update(likelihood_metrics(model.model, family, split, splits.train, train_cfg.loss, cfg, device))
     if reconstructs(model):
         metrics.update(reconstruction_quality(model.model, split, eval_batch_size(cfg.batch_size, device), device))
+    if reconstructs(model) and cfg.diagnostics.enabled:
+        stats, pictures = latent_pictures(model.model, split, cfg.diagnostics, cfg.seed, eval_batch_size(cfg.batch_size, device))
+        files += [_save(picture, out / name) for name, picture in pictures.items()]
+        metrics.update(stats.metrics())
     if cfg.backbone != "none":
         evaluator = build_evaluator(cfg.model_copy(update={"inception_weights": weights}), cfg.split, data_cfg, splits,
                                     train_cfg.train.seed, device, reference_key="split")
