@@ -49,6 +49,11 @@ class VQVAE(Family):
                 f"samples come from a mixture fitted on the training images' codes before quantisation, snapped to the "
                 f"codebook when decoded; set sampler.name: gmm."
             )
+        if config.output.select == "val_nelbo":
+            raise ConfigError(
+                f"output.select is val_nelbo, but model.name {config.model.name} is a VQ-VAE: it has no KL term and no "
+                f"likelihood bound, so no epoch would ever be selected; select on val_recon, val_loss or fid."
+            )
 
     def training_terms(self, outputs, x, beta, loss):
         logits, commit, indices, codebook_size = outputs
