@@ -123,3 +123,13 @@ def test_the_family_check_raises_a_config_error():
     config = vq_config().model_copy(update={"sampler": vq_config().sampler.model_copy(update={"name": "prior"})})
     with pytest.raises(ConfigError, match="sampler.name: gmm"):
         family_of(config.model).check(config)
+
+
+def test_a_conditional_vqvae_samples_each_class_from_its_own_mixture(tmp_path, tiny_config):
+    config = tiny_config(tmp_path, train={"epochs": 2}, model={"name": "conv_vqvae", "codebook_size": 32, "code_dim": 4,
+                         "conditional": "embedding"}, sampler={"name": "gmm", "components": 2}, output={"select": "val_loss"})
+    assert main(["train", "--config", str(config)]) == 0
+    model = vaegen.load(tmp_path / "best" / "tiny")
+    assert model.sampler.groups == 3  # one mixture per class
+    red, golden = model.sample(4, labels="Red", seed=0), model.sample(4, labels="Golden", seed=0)
+    assert red.shape == golden.shape == (4, 3, 16, 16) and not torch.equal(red, golden)
