@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 
 from vaegen.config import Config, ModelConfig
-from vaegen.errors import ConfigError
-from vaegen.models.family import Family
+from vaegen.models.family import Family, require_the_mixture_sampler
 from vaegen.models.losses import reconstruction_loss
 from vaegen.models.registry import register_model
 from vaegen.models.vae import ConvVAE, ResVAE
@@ -25,11 +24,7 @@ class Autoencoder(Family):
     has_prior = False
 
     def check(self, config: Config) -> None:
-        if config.sampler.name != "gmm":
-            raise ConfigError(
-                f"model.name {config.model.name} is an autoencoder: it has no prior to sample from, so its samples come "
-                f"from a mixture fitted on the training images' codes; set sampler.name: gmm."
-            )
+        require_the_mixture_sampler(config, "an autoencoder", "the training images' codes")
 
     def training_terms(self, outputs, x, beta, loss):
         logits, z = outputs

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from vaegen.config import Config, LossConfig
+from vaegen.errors import ConfigError
 from vaegen.models.losses import DecoderLikelihood
 
 
@@ -72,6 +73,16 @@ class Family:
         """Log importance weights [k, N]: log p(x | z_i, y) + log p(z_i) - log q(z_i | x, y) for k draws z_i ~ q(z | x, y)
         from `generator`, decoding at most about `batch_size` images at a time. Only for families with a likelihood."""
         raise NotImplementedError(f"the {self.name} family has no likelihood bound")
+
+
+def require_the_mixture_sampler(config: Config, kind: str, source: str) -> None:
+    """Families without a prior sample from the latent mixture alone: refuse any other sampler. `kind` names the
+    family ("an autoencoder"), `source` what the mixture is fitted on."""
+    if config.sampler.name != "gmm":
+        raise ConfigError(
+            f"model.name {config.model.name} is {kind}: it has no prior to sample from, so its samples come from a "
+            f"mixture fitted on {source}; set sampler.name: gmm."
+        )
 
 
 def reconstructs(model: nn.Module) -> bool:

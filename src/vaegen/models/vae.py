@@ -107,8 +107,40 @@ def _up(in_ch: int, out_ch: int) -> nn.Sequential:
     )
 
 
+class ImageModule(nn.Module):
+    """What the image-making modules share: the layer that makes the images and class labels checked against
+    `num_classes` when `conditional` is not "none" (subclasses set `decoder`, `conditional`, `num_classes`)."""
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The weight of the layer that produces the images (the adaptive adversarial weight is measured there)."""
+        return self.decoder[-1].weight
+
+    @property
+    def is_conditional(self) -> bool:
+        return self.conditional != "none"
+
+    def _check_labels(self, labels: torch.Tensor | None, batch: int, check_range: bool = True) -> torch.Tensor | None:
+        """One long label per image (a single one applies to all). `check_range=False` skips reading their extremes,
+        a host sync on a GPU: the training step's labels come from the data, in range by construction."""
+        if not self.is_conditional:
+            return None
+        if labels is None:
+            raise ValueError(
+                f"this model is conditional on {self.num_classes} classes; pass labels (class indices, or names with vaegen.load)"
+            )
+        labels = torch.as_tensor(labels, device=self.last_layer.device).long().reshape(-1)
+        if labels.numel() == 1 and batch != 1:  # one class for the whole batch, an empty one included
+            labels = labels.expand(batch)
+        if labels.numel() != batch:
+            raise ValueError(f"got {labels.numel()} labels for a batch of {batch}")
+        if check_range and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
+        return labels
+
+
 @register_model("conv_vae", VAE())
-class ConvVAE(nn.Module):
+class ConvVAE(ImageModule):
     """Images in [0, 1], shape [N, C, H, W]; `forward` returns decoder logits, mu and log-variance.
 
     Conditioning (`conditional`):
@@ -151,33 +183,6 @@ class ConvVAE(nn.Module):
 
     def _decoder_stages(self, reversed_widths: list[int], cfg: ModelConfig) -> list[nn.Module]:
         return [_up(i, o) for i, o in zip(reversed_widths[:-1], reversed_widths[1:])]
-
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """The weight of the layer that produces the images (the adaptive adversarial weight is measured there)."""
-        return self.decoder[-1].weight
-
-    @property
-    def is_conditional(self) -> bool:
-        return self.conditional != "none"
-
-    def _check_labels(self, labels: torch.Tensor | None, batch: int, check_range: bool = True) -> torch.Tensor | None:
-        """One long label per image (a single one applies to all). `check_range=False` skips reading their extremes,
-        a host sync on a GPU: the training step's labels come from the data, in range by construction."""
-        if not self.is_conditional:
-            return None
-        if labels is None:
-            raise ValueError(
-                f"this model is conditional on {self.num_classes} classes; pass labels (class indices, or names with vaegen.load)"
-            )
-        labels = torch.as_tensor(labels, device=self.to_mu.weight.device).long().reshape(-1)
-        if labels.numel() == 1 and batch != 1:  # one class for the whole batch, an empty one included
-            labels = labels.expand(batch)
-        if labels.numel() != batch:
-            raise ValueError(f"got {labels.numel()} labels for a batch of {batch}")
-        if check_range and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
-        return labels
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance of q(z | x), x: images [N, C, H, W] in [0, 1] (vaegen.load's pipeline

@@ -15,10 +15,10 @@ from vector_quantize_pytorch import VectorQuantize
 
 from vaegen.config import Config, ModelConfig
 from vaegen.errors import ConfigError
-from vaegen.models.family import Family
+from vaegen.models.family import Family, require_the_mixture_sampler
 from vaegen.models.losses import reconstruction_loss
 from vaegen.models.registry import register_model
-from vaegen.models.vae import _down, _up
+from vaegen.models.vae import ImageModule, _down, _up
 
 
 def code_statistics(indices: torch.Tensor, codebook_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,12 +43,8 @@ class VQVAE(Family):
     has_prior = False
 
     def check(self, config: Config) -> None:
-        if config.sampler.name != "gmm":
-            raise ConfigError(
-                f"model.name {config.model.name} is a VQ-VAE: it has no prior over its codes to sample from, so its "
-                f"samples come from a mixture fitted on the training images' codes before quantisation, snapped to the "
-                f"codebook when decoded; set sampler.name: gmm."
-            )
+        require_the_mixture_sampler(config, "a VQ-VAE", "the training images' codes before quantisation, snapped to "
+                                    "the codebook when decoded")
         if config.output.select == "val_nelbo":
             raise ConfigError(
                 f"output.select is val_nelbo, but model.name {config.model.name} is a VQ-VAE: it has no KL term and no "
@@ -74,7 +70,7 @@ class VQVAE(Family):
 
 
 @register_model("conv_vqvae", family=VQVAE())
-class ConvVQVAE(nn.Module):
+class ConvVQVAE(ImageModule):
     """Images in [0, 1], [N, C, H, W] -> ConvVAE's stride-2 stages -> a 1x1 convolution to `model.code_dim` channels on
     an (H / 2**L) x (W / 2**L) grid -> each position snapped to one of `model.codebook_size` codes -> a 1x1 convolution
     and ConvVAE's transposed stages back to logits. `latent_dim` is the flattened grid (code_dim · h · w).
@@ -109,30 +105,6 @@ class ConvVQVAE(nn.Module):
             *(_up(i, o) for i, o in zip(reversed_widths[:-1], reversed_widths[1:])),
             nn.ConvTranspose2d(widths[0], channels, 4, stride=2, padding=1),
         )
-
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """The weight of the layer that produces the images (the adaptive adversarial weight is measured there)."""
-        return self.decoder[-1].weight
-
-    @property
-    def is_conditional(self) -> bool:
-        return self.conditional != "none"
-
-    def _check_labels(self, labels: torch.Tensor | None, batch: int, check_range: bool = True) -> torch.Tensor | None:
-        """One long label per image (a single one applies to all); `check_range=False` skips a host sync."""
-        if not self.is_conditional:
-            return None
-        if labels is None:
-            raise ValueError(f"this model is conditional on {self.num_classes} classes; pass labels")
-        labels = torch.as_tensor(labels, device=self.last_layer.device).long().reshape(-1)
-        if labels.numel() == 1 and batch != 1:
-            labels = labels.expand(batch)
-        if labels.numel() != batch:
-            raise ValueError(f"got {labels.numel()} labels for a batch of {batch}")
-        if check_range and labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes - 1}]")
-        return labels
 
     def _planes(self, labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         planes = F.one_hot(labels, self.num_classes).to(like.dtype)[:, :, None, None]
