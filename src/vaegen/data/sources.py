@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torchvision.datasets
 from filelock import FileLock
 from PIL import Image
 
@@ -214,15 +213,23 @@ def _split(cfg: DataConfig) -> str:
     return cfg.split or "train"
 
 
+def _datasets():
+    # imported on use: torchvision costs about 1.4 s, and only this source needs it (not `import vaegen`)
+    import torchvision.datasets
+
+    return torchvision.datasets
+
+
 def needed_files(dataset: str, split: str) -> list[str]:
     """The files (and CelebA's image folder) torchvision reads for a dataset's split, relative to its root."""
-    kind = getattr(torchvision.datasets, dataset)
-    if issubclass(kind, torchvision.datasets.MNIST):  # FashionMNIST, KMNIST: the same raw files in their own folder
+    torchvision_datasets = _datasets()
+    kind = getattr(torchvision_datasets, dataset)
+    if issubclass(kind, torchvision_datasets.MNIST):  # FashionMNIST, KMNIST: the same raw files in their own folder
         return [f"{dataset}/raw/{Path(file).stem}" for file, _ in kind.resources]
-    if issubclass(kind, torchvision.datasets.CIFAR10):  # CIFAR100 too; torchvision checks every batch either way
+    if issubclass(kind, torchvision_datasets.CIFAR10):  # CIFAR100 too; torchvision checks every batch either way
         files = [name for name, _ in kind.train_list + kind.test_list] + [kind.meta["filename"]]
         return [f"{kind.base_folder}/{name}" for name in files]
-    if kind is torchvision.datasets.SVHN:
+    if kind is torchvision_datasets.SVHN:
         return [kind.split_list[split][1]]
     # CelebA: the annotation lists and the folder its image archive unpacks to (the archive may be deleted)
     return [f"{kind.base_folder}/{name}" for _, _, name in kind.file_list if not name.endswith(".zip")] + [
@@ -257,8 +264,9 @@ def _download(cfg: DataConfig, root_key: str) -> Any:
 
 
 def _open_dataset(cfg: DataConfig, root_key: str, download: bool) -> Any:
-    kind, split = getattr(torchvision.datasets, cfg.dataset), _split(cfg)
-    takes_train = issubclass(kind, (torchvision.datasets.MNIST, torchvision.datasets.CIFAR10))
+    torchvision_datasets = _datasets()
+    kind, split = getattr(torchvision_datasets, cfg.dataset), _split(cfg)
+    takes_train = issubclass(kind, (torchvision_datasets.MNIST, torchvision_datasets.CIFAR10))
     part = {"train": split == "train"} if takes_train else {"split": split}  # the others take a split's name
     try:
         return kind(str(cfg.root), download=download, **part)
