@@ -46,6 +46,12 @@ ADVERSARIAL = {"adversarial.enabled": True, "adversarial.start_epoch": 5}
 FAST_LR = {"optim.lr": 1e-3}
 # configs/train_apples_best.yaml at the ablation's budget (tests/test_best_config.py keeps the two in step)
 BEST = {**CALIBRATED, "sampler.name": "gmm", "sampler.components": 25, **FAST_LR}
+# configs/train_apples_vqvae.yaml, _vq_prior.yaml and _hvae.yaml at the ablation's budget (tests/test_best_config.py)
+# (a full-covariance mixture over the 8 x 8 x 32 grid would hold 25 matrices of 2048²: diagonal ones)
+VQVAE = {"model.name": "conv_vqvae", "model.widths": [64, 128], "model.codebook_size": 512, "model.code_dim": 32,
+         "sampler.name": "gmm", "sampler.components": 25, "sampler.covariance": "diag", **FAST_LR}
+VQ_PRIOR = {"model.name": "vq_prior", "model.prior_layers": 4, "model.prior_width": 128, "model.prior_heads": 4, **FAST_LR}
+HVAE = {"model.name": "hvae", **CALIBRATED, **FAST_LR}
 # A mixture row needs no training of its own: the mixture is fitted after training by design (ex post),
 # and a run is scored only after its last epoch, so the row fits it on its base row's checkpoint and
 # scores it with the same protocol (exactly what training the row would give, at a fraction of the time)
@@ -62,7 +68,16 @@ ROWS: dict[str, dict[str, object]] = {
     "best recipe": BEST,
     # the deterministic autoencoder (an RAE: β weighs ½‖z‖²) has no prior: it is sampled through the mixture
     "autoencoder +gmm": {"model.name": "conv_ae", "sampler.name": "gmm"},
+    "VQ-VAE +gmm": VQVAE,
+    "VQ-VAE +prior": VQ_PRIOR,
+    "conditional VQ-VAE +gmm": {**VQVAE, "model.conditional": "embedding"},
+    "conditional VQ-VAE +prior": VQ_PRIOR,
+    "hierarchical VAE": HVAE,
+    "conditional hierarchical VAE": {**HVAE, "model.conditional": "embedding"},
 }
+# a second stage trains on the best model of its first stage's row (trained first, in the same --out); its wall time
+# includes that row's
+SECOND_STAGE = {"VQ-VAE +prior": "VQ-VAE +gmm", "conditional VQ-VAE +prior": "conditional VQ-VAE +gmm"}
 START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 
@@ -82,6 +97,14 @@ def row_config(args, changes: dict[str, object], out: Path, slug: str):
     for key, value in {**protocol, **changes}.items():
         set_key_path(raw, key, value)
     return config_from_dict(raw, f"ablation row {slug}")
+
+
+def stage_changes(name: str, out: Path) -> dict[str, object]:
+    """A row's changes; a second stage's also name its first stage's best model."""
+    if name not in SECOND_STAGE:
+        return ROWS[name]
+    first = re.sub(r"[^A-Za-z0-9]+", "-", SECOND_STAGE[name]).strip("-")
+    return {**ROWS[name], "model.first_stage": str(out / "best" / first)}
 
 
 def main() -> None:
@@ -109,7 +132,7 @@ def main() -> None:
     invocation_started, reused = time.perf_counter(), []
     for name in names:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
-        config = row_config(args, ROWS[name], args.out, slug)
+        config = row_config(args, stage_changes(name, args.out), args.out, slug)
         paths = RunPaths.for_config(config, slug)
         # a finished row is kept (an interrupted ablation continues where it stopped) unless its settings changed
         done_file = args.out / f"{slug}.json"
@@ -135,9 +158,12 @@ def main() -> None:
             print(f"=== {name}: {best['criterion']} {best['value']:.1f} (prior {best['metrics'][best['criterion'] + '_prior']:.1f})", flush=True)
             continue
         print(f"\n=== {name}: {', '.join(f'{k}={v}' for k, v in ROWS[name].items()) or 'the recipe as it is'}", flush=True)
+        first = next((r for r in results if r["row"] == SECOND_STAGE.get(name)), None)
+        if name in SECOND_STAGE and first is None:
+            sys.exit(f"row {name!r} trains on the model of row {SECOND_STAGE[name]!r}: list that row before it in --rows")
         started = time.perf_counter()
         train(config, paths)
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - started + (first["seconds"] if first else 0.0)
         best = json.loads((paths.best_dir / "metrics.json").read_text())
         result = {"row": name, "slug": slug, "seconds": seconds, "best": best, "samples": str(paths.best_dir / "samples.png"),
                   "config": config.to_yaml()}

@@ -34,6 +34,21 @@ def test_the_recipe_and_the_quickstart_are_the_ablations_best_row(config, scaled
         assert (getattr(getattr(recipe, section), name) == value) != (key in scaled), key
 
 
+# the new families' recipes are their ablation rows at 96 px: one more stage (a 12 x 12 code grid rather than 8 x 8)
+@pytest.mark.parametrize("config, row, scaled", [
+    ("train_apples_vqvae.yaml", "VQVAE", {"model.widths"}), ("train_apples_vq_prior.yaml", "VQ_PRIOR", set()),
+])
+def test_the_new_families_recipes_are_their_ablation_rows(config, row, scaled):
+    sys.path.insert(0, str(BEST.parents[1] / "scripts"))
+    import ablate
+
+    recipe = load_config(BEST.parent / config)
+    for key, value in getattr(ablate, row).items():
+        section, name = key.split(".")
+        got = getattr(getattr(recipe, section), name)
+        assert (got == (tuple(value) if isinstance(value, list) else value)) != (key in scaled), key
+
+
 def test_the_best_recipe_trains_and_ships_its_sampler(tmp_path):
     recipe = load_config(BEST)
     assert (recipe.sampler.name, recipe.loss.recon) == ("gmm", "gaussian")

@@ -20,7 +20,7 @@ NAME_MAX = 255
 # a seed goes to torch, numpy and scikit-learn (the latent mixture); the last two take 0 to 2**32 - 1
 SEED_MAX = 2**32 - 1
 # model.name's choices: the built-in models, and every name vaegen.models.register_model adds
-MODEL_NAMES = {"conv_vae", "res_vae", "conv_ae", "res_ae", "conv_vqvae"}
+MODEL_NAMES = {"conv_vae", "res_vae", "conv_ae", "res_ae", "conv_vqvae", "vq_prior"}
 NETWORK_NAMES = ("inception", "inception-64", "efficientnet-lite0", "dinov2")
 BACKBONE_NAMES = ("auto", *NETWORK_NAMES, "none")
 DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
@@ -188,7 +188,8 @@ class ModelConfig(Section):
 
     name: str = Field("conv_vae", description="a registered model, and with it its family: conv_vae and res_vae (VAEs), "
                                                "conv_ae and res_ae (autoencoders), conv_vqvae (VQ-VAE; both sampled through "
-                                               "sampler.name: gmm)")
+                                               "sampler.name: gmm), vq_prior (a learned prior over a trained "
+                                               "conv_vqvae's codes, model.first_stage)")
     latent_dim: int = Field(128, ge=1, description="size of the latent code")
     widths: tuple[int, ...] = Field((64, 128, 256, 512), min_length=1,
                                     description="encoder channels per stride-2 layer; the decoder mirrors them")
@@ -200,6 +201,13 @@ class ModelConfig(Section):
     commitment_weight: float = Field(0.25, ge=0.0, description="conv_vqvae only: weight of the commitment term")
     dead_code_threshold: float = Field(
         2.0, ge=0.0, description="conv_vqvae only: a code whose EMA use falls below this is restarted from the batch; 0 = never")
+    first_stage: Path | None = Field(
+        None, description="vq_prior only: the trained conv_vqvae whose codes the prior learns, its best-model folder "
+                          "(best_models/<run>); its architecture and conditioning are copied into this model's keys")
+    prior_layers: int = Field(4, ge=1, description="vq_prior only: transformer layers of the prior over the code grid")
+    prior_width: int = Field(128, ge=8, description="vq_prior only: the prior's channels per position")
+    prior_heads: int = Field(4, ge=1, description="vq_prior only: attention heads (must divide model.prior_width)")
+    top_k: PositiveInt | None = Field(None, description="vq_prior only: draw each code from its k most likely; null = all")
 
     @field_validator("widths")
     @classmethod

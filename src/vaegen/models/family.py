@@ -6,14 +6,17 @@ evaluation and best-model export. A family supplies the rest, through two things
 
 - its module (built from `model.*` by the model registry, vaegen.models.registry), whose `forward(x, labels)` is
   the training forward pass and which draws images after training:
-  `generate(n, generator, temperature, class_weights)` (images in [0, 1], randomness from `generator` only),
-  and the attributes `is_conditional` and `num_classes`. Latent families also have `latent_dim`,
+  `generate(n, generator, temperature, class_weights)` (images in [0, 1], randomness from `generator` only;
+  conditional modules without `decode` also take `labels=`, one per image), and the attributes `is_conditional` and
+  `num_classes`. Latent families also have `latent_dim`,
   `encode`, `decode` and `reconstruct`, which the latent mixture, the reconstruction pictures and the
   gallery's interpolation use; `last_layer` lets the adversarial head weigh its term.
 - a `Family` object: the named loss terms of a batch from the module's outputs (on the device, no host
   sync), the validation terms, which terms the epoch line shows, and whether samples can come from a prior.
   A family with a likelihood bound also gives its decoder density and the log importance weights that
   `vaegen test` turns into the IWAE bound and the ELBO (`decoder_likelihood`, `log_weights`).
+  A second stage (a prior over a trained first stage's codes) copies the first stage's settings into its config
+  (`resolve`) and loads its weights (`prepare`) before training.
 
 A family is registered with its modules (`vaegen.models.register_model(name, family)`); no code outside its
 module asks which family it is.
@@ -40,9 +43,19 @@ class Family:
     headline: dict[str, str] = {}
     val_headline: dict[str, str] = {}
     has_prior = True  # samples can come from module.generate; else only from a fitted latent mixture
+    weighs_beta = True  # the beta schedule weighs one of its terms (the epoch line shows β only then)
+
+    def resolve(self, config: Config) -> Config:
+        """The config training runs with: a family that builds on another trained model (a second stage) copies that
+        model's settings in here and refuses (ConfigError) a missing one; the default changes nothing."""
+        return config
 
     def check(self, config: Config) -> None:
         """Refuse (ConfigError) settings this family cannot train with; called before anything is built."""
+
+    def prepare(self, module: nn.Module, config: Config, classes: list[str]) -> None:
+        """Fill a newly built module before training starts or resumes, before the EMA copies it (a second stage loads
+        its frozen first stage here); the default does nothing."""
 
     def training_terms(self, outputs, x: torch.Tensor, beta: float | torch.Tensor, loss: LossConfig) -> dict[str, torch.Tensor]:
         """Named loss terms of a batch, per image averaged over it; "loss", the first, is the objective."""

@@ -41,6 +41,7 @@ class VQVAE(Family):
     headline = {"recon": "recon", "commit": "commit", "perplexity": "perplexity"}
     val_headline = {"recon": "recon"}
     has_prior = False
+    weighs_beta = False
 
     def check(self, config: Config) -> None:
         require_the_mixture_sampler(config, "a VQ-VAE", "the training images' codes before quantisation, snapped to "

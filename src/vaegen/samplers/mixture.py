@@ -61,8 +61,11 @@ class LatentGMM:
         noise = torch.randn(n, self.latent_dim, generator=generator) * temperature
         device = self.means.device
         groups, components, noise = groups.to(device), components.to(device), noise.to(device)
-        tril = self.scale_tril[groups, components]
-        return self.means[groups, components] + (tril @ noise.unsqueeze(-1)).squeeze(-1)
+        # each code's own Cholesky factor, gathered a chunk at a time: [n, D, D] at once is 33 GB for 2,000 codes of 2,048
+        chunk = max(1, 2**24 // self.latent_dim**2)
+        spread = [(self.scale_tril[g, c] @ e.unsqueeze(-1)).squeeze(-1)
+                  for g, c, e in zip(groups.split(chunk), components.split(chunk), noise.split(chunk))]
+        return self.means[groups, components] + torch.cat(spread)
 
     def save(self, path: Path, metadata: dict[str, object]) -> None:
         tensors = {"weights": self.weights, "means": self.means, "scale_tril": self.scale_tril}

@@ -173,8 +173,9 @@ def epoch_line(row: dict, epochs: int, family: Family) -> str:
         return f"  {split} {row[f'{split}_loss']:.2f}" + (f" ({shown})" if shown else "")
 
     validation = terms("val", family.val_headline) if "val_loss" in row else ""
+    beta = f"  β {row['beta']:.3g}" if family.weighs_beta else ""
     return (
-        f"epoch {row['epoch']:>3}/{epochs}  β {row['beta']:.3g}{terms('train', family.headline)}{validation}  "
+        f"epoch {row['epoch']:>3}/{epochs}{beta}{terms('train', family.headline)}{validation}  "
         f"{row['images_per_s']:.0f} img/s" + "".join(f"  {key} {value:.4g}" for key, value in row.items() if shown_on_the_epoch_line(key))
     )
 
@@ -417,6 +418,7 @@ def _in_words(exc: BaseException, paths: RunPaths) -> BaseException:
 
 def _train(config: Config, paths: RunPaths, resume: bool, on_epoch: Callable[[dict, bool], None] | None) -> TrainResult:
     setup_started = time.perf_counter()
+    config = family_of(config.model).resolve(config)  # a second stage takes its first stage's settings
     device, main_process = start_processes(config)
     prepare_output_folders(paths)
     out = Outputs(paths)

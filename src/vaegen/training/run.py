@@ -104,6 +104,7 @@ def build_run(config: Config, device: torch.device, options: StepOptions, classe
     """The training state of a new run, on `device`; draws its initial weights from the global RNG (seeded first)."""
     family = family_of(config.model)
     model = build_model(config.model, config.data.image_size, config.data.channels, len(classes)).to(device)
+    family.prepare(model, config, classes)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(config, model, fused=options.fused_optimizer, capturable=options.step_graph)
