@@ -210,8 +210,9 @@ class ModelConfig(Section):
                                                       "costs the loss this much and has no gradient (logged kl stays "
                                                       "the true KL); 0 = off")
     level_temperatures: tuple[float, ...] | None = Field(
-        None, description="hvae only: each level's temperature (>= 0), top (coarsest) first, times the "
-                          "temperature of the model's own samples (model.generate); null = all 1")
+        None, description="hvae only: each level's temperature (>= 0), top (coarsest) first, times the temperature "
+                          "of the model's own draws (model.generate: the FD/KID samples); decoded codes (sample grids, "
+                          "vaegen.load's sample()) take one temperature for all levels; null = all 1")
 
     @field_validator("widths")
     @classmethod
