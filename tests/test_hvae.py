@@ -64,6 +64,28 @@ def test_the_terms_are_the_reconstruction_plus_each_levels_kl_and_free_bits_rais
     assert floored["loss"].item() == pytest.approx(terms["recon"].item() + 0.5 * 3 * floor, rel=1e-6)
 
 
+def test_the_log_weights_average_to_the_elbo_and_do_not_depend_on_the_batch_size():
+    config = config_from_dict({"data": {"root": "unused", "image_size": [16, 32]}, "model": SMALL, "loss": {"recon": "bce"}})
+    family = family_of(config.model)
+    family.check(config)
+    torch.manual_seed(0)
+    model = build_model(config.model, (16, 32), channels=3, num_classes=1).eval()
+    with torch.no_grad():  # posteriors well away from the priors: a KL of about 100 nats
+        for level in model.levels:
+            level.posterior.weight.normal_(0, 0.2)
+    x = torch.rand(5, 3, 16, 32)
+    decoder = family.decoder_likelihood(model, [], config.loss, torch.Generator())
+    weights = family.log_weights(model, x, None, 64, torch.Generator().manual_seed(0), decoder, batch_size=10)
+    assert weights.shape == (64, 5)
+    again = family.log_weights(model, x, None, 64, torch.Generator().manual_seed(0), decoder, batch_size=1000)
+    assert torch.allclose(weights, again, atol=1e-3)  # the same draws, decoded two at a time or all at once
+    with torch.no_grad():  # E_q[-log w] = E_q[-log p(x | z)] + KL: the nelbo the training terms report
+        terms = [family.training_terms(model(x, generator=torch.Generator().manual_seed(seed)), x, 1.0, config.loss)
+                 for seed in range(16)]
+    nelbo, kl = (torch.stack([step[name] for step in terms]).mean().item() for name in ("nelbo", "kl"))
+    assert kl > 50 and abs(-weights.mean().item() - nelbo) < 0.05 * kl
+
+
 def test_level_temperatures_scale_each_levels_draws():
     def samples(temperatures, seed):
         config = hvae_config(level_temperatures=temperatures)

@@ -121,7 +121,7 @@ class HierarchicalVAE(Family):
             images, labels = x.repeat(draws, 1, 1, 1), None if y is None else y.repeat(draws)
             per_level = model.split(chunk.flatten(0, 1))
             logits, posteriors = model.infer(images, labels, lambda level, mu: per_level[level].to(mu.dtype))
-            log_ratio = sum(_log_prior_over_posterior(mu, logvar, eps) for mu, logvar, eps in posteriors)
+            log_ratio = sum(_log_prior_over_posterior(mu, logvar, noise) for mu, logvar, noise in posteriors)
             weights.append((decoder.log_prob(logits, images) + log_ratio).view(draws, len(x)))
         return torch.cat(weights)
 
