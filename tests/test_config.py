@@ -431,7 +431,7 @@ def test_a_section_given_a_single_value_is_shown_written_as_a_section(tmp_path):
     says(message, "has 3 problems", "`data` is a section of keys", "(data/apples_sample)", "`data: {root: data/apples_sample}`")
     says(message, "`sampler` is a section of keys (name, components, covariance)", "(gmm)")
     says(message, "`model` is a section of keys (name, latent_dim, widths, conditional, blocks, codebook_size, code_dim, "
-                  "commitment_weight, dead_code_threshold)", "(5)")
+                  "commitment_weight, dead_code_threshold, ", "(5)")  # then each family's own keys
 
 
 def test_keys_under_a_single_value_are_named(tmp_path):

@@ -20,7 +20,7 @@ NAME_MAX = 255
 # a seed goes to torch, numpy and scikit-learn (the latent mixture); the last two take 0 to 2**32 - 1
 SEED_MAX = 2**32 - 1
 # model.name's choices: the built-in models, and every name vaegen.models.register_model adds
-MODEL_NAMES = {"conv_vae", "res_vae", "conv_ae", "res_ae", "conv_vqvae", "vq_prior"}
+MODEL_NAMES = {"conv_vae", "res_vae", "conv_ae", "res_ae", "conv_vqvae", "vq_prior", "hvae"}
 NETWORK_NAMES = ("inception", "inception-64", "efficientnet-lite0", "dinov2")
 BACKBONE_NAMES = ("auto", *NETWORK_NAMES, "none")
 DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
@@ -187,15 +187,16 @@ class ModelConfig(Section):
     """The network."""
 
     name: str = Field("conv_vae", description="a registered model, and with it its family: conv_vae and res_vae (VAEs), "
-                                               "conv_ae and res_ae (autoencoders), conv_vqvae (VQ-VAE; both sampled through "
-                                               "sampler.name: gmm), vq_prior (a learned prior over a trained "
-                                               "conv_vqvae's codes, model.first_stage)")
+                                               "hvae (hierarchical VAE), conv_ae and res_ae (autoencoders), conv_vqvae "
+                                               "(VQ-VAE; both sampled through sampler.name: gmm), vq_prior (a learned "
+                                               "prior over a trained conv_vqvae's codes, model.first_stage)")
     latent_dim: int = Field(128, ge=1, description="size of the latent code")
     widths: tuple[int, ...] = Field((64, 128, 256, 512), min_length=1,
                                     description="encoder channels per stride-2 layer; the decoder mirrors them")
     conditional: Literal["none", "onehot", "embedding"] = Field(
         "none", description="class conditioning: one-hot label planes into the encoder, or a learned vector added to z")
-    blocks: int = Field(2, ge=1, description="res_vae only: residual blocks after each change of resolution")
+    blocks: int = Field(2, ge=1, description="res_vae and hvae only: residual blocks after each change of "
+                                             "resolution (hvae: in the encoder and at each top-down resolution)")
     codebook_size: int = Field(512, ge=2, description="conv_vqvae only: the number of codes in the codebook")
     code_dim: int = Field(64, ge=1, description="conv_vqvae only: channels of each code (the grid replaces latent_dim)")
     commitment_weight: float = Field(0.25, ge=0.0, description="conv_vqvae only: weight of the commitment term")
@@ -208,6 +209,18 @@ class ModelConfig(Section):
     prior_width: int = Field(128, ge=8, description="vq_prior only: the prior's channels per position")
     prior_heads: int = Field(4, ge=1, description="vq_prior only: attention heads (must divide model.prior_width)")
     top_k: PositiveInt | None = Field(None, description="vq_prior only: draw each code from its k most likely; null = all")
+    levels: int = Field(2, ge=2, description="hvae only: latent levels, one per resolution from the coarsest (the encoder's "
+                                             "last stage) upwards, at most len(model.widths); KL warm-up is beta.schedule: "
+                                             "warmup, and optim.skip_grad_norm skips the rare exploding step (VDVAE)")
+    latent_channels: int = Field(16, ge=1, description="hvae only: channels of each level's latent grid (the grids, "
+                                                       "flattened, replace latent_dim)")
+    free_bits: float = Field(0.0, ge=0.0, description="hvae only: nats per level: a level's batch-mean KL below this "
+                                                      "costs the loss this much and has no gradient (logged kl stays "
+                                                      "the true KL); 0 = off")
+    level_temperatures: tuple[float, ...] | None = Field(
+        None, description="hvae only: each level's temperature (>= 0), top (coarsest) first, times the temperature "
+                          "of the model's own draws (model.generate: the FD/KID samples); decoded codes (sample grids, "
+                          "vaegen.load's sample()) take one temperature for all levels; null = all 1")
 
     @field_validator("widths")
     @classmethod

@@ -626,7 +626,9 @@ def build_evaluation(run: Run, splits: Splits, main_process: bool) -> Evaluation
             f"({' and '.join(evaluator.networks)} features); best checkpoint by {run.criterion}"
         )
     class_weights = torch.bincount(splits.train.labels, minlength=len(run.classes)).float()
-    fixed_z = torch.randn(config.eval.num_grid, config.model.latent_dim, generator=torch.Generator().manual_seed(config.train.seed + 2))
+    # a latent family's module sizes its codes (hvae derives them from its grids); model.latent_dim otherwise
+    latent_dim = run.model.latent_dim if reconstructs(run.model) else config.model.latent_dim
+    fixed_z = torch.randn(config.eval.num_grid, latent_dim, generator=torch.Generator().manual_seed(config.train.seed + 2))
     return Evaluation(evaluator, classifier, class_weights, fixed_z)
 
 
