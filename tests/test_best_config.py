@@ -37,6 +37,7 @@ def test_the_recipe_and_the_quickstart_are_the_ablations_best_row(config, scaled
 # the new families' recipes are their ablation rows at 96 px: one more stage (a 12 x 12 code grid rather than 8 x 8)
 @pytest.mark.parametrize("config, row, scaled", [
     ("train_apples_vqvae.yaml", "VQVAE", {"model.widths"}), ("train_apples_vq_prior.yaml", "VQ_PRIOR", set()),
+    ("train_apples_hvae.yaml", "HVAE", set()),
 ])
 def test_the_new_families_recipes_are_their_ablation_rows(config, row, scaled):
     sys.path.insert(0, str(BEST.parents[1] / "scripts"))

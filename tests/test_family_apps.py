@@ -1,6 +1,5 @@
-"""The families beyond the VAE in the apps: for each, a 2-trial `vaegen tune` sweep over one of its own settings
-trains through Ray, picks a winner that vaegen.load samples, and the gallery page opens that winner and generates
-from it."""
+"""The families beyond the VAE in the apps: one `vaegen tune` sweep trains a trial of each through Ray and exports a
+winner that vaegen.load samples; the gallery page opens a model of each and generates from it."""
 
 from __future__ import annotations
 
@@ -19,11 +18,11 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 
 UI = str(Path(__file__).resolve().parents[1] / "ui.py")
 VQ = {"name": "conv_vqvae", "codebook_size": 32, "code_dim": 4}
-# model.name -> (the base config's model and sampler, the one setting of its own the sweep searches)
+# model.name -> the model and sampler settings of a tiny run of it (every family's keys sit side by side in model.*)
 FAMILIES = {
-    "conv_vqvae": (VQ, {"name": "gmm", "components": 2}, {"model.commitment_weight": {"choice": [0.1, 0.5]}}),
-    "vq_prior": ({"name": "vq_prior", "prior_width": 16, "prior_heads": 2}, {"name": "prior"},
-                 {"model.prior_layers": {"choice": [1, 2]}}),
+    "conv_vqvae": (VQ, "gmm"),
+    "vq_prior": ({"name": "vq_prior", "prior_layers": 1, "prior_width": 16, "prior_heads": 2}, "prior"),
+    "hvae": ({"name": "hvae", "latent_channels": 2, "blocks": 1}, "prior"),
 }
 
 
@@ -36,29 +35,38 @@ def first_stage(tmp_path_factory, tiny_config) -> Path:
     return folder / "best" / "vq"
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_a_family_tunes_loads_and_shows_in_the_gallery(name, tmp_path, monkeypatch, tiny_sweep, first_stage):
-    model, sampler, space = FAMILIES[name]
-    sweep_file = tiny_sweep(tmp_path, space, num_samples=2, points_to_evaluate=[
-        {key: choices["choice"][index] for key, choices in space.items()} for index in (0, 1)])
+def test_one_sweep_tunes_each_family(tmp_path, tiny_sweep, first_stage):
+    space = {"model.name": {"choice": list(FAMILIES)}, "sampler.name": {"choice": ["gmm", "prior"]}}
+    pinned = [{"model.name": name, "sampler.name": sampler} for name, (_, sampler) in FAMILIES.items()]
+    sweep_file = tiny_sweep(tmp_path, space, num_samples=3, points_to_evaluate=pinned)
     sweep = yaml.safe_load(sweep_file.read_text())
-    first = {"first_stage": str(first_stage)} if name == "vq_prior" else {}
-    sweep["base"]["model"] = {"widths": [8, 16], **model, **first}
-    sweep["base"]["sampler"] = sampler
+    model = {key: value for settings, _ in FAMILIES.values() for key, value in settings.items() if key != "name"}
+    sweep["base"]["model"] = {"widths": [8, 16], "first_stage": str(first_stage), **model}
+    sweep["base"]["sampler"] = {"components": 2, "covariance": "diag"}
     sweep_file.write_text(yaml.safe_dump(sweep))
     assert main(["tune", "--config", str(sweep_file)]) == 0
 
     rows = read_summary(tmp_path)
-    assert len(rows) == 2 and all(row["status"] in ("finished", "stopped early") for row in rows)
+    assert sorted(row["model.name"] for row in rows) == sorted(FAMILIES)
+    assert all(row["status"] in ("finished", "stopped early") and float(row["best_fd_efficientnet_lite0"]) > 0 for row in rows)
     best = tmp_path / "best" / "tiny-best"
-    assert json.loads((best / "metrics.json").read_text())["value"] == pytest.approx(
-        min(float(row["best_fd_efficientnet_lite0"]) for row in rows))
-    assert vaegen.load(best).config.model.name == name
-    assert vaegen.load(best).sample(2, seed=0).shape == (2, 3, 16, 16)
+    winner = min(rows, key=lambda row: float(row["best_fd_efficientnet_lite0"]))
+    assert json.loads((best / "metrics.json").read_text())["value"] == pytest.approx(float(winner["best_fd_efficientnet_lite0"]))
+    model = vaegen.load(best)
+    assert model.config.model.name == winner["model.name"] and model.sample(2, seed=0).shape == (2, 3, 16, 16)
 
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_gallery_generates_from_each_family(name, tmp_path, monkeypatch, tiny_config, first_stage):
+    settings, sampler = FAMILIES[name]
+    first = {"first_stage": str(first_stage)} if name == "vq_prior" else {}
+    select = "val_loss" if name == "vq_prior" else "val_recon"
+    config = tiny_config(tmp_path, train={"epochs": 1}, model={**settings, **first}, output={"select": select},
+                         sampler={"name": sampler, "components": 2})
+    assert main(["train", "--config", str(config)]) == 0
     monkeypatch.setenv("VAEGEN_BEST_DIR", str(tmp_path / "best"))
     at = AppTest.from_file(UI, default_timeout=120).run()
-    at.sidebar.radio(key="run").set_value("tiny-best").run()
+    at.sidebar.radio(key="run").set_value("tiny").run()
     at.number_input(key="count").set_value(3)
     at.button(key="generate").click().run()
     assert not at.exception, at.exception

@@ -58,8 +58,7 @@ def test_the_terms_are_the_reconstruction_plus_each_levels_kl_and_free_bits_rais
     assert model.encoder[0][0][0].weight.grad.abs().sum() > 0  # the reparameterised draws reach the encoder
 
     floor = max(levels) + 100.0  # above every level's KL: each costs the floor
-    family.check(hvae_config(widths=[8, 16, 32], levels=3, free_bits=floor))
-    floored = family.training_terms(outputs, x, 0.5, config.loss)
+    floored = family_of(hvae_config(widths=[8, 16, 32], levels=3, free_bits=floor).model).training_terms(outputs, x, 0.5, config.loss)
     assert floored["kl"].item() == pytest.approx(terms["kl"].item())  # the logged KL is the true one
     assert floored["loss"].item() == pytest.approx(terms["recon"].item() + 0.5 * 3 * floor, rel=1e-6)
 
@@ -131,6 +130,8 @@ def test_a_tiny_hvae_trains_resumes_exactly_tests_and_loads(tmp_path, tiny_confi
     assert images.shape == (4, 3, 16, 16) and 0 <= images.min() and images.max() <= 1
     assert torch.equal(images, model.sample(4, seed=0)) and not torch.equal(images, model.sample(4, seed=1))
     assert torch.allclose(images, model.model.generate(4, torch.Generator().manual_seed(0)), atol=1e-6)  # ancestral sampling
+    model.model.level_temperatures = [0.0, 0.0]  # what model.level_temperatures sets: sample() draws through them
+    assert torch.equal(model.sample(2, seed=0), model.sample(2, seed=1))
 
     args = ["--set", "num_samples=16", "--set", "backbone=none", "--set", "likelihood.samples=8"]
     assert main(["test", "--checkpoint", str(best), *args]) == 0

@@ -243,12 +243,11 @@ class Pipeline:
             generator.manual_seed(seed)
         if self.model.is_conditional:  # one label per image
             labels = self.model._check_labels(self.class_indices(labels), n)
-        if not callable(getattr(self.model, "decode", None)):  # a family without codes draws whole images
+        if self.sampler is None:  # the family's own draws: its prior (a VAE's N(0, T² I), a hierarchy's levels, ...)
             given = {} if labels is None else {"labels": labels}  # conditional ones draw the classes asked for
             return self.model.generate(n, generator, temperature, **given)
         device = next(self.model.parameters()).device
-        sampler = self.sampler.to(device) if self.sampler is not None else None
-        codes = latent_codes(n, self.model.latent_dim, generator, labels, temperature, sampler)
+        codes = latent_codes(n, self.model.latent_dim, generator, labels, temperature, self.sampler.to(device))
         return self.model.decode(codes.to(device), labels)
 
     def class_indices(self, labels) -> torch.Tensor | None:

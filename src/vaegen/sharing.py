@@ -46,16 +46,18 @@ def hub_snapshot(repo_id: str) -> Path:
         ) from None
 
 
-def model_card(name: str, config: Config, metrics: dict, family: str, parameters: int) -> str:
+def model_card(name: str, config: Config, metrics: dict, family: str, parameters: int, latent_dim: int | None = None) -> str:
     """README.md for a model folder: Hub metadata, then what the model is, its data, recipe, scores and how to load it.
-    `metrics` is the folder's metrics.json (criterion, value, epoch, metrics, protocol)."""
+    `metrics` is the folder's metrics.json (criterion, value, epoch, metrics, protocol); `latent_dim` the module's
+    latent size (a grid's or a hierarchy's, flattened), None for a model without codes."""
     from huggingface_hub import ModelCardData
 
     classes = metrics["classes"]
     conditional = config.model.conditional != "none"
     tags = ["vaegen", family, "image-generation", "pytorch"] + (["class-conditional"] if conditional else [])
     card = ModelCardData(library_name="vaegen", tags=tags, pipeline_tag="unconditional-image-generation")
-    about = (f"**{config.model.name}** (the {family} family, {parameters:,} parameters, latent size {config.model.latent_dim}), "
+    latent = "" if latent_dim is None else f", latent size {latent_dim}"
+    about = (f"**{config.model.name}** (the {family} family, {parameters:,} parameters{latent}), "
              f"trained with vaegen on {pixel_size(*config.data.image_size)} {'RGB' if config.data.channels == 3 else 'grayscale'} "
              f"images of {len(classes)} {'class' if len(classes) == 1 else 'classes'}: {', '.join(classes)}"
              f"{' (it draws the class it is asked for)' if conditional else ''}. The best epoch, {metrics['epoch']}, was "

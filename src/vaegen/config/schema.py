@@ -219,8 +219,8 @@ class ModelConfig(Section):
                                                       "the true KL); 0 = off")
     level_temperatures: tuple[float, ...] | None = Field(
         None, description="hvae only: each level's temperature (>= 0), top (coarsest) first, times the temperature "
-                          "of the model's own draws (model.generate: the FD/KID samples); decoded codes (sample grids, "
-                          "vaegen.load's sample()) take one temperature for all levels; null = all 1")
+                          "of every draw from the prior (FD/KID samples, vaegen test, vaegen.load's sample(), the "
+                          "gallery's single-class grids); the training sample grids decode fixed codes at 1; null = all 1")
 
     @field_validator("widths")
     @classmethod

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from vaegen.config import Config, LossConfig
+from vaegen.config import Config, LossConfig, ModelConfig
 from vaegen.errors import ConfigError
 from vaegen.models.losses import DecoderLikelihood
 
@@ -44,6 +44,11 @@ class Family:
     val_headline: dict[str, str] = {}
     has_prior = True  # samples can come from module.generate; else only from a fitted latent mixture
     weighs_beta = True  # the beta schedule weighs one of its terms (the epoch line shows β only then)
+
+    def configured(self, model: ModelConfig) -> Family:
+        """The family that trains `model` (model.*): one whose terms or loss depend on the model's settings makes its
+        own; the default is the registered one."""
+        return self
 
     def resolve(self, config: Config) -> Config:
         """The config training runs with: a family that builds on another trained model (a second stage) copies that

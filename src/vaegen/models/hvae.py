@@ -23,12 +23,9 @@ from torch import nn
 from vaegen.config import Config, ModelConfig
 from vaegen.errors import ConfigError
 from vaegen.models.family import Family
-from vaegen.models.losses import DecoderLikelihood, reconstruction_loss
+from vaegen.models.losses import reconstruction_loss
 from vaegen.models.registry import register_model
 from vaegen.models.vae import VAE, ImageModule, ResidualBlock, _down, _up
-
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
 
 def standard_normal_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per image, summed over every other dimension: [N, ...] -> [N]."""
@@ -39,8 +36,8 @@ class HierarchicalVAE(Family):
     """Hierarchical VAEs: reconstruction + β·Σ_l max(KL_l, model.free_bits), KL_l the batch-mean KL of level l.
     Outputs: (decoder logits, KL per image and level [N, levels]).
 
-    The term names follow the level count (kl_level0, kl_level1, ...): `check`, which the training loop calls with the
-    run's config before building anything, sets it and the free bits on this family."""
+    The term names follow the level count (kl_level0, kl_level1, ...): `configured` makes the family of a config's
+    levels and free bits."""
 
     name = "hvae"
     headline = {"recon": "recon", "kl": "KL"}
@@ -48,6 +45,9 @@ class HierarchicalVAE(Family):
 
     def __init__(self, levels: int = 2, free_bits: float = 0.0):
         self.levels, self.free_bits = levels, free_bits
+
+    def configured(self, model: ModelConfig) -> HierarchicalVAE:
+        return HierarchicalVAE(model.levels, model.free_bits)
 
     @property
     def terms(self) -> tuple[str, ...]:
@@ -69,7 +69,6 @@ class HierarchicalVAE(Family):
             raise ConfigError(
                 f"model.level_temperatures {list(temperatures)} has a negative entry; a temperature scales the spread "
                 f"of a level's draws and is >= 0 (0: every draw at the prior's mean).")
-        self.levels, self.free_bits = model.levels, model.free_bits
 
     def training_terms(self, outputs, x, beta, loss):
         logits, kls = outputs
@@ -92,21 +91,8 @@ class HierarchicalVAE(Family):
         squared_error = (model.reconstruct(x, y) - x).pow(2).sum() / len(x)
         return {**terms, "mse": squared_error}
 
-    @torch.no_grad()
-    def decoder_likelihood(self, model, data, loss, generator):
-        """The VAE's densities (vaegen.models.vae.VAE.decoder_likelihood): bce and mse fix them; gaussian's σ is
-        calibrated once over `data` as training calibrates it per batch (σ² the mean squared error, log σ ≥ -6)."""
-        if loss.recon != "gaussian":
-            return VAE().decoder_likelihood(model, data, loss, generator)  # fixed by the loss: no model is read
-        squared, count = 0.0, 0
-        for x, y in data:
-            logits, _ = model(x, y, generator=generator)
-            squared += (torch.sigmoid(logits.float()) - x).pow(2).sum().item()
-            count += x.numel()
-        log_sigma = max(0.5 * math.log(squared / count), -6.0) if squared > 0 else -6.0
-        return DecoderLikelihood(
-            "gaussian", math.exp(log_sigma), note="the learned sigma of the calibrated decoder, fitted on the training "
-            "split as training fits it per batch; continuous density")
+    # the VAE's densities: bce and mse fix them, gaussian's σ is calibrated on the logits the forward pass puts first
+    decoder_likelihood = VAE.decoder_likelihood
 
     @torch.no_grad()
     def log_weights(self, model, x, y, k, generator, decoder, batch_size):
@@ -283,15 +269,15 @@ class HVAE(ImageModule):
 
     @torch.no_grad()
     def generate(
-        self, n: int, generator: torch.Generator, temperature: float = 1.0, class_weights: torch.Tensor | None = None
+        self, n: int, generator: torch.Generator, temperature: float = 1.0, class_weights: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`n` images by ancestral sampling, level l's ε ~ N(0, (T·t_l)² I) with t_l its model.level_temperatures
-        entry, every draw from `generator` (the same codes vaegen.load's sample() draws when every t_l is 1);
-        conditional models draw their labels with `class_weights` (default uniform)."""
+        entry, every draw from `generator`; conditional models: `labels`, else drawn with `class_weights` (default
+        uniform)."""
         scales = torch.cat([torch.full((math.prod(shape),), t) for shape, t in zip(self.latent_shapes, self.level_temperatures)])
         z = torch.randn(n, self.latent_dim, generator=generator) * temperature * scales
-        labels = None
-        if self.is_conditional:
+        if self.is_conditional and labels is None:
             weights = torch.ones(self.num_classes) if class_weights is None else class_weights.float()
             labels = torch.multinomial(weights, n, replacement=True, generator=generator).to(self.top_state.device)
         return self.decode(z.to(self.top_state.device), labels)

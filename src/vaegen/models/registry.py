@@ -30,7 +30,7 @@ def build_model(cfg: ModelConfig, image_size: tuple[int, int], channels: int, nu
 
 
 def family_of(cfg: ModelConfig) -> Family:
-    return FAMILIES[cfg.name]
+    return FAMILIES[cfg.name].configured(cfg)
 
 
 def count_parameters(model: nn.Module) -> int:

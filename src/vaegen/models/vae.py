@@ -63,7 +63,7 @@ class VAE(Family):
                                      "of squared errors = -log N(x; mean, sigma^2 I) - D/2 log pi); continuous density")
         squared, count = 0.0, 0
         for x, y in data:
-            logits, _, _ = model(x, y, generator=generator)
+            logits = model(x, y, generator=generator)[0]  # every latent family's forward puts its logits first
             squared += (torch.sigmoid(logits.float()) - x).pow(2).sum().item()
             count += x.numel()
         log_sigma = max(0.5 * math.log(squared / count), -6.0) if squared > 0 else -6.0
@@ -231,13 +231,13 @@ class ConvVAE(ImageModule):
 
     @torch.no_grad()
     def generate(
-        self, n: int, generator: torch.Generator, temperature: float = 1.0, class_weights: torch.Tensor | None = None
+        self, n: int, generator: torch.Generator, temperature: float = 1.0, class_weights: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`n` images from the prior, z ~ N(0, T² I), every draw from `generator` (the evaluation's samples);
-        conditional models draw their labels with `class_weights` (default uniform)."""
+        conditional models: `labels`, else drawn with `class_weights` (default uniform)."""
         z = torch.randn(n, self.latent_dim, generator=generator) * temperature
-        labels = None
-        if self.is_conditional:
+        if self.is_conditional and labels is None:
             weights = torch.ones(self.num_classes) if class_weights is None else class_weights.float()
             labels = torch.multinomial(weights, n, replacement=True, generator=generator).to(self.to_mu.weight.device)
         return self.decode(z.to(self.to_mu.weight.device), labels)

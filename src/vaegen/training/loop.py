@@ -706,5 +706,5 @@ def export_best(paths: RunPaths, run: Run, row: dict, protocol: dict | None, sam
         write_text_atomic(paths.best_dir / "config.yaml", config.to_yaml())
         save_png(samples, paths.best_dir / "samples.png")
         write_text_atomic(paths.best_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        card = model_card(paths.name, config, metrics, run.family.name, count_parameters(model))
+        card = model_card(paths.name, config, metrics, run.family.name, count_parameters(model), getattr(model, "latent_dim", None))
         write_text_atomic(paths.best_dir / "README.md", card)
