@@ -287,7 +287,7 @@ def render(results: list[dict], args, device_name: str, total: str) -> str:
         shares = " | ".join(number(metrics.get(f"{name}_efficientnet_lite0"), ".2f") for name in ("precision", "recall", "density", "coverage"))
         lines.append(
             f"| {result['row']} | {fd:.1f}{ratio} | {metrics['kd_efficientnet_lite0']:.3f} | {number(prior, '.1f')} | {shares} | "
-            f"{metrics['val_mse']:.1f} | {result['copy_ratio']:.2f} | {result['seconds'] / 60:.1f} min | "
+            f"{number(metrics.get('val_mse'), '.1f')} | {result['copy_ratio']:.2f} | {result['seconds'] / 60:.1f} min | "
             f"![{result['row']}](img/ablation/{prefix}{args.size}px-{result['slug']}.png) |"
         )
     twins = (" Fruit-360 films each apple turning, so a validation frame has a near-twin in the training set and real "

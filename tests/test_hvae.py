@@ -20,7 +20,7 @@ SMALL = {"name": "hvae", "widths": [8, 16], "blocks": 1, "latent_channels": 4}
 
 def hvae_config(**model):
     config = config_from_dict({"data": {"root": "unused", "image_size": [16, 32]}, "model": {**SMALL, **model}})
-    family_of(config.model).check(config)  # as the training loop does: it fixes the level count and the free bits
+    family_of(config.model).check(config)  # refused as the training loop would refuse it
     return config
 
 
