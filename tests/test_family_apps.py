@@ -71,3 +71,5 @@ def test_the_gallery_generates_from_each_family(name, tmp_path, monkeypatch, tin
     at.button(key="generate").click().run()
     assert not at.exception, at.exception
     assert any(image.proto.imgs[0].alt.startswith("3 samples") for image in at.image)
+    codes = "standard deviation of z" if name == "hvae" else "of the model's own draws" if name == "vq_prior" else "spread"
+    assert codes in at.slider(key="temperature").label

@@ -20,7 +20,7 @@ from vaegen.errors import ConfigError
 from vaegen.models import build_model, family_of
 
 VQ = {"name": "conv_vqvae", "codebook_size": 32, "code_dim": 4}
-PRIOR = {"name": "vq_prior", "prior_layers": 2, "prior_width": 32, "prior_heads": 2}
+PRIOR = {"name": "vq_prior", "prior_layers": 2, "prior_width": 32, "prior_heads": 2, "prior_dropout": 0.1}
 
 
 def prior_config(**model):

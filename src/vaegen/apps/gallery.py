@@ -245,8 +245,11 @@ def draws_from(model: Pipeline) -> str:
 
 
 def temperature_label(model: Pipeline) -> str:
-    spread = "standard deviation of z" if model.sampler is None else "spread of the codes"  # around each component
-    return f"temperature ({spread})"
+    if model.sampler is not None:
+        return "temperature (spread of the codes)"  # around each mixture component
+    if not reconstructs(model):  # e.g. a learned prior over codes divides its logits by it
+        return "temperature (of the model's own draws; 0: its most likely)"
+    return "temperature (standard deviation of z)"
 
 
 @dataclass(frozen=True, eq=False)

@@ -209,6 +209,8 @@ class ModelConfig(Section):
     prior_width: int = Field(128, ge=8, description="vq_prior only: the prior's channels per position")
     prior_heads: int = Field(4, ge=1, description="vq_prior only: attention heads (must divide model.prior_width)")
     top_k: PositiveInt | None = Field(None, description="vq_prior only: draw each code from its k most likely; null = all")
+    prior_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="vq_prior only: dropout on the prior's embeddings, "
+                                                                  "attention and residual branches while it trains")
     levels: int = Field(2, ge=2, description="hvae only: latent levels, one per resolution from the coarsest (the encoder's "
                                              "last stage) upwards, at most len(model.widths); KL warm-up is beta.schedule: "
                                              "warmup, and optim.skip_grad_norm skips the rare exploding step (VDVAE)")

@@ -110,7 +110,8 @@ class CodePrior(ImageModule):
         width = cfg.prior_width
         self.token = nn.Embedding(cfg.codebook_size + (num_classes if self.is_conditional else 1), width)
         self.position = nn.Parameter(torch.randn(1, self.positions, width) * 0.02)
-        self.blocks = nn.ModuleList(CausalBlock(width, cfg.prior_heads) for _ in range(cfg.prior_layers))
+        self.dropout = nn.Dropout(cfg.prior_dropout)
+        self.blocks = nn.ModuleList(CausalBlock(width, cfg.prior_heads, cfg.prior_dropout) for _ in range(cfg.prior_layers))
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, cfg.codebook_size))
 
     @property
@@ -130,7 +131,7 @@ class CodePrior(ImageModule):
     def _logits(self, tokens: torch.Tensor, start: int = 0, caches: list[dict] | None = None) -> torch.Tensor:
         """Next-code logits [N, t, codebook size] after each of the tokens [N, t] at positions start, start + 1, ...;
         `caches` (one dict per block) hold the keys and values of the positions before `start` when sampling."""
-        hidden = self.token(tokens) + self.position[:, start:start + tokens.shape[1]]
+        hidden = self.dropout(self.token(tokens) + self.position[:, start:start + tokens.shape[1]])
         for index, block in enumerate(self.blocks):
             hidden = block(hidden, None if caches is None else caches[index])
         return self.head(hidden)
@@ -179,11 +180,13 @@ class CausalBlock(nn.Module):
     TransformerEncoderLayer because sampling needs a key/value cache, which that layer lacks: without one each of the
     grid's positions recomputes all before it (33 s for 250 samples of an 8 x 8 grid on one CPU thread)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
         super().__init__()
-        self.heads = heads
+        self.heads, self.attention_dropout = heads, dropout
         self.attention_norm, self.qkv, self.out = nn.LayerNorm(width), nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width),
+                                 nn.Dropout(dropout))
+        self.residual_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         """x [N, t, width]. Training (`cache` None): each position attends to itself and those before it. Sampling: `cache`
@@ -194,6 +197,7 @@ class CausalBlock(nn.Module):
             if cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None)
-        x = x + self.out(attended.transpose(1, 2).reshape(n, t, width))
+        dropout = self.attention_dropout if self.training else 0.0
+        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=cache is None)
+        x = x + self.residual_dropout(self.out(attended.transpose(1, 2).reshape(n, t, width)))
         return x + self.mlp(x)
