@@ -67,6 +67,8 @@ ROWS: dict[str, dict[str, object]] = {
     "+adversarial": ADVERSARIAL,
     "all together": {**CALIBRATED, "sampler.name": "gmm", **RESIDUAL_EMA, **ADVERSARIAL},
     "+lr 1e-3": FAST_LR,
+    # the CNN-against-RNN comparison: the reference with a bidirectional GRU over the rows as its encoder
+    "GRU encoder": {"model.name": "gru_vae"},
     "best recipe": BEST,
     # the deterministic autoencoder (an RAE: β weighs ½‖z‖²) has no prior: it is sampled through the mixture
     "autoencoder +gmm": {"model.name": "conv_ae", "sampler.name": "gmm"},

@@ -20,7 +20,7 @@ NAME_MAX = 255
 # a seed goes to torch, numpy and scikit-learn (the latent mixture); the last two take 0 to 2**32 - 1
 SEED_MAX = 2**32 - 1
 # model.name's choices: the built-in models, and every name vaegen.models.register_model adds
-MODEL_NAMES = {"conv_vae", "res_vae", "conv_ae", "res_ae", "conv_vqvae", "vq_prior", "hvae"}
+MODEL_NAMES = {"conv_vae", "res_vae", "gru_vae", "conv_ae", "res_ae", "conv_vqvae", "vq_prior", "hvae"}
 NETWORK_NAMES = ("inception", "inception-64", "efficientnet-lite0", "dinov2")
 BACKBONE_NAMES = ("auto", *NETWORK_NAMES, "none")
 DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
@@ -186,7 +186,8 @@ class DataConfig(Section):
 class ModelConfig(Section):
     """The network."""
 
-    name: str = Field("conv_vae", description="a registered model, and with it its family: conv_vae and res_vae (VAEs), "
+    name: str = Field("conv_vae", description="a registered model, and with it its family: conv_vae, res_vae and gru_vae (VAEs; "
+                                               "gru_vae's encoder a GRU over rows), "
                                                "hvae (hierarchical VAE), conv_ae and res_ae (autoencoders), conv_vqvae "
                                                "(VQ-VAE; both sampled through sampler.name: gmm), vq_prior (a learned "
                                                "prior over a trained conv_vqvae's codes, model.first_stage)")
@@ -195,6 +196,9 @@ class ModelConfig(Section):
                                     description="encoder channels per stride-2 layer; the decoder mirrors them")
     conditional: Literal["none", "onehot", "embedding"] = Field(
         "none", description="class conditioning: one-hot label planes into the encoder, or a learned vector added to z")
+    rnn_hidden: int = Field(256, ge=1, description="gru_vae only: units per direction of the bidirectional GRU that "
+                                                    "reads the image's rows")
+    rnn_layers: int = Field(1, ge=1, description="gru_vae only: stacked GRU layers")
     blocks: int = Field(2, ge=1, description="res_vae and hvae only: residual blocks after each change of "
                                              "resolution (hvae: in the encoder and at each top-down resolution)")
     codebook_size: int = Field(512, ge=2, description="conv_vqvae only: the number of codes in the codebook")

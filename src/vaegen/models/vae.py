@@ -166,9 +166,9 @@ class ConvVAE(ImageModule):
 
         label_planes = num_classes if cfg.conditional == "onehot" else 0
         in_widths = [channels + label_planes] + widths[:-1]
-        self.encoder = nn.Sequential(*self._encoder_stages(in_widths, widths, cfg), nn.Flatten())
-        self.to_mu = nn.Linear(flat, cfg.latent_dim)
-        self.to_logvar = nn.Linear(flat, cfg.latent_dim)
+        self.encoder, features = self._make_encoder(in_widths, widths, cfg, flat)
+        self.to_mu = nn.Linear(features, cfg.latent_dim)
+        self.to_logvar = nn.Linear(features, cfg.latent_dim)
 
         self.label_embedding = nn.Embedding(num_classes, cfg.latent_dim) if cfg.conditional == "embedding" else None
         self.from_latent = nn.Linear(cfg.latent_dim + label_planes, flat)
@@ -177,6 +177,10 @@ class ConvVAE(ImageModule):
             *self._decoder_stages(reversed_widths, cfg),
             nn.ConvTranspose2d(widths[0], channels, 4, stride=2, padding=1),
         )
+
+    def _make_encoder(self, in_widths: list[int], widths: list[int], cfg: ModelConfig, flat: int) -> tuple[nn.Module, int]:
+        """The encoder (images, with label planes for onehot, -> flat features) and its feature count."""
+        return nn.Sequential(*self._encoder_stages(in_widths, widths, cfg), nn.Flatten()), flat
 
     def _encoder_stages(self, in_widths: list[int], widths: list[int], cfg: ModelConfig) -> list[nn.Module]:
         return [_down(i, o, norm=index > 0) for index, (i, o) in enumerate(zip(in_widths, widths))]
@@ -287,3 +291,28 @@ class ResVAE(ConvVAE):
             width = stage[0].out_channels
             stages += [stage, *(ResidualBlock(width) for _ in range(cfg.blocks))]
         return stages
+
+
+class RowGRU(nn.Module):
+    """A bidirectional GRU that reads an image [N, C, H, W] as a sequence of H rows of C·W values and returns the last
+    layer's final states, both directions: [N, 2 · hidden]."""
+
+    def __init__(self, row_size: int, hidden: int, layers: int):
+        super().__init__()
+        self.gru = nn.GRU(row_size, hidden, num_layers=layers, batch_first=True, bidirectional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)  # [N, H, C·W]
+        _, last = self.gru(rows)  # [layers · 2, N, hidden]
+        return torch.cat([last[-2], last[-1]], dim=1)
+
+
+@register_model("gru_vae", VAE())
+class GRUVAE(ConvVAE):
+    """ConvVAE's decoder with a recurrent encoder (the CNN-against-RNN comparison): a bidirectional GRU over the image's
+    rows (`model.rnn_hidden` units per direction, `model.rnn_layers`), its final states to μ and log σ². Conditioning
+    as ConvVAE's (one-hot planes enter the rows for onehot)."""
+
+    def _make_encoder(self, in_widths: list[int], widths: list[int], cfg: ModelConfig, flat: int) -> tuple[nn.Module, int]:
+        row_size = in_widths[0] * self.image_size[1]
+        return RowGRU(row_size, cfg.rnn_hidden, cfg.rnn_layers), 2 * cfg.rnn_hidden
