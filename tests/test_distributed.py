@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import vaegen
 from vaegen.apps.cli import main
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -115,3 +116,25 @@ def test_a_divergence_stops_every_process_with_one_message(tmp_path, tiny_config
     assert done.returncode != 0 and "(exitcode: 3)" in done.stderr
     assert done.stderr.count("error: ") == 1 and re.search(r"error: .*became (NaN|infinite).* at epoch 1", done.stderr)
     assert not (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("family", ["hvae", "vq_prior"])
+def test_the_new_families_train_evaluate_and_resume_under_torchrun(tmp_path, tiny_config, family):
+    evaluation = {"every": 1, "backbone": "efficientnet-lite0", "num_samples": 20, "batch_size": 10, "kid_subset_size": 10}
+    model = {"name": "hvae", "latent_channels": 2, "blocks": 1}
+    if family == "vq_prior":
+        vq = {"name": "conv_vqvae", "codebook_size": 16, "code_dim": 4}
+        stage = tiny_config(tmp_path / "vq", train={"epochs": 1}, model=vq, sampler={"name": "gmm", "components": 2},
+                            output={"select": "val_recon", "run_name": "vq"})
+        assert main(["train", "--config", str(stage)]) == 0
+        model = {"name": "vq_prior", "prior_layers": 1, "prior_width": 16, "prior_heads": 2, "prior_dropout": 0.1,
+                 "first_stage": str(tmp_path / "vq" / "best" / "vq")}
+    config = tiny_config(tmp_path, model=model, eval=evaluation, train={"epochs": 2}, output={"select": "fid"})
+    done = torchrun("--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "logs" / "tiny"
+    done = torchrun("--resume", str(run), "--set", "train.epochs=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    logged = rows(run)
+    assert [row["epoch"] for row in logged] == [1, 2, 3] and all("fd_efficientnet_lite0" in row for row in logged)
+    assert vaegen.load(tmp_path / "best" / "tiny").sample(2, seed=0).shape == (2, 3, 16, 16)

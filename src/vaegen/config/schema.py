@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler,
+    BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveInt, ValidationError, ValidationInfo, ValidatorFunctionWrapHandler,
     field_validator, model_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -223,7 +223,7 @@ class ModelConfig(Section):
     free_bits: float = Field(0.0, ge=0.0, description="hvae only: nats per level: a level's batch-mean KL below this "
                                                       "costs the loss this much and has no gradient (logged kl stays "
                                                       "the true KL); 0 = off")
-    level_temperatures: tuple[float, ...] | None = Field(
+    level_temperatures: tuple[NonNegativeFloat, ...] | None = Field(
         None, description="hvae only: each level's temperature (>= 0), top (coarsest) first, times the temperature "
                           "of every draw from the prior (FD/KID samples, vaegen test, vaegen.load's sample(), the "
                           "gallery's single-class grids); the training sample grids decode fixed codes at 1; null = all 1")

@@ -65,10 +65,6 @@ class HierarchicalVAE(Family):
             raise ConfigError(
                 f"model.level_temperatures has {len(temperatures)} entries for model.levels {model.levels}; give one "
                 f"temperature per level, top (coarsest) first, or null for all 1.")
-        if temperatures is not None and min(temperatures) < 0:
-            raise ConfigError(
-                f"model.level_temperatures {list(temperatures)} has a negative entry; a temperature scales the spread "
-                f"of a level's draws and is >= 0 (0: every draw at the prior's mean).")
 
     def training_terms(self, outputs, x, beta, loss):
         logits, kls = outputs
