@@ -11,7 +11,8 @@ from helpers import checkpoint_weights, metric_rows
 from vaegen.apps.cli import main
 from vaegen.checkpoint import load_training_state
 from vaegen.config import AdversarialConfig
-from vaegen.training.adversarial import Adversary, PatchDiscriminator, discriminator_loss, generator_loss
+from vaegen.models.losses import discriminator_loss, generator_loss
+from vaegen.training.adversarial import Adversary, PatchDiscriminator
 
 
 def test_losses_by_hand():

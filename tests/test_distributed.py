@@ -118,10 +118,12 @@ def test_a_divergence_stops_every_process_with_one_message(tmp_path, tiny_config
     assert not (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").exists()
 
 
-@pytest.mark.parametrize("family", ["hvae", "vq_prior"])
+@pytest.mark.parametrize("family", ["hvae", "vq_prior", "dcgan"])
 def test_the_new_families_train_evaluate_and_resume_under_torchrun(tmp_path, tiny_config, family):
     evaluation = {"every": 1, "backbone": "efficientnet-lite0", "num_samples": 20, "batch_size": 10, "kid_subset_size": 10}
     model = {"name": "hvae", "latent_channels": 2, "blocks": 1}
+    if family == "dcgan":  # two players, each update's gradients averaged over the processes by hand
+        model = {"name": "dcgan", "gan_loss": "wgan_gp", "critic_steps": 2}
     if family == "vq_prior":
         vq = {"name": "conv_vqvae", "codebook_size": 16, "code_dim": 4}
         stage = tiny_config(tmp_path / "vq", train={"epochs": 1}, model=vq, sampler={"name": "gmm", "components": 2},

@@ -23,7 +23,11 @@ FAMILIES = {
     "conv_vqvae": (VQ, "gmm"),
     "vq_prior": ({"name": "vq_prior", "prior_layers": 1, "prior_width": 16, "prior_heads": 2}, "prior"),
     "hvae": ({"name": "hvae", "latent_channels": 2, "blocks": 1}, "prior"),
+    "dcgan": ({"name": "dcgan", "gan_loss": "hinge"}, "prior"),
 }
+# what a run of each selects its best epoch on, where not val_recon (a GAN has only FD)
+SELECT = {"vq_prior": "val_loss", "dcgan": "fid"}
+FD = {"every": 1, "backbone": "efficientnet-lite0", "num_samples": 20, "batch_size": 10, "kid_subset_size": 10}
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +64,9 @@ def test_one_sweep_tunes_each_family(tmp_path, tiny_sweep, first_stage):
 def test_the_gallery_generates_from_each_family(name, tmp_path, monkeypatch, tiny_config, first_stage):
     settings, sampler = FAMILIES[name]
     first = {"first_stage": str(first_stage)} if name == "vq_prior" else {}
-    select = "val_loss" if name == "vq_prior" else "val_recon"
+    select = SELECT.get(name, "val_recon")
     config = tiny_config(tmp_path, train={"epochs": 1}, model={**settings, **first}, output={"select": select},
-                         sampler={"name": sampler, "components": 2})
+                         sampler={"name": sampler, "components": 2}, eval=FD if select == "fid" else {})
     assert main(["train", "--config", str(config)]) == 0
     monkeypatch.setenv("VAEGEN_BEST_DIR", str(tmp_path / "best"))
     at = AppTest.from_file(UI, default_timeout=120).run()
@@ -71,5 +75,5 @@ def test_the_gallery_generates_from_each_family(name, tmp_path, monkeypatch, tin
     at.button(key="generate").click().run()
     assert not at.exception, at.exception
     assert any(image.proto.imgs[0].alt.startswith("3 samples") for image in at.image)
-    codes = "standard deviation of z" if name == "hvae" else "of the model's own draws" if name == "vq_prior" else "spread"
+    codes = "standard deviation of z" if name == "hvae" else "spread" if sampler == "gmm" else "of the model's own draws"
     assert codes in at.slider(key="temperature").label

@@ -190,7 +190,8 @@ class ModelConfig(Section):
                                                "gru_vae's encoder a GRU over rows), "
                                                "hvae (hierarchical VAE), conv_ae and res_ae (autoencoders), conv_vqvae "
                                                "(VQ-VAE; both sampled through sampler.name: gmm), vq_prior (a learned "
-                                               "prior over a trained conv_vqvae's codes, model.first_stage)")
+                                               "prior over a trained conv_vqvae's codes, model.first_stage), dcgan "
+                                               "(a GAN; model.gan_loss)")
     latent_dim: int = Field(128, ge=1, description="size of the latent code")
     widths: tuple[int, ...] = Field((64, 128, 256, 512), min_length=1,
                                     description="encoder channels per stride-2 layer; the decoder mirrors them")
@@ -227,6 +228,17 @@ class ModelConfig(Section):
         None, description="hvae only: each level's temperature (>= 0), top (coarsest) first, times the temperature "
                           "of every draw from the prior (FD/KID samples, vaegen test, vaegen.load's sample(), the "
                           "gallery's single-class grids); the training sample grids decode fixed codes at 1; null = all 1")
+    gan_loss: Literal["non_saturating", "lsgan", "hinge", "wgan_gp"] = Field(
+        "non_saturating", description="dcgan only: the two players' loss: non_saturating (DCGAN), lsgan (least squares), "
+                                      "hinge, or wgan_gp (Wasserstein with gradient penalty; its critic has no BatchNorm)")
+    critic_steps: int = Field(1, ge=1, description="dcgan only: discriminator updates per generator update (WGAN-GP: 5)")
+    gradient_penalty: float = Field(10.0, gt=0.0, description="dcgan with gan_loss wgan_gp only: λ, the weight of the "
+                                                               "critic's gradient penalty")
+    spectral_norm: bool = Field(False, description="dcgan only: spectral normalisation of the discriminator's layers "
+                                                   "(in place of its BatchNorm)")
+    collapse_patience: int = Field(3, ge=1, description="dcgan only: epochs a sign of failure (the discriminator's loss "
+                                                        "near 0, or samples far less varied than the data) must last "
+                                                        "before the log names it")
 
     @field_validator("widths")
     @classmethod

@@ -16,7 +16,9 @@ evaluation and best-model export. A family supplies the rest, through two things
   A family with a likelihood bound also gives its decoder density and the log importance weights that
   `vaegen test` turns into the IWAE bound and the ELBO (`decoder_likelihood`, `log_weights`).
   A second stage (a prior over a trained first stage's codes) copies the first stage's settings into its config
-  (`resolve`) and loads its weights (`prepare`) before training.
+  (`resolve`) and loads its weights (`prepare`) before training. A two-player family (a GAN) names its players and
+  gives each one's objective (`players`, `critic_terms`, `generator_objective`): the loop's `game_step` updates them
+  in turns. Any family may name what its epoch rows show going wrong (`trouble`), which the log then says.
 
 A family is registered with its modules (`vaegen.models.register_model(name, family)`); no code outside its
 module asks which family it is.
@@ -44,6 +46,8 @@ class Family:
     val_headline: dict[str, str] = {}
     has_prior = True  # samples can come from module.generate; else only from a fitted latent mixture
     weighs_beta = True  # the beta schedule weighs one of its terms (the epoch line shows β only then)
+    two_player = False  # a critic and a generator take turns on each batch (the loop's game_step), not one objective
+    critic_steps = 1  # two-player families: critic updates per generator update
 
     def configured(self, model: ModelConfig) -> Family:
         """The family that trains `model` (model.*): one whose terms or loss depend on the model's settings makes its
@@ -76,6 +80,24 @@ class Family:
     ) -> dict[str, torch.Tensor]:
         """The terms of a held-out batch, per image averaged over it, with noise from `generator` only."""
         return self.training_terms(model(x, y), x, beta, loss)
+
+    def players(self, module: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """Two-player families: (the critic, the generator), the parts of `module` each player's update moves."""
+        raise NotImplementedError(f"the {self.name} family trains one objective")
+
+    def critic_terms(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Two-player families: the critic's named terms of a batch (the names `terms` lists), "loss" its objective;
+        the generator's weights get no gradient from them."""
+        raise NotImplementedError(f"the {self.name} family trains one objective")
+
+    def generator_objective(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """Two-player families: the generator's loss on a batch (the loop freezes the critic while it backpropagates)."""
+        raise NotImplementedError(f"the {self.name} family trains one objective")
+
+    def trouble(self, history: list[dict]) -> str | None:
+        """What the epoch rows so far (oldest first, this process's since it started) show going wrong, in words the
+        log gives as a warning; None (the default) when nothing does."""
+        return None
 
     def decoder_likelihood(
         self, model: nn.Module, data: Iterable[tuple[torch.Tensor, torch.Tensor | None]], loss: LossConfig, generator: torch.Generator

@@ -1,4 +1,5 @@
-"""The VAE objective: reconstruction + beta * KL, each a sum per image averaged over the batch."""
+"""The VAE objective (reconstruction + beta * KL, each a sum per image averaged over the batch) and the GAN losses
+that the GAN family and the VAE-GAN's discriminator share."""
 
 from __future__ import annotations
 
@@ -84,3 +85,24 @@ def vae_loss(
     recon = reconstruction_loss(logits, target, kind)
     kl = kl_divergence(mu, logvar)
     return LossTerms(recon + beta * kl, recon, kl)
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """The discriminator's (a WGAN's critic's) loss on a batch's logits: non_saturating (Goodfellow et al. 2014), lsgan
+    (Mao et al. 2017), hinge (Lim & Ye 2017), or wgan_gp's E[D(fake)] - E[D(real)] (its gradient penalty added apart)."""
+    if kind == "wgan_gp":
+        return fake_logits.mean() - real_logits.mean()
+    if kind == "hinge":
+        return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+    if kind == "lsgan":
+        return 0.5 * ((real_logits - 1.0).pow(2).mean() + fake_logits.pow(2).mean())
+    return 0.5 * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
+
+
+def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """The generator's loss on the discriminator's logits of its images (non_saturating: -log D(G(z)))."""
+    if kind in ("hinge", "wgan_gp"):
+        return -fake_logits.mean()
+    if kind == "lsgan":
+        return 0.5 * (fake_logits - 1.0).pow(2).mean()
+    return F.softplus(-fake_logits).mean()

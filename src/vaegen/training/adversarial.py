@@ -4,10 +4,10 @@ mean; its term is weighted adaptively as in VQGAN (Esser et al. 2021) and starts
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vaegen.config import AdversarialConfig
+from vaegen.models.losses import discriminator_loss, generator_loss
 
 
 class PatchDiscriminator(nn.Module):
@@ -26,18 +26,6 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images * 2.0 - 1.0)  # images in [0, 1], the network sees [-1, 1]
-
-
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "hinge":
-        return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
-    return 0.5 * (F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean())
-
-
-def generator_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "hinge":
-        return -fake_logits.mean()
-    return F.softplus(-fake_logits).mean()  # non-saturating: -log D(G(z))
 
 
 class Adversary:

@@ -11,7 +11,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -125,6 +125,38 @@ def train_step(
     return torch.stack([*(term.detach() for term in terms.values()), skipped_flag])
 
 
+def game_step(run: Run, x: torch.Tensor, y: torch.Tensor | None, step: int) -> torch.Tensor:
+    """One batch of a two-player family (a GAN): the critic's update on it, then, every family.critic_steps-th batch,
+    the generator's. Returns the critic's terms and a skipped flag (always 0), stacked, on the device."""
+    family = run.family
+    critic, generator = family.players(run.model)
+    with autocast(run.options, run.device):
+        terms = family.critic_terms(run.model, x, y)
+    update_player(run, critic, terms["loss"])
+    if step % family.critic_steps == 0:
+        critic.requires_grad_(False)  # the generator's loss must not train the critic
+        with autocast(run.options, run.device):
+            objective = family.generator_objective(run.model, x, y)
+        critic.requires_grad_(True)
+        update_player(run, generator, objective)
+        if run.ema is not None:
+            run.ema.update(run.model)
+    return torch.stack([*(term.detach() for term in terms.values()), torch.zeros_like(terms["loss"].detach())])
+
+
+def update_player(run: Run, player: torch.nn.Module, objective: torch.Tensor) -> None:
+    """One optimizer step on `player`'s weights: the run's one optimizer holds both players', and steps only those
+    with a gradient, which the other player's frozen or detached weights do not get."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(objective).backward()
+    distributed.average_gradients(player.parameters())
+    if run.config.optim.grad_clip is not None:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(player.parameters(), run.config.optim.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+
+
 def train_one_epoch(run: Run, data: DecodedImages, beta: float, epoch: int) -> dict[str, float]:
     """One pass over the training split, each batch through `train_step` (or its CUDA-graph replay)."""
     config, device = run.config, run.device
@@ -141,7 +173,12 @@ def train_one_epoch(run: Run, data: DecodedImages, beta: float, epoch: int) -> d
         images_u8, labels = distributed.shard(images_u8, labels)  # under torchrun: this process's share
         x = to_input(images_u8, device, run.options.channels_last)
         y = labels.to(device) if run.model.is_conditional else None
-        terms = run.captured(x, y, beta) if run.captured is not None else train_step(run, x, y, beta, adversary)
+        if run.captured is not None:
+            terms = run.captured(x, y, beta)
+        elif run.family.two_player:
+            terms = game_step(run, x, y, step)
+        else:
+            terms = train_step(run, x, y, beta, adversary)
         sums[:-1] += terms[:-1] * len(x)
         sums[-1] += terms[-1]
         seen += len(x)
@@ -297,6 +334,7 @@ class Outputs:
     last_samples: Path | None = None
     config_yaml: str = ""
     checkpoint_due: bool = False  # an epoch's state waits for the disk to be free (see save_when_due)
+    history: list[dict] = field(default_factory=list)  # the epoch rows logged since this process started
 
 
 @torch.no_grad()
@@ -484,6 +522,10 @@ def run_epoch(
             raise _diverged(config, epoch, beta, f"{bad} became {'NaN' if math.isnan(row[bad]) else 'infinite'} at epoch {epoch}")
     out.tracker.log_epoch(row)
     log.info(epoch_line(row, config.train.epochs, run.family))
+    out.history.append(row)
+    trouble = run.family.trouble(out.history)
+    if trouble is not None:
+        log.warning(f"epoch {epoch}: {trouble}.")
     improved = record_best(run, evaluation, splits, row, protocol, density, out)
     save_when_due(run, out)
     if on_epoch is not None:
@@ -594,6 +636,8 @@ def build_data_and_run(config: Config, device: torch.device) -> tuple[Splits, Ru
     )
     # how the step uses the hardware (precision, layout, compile, data placement)
     options = resolve_step_options(config.train, config.data, device, splits.train.images.nbytes + splits.val.images.nbytes)
+    if family_of(config.model).two_player:  # its players step apart: there is no one step to compile or capture
+        options = replace(options, compile=False, compile_mode="default", cuda_graphs=False, step_graph=False)
     apply_backend_flags(options)
     if options.on_device:
         splits = to_device(splits, device)
