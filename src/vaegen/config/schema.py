@@ -190,7 +190,8 @@ class ModelConfig(Section):
                                                "gru_vae's encoder a GRU over rows), "
                                                "hvae (hierarchical VAE), conv_ae and res_ae (autoencoders), conv_vqvae "
                                                "(VQ-VAE; both sampled through sampler.name: gmm), vq_prior (a learned "
-                                               "prior over a trained conv_vqvae's codes, model.first_stage)")
+                                               "prior over a trained conv_vqvae's codes, model.first_stage), realnvp "
+                                               "(a normalizing flow, exact likelihood)")
     latent_dim: int = Field(128, ge=1, description="size of the latent code")
     widths: tuple[int, ...] = Field((64, 128, 256, 512), min_length=1,
                                     description="encoder channels per stride-2 layer; the decoder mirrors them")
@@ -227,6 +228,14 @@ class ModelConfig(Section):
         None, description="hvae only: each level's temperature (>= 0), top (coarsest) first, times the temperature "
                           "of every draw from the prior (FD/KID samples, vaegen test, vaegen.load's sample(), the "
                           "gallery's single-class grids); the training sample grids decode fixed codes at 1; null = all 1")
+    flow_scales: int = Field(3, ge=1, description="realnvp only: scales of the multiscale flow; each but the last "
+                                                   "halves the resolution, so data.image_size must divide by "
+                                                   "2**(flow_scales - 1)")
+    flow_couplings: int = Field(3, ge=1, description="realnvp only: affine couplings per stage (checkerboard ones, then "
+                                                      "channel-wise ones after the squeeze; the last scale has one more "
+                                                      "checkerboard coupling and no squeeze)")
+    flow_width: int = Field(64, ge=1, description="realnvp only: channels of each coupling's ResNet")
+    flow_blocks: int = Field(2, ge=1, description="realnvp only: residual blocks of each coupling's ResNet")
 
     @field_validator("widths")
     @classmethod
