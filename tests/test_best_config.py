@@ -3,6 +3,7 @@ checkpoint samples from its mixture."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -34,17 +35,19 @@ def test_the_recipe_and_the_quickstart_are_the_ablations_best_row(config, scaled
         assert (getattr(getattr(recipe, section), name) == value) != (key in scaled), key
 
 
-# the new families' recipes are their ablation rows at 96 px: one more stage (a 12 x 12 code grid rather than 8 x 8)
-@pytest.mark.parametrize("config, row, scaled", [
-    ("train_apples_vqvae.yaml", "VQVAE", {"model.widths"}), ("train_apples_vq_prior.yaml", "VQ_PRIOR", set()),
-    ("train_apples_hvae.yaml", "HVAE", set()),
+# the new families' recipes are their rows of scripts/ablate.py or scripts/families.py at 96 px: one more stage (a
+# 12 x 12 code grid rather than 8 x 8; a GAN's 6 x 6 grid rather than 4 x 4)
+@pytest.mark.parametrize("config, script, row, scaled", [
+    ("train_apples_vqvae.yaml", "ablate", "VQVAE", {"model.widths"}), ("train_apples_vq_prior.yaml", "ablate", "VQ_PRIOR", set()),
+    ("train_apples_hvae.yaml", "ablate", "HVAE", set()), ("train_apples_dcgan.yaml", "families", "DCGAN", {"model.widths"}),
+    ("train_apples_wgan_gp.yaml", "families", "WGAN_GP", {"model.widths"}),
 ])
-def test_the_new_families_recipes_are_their_ablation_rows(config, row, scaled):
+def test_the_new_families_recipes_are_their_ablation_rows(config, script, row, scaled):
     sys.path.insert(0, str(BEST.parents[1] / "scripts"))
-    import ablate
+    rows = importlib.import_module(script)
 
     recipe = load_config(BEST.parent / config)
-    for key, value in getattr(ablate, row).items():
+    for key, value in getattr(rows, row).items():
         section, name = key.split(".")
         got = getattr(getattr(recipe, section), name)
         assert (got == (tuple(value) if isinstance(value, list) else value)) != (key in scaled), key

@@ -118,7 +118,7 @@ def test_a_divergence_stops_every_process_with_one_message(tmp_path, tiny_config
     assert not (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").exists()
 
 
-@pytest.mark.parametrize("family", ["hvae", "vq_prior", "dcgan"])
+@pytest.mark.parametrize("family", ["hvae", "vq_prior", "dcgan", "realnvp"])
 def test_the_new_families_train_evaluate_and_resume_under_torchrun(tmp_path, tiny_config, family):
     evaluation = {"every": 1, "backbone": "efficientnet-lite0", "num_samples": 20, "batch_size": 10, "kid_subset_size": 10}
     model = {"name": "hvae", "latent_channels": 2, "blocks": 1}
@@ -131,6 +131,8 @@ def test_the_new_families_train_evaluate_and_resume_under_torchrun(tmp_path, tin
         assert main(["train", "--config", str(stage)]) == 0
         model = {"name": "vq_prior", "prior_layers": 1, "prior_width": 16, "prior_heads": 2, "prior_dropout": 0.1,
                  "first_stage": str(tmp_path / "vq" / "best" / "vq")}
+    if family == "realnvp":
+        model = {"name": "realnvp", "flow_scales": 2, "flow_couplings": 2, "flow_width": 8, "flow_blocks": 1}
     config = tiny_config(tmp_path, model=model, eval=evaluation, train={"epochs": 2}, output={"select": "fid"})
     done = torchrun("--config", str(config))
     assert done.returncode == 0, done.stderr[-3000:]

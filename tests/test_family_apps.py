@@ -24,9 +24,10 @@ FAMILIES = {
     "vq_prior": ({"name": "vq_prior", "prior_layers": 1, "prior_width": 16, "prior_heads": 2}, "prior"),
     "hvae": ({"name": "hvae", "latent_channels": 2, "blocks": 1}, "prior"),
     "dcgan": ({"name": "dcgan", "gan_loss": "hinge"}, "prior"),
+    "realnvp": ({"name": "realnvp", "flow_scales": 2, "flow_couplings": 2, "flow_width": 8, "flow_blocks": 1}, "prior"),
 }
-# what a run of each selects its best epoch on, where not val_recon (a GAN has only FD)
-SELECT = {"vq_prior": "val_loss", "dcgan": "fid"}
+# what a run of each selects its best epoch on, where not val_recon (the families without a reconstruction; a GAN has only FD)
+SELECT = {"vq_prior": "val_loss", "realnvp": "val_loss", "dcgan": "fid"}
 FD = {"every": 1, "backbone": "efficientnet-lite0", "num_samples": 20, "batch_size": 10, "kid_subset_size": 10}
 
 
@@ -42,7 +43,7 @@ def first_stage(tmp_path_factory, tiny_config) -> Path:
 def test_one_sweep_tunes_each_family(tmp_path, tiny_sweep, first_stage):
     space = {"model.name": {"choice": list(FAMILIES)}, "sampler.name": {"choice": ["gmm", "prior"]}}
     pinned = [{"model.name": name, "sampler.name": sampler} for name, (_, sampler) in FAMILIES.items()]
-    sweep_file = tiny_sweep(tmp_path, space, num_samples=3, points_to_evaluate=pinned)
+    sweep_file = tiny_sweep(tmp_path, space, num_samples=len(FAMILIES), points_to_evaluate=pinned)
     sweep = yaml.safe_load(sweep_file.read_text())
     model = {key: value for settings, _ in FAMILIES.values() for key, value in settings.items() if key != "name"}
     sweep["base"]["model"] = {"widths": [8, 16], "first_stage": str(first_stage), **model}

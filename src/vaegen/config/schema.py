@@ -191,7 +191,7 @@ class ModelConfig(Section):
                                                "hvae (hierarchical VAE), conv_ae and res_ae (autoencoders), conv_vqvae "
                                                "(VQ-VAE; both sampled through sampler.name: gmm), vq_prior (a learned "
                                                "prior over a trained conv_vqvae's codes, model.first_stage), dcgan "
-                                               "(a GAN; model.gan_loss)")
+                                               "(a GAN; model.gan_loss), realnvp (a normalizing flow, exact likelihood)")
     latent_dim: int = Field(128, ge=1, description="size of the latent code")
     widths: tuple[int, ...] = Field((64, 128, 256, 512), min_length=1,
                                     description="encoder channels per stride-2 layer; the decoder mirrors them")
@@ -239,6 +239,14 @@ class ModelConfig(Section):
     collapse_patience: int = Field(3, ge=1, description="dcgan only: epochs a sign of failure (the discriminator's loss "
                                                         "near 0, or samples far less varied than the data) must last "
                                                         "before the log names it")
+    flow_scales: int = Field(3, ge=1, description="realnvp only: scales of the multiscale flow; each but the last "
+                                                   "halves the resolution, so data.image_size must divide by "
+                                                   "2**(flow_scales - 1)")
+    flow_couplings: int = Field(3, ge=1, description="realnvp only: affine couplings per stage (checkerboard ones, then "
+                                                      "channel-wise ones after the squeeze; the last scale has one more "
+                                                      "checkerboard coupling and no squeeze)")
+    flow_width: int = Field(64, ge=1, description="realnvp only: channels of each coupling's ResNet")
+    flow_blocks: int = Field(2, ge=1, description="realnvp only: residual blocks of each coupling's ResNet")
 
     @field_validator("widths")
     @classmethod

@@ -1,7 +1,8 @@
 """`vaegen test`: score a trained model (`best_models/<run>`) on the data it was trained on, and write
 samples.png, reconstructions.png, interpolation.png and metrics.json (FID/KID, precision/recall/density/coverage
 and the Inception Score with their protocol, reconstruction SSIM/PSNR, the validation terms as training
-computes them, and the IWAE-bound and ELBO negative log-likelihood of families with a likelihood) to one folder;
+computes them, the IWAE-bound and ELBO negative log-likelihood of families with a likelihood bound, the exact NLL of
+the dequantized images for families with an exact density) to one folder;
 latent families also get the latent diagnostics (vaegen.evaluation.latents): kl_per_dim.png, traversals.png,
 latent_map.png and their counts in metrics.json.
 """
@@ -22,7 +23,7 @@ from vaegen.errors import ConfigError, DataError
 from vaegen.evaluation.backbones import inception_weights, inception_weights_path
 from vaegen.evaluation.class_fidelity import conditional_fidelity, label_agreement, load_or_train_classifier
 from vaegen.evaluation.frechet import build_evaluator, eval_batch_size, score_model
-from vaegen.evaluation.likelihood import likelihood_metrics
+from vaegen.evaluation.likelihood import exact_likelihood_metrics, likelihood_metrics
 from vaegen.evaluation.latents import latent_pictures
 from vaegen.evaluation.reconstruction import reconstruction_quality
 from vaegen.evaluation.validation import validation_terms
@@ -90,6 +91,7 @@ def run_test(cfg: TestConfig) -> TestReport:
                "sampler": "prior" if model.sampler is None else "gmm"}
     metrics.update(_likelihood_terms(model.model, split, train_cfg))
     metrics.update(likelihood_metrics(model.model, family, split, splits.train, train_cfg.loss, cfg, device))
+    metrics.update(exact_likelihood_metrics(model.model, family, split, cfg, device))
     if reconstructs(model):
         metrics.update(reconstruction_quality(model.model, split, eval_batch_size(cfg.batch_size, device), device))
     if reconstructs(model) and cfg.diagnostics.enabled:

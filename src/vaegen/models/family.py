@@ -15,6 +15,8 @@ evaluation and best-model export. A family supplies the rest, through two things
   sync), the validation terms, which terms the epoch line shows, and whether samples can come from a prior.
   A family with a likelihood bound also gives its decoder density and the log importance weights that
   `vaegen test` turns into the IWAE bound and the ELBO (`decoder_likelihood`, `log_weights`).
+  A family with an exact density (a flow's) gives log p(x) itself instead (`exact_log_likelihood`), which `vaegen
+  test` reports as the test split's NLL.
   A second stage (a prior over a trained first stage's codes) copies the first stage's settings into its config
   (`resolve`) and loads its weights (`prepare`) before training. A two-player family (a GAN) names its players and
   gives each one's objective (`players`, `critic_terms`, `generator_objective`): the loop's `game_step` updates them
@@ -113,6 +115,13 @@ class Family:
         """Log importance weights [k, N]: log p(x | z_i, y) + log p(z_i) - log q(z_i | x, y) for k draws z_i ~ q(z | x, y)
         from `generator`, decoding at most about `batch_size` images at a time. Only for families with a likelihood."""
         raise NotImplementedError(f"the {self.name} family has no likelihood bound")
+
+    def exact_log_likelihood(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, generator: torch.Generator
+    ) -> torch.Tensor | None:
+        """log p(x) in nats per image [N] on the 8-bit scale [0, 256)^D, for families whose density is exact (a flow's:
+        of the images dequantized with noise from `generator` only); None (the default): the family has none."""
+        return None
 
 
 def require_the_mixture_sampler(config: Config, kind: str, source: str) -> None:
