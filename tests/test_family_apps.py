@@ -23,6 +23,7 @@ FAMILIES = {
     "conv_vqvae": (VQ, "gmm"),
     "vq_prior": ({"name": "vq_prior", "prior_layers": 1, "prior_width": 16, "prior_heads": 2}, "prior"),
     "hvae": ({"name": "hvae", "latent_channels": 2, "blocks": 1}, "prior"),
+    "ddpm": ({"name": "ddpm", "layers_per_block": 1, "timesteps": 50, "sample_steps": 4}, "prior"),
 }
 
 
@@ -38,7 +39,7 @@ def first_stage(tmp_path_factory, tiny_config) -> Path:
 def test_one_sweep_tunes_each_family(tmp_path, tiny_sweep, first_stage):
     space = {"model.name": {"choice": list(FAMILIES)}, "sampler.name": {"choice": ["gmm", "prior"]}}
     pinned = [{"model.name": name, "sampler.name": sampler} for name, (_, sampler) in FAMILIES.items()]
-    sweep_file = tiny_sweep(tmp_path, space, num_samples=3, points_to_evaluate=pinned)
+    sweep_file = tiny_sweep(tmp_path, space, num_samples=len(FAMILIES), points_to_evaluate=pinned)
     sweep = yaml.safe_load(sweep_file.read_text())
     model = {key: value for settings, _ in FAMILIES.values() for key, value in settings.items() if key != "name"}
     sweep["base"]["model"] = {"widths": [8, 16], "first_stage": str(first_stage), **model}
@@ -60,7 +61,7 @@ def test_one_sweep_tunes_each_family(tmp_path, tiny_sweep, first_stage):
 def test_the_gallery_generates_from_each_family(name, tmp_path, monkeypatch, tiny_config, first_stage):
     settings, sampler = FAMILIES[name]
     first = {"first_stage": str(first_stage)} if name == "vq_prior" else {}
-    select = "val_loss" if name == "vq_prior" else "val_recon"
+    select = "val_loss" if name in ("vq_prior", "ddpm") else "val_recon"
     config = tiny_config(tmp_path, train={"epochs": 1}, model={**settings, **first}, output={"select": select},
                          sampler={"name": sampler, "components": 2})
     assert main(["train", "--config", str(config)]) == 0
@@ -71,5 +72,5 @@ def test_the_gallery_generates_from_each_family(name, tmp_path, monkeypatch, tin
     at.button(key="generate").click().run()
     assert not at.exception, at.exception
     assert any(image.proto.imgs[0].alt.startswith("3 samples") for image in at.image)
-    codes = "standard deviation of z" if name == "hvae" else "of the model's own draws" if name == "vq_prior" else "spread"
+    codes = {"hvae": "standard deviation of z", "conv_vqvae": "spread"}.get(name, "of the model's own draws")
     assert codes in at.slider(key="temperature").label

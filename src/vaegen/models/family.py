@@ -17,6 +17,7 @@ evaluation and best-model export. A family supplies the rest, through two things
   `vaegen test` turns into the IWAE bound and the ELBO (`decoder_likelihood`, `log_weights`).
   A second stage (a prior over a trained first stage's codes) copies the first stage's settings into its config
   (`resolve`) and loads its weights (`prepare`) before training.
+  Settings that change only how a trained module samples (a diffusion model's step count) are its `sampling_keys`.
 
 A family is registered with its modules (`vaegen.models.register_model(name, family)`); no code outside its
 module asks which family it is.
@@ -44,6 +45,9 @@ class Family:
     val_headline: dict[str, str] = {}
     has_prior = True  # samples can come from module.generate; else only from a fitted latent mixture
     weighs_beta = True  # the beta schedule weighs one of its terms (the epoch line shows β only then)
+    # model.* keys that change only how the module samples, not its weights: `vaegen test` (its model.* settings) and
+    # vaegen.load(..., sampling=) may change them after training
+    sampling_keys: tuple[str, ...] = ()
 
     def configured(self, model: ModelConfig) -> Family:
         """The family that trains `model` (model.*): one whose terms or loss depend on the model's settings makes its
