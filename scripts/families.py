@@ -7,12 +7,15 @@ training time.
 
 Every row trains configs/train_apples.yaml changed only as the row says (the protocol of scripts/ablate.py: same seed,
 data and evaluation — Fréchet and kernel distance, precision/recall/density/coverage on EfficientNet-Lite0 features of
---num-samples generated images against all real images, once, after the last epoch), first for --epochs epochs, then
-for as many epochs as fit the budget: the training time (the optimizer steps, not the evaluation) the "best VAE
-recipe" row took for its --epochs epochs. A row whose budget is its --epochs is the same run. Rows marked "(sampler)"
-train nothing: they score another row's model with other sampling settings (a diffusion model at more steps).
-Sampling time per image: the model drawing 200 images in batches of 100 on the row's device, after one warm-up batch.
-The tables and one sample grid per row replace the family section of docs/results.md.
+--num-samples generated images against all real images, once, after the last epoch) twice. At equal training time:
+the budget is the training time (the optimizer steps, not the evaluation) of the "best VAE recipe" row's --epochs
+epochs; every other row trains one epoch, which measures its seconds per epoch, and continues (resumed, exactly) to
+the whole epochs that fit the budget (at least 2). Then at --epochs epochs (the same run where that is its budget).
+Budget runs go first: the table that answers "which family, for my time" fills before the slower one.
+Rows in RESAMPLED train nothing: they score another row's model with other sampling settings (a diffusion model at
+another step count). Sampling time per image: the model drawing 200 images in batches of 100 on the row's device,
+after a warm-up batch. The tables and a sample grid per row replace the family section of docs/results.md; rows not
+run yet are listed as pending.
 """
 
 from __future__ import annotations
@@ -43,16 +46,27 @@ DCGAN = {"model.name": "dcgan", "model.latent_dim": 128, "model.widths": [64, 12
          "model.critic_steps": 1, "optim.lr": 2e-4, "optim.betas": [0.5, 0.999], "train.ema": 0.999}
 WGAN_GP = {**DCGAN, "model.gan_loss": "wgan_gp", "model.critic_steps": 5, "model.gradient_penalty": 10.0, "optim.lr": 1e-4,
            "optim.betas": [0.0, 0.9]}
+# configs/train_apples_ddpm.yaml's U-Net and sampler (DDIM, 50 steps) and configs/train_apples_realnvp.yaml's flow
+DDPM = {"model.name": "ddpm", "model.widths": [32, 64, 64], "model.layers_per_block": 1, "model.attention": True,
+        "model.noise_schedule": "cosine", "model.prediction": "epsilon", "model.diffusion_sampler": "ddim",
+        "model.sample_steps": 50, "optim.lr": 1e-3, "optim.grad_clip": 1.0, "train.ema": 0.999}
+REALNVP = {"model.name": "realnvp", "model.flow_scales": 3, "model.flow_couplings": 3, "model.flow_width": 32,
+           "model.flow_blocks": 2, "optim.lr": 1e-3}
 ROWS: dict[str, dict[str, object]] = {
-    "VAE (reference)": {},
     "best VAE recipe": BEST,
     "DCGAN": DCGAN,
-    "LSGAN": {**DCGAN, "model.gan_loss": "lsgan"},
     "WGAN-GP": WGAN_GP,
+    "LSGAN": {**DCGAN, "model.gan_loss": "lsgan"},
+    "RealNVP": REALNVP,
+    "DDPM (DDIM 50 steps)": DDPM,
+    "VAE (reference)": {},
     "hinge + spectral norm": {**DCGAN, "model.gan_loss": "hinge", "model.spectral_norm": True},
 }
-# a row that scores another row's trained model with its module's sampling attributes changed: {row: (base, attributes)}
-RESAMPLED: dict[str, tuple[str, dict[str, object]]] = {}
+# a row that scores another row's trained model with other sampling settings (its family's sampling_keys):
+# {row: (base row, {model key: value})}
+RESAMPLED: dict[str, tuple[str, dict[str, object]]] = {
+    "DDPM (DDIM 10 steps)": ("DDPM (DDIM 50 steps)", {"sample_steps": 10}),
+}
 BUDGET_ROW = "best VAE recipe"
 START, END = "<!-- families:start -->", "<!-- families:end -->"
 
@@ -68,12 +82,10 @@ def training_seconds(run_dir: Path, train_images: int) -> float:
 
 
 @torch.no_grad()
-def sampling_seconds_per_image(best_dir: Path, device: str, attributes: dict | None = None) -> float:
+def sampling_seconds_per_image(best_dir: Path, device: str, sampling: dict | None = None) -> float:
     import vaegen
 
-    model = vaegen.load(best_dir, device)
-    for name, value in (attributes or {}).items():
-        setattr(model.model, name, value)
+    model = vaegen.load(best_dir, device, sampling=sampling or None)
     labels = (torch.arange(100) % len(model.classes)).tolist() if model.model.is_conditional else None
     model.sample(100, seed=0, labels=labels)  # warm-up: allocations, lazy kernels
     started = time.perf_counter()
@@ -82,50 +94,76 @@ def sampling_seconds_per_image(best_dir: Path, device: str, attributes: dict | N
     return (time.perf_counter() - started) / 200
 
 
-def train_row(args, name: str, epochs: int, tag: str) -> dict:
-    """Train (or reuse, when its settings are unchanged) row `name` for `epochs` epochs; its result record."""
+class Probed(Exception):
+    """Stops a budget run after its first epoch, which measured its seconds per epoch."""
+
+
+def train_row(args, name: str, epochs: int | None, tag: str, reuse_only: bool = False) -> dict | None:
+    """Train (or reuse, when its settings are unchanged) row `name` for `epochs` epochs, or with `epochs` None for
+    the epochs that fit args.budget; its result record (None with `reuse_only` and no finished run)."""
     slug = slug_of(f"{name} {tag}")
-    protocol = argparse.Namespace(**{**vars(args), "epochs": epochs})
-    config = row_config(protocol, ROWS[name], args.out, slug)
     done_file = args.out / f"{slug}.json"
     if done_file.is_file() and not args.fresh:
         done = json.loads(done_file.read_text())
-        if config_from_dict(yaml.safe_load(done["config"])).to_yaml() == config.to_yaml():
+        if done["changes"] == json.dumps(ROWS[name], sort_keys=True) and done["protocol"] == protocol_of(args, tag):
             print(f"=== {name} ({tag}): reusing {done_file}", flush=True)
             return done
+    if reuse_only:
+        return None
+    probe = epochs is None
+    first = {"output.checkpoint_every": 1} if probe else {}  # the probe's epoch is resumed from
+    config = row_config(argparse.Namespace(**{**vars(args), "epochs": 1000 if probe else epochs}), {**ROWS[name], **first}, args.out, slug)
     paths = RunPaths.for_config(config, slug)
     shutil.rmtree(paths.run_dir, ignore_errors=True)
     shutil.rmtree(paths.best_dir, ignore_errors=True)
-    print(f"\n=== {name} ({tag}, {epochs} epochs)", flush=True)
+    print(f"\n=== {name} ({tag}{'' if probe else f', {epochs} epochs'})", flush=True)
     started = time.perf_counter()
-    train(config, paths)
+    if probe:  # one epoch, unevaluated (1000 epochs, evaluated every 1000th), then the epochs that fit the budget
+        try:
+            train(config, paths, on_epoch=stop_after_the_first)
+        except Probed:
+            pass
+        epochs = max(2, int(args.budget // training_seconds(paths.run_dir, args.train_images)))
+        config = row_config(argparse.Namespace(**{**vars(args), "epochs": epochs}), ROWS[name], args.out, slug)
+        train(config, paths, resume=True)
+    else:
+        train(config, paths)
     result = {"row": name, "tag": tag, "slug": slug, "epochs": epochs, "seconds": time.perf_counter() - started,
               "train_seconds": training_seconds(paths.run_dir, args.train_images), "best": json.loads((paths.best_dir / "metrics.json").read_text()),
-              "samples": str(paths.best_dir / "samples.png"), "config": config.to_yaml(),
-              "sample_seconds": sampling_seconds_per_image(paths.best_dir, args.device)}
+              "samples": str(paths.best_dir / "samples.png"), "changes": json.dumps(ROWS[name], sort_keys=True),
+              "protocol": protocol_of(args, tag), "config": config.to_yaml(), "sample_seconds": sampling_seconds_per_image(paths.best_dir, args.device)}
     done_file.write_text(json.dumps(result, indent=2))
-    print(f"=== {name} ({tag}): FD {result['best']['value']:.1f}, {result['train_seconds']:.0f} s of steps", flush=True)
+    print(f"=== {name} ({tag}): FD {result['best']['value']:.1f}, {epochs} epochs, {result['train_seconds']:.0f} s of steps", flush=True)
     return result
 
 
+def stop_after_the_first(row: dict, improved: bool) -> None:
+    raise Probed
+
+
+def protocol_of(args, tag: str) -> str:
+    """What a finished row must share with this invocation to be reused."""
+    budget = f", budget {args.budget:.0f} s" if tag == "budget" else ""
+    return f"{args.device}, {args.size} px, {args.epochs} epochs, {args.num_samples} samples, {args.data}, {args.recipe}{budget}"
+
+
 def resample_row(args, name: str, base: dict) -> dict:
-    """Score `base`'s model with RESAMPLED[name]'s sampling attributes, on the same protocol; a grid of its samples."""
+    """Score `base`'s model with RESAMPLED[name]'s sampling sampling, on the same protocol; a grid of its samples."""
     import vaegen
     from vaegen.data.dataset import load_splits
     from vaegen.evaluation.frechet import run_evaluator, score_model
     from vaegen.plots import image_grid, save_png
 
-    _, attributes = RESAMPLED[name]
+    _, sampling = RESAMPLED[name]
     slug = slug_of(f"{name} {base['tag']}")
     done_file = args.out / f"{slug}.json"
     if done_file.is_file() and not args.fresh and json.loads(done_file.read_text()).get("base_config") == base["config"]:
         print(f"=== {name} ({base['tag']}): reusing {done_file}", flush=True)
         return json.loads(done_file.read_text())
+    print(f"=== {name} ({base['tag']}): the {RESAMPLED[name][0]} row's model, sampled with {sampling}", flush=True)
     best_dir = Path(base["samples"]).parent
     config = config_from_dict(yaml.safe_load(base["config"]))
-    model = vaegen.load(best_dir, args.device)
-    for key, value in attributes.items():
-        setattr(model.model, key, value)
+    model = vaegen.load(best_dir, args.device, sampling=sampling)
     evaluator = run_evaluator(config, load_splits(config.data, config.train.seed), torch.device(args.device))
     scores = score_model(evaluator, model.model, config.eval.temperature, None)
     scores.pop("protocol")
@@ -135,7 +173,7 @@ def resample_row(args, name: str, base: dict) -> dict:
     criterion = base["best"]["criterion"]
     result = {**base, "row": name, "slug": slug, "base_config": base["config"], "samples": str(out / "samples.png"),
               "best": {**base["best"], "value": scores[criterion], "metrics": {**base["best"]["metrics"], **scores}},
-              "sample_seconds": sampling_seconds_per_image(best_dir, args.device, attributes)}
+              "sample_seconds": sampling_seconds_per_image(best_dir, args.device, sampling)}
     done_file.write_text(json.dumps(result, indent=2))
     return result
 
@@ -159,11 +197,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/vaegen-families"))
     parser.add_argument("--no-record", action="store_true", help="print the tables, leave docs/results.md alone")
     parser.add_argument("--fresh", action="store_true", help="retrain rows already finished in --out")
+    parser.add_argument("--skip", default="", help="'epochs': train only the equal-time table (rows finished before still show)")
     args = parser.parse_args()
     from ablate import default_data
 
     args.data = (args.data or default_data()).resolve()
     args.section = ""
+    args.skip = {tag.strip() for tag in args.skip.split(",") if tag.strip()}
     names = [name.strip() for name in args.rows.split(",")]
     unknown = [name for name in names if name not in ROWS and name not in RESAMPLED]
     if unknown:
@@ -172,20 +212,26 @@ def main() -> None:
     from vaegen.data.dataset import load_splits
 
     args.train_images = len(load_splits(row_config(args, {}, args.out, "probe").data, seed=0).train.images)
-    budget = train_row(args, BUDGET_ROW, args.epochs, "epochs")["train_seconds"]
-    tables = {"epochs": [], "budget": []}
-    for name in names:
-        if name in RESAMPLED:
-            continue
-        fixed = train_row(args, name, args.epochs, "epochs")
-        epochs = budget_epochs(fixed, budget, args.max_budget_epochs)
-        timed = fixed if epochs == args.epochs else train_row(args, name, epochs, "budget")
-        tables["epochs"].append(fixed)
-        tables["budget"].append(timed)
-        for extra in (n for n in names if RESAMPLED.get(n, ("",))[0] == name):
-            tables["epochs"].append(resample_row(args, extra, fixed))
-            tables["budget"].append(resample_row(args, extra, timed))
-    text = render(tables, args, budget)
+    reference = train_row(args, BUDGET_ROW, args.epochs, "epochs")
+    args.budget = budget = reference["train_seconds"]
+    tables = {"budget": {}, "epochs": {}}
+    names = [BUDGET_ROW, *(name for name in names if name != BUDGET_ROW)]  # the yardstick is in every table
+    trained = [name for name in names if name in ROWS]
+    for tag in ("budget", "epochs"):
+        for name in trained:
+            if name == BUDGET_ROW:
+                base = reference
+            elif tag == "epochs" and tables["budget"].get(name, {}).get("epochs") == args.epochs:
+                base = tables["budget"][name]  # its budget was --epochs epochs: the same run
+            else:
+                base = train_row(args, name, None if tag == "budget" else args.epochs, tag, reuse_only=tag in args.skip)
+            if base is None:
+                continue
+            tables[tag][name] = base
+            for extra in (n for n in names if RESAMPLED.get(n, ("",))[0] == name):
+                tables[tag][extra] = resample_row(args, extra, base)
+    tables = {tag: list(rows.values()) for tag, rows in tables.items()}
+    text = render(tables, args, budget, names)
     print("\n" + text)
     if not args.no_record:
         record(text, tables, args)
@@ -209,7 +255,7 @@ def table(results: list[dict], size: int) -> list[str]:
     return lines
 
 
-def render(tables: dict[str, list[dict]], args, budget: float) -> str:
+def render(tables: dict[str, list[dict]], args, budget: float, names: list[str]) -> str:
     command = f"python scripts/families.py --device {args.device} --size {args.size} --epochs {args.epochs}"
     if args.num_samples != 2000:
         command += f" --num-samples {args.num_samples}"
@@ -222,10 +268,14 @@ def render(tables: dict[str, list[dict]], args, budget: float) -> str:
               for name in dict.fromkeys(r["row"] for r in tables["epochs"]) if name in ROWS]
     legend += [f"- **{name}**: the {base} row's model, sampled with {', '.join(f'`{k} = {v}`' for k, v in attrs.items())}"
                for name, (base, attrs) in RESAMPLED.items() if any(r["row"] == name for r in tables["epochs"])]
+    def pending(tag: str) -> list[str]:
+        missing = [name for name in names if name not in {r["row"] for r in tables[tag]}]
+        return ["", f"Not measured yet: {', '.join(missing)}."] if missing else []
+
     return "\n".join([
-        head, "", f"### At {args.epochs} epochs", "", *table(tables["epochs"], args.size), "",
-        f"### At equal training time: {budget / 60:.1f} min of optimizer steps (the {BUDGET_ROW} row's {args.epochs} epochs)", "",
-        *table(tables["budget"], args.size), "",
+        head, "", f"### At equal training time: {budget / 60:.1f} min of optimizer steps (the {BUDGET_ROW} row's "
+        f"{args.epochs} epochs)", "", *table(tables["budget"], args.size), *pending("budget"), "",
+        f"### At {args.epochs} epochs", "", *table(tables["epochs"], args.size), *pending("epochs"), "",
         "Training time: the optimizer steps alone (each epoch's training images over its measured images per second), "
         "not the evaluation; sampling / image: 200 images drawn in batches of 100 after a warm-up batch.", "",
         f"What each row changes in {relative(args.recipe)}:", "", *legend,

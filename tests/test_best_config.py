@@ -40,7 +40,8 @@ def test_the_recipe_and_the_quickstart_are_the_ablations_best_row(config, scaled
 @pytest.mark.parametrize("config, script, row, scaled", [
     ("train_apples_vqvae.yaml", "ablate", "VQVAE", {"model.widths"}), ("train_apples_vq_prior.yaml", "ablate", "VQ_PRIOR", set()),
     ("train_apples_hvae.yaml", "ablate", "HVAE", set()), ("train_apples_dcgan.yaml", "families", "DCGAN", {"model.widths"}),
-    ("train_apples_wgan_gp.yaml", "families", "WGAN_GP", {"model.widths"}),
+    ("train_apples_wgan_gp.yaml", "families", "WGAN_GP", {"model.widths"}), ("train_apples_ddpm.yaml", "families", "DDPM", set()),
+    ("train_apples_realnvp.yaml", "families", "REALNVP", set()),
 ])
 def test_the_new_families_recipes_are_their_ablation_rows(config, script, row, scaled):
     sys.path.insert(0, str(BEST.parents[1] / "scripts"))

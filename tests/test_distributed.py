@@ -118,7 +118,7 @@ def test_a_divergence_stops_every_process_with_one_message(tmp_path, tiny_config
     assert not (tmp_path / "logs" / "tiny" / "checkpoints" / "last.pt").exists()
 
 
-@pytest.mark.parametrize("family", ["hvae", "vq_prior", "dcgan", "realnvp"])
+@pytest.mark.parametrize("family", ["hvae", "vq_prior", "dcgan", "realnvp", "ddpm"])
 def test_the_new_families_train_evaluate_and_resume_under_torchrun(tmp_path, tiny_config, family):
     evaluation = {"every": 1, "backbone": "efficientnet-lite0", "num_samples": 20, "batch_size": 10, "kid_subset_size": 10}
     model = {"name": "hvae", "latent_channels": 2, "blocks": 1}
@@ -133,6 +133,9 @@ def test_the_new_families_train_evaluate_and_resume_under_torchrun(tmp_path, tin
                  "first_stage": str(tmp_path / "vq" / "best" / "vq")}
     if family == "realnvp":
         model = {"name": "realnvp", "flow_scales": 2, "flow_couplings": 2, "flow_width": 8, "flow_blocks": 1}
+    if family == "ddpm":
+        model = {"name": "ddpm", "layers_per_block": 1, "timesteps": 50, "sample_steps": 4, "conditional": "embedding",
+                 "guidance": 2.0}
     config = tiny_config(tmp_path, model=model, eval=evaluation, train={"epochs": 2}, output={"select": "fid"})
     done = torchrun("--config", str(config))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -141,4 +144,6 @@ def test_the_new_families_train_evaluate_and_resume_under_torchrun(tmp_path, tin
     assert done.returncode == 0, done.stderr[-3000:]
     logged = rows(run)
     assert [row["epoch"] for row in logged] == [1, 2, 3] and all("fd_efficientnet_lite0" in row for row in logged)
-    assert vaegen.load(tmp_path / "best" / "tiny").sample(2, seed=0).shape == (2, 3, 16, 16)
+    loaded = vaegen.load(tmp_path / "best" / "tiny")
+    labels = "Red" if loaded.is_conditional else None
+    assert loaded.sample(2, labels=labels, seed=0).shape == (2, 3, 16, 16)

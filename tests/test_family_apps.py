@@ -25,9 +25,10 @@ FAMILIES = {
     "hvae": ({"name": "hvae", "latent_channels": 2, "blocks": 1}, "prior"),
     "dcgan": ({"name": "dcgan", "gan_loss": "hinge"}, "prior"),
     "realnvp": ({"name": "realnvp", "flow_scales": 2, "flow_couplings": 2, "flow_width": 8, "flow_blocks": 1}, "prior"),
+    "ddpm": ({"name": "ddpm", "layers_per_block": 1, "timesteps": 50, "sample_steps": 4}, "prior"),
 }
 # what a run of each selects its best epoch on, where not val_recon (the families without a reconstruction; a GAN has only FD)
-SELECT = {"vq_prior": "val_loss", "realnvp": "val_loss", "dcgan": "fid"}
+SELECT = {"vq_prior": "val_loss", "realnvp": "val_loss", "ddpm": "val_loss", "dcgan": "fid"}
 FD = {"every": 1, "backbone": "efficientnet-lite0", "num_samples": 20, "batch_size": 10, "kid_subset_size": 10}
 
 
@@ -76,5 +77,5 @@ def test_the_gallery_generates_from_each_family(name, tmp_path, monkeypatch, tin
     at.button(key="generate").click().run()
     assert not at.exception, at.exception
     assert any(image.proto.imgs[0].alt.startswith("3 samples") for image in at.image)
-    codes = "standard deviation of z" if name == "hvae" else "spread" if sampler == "gmm" else "of the model's own draws"
+    codes = {"hvae": "standard deviation of z", "conv_vqvae": "spread"}.get(name, "of the model's own draws")
     assert codes in at.slider(key="temperature").label

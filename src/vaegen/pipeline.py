@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from vaegen.checkpoint import load_model_weights, read_model_metadata
-from vaegen.config import Config, load_config
-from vaegen.errors import CheckpointError, VaegenError
+from vaegen.config import Config, config_from_dict, load_config
+from vaegen.errors import CheckpointError, ConfigError, VaegenError
 from vaegen.models import build_model, family_of
 from vaegen.samplers.mixture import SAMPLER_FILE, LatentGMM, latent_codes
 from vaegen.sharing import hub_repo_id, hub_snapshot
@@ -73,9 +73,10 @@ def _training_run_given(path: Path) -> str | None:
     return f"{path} is {what}, not a model folder; pass the run's best model folder, {best}, which `vaegen train` exported."
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+def load(path: str | Path, device: str | torch.device = "cpu", sampling: dict | None = None) -> Pipeline:
     """The model in <path> (config.yaml and model.safetensors; no code runs), with its classes, config and sampler.
-    `device`: cpu, cuda, cuda:N, mps, or auto (the first of those that is here)."""
+    `device`: cpu, cuda, cuda:N, mps, or auto (the first of those that is here). `sampling`: model.* keys to change
+    that change only how the model samples (its family's sampling_keys), e.g. {"sample_steps": 250}."""
     if not isinstance(path, (str, os.PathLike)):
         given = "None" if path is None else f"{reprlib.repr(path)} ({type(path).__name__})"
         raise TypeError(
@@ -84,6 +85,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
         )
     device = resolve_device(device, key="device")
     weights, config, metadata = read_model_folder(path)
+    if sampling:
+        config = with_sampling_settings(config, sampling)
     classes = metadata["classes"]
     model = build_model(config.model, config.data.image_size, config.data.channels, len(classes))
     load_model_weights(model, weights)
@@ -96,6 +99,26 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
             stacklevel=2,
         )
     return Pipeline(model.to(device).eval(), config, classes, metadata, sampler, family_of(config.model).has_prior)
+
+
+def with_sampling_settings(config: Config, settings: dict) -> Config:
+    """`config` with the model.* keys in `settings` changed, each one that changes only how the family samples
+    (Family.sampling_keys), checked as training checks a config; any other key is refused (ConfigError)."""
+    family = family_of(config.model)
+    fixed = [key for key in settings if key not in family.sampling_keys]
+    if fixed:
+        free = ", ".join(f"model.{key}" for key in family.sampling_keys)
+        allowed = f"only {free} can" if free else "none of its model.* keys can"
+        raise ConfigError(
+            f"model.{fixed[0]} is not a sampling setting of a {config.model.name} model: its weights were trained with "
+            f"it (or it is no key at all), and {allowed} change after training; remove model.{fixed[0]} from the "
+            f"settings given for sampling."
+        )
+    raw = config.model_dump(mode="json")
+    raw["model"].update(settings)
+    changed = config_from_dict(raw, "the model.* settings given for sampling")
+    family.check(changed)
+    return changed
 
 
 @dataclass(eq=False)

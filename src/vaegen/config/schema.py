@@ -20,7 +20,7 @@ NAME_MAX = 255
 # a seed goes to torch, numpy and scikit-learn (the latent mixture); the last two take 0 to 2**32 - 1
 SEED_MAX = 2**32 - 1
 # model.name's choices: the built-in models, and every name vaegen.models.register_model adds
-MODEL_NAMES = {"conv_vae", "res_vae", "gru_vae", "conv_ae", "res_ae", "conv_vqvae", "vq_prior", "hvae"}
+MODEL_NAMES = {"conv_vae", "res_vae", "gru_vae", "conv_ae", "res_ae", "conv_vqvae", "vq_prior", "hvae", "ddpm", "dcgan", "realnvp"}
 NETWORK_NAMES = ("inception", "inception-64", "efficientnet-lite0", "dinov2")
 BACKBONE_NAMES = ("auto", *NETWORK_NAMES, "none")
 DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
@@ -191,7 +191,8 @@ class ModelConfig(Section):
                                                "hvae (hierarchical VAE), conv_ae and res_ae (autoencoders), conv_vqvae "
                                                "(VQ-VAE; both sampled through sampler.name: gmm), vq_prior (a learned "
                                                "prior over a trained conv_vqvae's codes, model.first_stage), dcgan "
-                                               "(a GAN; model.gan_loss), realnvp (a normalizing flow, exact likelihood)")
+                                               "(a GAN; model.gan_loss), realnvp (a normalizing flow, exact likelihood), "
+                                               "ddpm (a diffusion model: DDPM/DDIM over a U-Net)")
     latent_dim: int = Field(128, ge=1, description="size of the latent code")
     widths: tuple[int, ...] = Field((64, 128, 256, 512), min_length=1,
                                     description="encoder channels per stride-2 layer; the decoder mirrors them")
@@ -247,6 +248,28 @@ class ModelConfig(Section):
                                                       "checkerboard coupling and no squeeze)")
     flow_width: int = Field(64, ge=1, description="realnvp only: channels of each coupling's ResNet")
     flow_blocks: int = Field(2, ge=1, description="realnvp only: residual blocks of each coupling's ResNet")
+    timesteps: int = Field(1000, ge=2, description="ddpm only: diffusion steps T the model is trained on (Ho et al. "
+                                                   "2020: 1000); DDPM sampling runs all of them")
+    noise_schedule: Literal["linear", "cosine"] = Field(
+        "linear", description="ddpm only: the noise levels: linear β (Ho et al. 2020, from 1e-4 to 0.02 at 1000 steps, "
+                              "scaled by 1000/T) or cosine ᾱ (Nichol & Dhariwal 2021: less noise at middle steps)")
+    prediction: Literal["epsilon", "v"] = Field(
+        "epsilon", description="ddpm only: what the U-Net predicts: the noise ε, or v = α·ε − σ·x0 (Salimans & Ho 2022)")
+    layers_per_block: int = Field(2, ge=1, description="ddpm only: residual blocks of the U-Net at each resolution "
+                                                        "(model.widths, one resolution each)")
+    attention: bool = Field(True, description="ddpm only: self-attention at the U-Net's lowest resolution (and in its "
+                                              "middle); false = convolutions only")
+    diffusion_sampler: Literal["ddpm", "ddim"] = Field(
+        "ddim", description="ddpm only: ancestral DDPM sampling over all model.timesteps steps, or deterministic DDIM "
+                            "(eta 0; Song et al. 2021) over model.sample_steps; vaegen test can change it (test model.*)")
+    sample_steps: int = Field(50, ge=1, description="ddpm only: DDIM steps per sample, at most model.timesteps; vaegen "
+                                                     "test can change it (test model.*)")
+    guidance: float = Field(1.0, ge=0.0, description="ddpm only, conditional models: classifier-free guidance scale s, "
+                                                     "output = unconditional + s·(class − unconditional) (Ho & Salimans "
+                                                     "2022); 1 = none; vaegen test can change it (test model.*)")
+    label_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="ddpm only, conditional models: chance a training "
+                                                                  "image's class is replaced by the null class, which "
+                                                                  "guidance (model.guidance) needs")
 
     @field_validator("widths")
     @classmethod
@@ -521,6 +544,11 @@ class TestConfig(Section):
     temperature: float = Field(1.0, gt=0.0, description="prior temperature of the samples")
     sampler: Literal["auto", "prior", "gmm"] = Field("auto", description="auto = the checkpoint's latent mixture if "
                                                                          "it has one; gmm fits one now if it has none")
+    model: dict[str, Any] = Field(
+        default_factory=dict, description="model.* keys of the trained config to change for this test, only those that "
+                                          "change how it samples, not its weights (its family's sampling keys, e.g. "
+                                          "ddpm's diffusion_sampler, sample_steps and guidance): --set "
+                                          "model.sample_steps=250; {} = as trained")
     interpolation: InterpolationConfig = InterpolationConfig()
     likelihood: LikelihoodConfig = LikelihoodConfig()
 

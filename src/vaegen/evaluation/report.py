@@ -4,12 +4,15 @@ and the Inception Score with their protocol, reconstruction SSIM/PSNR, the valid
 computes them, the IWAE-bound and ELBO negative log-likelihood of families with a likelihood bound, the exact NLL of
 the dequantized images for families with an exact density) to one folder;
 latent families also get the latent diagnostics (vaegen.evaluation.latents): kl_per_dim.png, traversals.png,
-latent_map.png and their counts in metrics.json.
+latent_map.png and their counts in metrics.json. metrics.json's sample_seconds_per_image is the wall time per image
+of drawing samples.png; the test config's model.* settings change how a model samples (its family's sampling keys, a
+diffusion model's step count) without retraining.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +51,8 @@ def run_test(cfg: TestConfig) -> TestReport:
     if cfg.checkpoint is None:
         raise ConfigError("vaegen test needs a checkpoint: --checkpoint best_models/<run>, or `checkpoint:` in the test config.")
     device = resolve_device(cfg.device, key="device")
-    model = load(cfg.checkpoint, device)  # the pipeline; internal calls take its module, past the user-input checks
+    # the pipeline (internal calls take its module, past the user-input checks), with the test's sampling settings
+    model = load(cfg.checkpoint, device, sampling=cfg.model)
     train_cfg = model.config
     overrides = {"root": cfg.data_root, "cache_dir": cfg.cache_dir, "skip_bad": cfg.skip_bad}
     data_cfg = train_cfg.data.model_copy(update={key: value for key, value in overrides.items() if value is not None})
@@ -64,6 +68,11 @@ def run_test(cfg: TestConfig) -> TestReport:
         raise ConfigError(
             f"sampler is prior, but {train_cfg.model.name} is an {family.name} model with no prior to sample from; leave "
             f"sampler at auto (its latent mixture) or set --set sampler=gmm."
+        )
+    if cfg.sampler == "gmm" and not reconstructs(model):
+        raise ConfigError(
+            f"sampler is gmm, but a {train_cfg.model.name} model has no encoder, so no latent codes for a mixture to fit; "
+            f"leave sampler at auto (its own draws) or set --set sampler=prior."
         )
     if cfg.sampler == "prior":
         model.sampler = None
@@ -84,11 +93,13 @@ def run_test(cfg: TestConfig) -> TestReport:
             f"{len(splits.train.images) + len(splits.val.images)}), so there is nothing to reconstruct or score; "
             f"test on another split (--set split={other}) or on a folder with more images."
         )
-    files = [_samples(model, cfg, out / "samples.png")]
+    samples, seconds_per_image = _samples(model, cfg, out / "samples.png")
+    files = [samples]
     if reconstructs(model):  # a latent family's: reconstructions and interpolations between codes
         files += _reconstructions(model, split, cfg, device, out)
     metrics = {"checkpoint": str(cfg.checkpoint), "split": cfg.split, "num_images": len(split.images),
-               "sampler": "prior" if model.sampler is None else "gmm"}
+               "sampler": "prior" if model.sampler is None else "gmm", "sample_seconds_per_image": seconds_per_image,
+               **({"model": dict(cfg.model)} if cfg.model else {})}
     metrics.update(_likelihood_terms(model.model, split, train_cfg))
     metrics.update(likelihood_metrics(model.model, family, split, splits.train, train_cfg.loss, cfg, device))
     metrics.update(exact_likelihood_metrics(model.model, family, split, cfg, device))
@@ -143,9 +154,11 @@ def _reconstructions(model, split, cfg: TestConfig, device, out: Path) -> list[P
     return [*files, _save(for_viewing(image_grid(images, nrow=steps + 2), images), out / "interpolation.png")]
 
 
-def _samples(model, cfg: TestConfig, path: Path) -> Path:
-    """A grid × grid grid of samples; conditional models: a labelled block per class, samples_per_class(grid²) each."""
+def _samples(model, cfg: TestConfig, path: Path) -> tuple[Path, float]:
+    """A grid × grid grid of samples; conditional models: a labelled block per class, samples_per_class(grid²) each.
+    Also the wall seconds per image of drawing them (each block in one batch, on the test's device)."""
     count = cfg.grid * cfg.grid
+    started = time.perf_counter()
     if not reconstructs(model):  # a family without a decoder draws with its own generate
         images = generated_samples(model.model, count, cfg.seed, cfg.temperature)
     elif model.is_conditional:  # from the prior every block decodes the same codes: blocks differ only by the class
@@ -153,9 +166,12 @@ def _samples(model, cfg: TestConfig, path: Path) -> Path:
         images = per_class_samples(model.model, per_class, cfg.seed, cfg.temperature, model.sampler)
     else:
         images = model.sample(count, temperature=cfg.temperature, seed=cfg.seed)
+    if images.is_cuda:  # the device's queued work is part of the time
+        torch.cuda.synchronize(images.device)
+    seconds_per_image = (time.perf_counter() - started) / max(1, len(images))
     if model.is_conditional:
-        return _save(class_blocks(images, model.classes), path)
-    return _save(for_viewing(image_grid(images, nrow=cfg.grid), images), path)
+        return _save(class_blocks(images, model.classes), path), seconds_per_image
+    return _save(for_viewing(image_grid(images, nrow=cfg.grid), images), path), seconds_per_image
 
 
 def _likelihood_terms(model, split, train_cfg) -> dict:

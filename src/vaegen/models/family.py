@@ -21,6 +21,7 @@ evaluation and best-model export. A family supplies the rest, through two things
   (`resolve`) and loads its weights (`prepare`) before training. A two-player family (a GAN) names its players and
   gives each one's objective (`players`, `critic_terms`, `generator_objective`): the loop's `game_step` updates them
   in turns. Any family may name what its epoch rows show going wrong (`trouble`), which the log then says.
+  Settings that change only how a trained module samples (a diffusion model's step count) are its `sampling_keys`.
 
 A family is registered with its modules (`vaegen.models.register_model(name, family)`); no code outside its
 module asks which family it is.
@@ -50,6 +51,9 @@ class Family:
     weighs_beta = True  # the beta schedule weighs one of its terms (the epoch line shows β only then)
     two_player = False  # a critic and a generator take turns on each batch (the loop's game_step), not one objective
     critic_steps = 1  # two-player families: critic updates per generator update
+    # model.* keys that change only how the module samples, not its weights: `vaegen test` (its model.* settings) and
+    # vaegen.load(..., sampling=) may change them after training
+    sampling_keys: tuple[str, ...] = ()
 
     def configured(self, model: ModelConfig) -> Family:
         """The family that trains `model` (model.*): one whose terms or loss depend on the model's settings makes its
