@@ -112,13 +112,18 @@ def stage_changes(name: str, out: Path) -> dict[str, object]:
     return {**ROWS[name], "model.first_stage": str(out / "best" / first)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def protocol_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every row of a table shares (this script's and scripts/families.py's)."""
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--data", type=Path, default=None)
+    return parser
+
+
+def main() -> None:
+    parser = protocol_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
     parser.add_argument("--recipe", type=Path, default=REPO / "configs" / "train_apples.yaml", help="the reference row's config")
     parser.add_argument("--section", default="", help="record into docs/results.md's section of this name (default: the apples ablation)")
@@ -317,18 +322,24 @@ def record(table: str, results: list[dict], args) -> None:
     prefix = f"{args.section}-" if args.section else ""
     for result in results:
         shutil.copyfile(result["samples"], images / f"{prefix}{args.size}px-{result['slug']}.png")
-    path = REPO / "docs" / "results.md"
-    text = path.read_text()
     start, end = (f"<!-- ablation:{args.section}:start -->", f"<!-- ablation:{args.section}:end -->") if args.section else (START, END)
     heading = f"Ablation on {args.data.name}" if args.section else "Ablation"
-    section = f"{start}\n## {heading} at {args.size} px, {args.epochs} epochs\n\n{table}\n{end}"
+    path = write_section(start, end, f"## {heading} at {args.size} px, {args.epochs} epochs\n\n{table}")
+    print(f"wrote the table to {path} and the grids to {images}/")
+
+
+def write_section(start: str, end: str, body: str) -> Path:
+    """Put `body` between the markers `start` and `end` of docs/results.md (in place of what is there, or at its end)."""
+    path = REPO / "docs" / "results.md"
+    text = path.read_text()
+    section = f"{start}\n{body}\n{end}"
     if start in text:
         head, rest = text.split(start, 1)
         text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
-    print(f"wrote the table to {path} and the grids to {images}/")
+    return path
 
 
 if __name__ == "__main__":

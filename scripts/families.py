@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from ablate import BEST, number, relative, row_config  # noqa: E402
+from ablate import BEST, default_data, number, protocol_arguments, relative, row_config, write_section  # noqa: E402
 
 from vaegen.config import config_from_dict  # noqa: E402
 from vaegen.training.loop import RunPaths, train  # noqa: E402
@@ -185,12 +185,7 @@ def budget_epochs(result: dict, budget_seconds: float, cap: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--num-samples", type=int, default=2000)
-    parser.add_argument("--data", type=Path, default=None)
+    parser = protocol_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--rows", default=",".join([*ROWS, *RESAMPLED]), help=f"comma-separated subset of: {', '.join([*ROWS, *RESAMPLED])}")
     parser.add_argument("--recipe", type=Path, default=REPO / "configs" / "train_apples.yaml")
     parser.add_argument("--max-budget-epochs", type=int, default=200, help="at most this many epochs in the equal-time table")
@@ -199,8 +194,6 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="retrain rows already finished in --out")
     parser.add_argument("--skip", default="", help="'epochs': train only the equal-time table (rows finished before still show)")
     args = parser.parse_args()
-    from ablate import default_data
-
     args.data = (args.data or default_data()).resolve()
     args.section = ""
     args.skip = {tag.strip() for tag in args.skip.split(",") if tag.strip()}
@@ -259,7 +252,7 @@ def render(tables: dict[str, list[dict]], args, budget: float, names: list[str])
     command = f"python scripts/families.py --device {args.device} --size {args.size} --epochs {args.epochs}"
     if args.num_samples != 2000:
         command += f" --num-samples {args.num_samples}"
-    if args.data != __import__("ablate").default_data():
+    if args.data != default_data():
         command += f" --data {relative(args.data)}"
     head = (f"Measured {date.today()} on {device_name(args.device)}, torch {torch.__version__}: {args.size} px, batch 64, "
             f"seed 0, data {args.data.name} (all its images are the reference), {args.num_samples} samples scored once, "
@@ -287,15 +280,7 @@ def record(text: str, tables: dict[str, list[dict]], args) -> None:
     images.mkdir(parents=True, exist_ok=True)
     for result in (r for rows in tables.values() for r in rows):
         shutil.copyfile(result["samples"], images / f"{args.size}px-{result['slug']}.png")
-    path = REPO / "docs" / "results.md"
-    content = path.read_text()
-    section = f"{START}\n## Model families at {args.size} px\n\n{text}\n{END}"
-    if START in content:
-        before, rest = content.split(START, 1)
-        content = before + section + rest.split(END, 1)[1]
-    else:
-        content = content.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(content)
+    path = write_section(START, END, f"## Model families at {args.size} px\n\n{text}")
     print(f"wrote the tables to {path} and the grids to {images}/")
 
 

@@ -294,7 +294,7 @@ def test_all_classes_wrap_each_class_into_a_labelled_block(models):
 
 def test_vaegen_test_samples_png_wraps_the_same_way(models, tmp_path):
     model = models["cvae"]
-    path = evaluate._samples(model, TestConfig(grid=8, seed=2), tmp_path / "samples.png")  # 64 // 3: 16 per class
+    path, _ = evaluate._samples(model, TestConfig(grid=8, seed=2), tmp_path / "samples.png")  # 64 // 3: 16 per class
     expected = gallery.sample_view(model, 16, seed=2, temperature=1.0, choice=gallery.ALL_CLASSES).render(6)  # 16 px tiles at 96 px
     with Image.open(path) as written:
         assert same_pixels(written, expected) and written.height > 6 * 3 * 2 * 18  # blocks of two rows, labelled
