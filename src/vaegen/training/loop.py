@@ -158,7 +158,8 @@ def update_player(run: Run, player: torch.nn.Module, objective: torch.Tensor) ->
 
 
 def train_one_epoch(run: Run, data: DecodedImages, beta: float, epoch: int) -> dict[str, float]:
-    """One pass over the training split, each batch through `train_step` (or its CUDA-graph replay)."""
+    """One pass over the training split, each batch through `train_step` (or its CUDA-graph replay; a two-player
+    family's through `game_step`)."""
     config, device = run.config, run.device
     adversary = run.adversary if run.adversary is not None and epoch >= config.adversarial.start_epoch else None
     run.model.train()
