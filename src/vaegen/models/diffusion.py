@@ -183,9 +183,7 @@ class DDPM(ImageModule):
         step), in eval mode; every draw from `generator` (CPU). Conditional models: `labels`, else drawn with
         `class_weights` (default uniform)."""
         device = self.last_layer.device
-        if self.is_conditional and labels is None:
-            weights = torch.ones(self.num_classes) if class_weights is None else class_weights.float()
-            labels = torch.multinomial(weights, n, replacement=True, generator=generator).to(device)
+        labels = self._drawn_labels(n, generator, class_weights, labels)
         labels = self._check_labels(labels, n)
         scheduler = self.sampling_scheduler()
         x = (torch.randn((n, self.channels, *self.image_size), generator=generator) * temperature).to(device)

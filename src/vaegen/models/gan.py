@@ -127,10 +127,7 @@ class DCGAN(ImageModule):
         for fidelity, the truncation trick's effect); conditional models: `labels`, else drawn with `class_weights`."""
         device = self.last_layer.device
         z = torch.randn(n, self.latent_dim, generator=generator) * temperature
-        if self.is_conditional and labels is None:
-            weights = torch.ones(self.num_classes) if class_weights is None else class_weights.float()
-            labels = torch.multinomial(weights, n, replacement=True, generator=generator)
-        labels = labels.to(device) if labels is not None else None
+        labels = self._drawn_labels(n, generator, class_weights, labels)
         return (self.fake(z.to(device), labels) + 1.0) / 2.0
 
 

@@ -273,7 +273,5 @@ class HVAE(ImageModule):
         uniform)."""
         scales = torch.cat([torch.full((math.prod(shape),), t) for shape, t in zip(self.latent_shapes, self.level_temperatures)])
         z = torch.randn(n, self.latent_dim, generator=generator) * temperature * scales
-        if self.is_conditional and labels is None:
-            weights = torch.ones(self.num_classes) if class_weights is None else class_weights.float()
-            labels = torch.multinomial(weights, n, replacement=True, generator=generator).to(self.top_state.device)
+        labels = self._drawn_labels(n, generator, class_weights, labels)
         return self.decode(z.to(self.top_state.device), labels)

@@ -120,6 +120,15 @@ class ImageModule(nn.Module):
     def is_conditional(self) -> bool:
         return self.conditional != "none"
 
+    def _drawn_labels(self, n: int, generator: torch.Generator, class_weights: torch.Tensor | None,
+                      labels: torch.Tensor | None) -> torch.Tensor | None:
+        """`labels` as given, or (conditional models without them) n classes drawn with `class_weights` (default
+        uniform) from `generator`; on the module's device."""
+        if self.is_conditional and labels is None:
+            weights = torch.ones(self.num_classes) if class_weights is None else class_weights.float()
+            labels = torch.multinomial(weights, n, replacement=True, generator=generator)
+        return labels.to(self.last_layer.device) if labels is not None else None
+
     def _check_labels(self, labels: torch.Tensor | None, batch: int, check_range: bool = True) -> torch.Tensor | None:
         """One long label per image (a single one applies to all). `check_range=False` skips reading their extremes,
         a host sync on a GPU: the training step's labels come from the data, in range by construction."""
@@ -241,9 +250,7 @@ class ConvVAE(ImageModule):
         """`n` images from the prior, z ~ N(0, T² I), every draw from `generator` (the evaluation's samples);
         conditional models: `labels`, else drawn with `class_weights` (default uniform)."""
         z = torch.randn(n, self.latent_dim, generator=generator) * temperature
-        if self.is_conditional and labels is None:
-            weights = torch.ones(self.num_classes) if class_weights is None else class_weights.float()
-            labels = torch.multinomial(weights, n, replacement=True, generator=generator).to(self.to_mu.weight.device)
+        labels = self._drawn_labels(n, generator, class_weights, labels)
         return self.decode(z.to(self.to_mu.weight.device), labels)
 
     @torch.no_grad()

@@ -149,10 +149,7 @@ class CodePrior(ImageModule):
                  labels: torch.Tensor | None = None) -> torch.Tensor:
         """`n` images: codes drawn position by position (logits / temperature, the `model.top_k` most likely; temperature
         0 takes the most likely), decoded by the first stage. Conditional: `labels`, else drawn with `class_weights`."""
-        device = self.position.device
-        if self.is_conditional and labels is None:
-            weights = torch.ones(self.num_classes) if class_weights is None else class_weights.float()
-            labels = torch.multinomial(weights, n, replacement=True, generator=generator).to(device)
+        labels = self._drawn_labels(n, generator, class_weights, labels)
         labels = self._check_labels(labels, n)
         token, caches, codes = self._start(labels, n), [{} for _ in self.blocks], []
         for position in range(self.positions):
