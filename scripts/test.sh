@@ -9,5 +9,7 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   { apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; }; } >/dev/null 2>&1 \
     || echo "could not install chromium; tests/test_ui_browser.py will be skipped" >&2
 fi
+# one pytest-xdist worker per core, at most 4 (each holds its own torch); VAEGEN_TEST_WORKERS or -n overrides it
+workers() { echo "${VAEGEN_TEST_WORKERS:-$(( $(nproc) < 4 ? $(nproc) : 4 ))}"; }
 EXTRAS=test source "$(dirname "$0")/setup.sh"
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -n "$(workers)" --dist loadgroup "$@"

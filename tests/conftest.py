@@ -20,6 +20,12 @@ register_profiles()
 # Ray's token file under ~/.ray is shared by everything on the machine; a test cluster needs none
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
+# pytest-xdist runs one worker per core: each worker (and the commands it starts) computes on one thread, so two
+# workers share two cores instead of fighting over four threads
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 def _write_yaml(folder: Path, name: str, content: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -186,3 +192,11 @@ def register_for_this_test():
 def default_cache_elsewhere(tmp_path, monkeypatch):
     """$VAEGEN_CACHE in tmp_path: the default cache of a config without data.cache_dir lands there, not in ~/.cache."""
     monkeypatch.setenv("VAEGEN_CACHE", str(tmp_path / "env-cache"))
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (--dist loadgroup), the tests that start Ray run on one worker, one after another: two local
+    Ray clusters at once would compete for the machine's cores and the sweeps' timings."""
+    for item in items:
+        if item.path.name == "test_tune.py" or "tiny_sweep" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
