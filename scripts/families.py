@@ -66,6 +66,8 @@ ROWS: dict[str, dict[str, object]] = {
 # {row: (base row, {model key: value})}
 RESAMPLED: dict[str, tuple[str, dict[str, object]]] = {
     "DDPM (DDIM 10 steps)": ("DDPM (DDIM 50 steps)", {"sample_steps": 10}),
+    "DDPM (DDIM 250 steps)": ("DDPM (DDIM 50 steps)", {"sample_steps": 250}),
+    "DDPM (1000 steps)": ("DDPM (DDIM 50 steps)", {"diffusion_sampler": "ddpm"}),  # ancestral, every step (Ho et al.)
 }
 BUDGET_ROW = "best VAE recipe"
 START, END = "<!-- families:start -->", "<!-- families:end -->"
@@ -147,8 +149,9 @@ def protocol_of(args, tag: str) -> str:
     return f"{args.device}, {args.size} px, {args.epochs} epochs, {args.num_samples} samples, {args.data}, {args.recipe}{budget}"
 
 
-def resample_row(args, name: str, base: dict) -> dict:
-    """Score `base`'s model with RESAMPLED[name]'s sampling sampling, on the same protocol; a grid of its samples."""
+def resample_row(args, name: str, base: dict, reuse_only: bool = False) -> dict | None:
+    """Score `base`'s model with RESAMPLED[name]'s sampling settings, on the same protocol; a grid of its samples.
+    With `reuse_only`, only a finished result (None if there is none)."""
     import vaegen
     from vaegen.data.dataset import load_splits
     from vaegen.evaluation.frechet import run_evaluator, score_model
@@ -160,6 +163,8 @@ def resample_row(args, name: str, base: dict) -> dict:
     if done_file.is_file() and not args.fresh and json.loads(done_file.read_text()).get("base_config") == base["config"]:
         print(f"=== {name} ({base['tag']}): reusing {done_file}", flush=True)
         return json.loads(done_file.read_text())
+    if reuse_only:
+        return None
     print(f"=== {name} ({base['tag']}): the {RESAMPLED[name][0]} row's model, sampled with {sampling}", flush=True)
     best_dir = Path(base["samples"]).parent
     config = config_from_dict(yaml.safe_load(base["config"]))
@@ -192,7 +197,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/vaegen-families"))
     parser.add_argument("--no-record", action="store_true", help="print the tables, leave docs/results.md alone")
     parser.add_argument("--fresh", action="store_true", help="retrain rows already finished in --out")
-    parser.add_argument("--skip", default="", help="'epochs': train only the equal-time table (rows finished before still show)")
+    parser.add_argument("--skip", default="", help="'epochs' or 'budget': fill only the other table; rows this table finished before still show")
     args = parser.parse_args()
     args.data = (args.data or default_data()).resolve()
     args.section = ""
@@ -222,7 +227,8 @@ def main() -> None:
                 continue
             tables[tag][name] = base
             for extra in (n for n in names if RESAMPLED.get(n, ("",))[0] == name):
-                tables[tag][extra] = resample_row(args, extra, base)
+                if (row := resample_row(args, extra, base, reuse_only=tag in args.skip)) is not None:
+                    tables[tag][extra] = row
     tables = {tag: list(rows.values()) for tag, rows in tables.items()}
     text = render(tables, args, budget, names)
     print("\n" + text)

@@ -140,6 +140,17 @@ def test_a_protocol_that_differs_is_flagged_and_refused_with_strict(runs, tmp_pa
         compare.refuse_mismatch(compare.compare([model_dir(runs, "slow"), other]).entries)
 
 
+def test_precision_recall_with_another_k_are_flagged_but_fd_still_compares(runs, tmp_path, capsys):
+    other = copy_model(runs, "fast", tmp_path / "fast-k3", nearest_k=3)
+    comparison = compare.compare([model_dir(runs, "slow"), other])
+    header, rows = compare.table(comparison)
+    assert [row[header.index("protocol")] for row in rows] == ["A", "A"]  # FD/KID: one protocol
+    flagged = [note for note in compare.protocol_notes(comparison.entries) if "precision/recall" in note]
+    assert len(flagged) == 1 and "nearest_k 3" in flagged[0] and "slow used nearest_k" in flagged[0]
+    assert main(["compare", str(model_dir(runs, "slow")), str(other), "--strict", "--out", str(tmp_path / "strict")]) == 2
+    assert "nearest_k" in capsys.readouterr().err
+
+
 def test_library_versions_do_not_make_protocols_differ(runs, tmp_path):
     other = copy_model(runs, "fast", tmp_path / "fast-newer", libraries={"torch": "9.9"}, backbone_precision="bf16")
     comparison = compare.compare([model_dir(runs, "slow"), other])

@@ -29,6 +29,11 @@ FAMILIES = {
 }
 # what a run of each selects its best epoch on, where not val_recon (the families without a reconstruction; a GAN has only FD)
 SELECT = {"vq_prior": "val_loss", "realnvp": "val_loss", "ddpm": "val_loss", "dcgan": "fid"}
+# the words the gallery's temperature slider and sidebar use for each (the family's, not the VAE's)
+TEMPERATURE = {"conv_vqvae": "spread of the codes", "vq_prior": "prior's logits", "hvae": "standard deviation of z",
+               "dcgan": "standard deviation of z", "realnvp": "standard deviation of z", "ddpm": "noise the denoising starts"}
+DESCRIBED = {"conv_vqvae": "32 codes of 4 dimensions", "vq_prior": "the learned prior over codes", "hvae": "2 latent levels",
+             "dcgan": "hinge loss, 1 critic step(s)", "realnvp": "2 scales of 2 couplings", "ddpm": "DDIM from Gaussian noise, 4 of its 50"}
 FD = {"every": 1, "backbone": "efficientnet-lite0", "num_samples": 20, "batch_size": 10, "kid_subset_size": 10}
 
 
@@ -77,5 +82,6 @@ def test_the_gallery_generates_from_each_family(name, tmp_path, monkeypatch, tin
     at.button(key="generate").click().run()
     assert not at.exception, at.exception
     assert any(image.proto.imgs[0].alt.startswith("3 samples") for image in at.image)
-    codes = {"hvae": "standard deviation of z", "conv_vqvae": "spread"}.get(name, "of the model's own draws")
-    assert codes in at.slider(key="temperature").label
+    assert TEMPERATURE[name] in at.slider(key="temperature").label
+    sidebar = " ".join(block.value for block in at.sidebar.markdown)
+    assert DESCRIBED[name] in sidebar and ("β" in sidebar) == (name == "hvae")  # β weighs no other family's terms

@@ -23,7 +23,7 @@ from vaegen.errors import CheckpointError, DataError, VaegenError, pixel_size
 from vaegen.evaluation.compare import CURVE_GROUPS, compare, curves_png, protocol_notes, samples_picture, table
 from vaegen.evaluation.frechet import protocol_text
 from vaegen.evaluation.latents import latent_pictures
-from vaegen.models import reconstructs
+from vaegen.models import family_of, reconstructs
 from vaegen.pipeline import Pipeline, load, read_model_folder
 from vaegen.plots import BLOCK_COLUMNS, image_grid, labelled_rows, scaled, to_pil
 from vaegen.samplers.draw import per_class_samples, slerp
@@ -169,7 +169,7 @@ def describe(run: Run) -> dict[str, str]:
     if run.error is not None:
         return {}
     config, classes, (size, epoch) = run.config, run.metadata["classes"], _size_and_epoch(run)
-    model, train, beta, sampler = config.model, config.train, config.beta, config.sampler
+    model, sampler = config.model, config.sampler
     names = ", ".join(classes)
     rows = {
         "dataset": f"{config.data.title} ({config.data.root})",
@@ -186,18 +186,14 @@ def describe(run: Run) -> dict[str, str]:
     else:
         about = f" ({protocol_text(protocol)})" if protocol else ""
         rows[distance_label(score[0])] = f"{score[0]} = {score[1]:.4g}{about}"
+    family = family_of(config.model).describe(config)
     mixture = f"gmm fitted on the training codes ({sampler.components} components, {sampler.covariance} covariance)"
-    rows["sampler"] = mixture if (run.path / SAMPLER_FILE).is_file() else "prior N(0, I)"  # what Generate draws from
+    prior = family.pop("sampler", "prior N(0, I)")
+    rows["sampler"] = mixture if (run.path / SAMPLER_FILE).is_file() else prior  # what Generate draws from
     if run.sweep:
         params = ", ".join(f"{key} {value}" for key, value in run.sweep.get("params", {}).items())
         rows["sweep"] = f"best of {run.sweep.get('sweep', '?')}: trial {run.sweep.get('trial', '?')} ({params})"
-    rows["model"] = (
-        f"{model.name}, latent {model.latent_dim}, widths {list(model.widths)}, conditional {model.conditional}"
-    )
-    rows["training"] = (
-        f"{config.loss.recon} loss, β {beta.schedule} {beta.max:g}, {config.optim.name} lr {config.optim.lr:g}, "
-        f"batch {train.batch_size}, {train.epochs} epochs, seed {train.seed}"
-    )
+    rows.update(family)
     return rows
 
 
@@ -247,9 +243,7 @@ def draws_from(model: Pipeline) -> str:
 def temperature_label(model: Pipeline) -> str:
     if model.sampler is not None:
         return "temperature (spread of the codes)"  # around each mixture component
-    if not reconstructs(model):  # e.g. a learned prior over codes divides its logits by it
-        return "temperature (of the model's own draws; 0: its most likely)"
-    return "temperature (standard deviation of z)"
+    return f"temperature ({family_of(model.config.model).temperature_means})"
 
 
 @dataclass(frozen=True, eq=False)

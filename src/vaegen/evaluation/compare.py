@@ -26,6 +26,8 @@ from vaegen.plots import overlaid_curves, side_by_side
 # The protocol fields that make two FD/KID numbers comparable; library versions and precision are left out on purpose,
 # and so are the sampler and its temperature: how a model draws its samples is what a comparison compares.
 PROTOCOL_FIELDS = ("backbone", "feature_dim", "num_generated", "num_real", "reference", "image_size", "resize")
+# settings that only some metrics depend on: {protocol field: those metrics}; FD/KID compare whatever they are
+METRIC_SETTINGS = {"nearest_k": "precision/recall/density/coverage", "is_splits": "the Inception Score"}
 MISSING = "—"
 KINDS = "a run folder (logs/<run>), a model folder (best_models/<run>) or a sweep folder (logs/<sweep>)"
 # The curve files: name -> (title, whether a metrics.jsonl key belongs to it); the keys themselves come from the rows.
@@ -356,26 +358,41 @@ def protocol_notes(entries: list[Entry]) -> list[str]:
     off = [entry.name for entry in entries if entry.protocol is None and not entry.measured]
     if off:
         notes.append(f"{', '.join(off)}: no FD/KID measured (evaluation off, eval.backbone: none).")
+    notes += [f"⚠ {metrics} of {split}: those numbers do not compare." for metrics, split in metric_setting_splits(entries)]
     notes += [f"Protocol {_letter(index)}: {protocol_text(first.protocol)}." for index, first in enumerate(firsts)]
     return notes
 
 
+def metric_setting_splits(entries: list[Entry]) -> list[tuple[str, str]]:
+    """(the metrics, which runs used which value) for each METRIC_SETTINGS field whose value differs between the runs
+    (runs whose protocol does not record it are left out)."""
+    splits = []
+    for setting, metrics in METRIC_SETTINGS.items():
+        runs: dict[object, list[str]] = {}
+        for entry in entries:
+            if entry.protocol is not None and entry.protocol.get(setting) is not None:
+                runs.setdefault(entry.protocol[setting], []).append(entry.name)
+        if len(runs) > 1:
+            splits.append((metrics, "; ".join(f"{', '.join(names)} used {setting} {value}" for value, names in runs.items())))
+    return splits
+
+
 def refuse_mismatch(entries: list[Entry]) -> None:
-    """--strict: FD/KID measured under different protocols (or under one that cannot be read) stop the comparison."""
+    """--strict: FD/KID measured under different protocols (or under one that cannot be read), or metrics measured
+    with different settings (METRIC_SETTINGS), stop the comparison."""
     firsts, _ = protocol_groups(entries)
     unknown = [entry.name for entry in entries if entry.protocol is None and entry.measured]
-    if len(firsts) < 2 and not unknown:
-        return
-    if len(firsts) > 1:
-        found = "; ".join(f"{first.name} differs from {firsts[0].name} in "
-                          f"{', '.join(differences(firsts[0].protocol, first.protocol))}" for first in firsts[1:])
-    else:
-        found = f"{', '.join(unknown)} {'has' if len(unknown) == 1 else 'have'} FD/KID without a protocol to check"
-    raise ProtocolMismatch(
-        f"--strict: the runs' FD/KID were not measured under one protocol ({found}), so their distances do not "
-        f"compare. Score the models again under the same settings (vaegen test --checkpoint best_models/<run>), or "
-        f"compare without --strict to see them side by side, flagged."
-    )
+    found = [f"{first.name} differs from {firsts[0].name} in {', '.join(differences(firsts[0].protocol, first.protocol))}"
+             for first in firsts[1:]]
+    if unknown:
+        found.append(f"{', '.join(unknown)} {'has' if len(unknown) == 1 else 'have'} FD/KID without a protocol to check")
+    found += [f"{metrics}: {split}" for metrics, split in metric_setting_splits(entries)]
+    if found:
+        raise ProtocolMismatch(
+            f"--strict: the runs' scores were not measured under one protocol ({'; '.join(found)}), so they do not "
+            f"compare. Score the models again under the same settings (vaegen test --checkpoint best_models/<run>), or "
+            f"compare without --strict to see them side by side, flagged."
+        )
 
 
 # The comparison

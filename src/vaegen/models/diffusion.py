@@ -4,7 +4,7 @@ deterministic one (Song et al. 2021) in far fewer steps.
 
 The U-Net and the schedulers are diffusers' (UNet2DModel, DDPMScheduler, DDIMScheduler): a well-kept U-Net and
 schedulers whose noise schedules, targets and update rules are tested against the papers, rather than our own copies;
-the cost is one dependency (diffusers, about a second more at import). The U-Net has one resolution per entry of
+the cost is one dependency (diffusers, imported only when a diffusion model is built: about a second). The U-Net has one resolution per entry of
 `model.widths` (its channels there, halving the image between them), `model.layers_per_block` residual blocks at each,
 and, with `model.attention`, self-attention at the lowest resolution only.
 
@@ -23,15 +23,18 @@ There is no encoder, so no latent codes, no likelihood bound and no latent mixtu
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from vaegen.config import Config, ModelConfig
 from vaegen.errors import ConfigError
-from vaegen.models.family import Family
+from vaegen.models.family import Family, optimizer_words
 from vaegen.models.registry import register_model
 from vaegen.models.vae import ImageModule
+
+if TYPE_CHECKING:
+    import diffusers
 
 # diffusers' names of the schedules and targets
 BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
@@ -52,8 +55,19 @@ class Diffusion(Family):
         symbol = "ε" if prediction == "epsilon" else "v"
         self.headline = self.val_headline = {"loss": f"{symbol} error²/image"}
 
+    temperature_means = "scale of the noise the denoising starts from"
+
     def configured(self, model: ModelConfig) -> Diffusion:
         return Diffusion(model.prediction)
+
+    def describe(self, config: Config) -> dict[str, str]:
+        model = config.model
+        steps = f"{model.timesteps} steps" if model.diffusion_sampler == "ddpm" else f"{model.sample_steps} of its {model.timesteps} steps"
+        guidance = f", guidance {model.guidance:g}" if model.conditional != "none" else ""
+        return {"model": f"{model.name}, U-Net widths {list(model.widths)}, {model.timesteps} noise levels "
+                         f"({model.noise_schedule}), {model.prediction} prediction, conditional {model.conditional}",
+                "training": optimizer_words(config),
+                "sampler": f"{model.diffusion_sampler.upper()} from Gaussian noise, {steps}{guidance}"}
 
     def check(self, config: Config) -> None:
         model, select = config.model, config.output.select
@@ -103,11 +117,19 @@ def schedule_settings(cfg: ModelConfig) -> dict:
             "clip_sample": True}
 
 
-def build_unet(cfg: ModelConfig, image_size: tuple[int, int], channels: int, classes: int | None) -> UNet2DModel:
+def load_diffusers():
+    """The diffusers package, imported when a diffusion model is first built or sampled: importing it costs every
+    vaegen command about a second, and most runs train no diffusion model."""
+    import diffusers
+
+    return diffusers
+
+
+def build_unet(cfg: ModelConfig, image_size: tuple[int, int], channels: int, classes: int | None) -> diffusers.UNet2DModel:
     """The U-Net: a resolution per width; attention (one head) at the lowest one when `cfg.attention`; GroupNorm in as
     many groups (up to 32) as divide every width; `classes` class embeddings added to the time embedding, or none."""
     widths, attention = list(cfg.widths), "Attn" if cfg.attention else ""
-    return UNet2DModel(
+    return load_diffusers().UNet2DModel(
         sample_size=tuple(image_size), in_channels=channels, out_channels=channels, block_out_channels=widths,
         layers_per_block=cfg.layers_per_block,
         down_block_types=["DownBlock2D"] * (len(widths) - 1) + [f"{attention}DownBlock2D"],
@@ -129,7 +151,7 @@ class DDPM(ImageModule):
         self.conditional, self.label_dropout = cfg.conditional, cfg.label_dropout
         self.diffusion_sampler, self.sample_steps, self.guidance = cfg.diffusion_sampler, cfg.sample_steps, cfg.guidance
         self.schedule = schedule_settings(cfg)
-        self.scheduler = DDPMScheduler(**self.schedule)  # the forward process: ᾱ_t, add_noise, get_velocity
+        self.scheduler = load_diffusers().DDPMScheduler(**self.schedule)  # the forward process: ᾱ_t, add_noise, get_velocity
         self.unet = build_unet(cfg, image_size, channels, num_classes + 1 if self.is_conditional else None)
 
     @property
@@ -154,14 +176,14 @@ class DDPM(ImageModule):
         target = noise if self.scheduler.config.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, t)
         return self.unet(noisy, t, class_labels=labels).sample, target
 
-    def sampling_scheduler(self) -> DDPMScheduler | DDIMScheduler:
+    def sampling_scheduler(self) -> diffusers.DDPMScheduler | diffusers.DDIMScheduler:
         """A fresh scheduler for one sampling run: DDPM over every training step, or DDIM over `sample_steps`, spaced to
         start at the last training step ("trailing", Lin et al. 2024), so that few steps still start from pure noise."""
         if self.diffusion_sampler == "ddpm":
-            scheduler = DDPMScheduler(**self.schedule)
+            scheduler = load_diffusers().DDPMScheduler(**self.schedule)
             scheduler.set_timesteps(self.schedule["num_train_timesteps"])
         else:
-            scheduler = DDIMScheduler(**self.schedule, timestep_spacing="trailing")
+            scheduler = load_diffusers().DDIMScheduler(**self.schedule, timestep_spacing="trailing")
             scheduler.set_timesteps(self.sample_steps)
         return scheduler
 
@@ -192,7 +214,7 @@ class DDPM(ImageModule):
         try:
             for t in scheduler.timesteps:
                 output = self.denoiser_output(x, t, labels)
-                if isinstance(scheduler, DDIMScheduler):
+                if self.diffusion_sampler == "ddim":
                     x = scheduler.step(output, t, x, eta=0.0).prev_sample
                 else:
                     x = ancestral_step(scheduler, output, t, x, generator, temperature)
@@ -201,7 +223,7 @@ class DDPM(ImageModule):
         return ((x + 1) / 2).clamp(0, 1)
 
 
-def ancestral_step(scheduler: DDPMScheduler, output: torch.Tensor, t: torch.Tensor, x: torch.Tensor,
+def ancestral_step(scheduler: diffusers.DDPMScheduler, output: torch.Tensor, t: torch.Tensor, x: torch.Tensor,
                    generator: torch.Generator, temperature: float) -> torch.Tensor:
     """x_{t-1} = μ(x_t, x̂0) + temperature·σ_t·z (Ho et al. 2020, Algorithm 2), z ~ N(0, I) from `generator`: diffusers'
     step draws z itself and takes no temperature, so z is drawn again from the same state and the difference added."""

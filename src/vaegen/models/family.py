@@ -22,6 +22,7 @@ evaluation and best-model export. A family supplies the rest, through two things
   gives each one's objective (`players`, `critic_terms`, `generator_objective`): the loop's `game_step` updates them
   in turns. Any family may name what its epoch rows show going wrong (`trouble`), which the log then says.
   Settings that change only how a trained module samples (a diffusion model's step count) are its `sampling_keys`.
+  The gallery describes a trained model in the family's words (`describe`, `temperature_means`).
 
 A family is registered with its modules (`vaegen.models.register_model(name, family)`); no code outside its
 module asks which family it is.
@@ -54,6 +55,15 @@ class Family:
     # model.* keys that change only how the module samples, not its weights: `vaegen test` (its model.* settings) and
     # vaegen.load(..., sampling=) may change them after training
     sampling_keys: tuple[str, ...] = ()
+    temperature_means = "standard deviation of z"  # what a sample's temperature scales, in the gallery's words
+
+    def describe(self, config: Config) -> dict[str, str]:
+        """The trained model in a few words, as label -> text for the gallery's sidebar: "model", "training" and, where
+        its samples come from something other than N(0, I), "sampler"."""
+        model, beta = config.model, config.beta
+        weighs = f", β {beta.schedule} {beta.max:g}" if self.weighs_beta else ""
+        return {"model": f"{model.name}, latent {model.latent_dim}, widths {list(model.widths)}, conditional {model.conditional}",
+                "training": f"{config.loss.recon} loss{weighs}, {optimizer_words(config)}"}
 
     def configured(self, model: ModelConfig) -> Family:
         """The family that trains `model` (model.*): one whose terms or loss depend on the model's settings makes its
@@ -126,6 +136,12 @@ class Family:
         """log p(x) in nats per image [N] on the 8-bit scale [0, 256)^D, for families whose density is exact (a flow's:
         of the images dequantized with noise from `generator` only); None (the default): the family has none."""
         return None
+
+
+def optimizer_words(config: Config) -> str:
+    """How a run trained, in words: optimizer, learning rate, batch, epochs and seed."""
+    optim, train = config.optim, config.train
+    return f"{optim.name} lr {optim.lr:g}, batch {train.batch_size}, {train.epochs} epochs, seed {train.seed}"
 
 
 def require_the_mixture_sampler(config: Config, kind: str, source: str) -> None:

@@ -28,7 +28,7 @@ from torch import nn
 
 from vaegen.config import Config, ModelConfig
 from vaegen.errors import ConfigError
-from vaegen.models.family import Family
+from vaegen.models.family import Family, optimizer_words
 from vaegen.models.registry import register_model
 
 ALPHA = 0.05  # the logit pre-transform keeps y away from 0 and 1, where logit(y) is infinite
@@ -51,6 +51,12 @@ class RealNVPFamily(Family):
     headline = {"bits_per_dim": "bits/dim"}
     val_headline = {"bits_per_dim": "bits/dim"}
     weighs_beta = False
+
+    def describe(self, config: Config) -> dict[str, str]:
+        model = config.model
+        return {"model": f"{model.name}, {model.flow_scales} scales of {model.flow_couplings} couplings, width "
+                         f"{model.flow_width} × {model.flow_blocks} blocks",
+                "training": f"exact likelihood, {optimizer_words(config)}"}
 
     def check(self, config: Config) -> None:
         model, factor = config.model, 2 ** squeezes_of(config.model.flow_scales)

@@ -25,7 +25,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from vaegen.config import Config, LossConfig, ModelConfig
 from vaegen.errors import ConfigError
-from vaegen.models.family import Family
+from vaegen.models.family import Family, optimizer_words
 from vaegen.models.losses import discriminator_loss, generator_loss
 from vaegen.models.registry import register_model
 from vaegen.models.vae import ImageModule
@@ -176,6 +176,14 @@ class GANFamily(Family):
 
     def configured(self, model: ModelConfig) -> GANFamily:
         return GANFamily(model.gan_loss, model.critic_steps, model.gradient_penalty, model.collapse_patience)
+
+    def describe(self, config: Config) -> dict[str, str]:
+        model = config.model
+        norm = ", spectral norm" if model.spectral_norm else ""
+        penalty = f", gradient penalty {model.gradient_penalty:g}" if model.gan_loss == "wgan_gp" else ""
+        return {"model": f"{model.name}, z {model.latent_dim}, widths {list(model.widths)}{norm}, conditional {model.conditional}",
+                "training": f"{model.gan_loss} loss{penalty}, {model.critic_steps} critic step(s) per generator step, "
+                            f"{optimizer_words(config)}"}
 
     def check(self, config: Config) -> None:
         problems = [

@@ -49,6 +49,12 @@ class HierarchicalVAE(Family):
     def configured(self, model: ModelConfig) -> HierarchicalVAE:
         return HierarchicalVAE(model.levels, model.free_bits)
 
+    def describe(self, config: Config) -> dict[str, str]:
+        model = config.model
+        words = super().describe(config)
+        return {**words, "model": f"{model.name}, {model.levels} latent levels of {model.latent_channels} channels, "
+                                  f"widths {list(model.widths)}, conditional {model.conditional}"}
+
     @property
     def terms(self) -> tuple[str, ...]:
         return ("loss", "recon", "kl", "nelbo", *(f"kl_level{level}" for level in range(self.levels)))

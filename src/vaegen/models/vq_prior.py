@@ -19,7 +19,7 @@ from torch import nn
 from vaegen.checkpoint import load_model_weights, read_model_metadata
 from vaegen.config import Config, ModelConfig, load_config
 from vaegen.errors import ConfigError, VaegenError
-from vaegen.models.family import Family
+from vaegen.models.family import Family, optimizer_words
 from vaegen.models.registry import register_model
 from vaegen.models.vae import ImageModule
 from vaegen.models.vqvae import ConvVQVAE
@@ -37,6 +37,14 @@ class VQPrior(Family):
     headline = {"loss": "nats/code"}
     val_headline = {"loss": "nats/code"}
     weighs_beta = False
+    temperature_means = "divides the prior's logits; 0: its most likely code at each position"
+
+    def describe(self, config: Config) -> dict[str, str]:
+        model = config.model
+        return {"model": f"{model.name}, a transformer ({model.prior_layers} layers, width {model.prior_width}) over the "
+                         f"{model.codebook_size} codes of {model.first_stage}, conditional {model.conditional}",
+                "training": f"cross-entropy of the codes, {optimizer_words(config)}",
+                "sampler": "the learned prior over codes" + (f", top {model.top_k}" if model.top_k else "")}
 
     def resolve(self, config: Config) -> Config:
         stage = first_stage_config(config)

@@ -43,6 +43,11 @@ class VQVAE(Family):
     has_prior = False
     weighs_beta = False
 
+    def describe(self, config: Config) -> dict[str, str]:
+        model = config.model
+        return {**super().describe(config), "model": f"{model.name}, {model.codebook_size} codes of {model.code_dim} "
+                f"dimensions, widths {list(model.widths)}, conditional {model.conditional}"}
+
     def check(self, config: Config) -> None:
         require_the_mixture_sampler(config, "a VQ-VAE", "the training images' codes before quantisation, snapped to "
                                     "the codebook when decoded")

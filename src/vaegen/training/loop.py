@@ -333,6 +333,7 @@ class Outputs:
     writer: BackgroundWriter = field(default_factory=BackgroundWriter)
     pictures: list[tuple[Path, Image.Image]] = field(default_factory=list)
     last_samples: Path | None = None
+    epoch_samples: tuple[int, Image.Image] | None = None  # the last evaluation's sample picture: an export reuses it
     config_yaml: str = ""
     checkpoint_due: bool = False  # an epoch's state waits for the disk to be free (see save_when_due)
     history: list[dict] = field(default_factory=list)  # the epoch rows logged since this process started
@@ -386,6 +387,7 @@ def evaluate_samples(run: Run, evaluation: Evaluation, splits: Splits, epoch: in
     density = fit_density(model, splits.train, config, device)
     out.last_samples = out.paths.run_dir / f"samples_epoch{epoch:04d}.png"
     samples = sample_picture(model, evaluation.fixed_z, run.classes, device, density)
+    out.epoch_samples = (epoch, samples)
     out.pictures.append((out.last_samples, samples))
     out.tracker.log_image("samples", samples, epoch)
     scores, protocol = {}, None
@@ -554,7 +556,10 @@ def record_best(run: Run, evaluation: Evaluation, splits: Splits, row: dict, pro
         model = run.eval_model
         if density is None:  # selecting on a validation loss can pick an epoch without an evaluation
             density = fit_density(model, splits.train, run.config, run.device)
-        samples = sample_picture(model, evaluation.fixed_z, run.classes, run.device, density)
+        drawn = out.epoch_samples  # the same draws as this epoch's evaluation (a diffusion model's are slow to repeat)
+        if drawn is None or drawn[0] != row["epoch"]:
+            drawn = (row["epoch"], sample_picture(model, evaluation.fixed_z, run.classes, run.device, density))
+        samples = drawn[1]
         export_best(out.paths, run, row, protocol, samples, density)
     return True
 
