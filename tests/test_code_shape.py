@@ -120,6 +120,21 @@ def test_the_config_imports_nothing_else_of_the_package():
     assert not outside
 
 
+def test_the_commands_do_not_import_diffusers_until_a_diffusion_model_is_built():
+    import subprocess
+    import sys
+
+    script = ("import sys, vaegen.apps.cli, vaegen.apps.gallery, vaegen.models\n"
+              "print('diffusers' in sys.modules)\n"
+              "from vaegen.config import ModelConfig\n"
+              "from vaegen.models import build_model\n"
+              "build_model(ModelConfig(name='ddpm', widths=[8, 16]), (16, 16), 3, 1)\n"
+              "print('diffusers' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "True"]
+
+
 def test_every_module_imports_alone(tmp_path):
     import subprocess
     import sys

@@ -99,6 +99,20 @@ def test_best_checkpoint_follows_lowest_fid_and_real_features_are_cached(tmp_pat
     assert "real images: computed once" not in capsys.readouterr().out
 
 
+def test_an_export_reuses_its_evaluation_epochs_sample_picture(tmp_path, counting_backbone, fid_config, monkeypatch):
+    import vaegen.training.loop as loop
+    from PIL import Image
+
+    drawn = []
+    draw = loop.sample_picture
+    monkeypatch.setattr(loop, "sample_picture", lambda *args, **kwargs: drawn.append(1) or draw(*args, **kwargs))
+    assert main(["train", "--config", str(fid_config(tmp_path, train={"epochs": 3}))]) == 0
+    assert len(drawn) == 3  # one per evaluation; every improving epoch's export took that epoch's picture
+    best = json.loads((tmp_path / "best" / "tiny" / "metrics.json").read_text())["epoch"]
+    exported = np.asarray(Image.open(tmp_path / "best" / "tiny" / "samples.png"))
+    assert np.array_equal(exported, np.asarray(Image.open(tmp_path / "logs" / "tiny" / f"samples_epoch{best:04d}.png")))
+
+
 def test_a_distance_on_fewer_images_than_feature_dimensions_says_it_is_biased(tmp_path, counting_backbone, fid_config):
     config = fid_config(tmp_path, train={"epochs": 1}, eval={"num_samples": 8, "batch_size": 8, "kid_subset_size": 8})
     with pytest.warns(UserWarning) as caught:

@@ -4,9 +4,10 @@ deterministic one (Song et al. 2021) in far fewer steps.
 
 The U-Net and the schedulers are diffusers' (UNet2DModel, DDPMScheduler, DDIMScheduler): a well-kept U-Net and
 schedulers whose noise schedules, targets and update rules are tested against the papers, rather than our own copies;
-the cost is one dependency (diffusers, imported only when a diffusion model is built: about a second). The U-Net has one resolution per entry of
-`model.widths` (its channels there, halving the image between them), `model.layers_per_block` residual blocks at each,
-and, with `model.attention`, self-attention at the lowest resolution only.
+the cost is one dependency (diffusers, imported only when a diffusion model is built: about a second). The U-Net has
+one resolution per entry of `model.widths` (its channels there, halving the image between them),
+`model.layers_per_block` residual blocks at each, and, with `model.attention`, self-attention at the lowest
+resolution only.
 
 Training: images in [0, 1] are mapped to x0 in [-1, 1], t ~ U{0, ..., T-1} and ε ~ N(0, I) come from torch's global
 RNG (which last.pt restores, so a resumed run continues exactly), x_t = √ᾱ_t·x0 + √(1-ᾱ_t)·ε, and the U-Net predicts ε
@@ -50,12 +51,11 @@ class Diffusion(Family):
     name = "ddpm"
     weighs_beta = False
     sampling_keys = ("diffusion_sampler", "sample_steps", "guidance")
+    temperature_means = "scale of the noise the denoising starts from"
 
     def __init__(self, prediction: str = "epsilon"):
         symbol = "ε" if prediction == "epsilon" else "v"
         self.headline = self.val_headline = {"loss": f"{symbol} error²/image"}
-
-    temperature_means = "scale of the noise the denoising starts from"
 
     def configured(self, model: ModelConfig) -> Diffusion:
         return Diffusion(model.prediction)
