@@ -67,6 +67,7 @@ ROWS: dict[str, dict[str, object]] = {
 RESAMPLED: dict[str, tuple[str, dict[str, object]]] = {
     "DDPM (DDIM 10 steps)": ("DDPM (DDIM 50 steps)", {"sample_steps": 10}),
     "DDPM (DDIM 250 steps)": ("DDPM (DDIM 50 steps)", {"sample_steps": 250}),
+    "DDPM (DDIM 50 steps; η = 1)": ("DDPM (DDIM 50 steps)", {"ddim_eta": 1.0}),  # DDPM's noise afresh at each step
     "DDPM (1000 steps)": ("DDPM (DDIM 50 steps)", {"diffusion_sampler": "ddpm"}),  # ancestral, every step (Ho et al.)
 }
 BUDGET_ROW = "best VAE recipe"
@@ -74,7 +75,7 @@ START, END = "<!-- families:start -->", "<!-- families:end -->"
 
 
 def slug_of(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
+    return "".join(c if c.isascii() and c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
 
 
 def training_seconds(run_dir: Path, train_images: int) -> float:

@@ -1,5 +1,5 @@
 """The diffusion family (model.name: ddpm): its noise schedules and targets as published, its samplers (DDIM
-deterministic, DDPM ancestral with temperature, step counts changeable after training), classifier-free guidance, and a
+deterministic or with η of DDPM's noise, DDPM ancestral with temperature, step counts changeable after training), classifier-free guidance, and a
 tiny run through `vaegen train` (selected by FD, resumed exactly), `vaegen test` (with another step count) and
 `vaegen.load`; bad configs are refused before training."""
 
@@ -19,7 +19,7 @@ from vaegen.apps.cli import main
 from vaegen.checkpoint import load_training_state, save_model
 from vaegen.config import config_from_dict
 from vaegen.models import build_model, family_of
-from vaegen.models.diffusion import ancestral_step
+from vaegen.models.diffusion import ancestral_step, ddim_step
 
 SMALL = {"name": "ddpm", "widths": [8, 16], "layers_per_block": 1, "timesteps": 50, "sample_steps": 8}
 
@@ -92,6 +92,32 @@ def test_ddpm_ancestral_sampling_draws_noise_at_each_step_scaled_by_the_temperat
     assert one.abs().mean() > 0.1 and torch.allclose(two, 2 * one, atol=1e-5)  # the same z, twice as far
     assert torch.equal(ancestral_step(scheduler, output, scheduler.timesteps[-1], x, torch.Generator(), 2.0),
                        scheduler.step(output, scheduler.timesteps[-1], x).prev_sample)  # the last step draws nothing
+
+
+def test_ddim_eta_draws_ddpms_noise_at_one_and_scales_it_by_the_temperature():
+    model, config = ddpm(ddim_eta=1.0)
+    assert "η 1" in family_of(config.model).describe(config)["sampler"]  # the gallery says which DDIM draws
+    assert "η" not in family_of(config.model).describe(ddpm()[1])["sampler"]
+    a, b = (model.generate(2, torch.Generator().manual_seed(seed)) for seed in (0, 1))
+    assert not torch.allclose(a, b) and torch.equal(a, model.generate(2, torch.Generator().manual_seed(0)))
+    model.ddim_eta = 0.0
+    assert not torch.allclose(model.generate(2, torch.Generator().manual_seed(0)), a, atol=1e-3)
+    # every step of the schedule: DDIM with η = 1 adds the noise of DDPM's ancestral step (Song et al. 2021, sec. 4.1)
+    model.sample_steps = 50  # = model.timesteps
+    ddim, ancestral = model.sampling_scheduler(), ddpm(diffusion_sampler="ddpm")[0].sampling_scheduler()
+    x, output = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    t = ddim.timesteps[20]
+    assert t == ancestral.timesteps[20]
+
+    def noise(step, scheduler, temperature, *eta):
+        return step(scheduler, output, t, x, *eta, torch.Generator().manual_seed(3), temperature) - step(
+            scheduler, output, t, x, *eta, torch.Generator().manual_seed(3), 0.0)
+
+    assert noise(ddim_step, ddim, 1.0, 1.0).abs().mean() > 0.01
+    assert torch.allclose(noise(ddim_step, ddim, 1.0, 1.0), noise(ancestral_step, ancestral, 1.0), atol=1e-5)
+    assert torch.allclose(noise(ddim_step, ddim, 2.0, 1.0), 2 * noise(ddim_step, ddim, 1.0, 1.0), atol=1e-5)
+    assert torch.allclose(noise(ddim_step, ddim, 1.0, 0.5), 0.5 * noise(ddim_step, ddim, 1.0, 1.0), atol=1e-5)
+    assert torch.equal(ddim_step(ddim, output, t, x, 0.0, torch.Generator(), 1.0), ddim.step(output, t, x).prev_sample)
 
 
 def test_a_small_model_samples_in_well_under_a_second_on_one_thread():
@@ -169,6 +195,8 @@ def test_a_conditional_model_with_guidance_samples_each_class(tmp_path, tiny_con
     ({"model": {"sample_steps": 51}}, "model.sample_steps"),
     ({"model": {"timesteps": 20}}, "model.timesteps"),
     ({"model": {"guidance": 2.0}}, "model.guidance"),
+    ({"model": {"diffusion_sampler": "ddpm", "ddim_eta": 1.0}}, "model.ddim_eta"),
+    ({"model": {"ddim_eta": 1.5}}, "model.ddim_eta"),
     ({"model": {"conditional": "embedding", "guidance": 2.0, "label_dropout": 0.0}}, "model.label_dropout"),
     ({"model": {"prediction": "x0"}}, "model.prediction"),
     ({"model": {"label_dropout": 1.0}}, "model.label_dropout"),
@@ -196,7 +224,7 @@ def untrained_ddpm(folder):
 
 @pytest.mark.parametrize(("setting", "key"), [
     ("model.widths=[4, 8]", "model.widths"), ("model.sample_steps=0", "sample_steps"), ("model.sample_steps=51", "model.sample_steps"),
-    ("sampler=gmm", "sampler"),
+    ("sampler=gmm", "sampler"), ("model.ddim_eta=-1", "model.ddim_eta"),
 ])
 def test_vaegen_test_changes_only_sampling_settings(tmp_path, capsys, setting, key):
     best = untrained_ddpm(tmp_path / "ddpm")

@@ -260,10 +260,14 @@ class ModelConfig(Section):
     attention: bool = Field(True, description="ddpm only: self-attention at the U-Net's lowest resolution (and in its "
                                               "middle); false = convolutions only")
     diffusion_sampler: Literal["ddpm", "ddim"] = Field(
-        "ddim", description="ddpm only: ancestral DDPM sampling over all model.timesteps steps, or deterministic DDIM "
-                            "(eta 0; Song et al. 2021) over model.sample_steps; vaegen test can change it (test model.*)")
+        "ddim", description="ddpm only: ancestral DDPM sampling over all model.timesteps steps, or DDIM (Song et al. "
+                            "2021) over model.sample_steps; vaegen test can change it (test model.*)")
     sample_steps: int = Field(50, ge=1, description="ddpm only: DDIM steps per sample, at most model.timesteps; vaegen "
                                                      "test can change it (test model.*)")
+    ddim_eta: float = Field(0.0, ge=0.0, le=1.0, description="ddpm only: DDIM's η, the share of DDPM's noise each step "
+                                                             "draws afresh: 0 = deterministic (Song et al.'s DDIM), 1 = "
+                                                             "as much as an ancestral step; vaegen test can change it "
+                                                             "(test model.*)")
     guidance: float = Field(1.0, ge=0.0, description="ddpm only, conditional models: classifier-free guidance scale s, "
                                                      "output = unconditional + s·(class − unconditional) (Ho & Salimans "
                                                      "2022); 1 = none; vaegen test can change it (test model.*)")
@@ -547,7 +551,7 @@ class TestConfig(Section):
     model: dict[str, Any] = Field(
         default_factory=dict, description="model.* keys of the trained config to change for this test, only those that "
                                           "change how it samples, not its weights (its family's sampling keys, e.g. "
-                                          "ddpm's diffusion_sampler, sample_steps and guidance): --set "
+                                          "ddpm's diffusion_sampler, sample_steps, ddim_eta and guidance): --set "
                                           "model.sample_steps=250; {} = as trained")
     interpolation: InterpolationConfig = InterpolationConfig()
     likelihood: LikelihoodConfig = LikelihoodConfig()

@@ -16,8 +16,9 @@ embedding`) add a learned class vector to the U-Net's time embedding; an extra "
 one with probability `model.label_dropout`, gives the unconditional model that classifier-free guidance (Ho & Salimans
 2022, `model.guidance`) pushes the samples away from.
 
-Sampling (`model.diffusion_sampler`, `model.sample_steps`, `model.guidance`) changes nothing in the weights, so these
-are the family's sampling keys: `vaegen test --set model.sample_steps=250` scores a trained model with another count.
+Sampling (`model.diffusion_sampler`, `model.sample_steps`, `model.ddim_eta`, `model.guidance`) changes nothing in the
+weights, so these are the family's sampling keys: `vaegen test --set model.sample_steps=250` scores a trained model
+with another count.
 There is no encoder, so no latent codes, no likelihood bound and no latent mixture.
 """
 
@@ -50,7 +51,7 @@ class Diffusion(Family):
 
     name = "ddpm"
     weighs_beta = False
-    sampling_keys = ("diffusion_sampler", "sample_steps", "guidance")
+    sampling_keys = ("diffusion_sampler", "sample_steps", "ddim_eta", "guidance")
     temperature_means = "scale of the noise the denoising starts from"
 
     def __init__(self, prediction: str = "epsilon"):
@@ -63,6 +64,8 @@ class Diffusion(Family):
     def describe(self, config: Config) -> dict[str, str]:
         model = config.model
         steps = f"{model.timesteps} steps" if model.diffusion_sampler == "ddpm" else f"{model.sample_steps} of its {model.timesteps} steps"
+        if model.diffusion_sampler == "ddim" and model.ddim_eta > 0:
+            steps += f", η {model.ddim_eta:g}"
         guidance = f", guidance {model.guidance:g}" if model.conditional != "none" else ""
         return {"model": f"{model.name}, U-Net widths {list(model.widths)}, {model.timesteps} noise levels "
                          f"({model.noise_schedule}), {model.prediction} prediction, conditional {model.conditional}",
@@ -86,6 +89,9 @@ class Diffusion(Family):
             (model.noise_schedule == "linear" and linear_end >= 1, f"model.noise_schedule linear scales Ho et al.'s β "
              f"(0.02 at the last of 1000 steps) by 1000/model.timesteps, so {model.timesteps} steps would need a β of "
              f"{linear_end:g}, beyond 1; set model.timesteps above 20, or model.noise_schedule: cosine."),
+            (model.diffusion_sampler == "ddpm" and model.ddim_eta > 0, f"model.ddim_eta is {model.ddim_eta:g}, but "
+             "model.diffusion_sampler is ddpm, whose ancestral steps always draw their whole noise; set "
+             "model.diffusion_sampler: ddim, or model.ddim_eta: 0."),
             (model.conditional == "none" and model.guidance != 1, f"model.guidance is {model.guidance}, but the model "
              "is unconditional and guidance steers towards a class; set model.conditional: embedding, or remove "
              "model.guidance."),
@@ -150,6 +156,7 @@ class DDPM(ImageModule):
         self.image_size, self.channels, self.num_classes = tuple(image_size), channels, num_classes
         self.conditional, self.label_dropout = cfg.conditional, cfg.label_dropout
         self.diffusion_sampler, self.sample_steps, self.guidance = cfg.diffusion_sampler, cfg.sample_steps, cfg.guidance
+        self.ddim_eta = cfg.ddim_eta
         self.schedule = schedule_settings(cfg)
         self.scheduler = load_diffusers().DDPMScheduler(**self.schedule)  # the forward process: ᾱ_t, add_noise, get_velocity
         self.unet = build_unet(cfg, image_size, channels, num_classes + 1 if self.is_conditional else None)
@@ -215,12 +222,22 @@ class DDPM(ImageModule):
             for t in scheduler.timesteps:
                 output = self.denoiser_output(x, t, labels)
                 if self.diffusion_sampler == "ddim":
-                    x = scheduler.step(output, t, x, eta=0.0).prev_sample
+                    x = ddim_step(scheduler, output, t, x, self.ddim_eta, generator, temperature)
                 else:
                     x = ancestral_step(scheduler, output, t, x, generator, temperature)
         finally:
             self.train(was_training)
         return ((x + 1) / 2).clamp(0, 1)
+
+
+def ddim_step(scheduler: diffusers.DDIMScheduler, output: torch.Tensor, t: torch.Tensor, x: torch.Tensor, eta: float,
+              generator: torch.Generator, temperature: float) -> torch.Tensor:
+    """DDIM's update (Song et al. 2021, eq. 12) with σ_t = η·(DDPM's σ_t) of fresh noise, z ~ N(0, temperature² I) from
+    `generator` (drawn here, as diffusers would draw it on the model's device); η = 0 draws nothing."""
+    if eta == 0:
+        return scheduler.step(output, t, x, eta=0.0).prev_sample
+    z = torch.randn(x.shape, generator=generator, dtype=output.dtype).to(x.device) * temperature
+    return scheduler.step(output, t, x, eta=eta, variance_noise=z).prev_sample
 
 
 def ancestral_step(scheduler: diffusers.DDPMScheduler, output: torch.Tensor, t: torch.Tensor, x: torch.Tensor,
