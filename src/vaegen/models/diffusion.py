@@ -232,8 +232,9 @@ class DDPM(ImageModule):
 
 def ddim_step(scheduler: diffusers.DDIMScheduler, output: torch.Tensor, t: torch.Tensor, x: torch.Tensor, eta: float,
               generator: torch.Generator, temperature: float) -> torch.Tensor:
-    """DDIM's update (Song et al. 2021, eq. 12) with σ_t = η·(DDPM's σ_t) of fresh noise, z ~ N(0, temperature² I) from
-    `generator` (drawn here, as diffusers would draw it on the model's device); η = 0 draws nothing."""
+    """DDIM's update (Song et al. 2021, eq. 12) with σ_t = η·(DDPM's σ_t) of fresh noise, z ~ N(0, temperature² I) drawn
+    here from the CPU `generator` like every other sampling draw (diffusers would draw it on the model's device); η = 0
+    draws nothing."""
     if eta == 0:
         return scheduler.step(output, t, x, eta=0.0).prev_sample
     z = torch.randn(x.shape, generator=generator, dtype=output.dtype).to(x.device) * temperature
