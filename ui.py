@@ -20,9 +20,9 @@ UPLOAD_TYPES = sorted(ext.lstrip(".") for ext in IMG_EXTENSIONS)  # what the tra
 
 # max_entries: a page left open while training rewrites model.safetensors would otherwise keep every version
 @st.cache_resource(max_entries=8, show_spinner="loading the model")
-def cached_model(path: str, mtime_ns: int):
-    """One load per (folder, weights file time): a rewritten best model (a newer mtime) is loaded again."""
-    return gallery.load_model(Path(path))
+def cached_model(path: str, mtime_ns: int, sampling: tuple = ()):
+    """One load per (folder, weights file time, sampling settings): a rewritten best model (a newer mtime) is loaded again."""
+    return gallery.load_model(Path(path), dict(sampling))
 
 
 def pngs(picture: gallery.Picture) -> tuple[bytes, bytes]:
@@ -33,12 +33,12 @@ def pngs(picture: gallery.Picture) -> tuple[bytes, bytes]:
 # Streamlit reruns the whole page on every click, so each picture is drawn once per model version (model_key,
 # like cached_model's; `_model` itself is not hashed) and settings.
 @st.cache_data(max_entries=32, show_spinner="drawing")
-def samples_png(model_key: tuple[str, int], _model, count: int, seed: int, temperature: float, choice: str | None):
+def samples_png(model_key: tuple, _model, count: int, seed: int, temperature: float, choice: str | None):
     return pngs(gallery.sample_view(_model, count, seed, temperature, choice))
 
 
 @st.cache_data(max_entries=32, show_spinner="drawing")
-def interpolation_png(model_key: tuple[str, int], _model, steps: int, choice: str | None, seed: int = 0,
+def interpolation_png(model_key: tuple, _model, steps: int, choice: str | None, seed: int = 0,
                       temperature: float = 1.0, uploads: tuple[bytes, bytes] | None = None):
     """Between two random codes from `seed`, or between the two uploaded image files."""
     images = None if uploads is None else torch.cat([gallery.prepare_upload(data, _model) for data in uploads])
@@ -46,7 +46,7 @@ def interpolation_png(model_key: tuple[str, int], _model, steps: int, choice: st
 
 
 @st.cache_data(max_entries=32, show_spinner="drawing")
-def reconstruction_png(model_key: tuple[str, int], _model, upload: bytes, choice: str | None):
+def reconstruction_png(model_key: tuple, _model, upload: bytes, choice: str | None):
     return pngs(gallery.reconstruction_view(_model, gallery.prepare_upload(upload, _model), choice))
 
 
@@ -82,7 +82,29 @@ def pick_run(root: Path, runs: list[gallery.Run]) -> gallery.Run:
     return run
 
 
-def generate_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
+def sampler_controls(model, folder: str) -> tuple:
+    """The sidebar's controls for the settings that change only how the model samples (a diffusion model's steps):
+    the (key, value) pairs changed from the trained ones."""
+    controls, changed = gallery.sampling_controls(model), []
+    if not controls:
+        return ()
+    with st.sidebar.expander("Sampler", expanded=True):
+        for control in controls:
+            key = f"sampling_{control.key}_{folder}"  # per model: another one's trained values are not carried over
+            if control.choices is not None:
+                value = st.selectbox(control.key, control.choices, control.choices.index(control.value), help=control.help, key=key)
+            elif isinstance(control.value, int):
+                value = int(st.number_input(control.key, control.low, None, control.value, 1, help=control.help, key=key))
+            elif control.high is not None:
+                value = st.slider(control.key, control.low, control.high, control.value, 0.05, help=control.help, key=key)
+            else:
+                value = st.number_input(control.key, control.low, None, control.value, 0.5, help=control.help, key=key)
+            if value != control.value:
+                changed.append((control.key, value))
+    return tuple(changed)
+
+
+def generate_tab(model, model_key: tuple, stem: str, choice: str | None) -> None:
     all_rows, limit = choice == gallery.ALL_CLASSES, gallery.max_samples(choice)
     controls, picture = st.columns([1, 2], gap="large")
     with controls.form("generate"):
@@ -98,13 +120,14 @@ def generate_tab(model, model_key: tuple[str, int], stem: str, choice: str | Non
         return
     count = min(count, limit)  # a request made for one class may be larger than all classes allow
     label = f"{choice + ', ' if choice else ''}{plural(count, 'sample')}{' per class' if all_rows else ''}"
-    caption = f"{label}, seed {seed}, temperature {temperature:g}"
+    sampling = dict(model_key[2]) if len(model_key) > 2 else {}  # the sampler's settings changed in the sidebar
+    caption = f"{label}, seed {seed}, temperature {temperature:g}" + "".join(f", {k} {v}" for k, v in sampling.items())
     with picture:
         show(samples_png(model_key, model, count, seed, temperature, choice), caption, stem, choice, "samples",
-             count=count, seed=seed, T=temperature)
+             count=count, seed=seed, T=temperature, **sampling)
 
 
-def interpolate_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
+def interpolate_tab(model, model_key: tuple, stem: str, choice: str | None) -> None:
     between = st.radio("between", ["two random latents", "two uploaded images"], horizontal=True, key="between")
     steps = st.slider("steps", 3, 16, 8, key="steps")
     left, right = st.columns(2)
@@ -131,7 +154,7 @@ def interpolate_tab(model, model_key: tuple[str, int], stem: str, choice: str | 
     show(pictures, caption, stem, choice, "interpolation", **settings)
 
 
-def reconstruct_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
+def reconstruct_tab(model, model_key: tuple, stem: str, choice: str | None) -> None:
     upload = st.file_uploader("an image", UPLOAD_TYPES, key="recon_upload")
     if upload is None:
         st.caption("Upload an image of any size or mode; it is resized and converted like the training data.")
@@ -147,11 +170,11 @@ def reconstruct_tab(model, model_key: tuple[str, int], stem: str, choice: str | 
 
 
 @st.cache_data(max_entries=8, show_spinner="encoding the images, drawing the maps")
-def latent_pngs(model_key: tuple[str, int], _model) -> list[tuple[str, str, bytes]]:
+def latent_pngs(model_key: tuple, _model) -> list[tuple[str, str, bytes]]:
     return gallery.latent_view(_model)
 
 
-def latent_tab(model, model_key: tuple[str, int], stem: str, choice: str | None) -> None:
+def latent_tab(model, model_key: tuple, stem: str, choice: str | None) -> None:
     if st.button("Show the latent space", key="latents"):  # seconds of encoding and t-SNE: only when asked
         st.session_state["latents_of"] = model_key[0]
     if st.session_state.get("latents_of") != model_key[0]:
@@ -218,6 +241,9 @@ def main() -> None:
     try:
         model_key = (str(run.path), (run.path / gallery.WEIGHTS).stat().st_mtime_ns)
         model = cached_model(*model_key)
+        sampling = sampler_controls(model, model_key[0])
+        if sampling:  # pictures are cached per settings too
+            model, model_key = cached_model(*model_key, sampling), (*model_key, sampling)
     except (VaegenError, OSError) as exc:  # OSError: the folder vanished or became unreadable since the listing
         st.error(str(exc))
         return

@@ -16,6 +16,7 @@ from helpers import SAMPLE, SAMPLE_CLASSES
 
 import vaegen
 from vaegen.apps.cli import main
+from vaegen.apps.gallery import sampling_controls
 from vaegen.checkpoint import load_training_state, save_model
 from vaegen.config import config_from_dict
 from vaegen.models import build_model, family_of
@@ -238,3 +239,12 @@ def test_a_family_without_sampling_keys_changes_none(tmp_path, capsys, make_run)
     assert main(["test", "--checkpoint", str(best), "--set", "model.latent_dim=4", "--set", "backbone=none"]) == 2
     err = capsys.readouterr().err
     assert "model.latent_dim" in err and "none of its model.* keys" in err
+
+
+def test_the_gallerys_sampler_controls_come_from_the_schema(tmp_path):
+    controls = {control.key: control for control in sampling_controls(vaegen.load(untrained_ddpm(tmp_path / "ddpm")))}
+    assert list(controls) == ["diffusion_sampler", "sample_steps", "ddim_eta"]  # no guidance: unconditional
+    assert controls["diffusion_sampler"].choices == ("ddpm", "ddim") and controls["sample_steps"].value == 8
+    assert (controls["ddim_eta"].low, controls["ddim_eta"].high, controls["ddim_eta"].value) == (0.0, 1.0, 0.0)
+    conditional = ddpm(conditional="embedding", classes=3)[1]
+    assert "guidance" in family_of(conditional.model).adjustable(conditional)

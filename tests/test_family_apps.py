@@ -85,3 +85,11 @@ def test_the_gallery_generates_from_each_family(name, tmp_path, monkeypatch, tin
     assert TEMPERATURE[name] in at.slider(key="temperature").label
     sidebar = " ".join(block.value for block in at.sidebar.markdown)
     assert DESCRIBED[name] in sidebar and ("β" in sidebar) == (name == "hvae")  # β weighs no other family's terms
+    sampler = {widget.label: widget for widget in [*at.sidebar.slider, *at.sidebar.selectbox, *at.sidebar.number_input]}
+    # guidance steers towards a class: no control for it on these unconditional models
+    assert sorted(sampler) == (["ddim_eta", "diffusion_sampler", "sample_steps"] if name == "ddpm" else [])
+    if name == "ddpm":  # the sampler's settings change the samples without retraining; a refused one says why
+        sampler["ddim_eta"].set_value(1.0).run()
+        assert not at.exception and any("ddim_eta 1.0" in image.proto.imgs[0].alt for image in at.image)
+        next(w for w in at.sidebar.number_input if w.label == "sample_steps").set_value(51).run()
+        assert not at.exception and any("model.sample_steps" in error.value for error in at.error)

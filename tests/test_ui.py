@@ -393,7 +393,7 @@ def test_model_is_loaded_once_per_weights_file_version(best, tmp_path, monkeypat
     shutil.copytree(best / "plain", tmp_path / "plain")
     loads = []
     real = gallery.load_model
-    monkeypatch.setattr(gallery, "load_model", lambda path: loads.append(path) or real(path))
+    monkeypatch.setattr(gallery, "load_model", lambda path, *sampling: loads.append(path) or real(path, *sampling))
     st.cache_resource.clear()
     at = app(tmp_path, monkeypatch)
     generate(at, count=4, seed=1)

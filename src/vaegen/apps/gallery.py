@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import torch
 from PIL import Image
@@ -213,9 +214,36 @@ def summary(run: Run) -> str:
 
 
 # Models and what they draw
-def load_model(path: Path) -> Pipeline:
-    """The model in `path` on the CPU, in eval mode (the page caches it per path and file time)."""
-    return load(path, "cpu")
+def load_model(path: Path, sampling: dict | None = None) -> Pipeline:
+    """The model in `path` on the CPU, in eval mode, sampling with the `sampling` keys changed (the page caches it per
+    path, file time and settings); ConfigError for a setting the family refuses."""
+    return load(path, "cpu", sampling=sampling or None)
+
+
+@dataclass(frozen=True)
+class SamplingControl:
+    """A family's sampling key as the schema types it: its trained value, its choices (a Literal) or its bounds."""
+
+    key: str
+    value: object
+    choices: tuple | None
+    low: float | None
+    high: float | None
+    help: str
+
+
+def sampling_controls(model: Pipeline) -> list[SamplingControl]:
+    """The settings that change only how the model samples (its family's sampling_keys; none for most families), for
+    the page's sampler controls."""
+    fields = type(model.config.model).model_fields
+    controls = []
+    for key in family_of(model.config.model).adjustable(model.config):
+        field_info = fields[key]
+        choices = get_args(field_info.annotation) if get_origin(field_info.annotation) is Literal else None
+        low = next((bound.ge for bound in field_info.metadata if hasattr(bound, "ge")), None)
+        high = next((bound.le for bound in field_info.metadata if hasattr(bound, "le")), None)
+        controls.append(SamplingControl(key, getattr(model.config.model, key), choices, low, high, field_info.description or ""))
+    return controls
 
 
 def class_choices(model: Pipeline) -> list[str]:

@@ -61,6 +61,10 @@ class Diffusion(Family):
     def configured(self, model: ModelConfig) -> Diffusion:
         return Diffusion(model.prediction)
 
+    def adjustable(self, config: Config) -> tuple[str, ...]:
+        """Guidance steers towards a class: not for an unconditional model."""
+        return tuple(key for key in self.sampling_keys if key != "guidance" or config.model.conditional != "none")
+
     def describe(self, config: Config) -> dict[str, str]:
         model = config.model
         steps = f"{model.timesteps} steps" if model.diffusion_sampler == "ddpm" else f"{model.sample_steps} of its {model.timesteps} steps"

@@ -57,6 +57,10 @@ class Family:
     sampling_keys: tuple[str, ...] = ()
     temperature_means = "standard deviation of z"  # what a sample's temperature scales, in the gallery's words
 
+    def adjustable(self, config: Config) -> tuple[str, ...]:
+        """The sampling keys worth a control in the gallery for this trained model (some apply only to some models)."""
+        return self.sampling_keys
+
     def describe(self, config: Config) -> dict[str, str]:
         """The trained model in a few words, as label -> text for the gallery's sidebar: "model", "training" and, where
         its samples come from something other than N(0, I), "sampler"."""
