@@ -1,6 +1,6 @@
 """Denoising diffusion (DDPM, Ho et al. 2020): a U-Net learns to undo Gaussian noise added to the training images over
-`model.timesteps` steps, and samples by denoising pure noise step by step, with DDPM's ancestral sampler or DDIM's
-deterministic one (Song et al. 2021) in far fewer steps.
+`model.timesteps` steps, and samples by denoising pure noise step by step, with DDPM's ancestral sampler or, in far
+fewer steps, DDIM's (Song et al. 2021): deterministic, or drawing `model.ddim_eta` of DDPM's noise at each step.
 
 The U-Net and the schedulers are diffusers' (UNet2DModel, DDPMScheduler, DDIMScheduler): a well-kept U-Net and
 schedulers whose noise schedules, targets and update rules are tested against the papers, rather than our own copies;
