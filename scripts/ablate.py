@@ -12,7 +12,7 @@ images against all real images, once, after the last epoch), changing only what 
 One evaluation, not the best of several: choosing an epoch by the reported score would flatter
 every row (and each row's best of four evaluations was its last one anyway, measured 2026-11-23).
 The table (distance, KID, precision/recall/density/coverage, reconstruction MSE per image, copy ratio,
-wall time, device) and one sample grid per row replace the ablation section of docs/results.md (--section
+wall time, device) and one sample grid per row replace the ablation section of docs/results.md for --size (--section
 NAME: a section of its own, between <!-- ablation:NAME:start --> and <!-- ablation:NAME:end -->).
 """
 
@@ -83,7 +83,6 @@ ROWS: dict[str, dict[str, object]] = {
 # a second stage trains on the best model of its first stage's row (trained first, in the same --out); its wall time
 # includes that row's
 SECOND_STAGE = {"VQ-VAE +prior": "VQ-VAE +gmm", "conditional VQ-VAE +prior": "conditional VQ-VAE +gmm"}
-START, END = "<!-- ablation:start -->", "<!-- ablation:end -->"
 
 
 def default_data() -> Path:
@@ -322,10 +321,16 @@ def record(table: str, results: list[dict], args) -> None:
     prefix = f"{args.section}-" if args.section else ""
     for result in results:
         shutil.copyfile(result["samples"], images / f"{prefix}{args.size}px-{result['slug']}.png")
-    start, end = (f"<!-- ablation:{args.section}:start -->", f"<!-- ablation:{args.section}:end -->") if args.section else (START, END)
+    start, end = section_markers(f"ablation:{args.section}" if args.section else "ablation", args.size)
     heading = f"Ablation on {args.data.name}" if args.section else "Ablation"
     path = write_section(start, end, f"## {heading} at {args.size} px, {args.epochs} epochs\n\n{table}")
     print(f"wrote the table to {path} and the grids to {images}/")
+
+
+def section_markers(tag: str, size: int) -> tuple[str, str]:
+    """A table's markers in docs/results.md: 32 px keeps those it was first written between, another size has its own."""
+    tag = tag if size == 32 else f"{tag}:{size}px"
+    return f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
 
 
 def write_section(start: str, end: str, body: str) -> Path:

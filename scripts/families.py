@@ -14,8 +14,8 @@ the whole epochs that fit the budget (at least 2). Then at --epochs epochs (the 
 Budget runs go first: the table that answers "which family, for my time" fills before the slower one.
 Rows in RESAMPLED train nothing: they score another row's model with other sampling settings (a diffusion model at
 another step count). Sampling time per image: the model drawing 200 images in batches of 100 on the row's device,
-after a warm-up batch. The tables and a sample grid per row replace the family section of docs/results.md; rows not
-run yet are listed as pending.
+after a warm-up batch. The tables and a sample grid per row replace the family section of docs/results.md for
+--size (32 px: the first one; another size: its own); rows not run yet are listed as pending.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from ablate import BEST, default_data, number, protocol_arguments, relative, row_config, write_section  # noqa: E402
+from ablate import BEST, default_data, number, protocol_arguments, relative, row_config, section_markers, write_section  # noqa: E402
 
 from vaegen.config import config_from_dict  # noqa: E402
 from vaegen.training.loop import RunPaths, train  # noqa: E402
@@ -71,7 +71,6 @@ RESAMPLED: dict[str, tuple[str, dict[str, object]]] = {
     "DDPM (1000 steps)": ("DDPM (DDIM 50 steps)", {"diffusion_sampler": "ddpm"}),  # ancestral, every step (Ho et al.)
 }
 BUDGET_ROW = "best VAE recipe"
-START, END = "<!-- families:start -->", "<!-- families:end -->"
 
 
 def slug_of(name: str) -> str:
@@ -287,7 +286,7 @@ def record(text: str, tables: dict[str, list[dict]], args) -> None:
     images.mkdir(parents=True, exist_ok=True)
     for result in (r for rows in tables.values() for r in rows):
         shutil.copyfile(result["samples"], images / f"{args.size}px-{result['slug']}.png")
-    path = write_section(START, END, f"## Model families at {args.size} px\n\n{text}")
+    path = write_section(*section_markers("families", args.size), f"## Model families at {args.size} px\n\n{text}")
     print(f"wrote the tables to {path} and the grids to {images}/")
 
 
