@@ -18,6 +18,7 @@ from torch import nn
 
 from vaegen.config import DiagnosticsConfig
 from vaegen.data.dataset import DecodedImages, to_input
+from vaegen.models.losses import standard_normal_kl
 from vaegen.plots import labelled_rows, latent_map_figure, ranked_bars, view_scale
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: a dimension is active when Cov_x(E_q[z_d | x]) exceeds this
@@ -58,11 +59,6 @@ class LatentStats:
         return numbers
 
 
-def kl_per_dimension(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, 1)) per dimension, averaged over the batch: [N, D] -> [D]."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)
-
-
 def active_units(means: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
     """How many dimensions' posterior means vary across the images by more than `threshold` (Burda et al. 2016)."""
     return int((means.var(0, unbiased=False) > threshold).sum())
@@ -77,7 +73,7 @@ def latent_statistics(model: nn.Module, data: DecodedImages, batch_size: int) ->
         mu, logvar = model.encode(to_input(images, device), labels.to(device) if model.is_conditional else None)
         means.append(mu.float().cpu())
         if logvar is not None:
-            kls.append(kl_per_dimension(mu.float(), logvar.float()).cpu() * len(mu))
+            kls.append(standard_normal_kl(mu.float(), logvar.float()).sum(0).cpu())
             variances.append(logvar.float().exp().sum(0).cpu())
     means = torch.cat(means)
     kl = torch.stack(kls).sum(0) / len(means) if kls else None

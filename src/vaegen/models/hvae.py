@@ -23,14 +23,9 @@ from torch import nn
 from vaegen.config import Config, ModelConfig
 from vaegen.errors import ConfigError
 from vaegen.models.family import Family
-from vaegen.models.losses import reconstruction_loss
+from vaegen.models.losses import reconstruction_loss, standard_normal_kl
 from vaegen.models.registry import register_model
 from vaegen.models.vae import VAE, ImageModule, ResidualBlock, _down, _up
-
-def standard_normal_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per image, summed over every other dimension: [N, ...] -> [N]."""
-    return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).flatten(1).sum(1)
-
 
 class HierarchicalVAE(Family):
     """Hierarchical VAEs: reconstruction + β·Σ_l max(KL_l, model.free_bits), KL_l the batch-mean KL of level l.
@@ -240,7 +235,7 @@ class HVAE(ImageModule):
             return torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
 
         logits, posteriors = self.infer(x, labels, noise_at)
-        return logits, torch.stack([standard_normal_kl(mu, logvar) for mu, logvar, _ in posteriors], dim=1)
+        return logits, torch.stack([standard_normal_kl(mu.float(), logvar.float()).flatten(1).sum(1) for mu, logvar, _ in posteriors], dim=1)
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Every level's posterior mean and log-variance over ε, flattened [N, latent_dim], each level's given the

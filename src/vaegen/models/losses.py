@@ -74,9 +74,14 @@ class DecoderLikelihood:
 MSE_SIGMA = math.sqrt(0.5)  # the sum of squared errors is -log N(x; mean, ½ I) - D/2·log π
 
 
+def standard_normal_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) of each latent value, unreduced: the caller sums or averages it."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma²) || N(0, I)), summed over latent dimensions, averaged over the batch."""
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / mu.shape[0]
+    return standard_normal_kl(mu, logvar).sum() / mu.shape[0]
 
 
 def vae_loss(
