@@ -122,7 +122,7 @@ def protocol_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
 
 
 def main() -> None:
-    parser = protocol_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = protocol_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
     parser.add_argument("--recipe", type=Path, default=REPO / "configs" / "train_apples.yaml", help="the reference row's config")
     parser.add_argument("--section", default="", help="record into docs/results.md's section of this name (default: the apples ablation)")

@@ -190,7 +190,7 @@ def budget_epochs(result: dict, budget_seconds: float, cap: int) -> int:
 
 
 def main() -> None:
-    parser = protocol_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser = protocol_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--rows", default=",".join([*ROWS, *RESAMPLED]), help=f"comma-separated subset of: {', '.join([*ROWS, *RESAMPLED])}")
     parser.add_argument("--recipe", type=Path, default=REPO / "configs" / "train_apples.yaml")
     parser.add_argument("--max-budget-epochs", type=int, default=200, help="at most this many epochs in the equal-time table")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--src", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("data/apples_sample"))
     parser.add_argument("--per-class", type=int, default=100)

@@ -147,7 +147,7 @@ COMMAND = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the fixture folder to create (must not exist)")
     parser.add_argument("--data", type=Path, default=REPO / DATA, help="the bundled sample (default: %(default)s)")
     args = parser.parse_args()

@@ -50,7 +50,7 @@ def floor(done: dict, device: torch.device) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="the ablation's --out folder")
     parser.add_argument("--rows", required=True, help="comma-separated rows of models that reconstruct")
     parser.add_argument("--device", default="cpu")
