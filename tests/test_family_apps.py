@@ -7,11 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers import read_summary
 
 import vaegen
 from vaegen.apps.cli import main
+from vaegen.models import reconstructs
 
 pytest.importorskip("streamlit", reason="the gallery needs streamlit: pip install -e '.[ui]'")
 from streamlit.testing.v1 import AppTest  # noqa: E402
@@ -75,6 +77,13 @@ def test_the_gallery_generates_from_each_family(name, tmp_path, monkeypatch, tin
     config = tiny_config(tmp_path, train={"epochs": 1}, model={**settings, **first}, output={"select": select},
                          sampler={"name": sampler, "components": 2}, eval=FD if select == "fid" else {})
     assert main(["train", "--config", str(config)]) == 0
+    loaded = vaegen.load(tmp_path / "best" / "tiny")
+    if reconstructs(loaded.model):
+        assert loaded.reconstruct(torch.rand(2, 3, 16, 16)).shape == (2, 3, 16, 16)
+    else:  # a family without codes says so, and hasattr stays False
+        with pytest.raises(AttributeError, match=r"no reconstruct\(\).*sample\(\)"):
+            loaded.reconstruct(torch.rand(2, 3, 16, 16))
+        assert not hasattr(loaded, "encode")
     monkeypatch.setenv("VAEGEN_BEST_DIR", str(tmp_path / "best"))
     at = AppTest.from_file(UI, default_timeout=120).run()
     at.sidebar.radio(key="run").set_value("tiny").run()

@@ -141,6 +141,9 @@ class Pipeline:
     def __getattr__(self, name: str):
         if name == "model":  # not set yet (copy, pickle): no recursion
             raise AttributeError(name)
+        if name in ("encode", "decode", "decode_logits", "reconstruct") and not hasattr(self.model, name):
+            raise AttributeError(f"a {self.config.model.name} model has no {name}(): it has no latent codes to encode or "
+                                 f"decode (a latent family's, a VAE's or an autoencoder's, have); draw its images with sample()")
         found = getattr(self.model, name)
         if name in ("encode", "reconstruct"):  # only where the module has them: a latent family's
             return lambda x, labels=None: found(self._in_unit_range(self._check_images(x)), self.class_indices(labels))
