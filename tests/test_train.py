@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,21 @@ def test_the_next_epoch_trains_while_the_checkpoint_is_written(tmp_path, monkeyp
     (timing,) = [line for line in log.splitlines() if line.startswith("time: ")]
     for phase in ["setup", "training steps", "validation", "evaluation", "best-model exports", "checkpoints"]:
         assert f"{phase} " in timing, phase
+
+
+def test_resuming_on_other_data_says_so(tmp_path, tiny_config):
+    data = tmp_path / "data"
+    shutil.copytree(SAMPLE, data)
+    config = tiny_config(tmp_path, data={"root": str(data)}, train={"epochs": 1})
+    assert main(["train", "--config", str(config)]) == 0
+    run = tmp_path / "logs" / "tiny"
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=2"]) == 0  # the same data: nothing to say
+    extra = sorted((data / "Red").iterdir())[0]
+    shutil.copyfile(extra, extra.with_name("copy-" + extra.name))
+    with pytest.warns(UserWarning, match=r"240 training and 60 validation images, and the data now gives 241 and 60"):
+        assert main(["train", "--resume", str(run), "--set", "train.epochs=3"]) == 0
+    warned = [line for line in (run / "train.log").read_text().splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and str(run / "checkpoints" / "last.pt") in warned[0]
 
 
 def test_resume_latest_run_of_config(tmp_path, tiny_config):

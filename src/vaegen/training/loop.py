@@ -648,6 +648,7 @@ def build_data_and_run(config: Config, device: torch.device) -> tuple[Splits, Ru
     if options.on_device:
         splits = to_device(splits, device)
     run = build_run(config, device, options, classes)
+    run.split_sizes = (len(splits.train.images), len(splits.val.images))
     if config.adversarial.enabled and not hasattr(run.model, "last_layer"):  # where the adversarial weight is measured
         raise ConfigError(f"adversarial.enabled needs the model's image-making layer (last_layer), which "
                           f"{config.model.name} does not name; turn adversarial.enabled off for this model.")

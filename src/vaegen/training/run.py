@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ class Run:
     criterion: str = "val_nelbo"  # the metric that picks the best model
     best_epoch: int | None = None
     best_value: float | None = None
+    split_sizes: tuple[int, int] | None = None  # training and validation images: a resume on other data says so
 
     @property
     def eval_model(self) -> nn.Module:
@@ -67,6 +69,7 @@ class Run:
             "best_epoch": self.best_epoch,
             "best_value": self.best_value,
             "classes": self.classes,
+            **({"split_sizes": list(self.split_sizes)} if self.split_sizes is not None else {}),
         }
 
     def load_state_dict(self, state: dict, source: str) -> None:
@@ -75,6 +78,15 @@ class Run:
             raise CheckpointError(
                 f"{source} was trained on classes {state.get('classes')} but data.root now has {self.classes}. "
                 f"Resume with the data the run started with, or start a new run."
+            )
+        saved = state.get("split_sizes")  # last.pt files before 2026-12-05 do not say
+        if saved is not None and self.split_sizes is not None and tuple(saved) != self.split_sizes:
+            warnings.warn(
+                f"{source} was trained on {saved[0]} training and {saved[1]} validation images, and the data now gives "
+                f"{self.split_sizes[0]} and {self.split_sizes[1]}: the split and the batch order are drawn anew, so "
+                f"the resumed run is not the one an unbroken run would give, and its best {self.criterion} so far was "
+                f"measured on other validation images. Resume with the data the run started with, or start a new run.",
+                stacklevel=2,
             )
         load_state_checked(self.model, state["model"], source)
         self.optimizer.load_state_dict(state["optimizer"])
