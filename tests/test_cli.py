@@ -87,6 +87,21 @@ def test_config_command_notes_a_data_root_that_is_not_there(tmp_path):
     assert present.returncode == 0 and "note:" not in present.stderr
 
 
+@pytest.mark.parametrize("overrides, named", [
+    (["model.name=conv_ae"], "sampler.name"),  # an autoencoder has no prior to sample
+    (["model.name=realnvp", "sampler.name=gmm"], "sampler.name"),
+    (["model.name=dcgan", "output.select=val_nelbo"], "output.select"),
+    (["model.name=hvae", "model.levels=2", "model.level_temperatures=[1,1,1]"], "model.level_temperatures"),
+    (["model.widths=[8,16,32,64,128,256]"], "data.image_size"),  # 96 px does not halve 6 times
+])
+def test_config_command_refuses_what_training_refuses(overrides, named, capsys):
+    """`vaegen config` runs the model family's rules as `vaegen train` does: exit 2, the same key path named."""
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    assert main(["config", "--config", str(REPO / "configs" / "train_apples.yaml"), *sets]) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("name", ["quickstart", "train_apples", "train_apples_cvae", "train_impressionism"])
 def test_shipped_configs_are_valid(name, capsys):
     assert main(["config", "--config", str(REPO / "configs" / f"{name}.yaml")]) == 0

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from vaegen.config import Config, Section, config_from_dict, load_config
 from vaegen.errors import ConfigError, VaegenError
+from vaegen.models import resolved_and_checked
 
 
 def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
@@ -154,25 +155,45 @@ def test_bad_choice_names_allowed_values(tmp_path):
     says(message, "`loss.recon` = 'l1'", "'mse', 'bce' or 'gaussian'")
 
 
+def size_error(tmp_path: Path, text: str) -> str:
+    """The image size a model halves is its family's rule: checked as training (and `vaegen config`) checks it."""
+    return refused(lambda: resolved_and_checked(load(tmp_path, text)))
+
+
 def test_image_size_not_divisible_suggests_neighbours(tmp_path):
-    message = error(tmp_path, "data:\n  root: x\n  image_size: 100\n")
-    assert "not divisible by 16" in message
+    message = size_error(tmp_path, "data:\n  root: x\n  image_size: 100\n")
+    assert "not divisible by 16" in message and "model.widths" in message
     assert "96 or 112" in message
 
 
 def test_image_size_divisor_follows_number_of_widths(tmp_path):
-    message = error(tmp_path, "data:\n  root: x\n  image_size: 30\nmodel:\n  widths: [32, 64]\n")
+    message = size_error(tmp_path, "data:\n  root: x\n  image_size: 30\nmodel:\n  widths: [32, 64]\n")
     assert "not divisible by 4" in message
     assert "28 or 32" in message
     # and a size divisible by 4 (but not by 16) is then fine
-    cfg = load(tmp_path, "data:\n  root: x\n  image_size: 28\nmodel:\n  widths: [32, 64]\n")
-    assert cfg.data.image_size == (28, 28)
+    config, _ = resolved_and_checked(load(tmp_path, "data:\n  root: x\n  image_size: 28\nmodel:\n  widths: [32, 64]\n"))
+    assert config.data.image_size == (28, 28)
 
 
 def test_image_size_width_axis_is_checked_too(tmp_path):
-    message = error(tmp_path, "data:\n  root: x\n  image_size: [64, 50]\n")
+    message = size_error(tmp_path, "data:\n  root: x\n  image_size: [64, 50]\n")
     assert "width 50 is not divisible by 16" in message
     assert "48 or 64" in message
+
+
+@pytest.mark.parametrize("model, size, divisor, named", [
+    ("{name: ddpm, widths: [32, 64, 64]}", 20, None, None),  # the U-Net halves between its levels: 2 times, not 3
+    ("{name: ddpm, widths: [32, 64, 64]}", 18, 4, "model.widths"),
+    ("{name: conv_vae, widths: [32, 64, 64]}", 20, 8, "model.widths"),
+    ("{name: realnvp, flow_scales: 3}", 12, None, None),  # a flow squeezes flow_scales - 1 times; model.widths is unused
+    ("{name: realnvp, flow_scales: 4}", 12, 8, "model.flow_scales"),
+])
+def test_the_image_size_rule_is_the_models_own(tmp_path, model, size, divisor, named):
+    text = f"data:\n  root: x\n  image_size: {size}\nmodel: {model}\nsampler:\n  name: prior\noutput:\n  select: fid\n"
+    if divisor is None:
+        assert resolved_and_checked(load(tmp_path, text))[0].data.image_size == (size, size)
+    else:
+        says(size_error(tmp_path, text), f"not divisible by {divisor}", named)
 
 
 def test_missing_root(tmp_path):

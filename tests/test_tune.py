@@ -306,6 +306,9 @@ def test_data_errors_of_a_sweep_name_its_own_keys_before_anything_else(tmp_path,
         # refused only beside data.image_size 16 (not searched)
         ({"optim.lr": {"uniform": [0.1, 0.2]}, "model.widths": {"choice": [[8, 16], [8, 16, 32, 64, 128]]}}, {},
          ("`model.widths`", "one of its choices", "not divisible by 32")),
+        # a model family's own rule: an autoencoder has no prior to sample (the base samples from the prior)
+        ({"optim.lr": {"uniform": [0.1, 0.2]}, "model.name": {"choice": ["conv_vae", "conv_ae"]}}, {},
+         ("`model.name`", "one of its choices", "sampler.name")),
     ],
 )
 def test_bad_sweep_files_are_named_before_ray_starts(tmp_path, capsys, monkeypatch, space, tune, message, tiny_sweep):
@@ -317,6 +320,19 @@ def test_bad_sweep_files_are_named_before_ray_starts(tmp_path, capsys, monkeypat
     err = capsys.readouterr().err
     assert all(phrase in err for phrase in ((message,) if isinstance(message, str) else message)), err
     assert "Traceback" not in err
+
+
+def test_a_base_config_its_model_family_refuses_is_named_before_ray_starts(tmp_path, capsys, monkeypatch, tiny_sweep):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started although the base config is refused"))
+    path = tiny_sweep(tmp_path, {"optim.lr": {"uniform": [1e-4, 1e-3]}})
+    sweep = yaml.safe_load(path.read_text())
+    sweep["base"]["model"]["name"] = "conv_ae"  # samples only through a fitted mixture; the base asks for the prior
+    path.write_text(yaml.safe_dump(sweep))
+    assert main(["tune", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "(base train config) is refused" in err and "sampler.name" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("space", [

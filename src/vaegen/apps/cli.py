@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the table's metric columns: keys or patterns, e.g. --metric val_nelbo 'fd_*' (default: every metric of any run)")
     compare.add_argument("--strict", action="store_true", help="refuse runs whose FD/KID were measured under different protocols (exit 2)")
 
-    show = commands.add_parser("config", help="validate a training config and print it with every default filled in")
+    show = commands.add_parser("config", help="check a training config as training will and print it with every default filled in")
     show.add_argument("--config", type=Path, required=True, help="training YAML (see configs/)")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config value first, e.g. --set train.epochs=5 (repeatable; VALUE is YAML)")
@@ -153,8 +153,10 @@ def cmd_compare(args) -> int:
 
 def cmd_config(args) -> int:
     from vaegen.config import load_config
+    from vaegen.models import resolved_and_checked
 
-    config = load_config(args.config, args.overrides)
+    # as training will take it: the family's own rules too, a second stage's settings from its first stage
+    config, _ = resolved_and_checked(load_config(args.config, args.overrides))
     print(config.to_yaml(), end="")
     root, source = config.data.root, config.data.source
     # valid as a config, but training would stop at once (a torchvision dataset is downloaded then)

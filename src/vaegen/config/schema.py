@@ -118,7 +118,8 @@ class DataConfig(Section):
     limit: PositiveInt | None = Field(None, description="at most this many images per class, the first in the "
                                                         "source's order (files by name), before the split; null = all")
     image_size: tuple[PositiveInt, PositiveInt] = Field(
-        (64, 64), description="one number (square) or [height, width], in pixels; each divisible by 2**len(model.widths)"
+        (64, 64), description="one number (square) or [height, width], in pixels; each divisible by 2 to the number of "
+                              "times the model halves it (2**len(model.widths) for most models)"
     )
     channels: Literal[1, 3] = Field(3, description="3 for RGB, 1 for grayscale")
     resize: Literal["center_crop", "stretch"] = Field("center_crop", description="stretch ignores the aspect ratio")
@@ -456,17 +457,10 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        layers, select, no_val = len(self.model.widths), self.output.select, self.data.val_fraction == 0
-        factor, sizes = 2**layers, []
-        for axis, size in zip(("height", "width"), self.data.image_size):
-            lower = size - size % factor
-            sizes.append((size % factor, f"data.image_size {axis} {size} is not divisible by {factor} (2**{layers} for "
-                          f"{layers} downsampling layers in model.widths); use "
-                          + (f"{lower} or {lower + factor}" if lower else f"{factor}")))
+        select, no_val = self.output.select, self.data.val_fraction == 0
         # "auto" is checked once resolved, in train
         network = evaluation_network_problem(self.loss.perceptual, self.eval.backbone, self.eval.extra_backbones)
-        _refuse_first([
-            *sizes,
+        _refuse_first([  # the image size a model's layers halve is its family's rule (models.resolved_and_checked)
             (select.startswith("val_") and no_val, f"output.select is {select} but data.val_fraction is 0, so there is "
              "no validation split to select on; set data.val_fraction to e.g. 0.1"),
             (select == "fid" and self.eval.backbone == "none", "output.select is fid but eval.backbone is none, so no "

@@ -7,6 +7,9 @@ minimises, what the epoch line shows, whether it has a prior) and registers them
 
 from vaegen.models import autoencoder, diffusion, flow, gan, hvae, vae, vq_prior, vqvae  # noqa: F401  (they register their models)
 from vaegen.models.family import Family, reconstructs
-from vaegen.models.registry import FAMILIES, MODELS, build_model, count_parameters, family_of, register_model
+from vaegen.models.registry import (
+    FAMILIES, MODELS, build_model, count_parameters, family_of, register_model, resolved_and_checked,
+)
 
-__all__ = ["FAMILIES", "MODELS", "Family", "build_model", "count_parameters", "family_of", "reconstructs", "register_model"]
+__all__ = ["FAMILIES", "MODELS", "Family", "build_model", "count_parameters", "family_of", "reconstructs", "register_model",
+           "resolved_and_checked"]

@@ -76,6 +76,10 @@ class Diffusion(Family):
                 "training": optimizer_words(config),
                 "sampler": f"{model.diffusion_sampler.upper()} from Gaussian noise, {steps}{guidance}"}
 
+    def halvings(self, model: ModelConfig) -> tuple[int, str]:
+        times = len(model.widths) - 1  # diffusers' U-Net halves the image between its levels, not after the last
+        return times, f"the U-Net's {times} halving(s) between its {len(model.widths)} model.widths levels"
+
     def check(self, config: Config) -> None:
         model, select = config.model, config.output.select
         linear_end = 0.02 * 1000 / model.timesteps

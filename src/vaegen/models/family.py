@@ -79,6 +79,10 @@ class Family:
         model's settings in here and refuses (ConfigError) a missing one; the default changes nothing."""
         return config
 
+    def halvings(self, model: ModelConfig) -> tuple[int, str]:
+        """How many times the module halves the image (each side must divide by 2 to that power), and what sets it."""
+        return len(model.widths), f"{len(model.widths)} downsampling layers in model.widths"
+
     def check(self, config: Config) -> None:
         """Refuse (ConfigError) settings this family cannot train with; called before anything is built."""
 

@@ -58,14 +58,12 @@ class RealNVPFamily(Family):
                          f"{model.flow_width} × {model.flow_blocks} blocks",
                 "training": f"exact likelihood, {optimizer_words(config)}"}
 
+    def halvings(self, model: ModelConfig) -> tuple[int, str]:
+        times = squeezes_of(model.flow_scales)
+        return times, f"the {times} squeeze(s) of model.flow_scales {model.flow_scales}"
+
     def check(self, config: Config) -> None:
-        model, factor = config.model, 2 ** squeezes_of(config.model.flow_scales)
-        height, width = config.data.image_size
-        if height % factor or width % factor:
-            raise ConfigError(
-                f"data.image_size {[height, width]} does not divide by {factor}: model.flow_scales {model.flow_scales} "
-                f"halves the resolution {squeezes_of(model.flow_scales)} time(s); use sizes that are multiples of "
-                f"{factor} (e.g. {max(factor, height - height % factor)}), or fewer model.flow_scales.")
+        model = config.model
         if model.conditional != "none":
             raise ConfigError(f"model.conditional is {model.conditional}, but the realnvp flow has no class-conditional "
                               "variant; set model.conditional: none.")

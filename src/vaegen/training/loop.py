@@ -36,7 +36,7 @@ from vaegen.evaluation.class_fidelity import conditional_fidelity, label_agreeme
 from vaegen.evaluation.frechet import Evaluator, eval_batch_size, metric_names, run_evaluator, score_model
 from vaegen.evaluation.reconstruction import reconstruction_quality
 from vaegen.evaluation.validation import validation_terms
-from vaegen.models import Family, count_parameters, family_of, reconstructs
+from vaegen.models import Family, count_parameters, family_of, reconstructs, resolved_and_checked
 from vaegen.plots import class_blocks, for_viewing, image_grid, reconstruction_grid, samples_per_class, save_png
 from vaegen.samplers.draw import generated_samples, per_class_samples
 from vaegen.samplers.mixture import SAMPLER_FILE, LatentGMM, check_mixture_data, fit_model_density
@@ -459,7 +459,7 @@ def _in_words(exc: BaseException, paths: RunPaths) -> BaseException:
 
 def _train(config: Config, paths: RunPaths, resume: bool, on_epoch: Callable[[dict, bool], None] | None) -> TrainResult:
     setup_started = time.perf_counter()
-    config = family_of(config.model).resolve(config)  # a second stage takes its first stage's settings
+    config, _ = resolved_and_checked(config)  # the family's rules; a second stage takes its first stage's settings
     device, main_process = start_processes(config)
     prepare_output_folders(paths)
     out = Outputs(paths)
@@ -589,26 +589,8 @@ def start_processes(config: Config) -> tuple[torch.device, bool]:
         raise ConfigError("adversarial.enabled is not supported under torchrun yet; train the VAE-GAN in one process.")
     if config.train.cuda_graph and distributed.world_size() > 1:
         raise ConfigError("train.cuda_graph is not supported under torchrun yet; set train.cuda_graph: false, or train in one process.")
-    family = family_of(config.model)
-    family.check(config)
-    refuse_what_the_family_cannot_take(config, family)
     refuse_training_against_the_scorer(config)
     return device, distributed.is_main()
-
-
-def refuse_what_the_family_cannot_take(config: Config, family: Family) -> None:
-    """The loop's image-space options need images from the forward pass, and the adversarial head a `recon` term to
-    weigh its own against: refused before any data loads, not at the epoch they start."""
-    makes_images = type(family).images is not Family.images
-    wanted = {"loss.perceptual": config.loss.perceptual != "none" and not makes_images,
-              "adversarial.enabled": config.adversarial.enabled and not (makes_images and "recon" in family.terms)}
-    refused = [key for key, bad in wanted.items() if bad]
-    if refused:
-        raise ConfigError(
-            f"{' and '.join(refused)} work on the images a model makes in its forward pass and (the adversarial head) "
-            f"its reconstruction term, which the {family.name} family of model.name {config.model.name} does not "
-            f"give; turn {' and '.join(refused)} off for this model."
-        )
 
 
 def refuse_training_against_the_scorer(config: Config) -> None:

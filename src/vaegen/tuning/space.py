@@ -27,6 +27,7 @@ from vaegen.config import (
     set_key_path,
 )
 from vaegen.errors import ConfigError
+from vaegen.models import resolved_and_checked
 
 
 
@@ -188,6 +189,10 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
                               f"does not search ({', '.join(settings.space)}).")
     base_raw = _base_raw(settings, path)
     sweep = Sweep(settings, base_raw, config_from_dict(base_raw, f"{path} (base train config)"))
+    try:
+        resolved_and_checked(sweep.base)
+    except ConfigError as exc:  # its family's rule: the config's error names no file
+        raise ConfigError(f"{path} (base train config) is refused: {exc}") from None
     _check_searched_epochs(settings.space.get("train.epochs"), path)
     _check_space(settings.space, base_raw, path)
     if settings.tune.scheduler == "asha" and settings.tune.grace_period > sweep.max_epochs:
@@ -257,16 +262,23 @@ def _check_space(space: dict[str, Distribution], base_raw: dict[str, Any], path:
 def _refused_at(raw: dict[str, Any]) -> list[tuple[str, ...]]:
     """The key paths (tuples of names) the train config `raw` is refused for; [] when it is valid."""
     try:
-        Config.model_validate(raw)
+        resolved_and_checked(Config.model_validate(raw))
     except ValidationError as exc:
         return [tuple(part for part in error["loc"] if isinstance(part, str)) for error in exc.errors()]
+    except ConfigError:  # a family's rule, which names no one key path
+        return [()]
     return []
 
 
 def _refuse(raw: dict[str, Any], path: Path, key: str, distribution: Distribution, where: str) -> None:
     """Raise the config's own error for `raw`, a trial's config with `key` at `where` of its distribution."""
+    context = f"{path}: space searches `{key}` with {_as_yaml(distribution)}, and a trial at {where}"
     try:
-        config_from_dict(raw, f"{path}: space searches `{key}` with {_as_yaml(distribution)}, and a trial at {where}")
+        config = config_from_dict(raw, context)
+        try:
+            resolved_and_checked(config)
+        except ConfigError as exc:  # its family's rule: the config's error names no file
+            raise ConfigError(f"{context} is refused: {exc}") from None
     except ConfigError as exc:
         raise ConfigError(f"{exc} Narrow `{key}` to values the config takes; trials given such a value would fail.") \
             from None
