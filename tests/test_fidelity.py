@@ -41,6 +41,15 @@ def test_the_classifier_is_trained_once_and_cached(apples, monkeypatch, capsys):
     assert all(torch.equal(a, b) for a, b in zip(classifier.state_dict().values(), again.state_dict().values()))
 
 
+def test_training_or_loading_the_classifier_leaves_the_random_stream_alone(apples, tmp_path):
+    """A conditional run trains it on a cold cache and loads it on a warm one: both must end the same."""
+    splits = apples[0]
+    for _ in ("train", "load"):
+        before = torch.get_rng_state()
+        load_or_train_classifier(splits.train, 3, tmp_path, torch.device("cpu"), seed=0)
+        assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_the_first_training_says_so_and_its_cache_names_the_data_it_came_from(apples, tmp_path, monkeypatch, capsys):
     from safetensors import safe_open
 

@@ -41,14 +41,20 @@ class ClassifierNet(nn.Module):
         return self.head(self.features(images * 2.0 - 1.0))
 
 
+def seeded_classifier(channels: int, num_classes: int, seed: int) -> ClassifierNet:
+    """A new classifier, its initial weights drawn from `seed`: building it (to train it, or to load its cached weights
+    into) must leave the training's random stream where it was, so a run ends the same with or without the cache."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ClassifierNet(channels, num_classes)
+
+
 def train_classifier(
     images_u8: torch.Tensor, labels: torch.Tensor, num_classes: int, device: torch.device, seed: int = 0, epochs: int = 8,
     batch_size: int = 64,
 ) -> ClassifierNet:
     generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # its initialisation must not move the caller's random stream
-        torch.manual_seed(seed)
-        net = ClassifierNet(images_u8.shape[1], num_classes).to(device)
+    net = seeded_classifier(images_u8.shape[1], num_classes, seed).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
     net.train()
     for _ in tqdm(range(epochs), desc="training the fidelity classifier", unit="epoch", leave=False, disable=None):
@@ -70,7 +76,7 @@ def load_or_train_classifier(data, num_classes: int, cache_dir: Path, device: to
     key = hashlib.sha256(json.dumps([CLASSIFIER_FORMAT, data.fingerprint, num_classes, seed]).encode()).hexdigest()[:20]
     path = Path(cache_dir) / CLASSIFIERS_FOLDER / f"classifier-{key}.safetensors"
     if path.is_file():
-        net = ClassifierNet(data.images.shape[1], num_classes)
+        net = seeded_classifier(data.images.shape[1], num_classes, seed)
         net.load_state_dict(load_file(str(path)))
         return net.to(device).eval()
     tqdm.write(f"the class-fidelity classifier: trained once on {len(data.images)} real images, then read from {path.parent}")
