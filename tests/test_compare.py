@@ -178,6 +178,10 @@ def test_protocol_fields_and_runs_without_one():
     assert any("d were measured under protocol B" in note and "num_generated (10000 vs 500)" in note for note in notes)
     with pytest.raises(ProtocolMismatch):
         compare.refuse_mismatch(entries[:3])  # c's distances have no protocol to check
+    # one protocol, two samplers: the note says how each run drew its samples, not only its group's first run
+    mixed = [entry("a", base, {"fid_inception": 1.0}), entry("e", {**base, "sampler": "gmm", "temperature": 0.8}, {"fid_inception": 2.0})]
+    [note] = compare.protocol_notes(mixed)
+    assert note.startswith("Protocol A: inception features") and "prior sampler, T=1.0 (a)" in note and "gmm sampler, T=0.8 (e)" in note
 
 
 def test_a_sweep_folder_stands_for_its_trials(runs, tmp_path):

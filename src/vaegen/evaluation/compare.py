@@ -20,7 +20,7 @@ from PIL import Image
 
 from vaegen.checkpoint import atomic_write, make_output_folder, read_json_object, write_text_atomic
 from vaegen.errors import CompareError, ProtocolMismatch
-from vaegen.evaluation.frechet import protocol_text
+from vaegen.evaluation.frechet import protocol_text, sampling_text
 from vaegen.plots import overlaid_curves, side_by_side
 
 # The protocol fields that make two FD/KID numbers comparable; library versions and precision are left out on purpose,
@@ -359,7 +359,12 @@ def protocol_notes(entries: list[Entry]) -> list[str]:
     if off:
         notes.append(f"{', '.join(off)}: no FD/KID measured (evaluation off, eval.backbone: none).")
     notes += [f"⚠ {metrics} of {split}: those numbers do not compare." for metrics, split in metric_setting_splits(entries)]
-    notes += [f"Protocol {_letter(index)}: {protocol_text(first.protocol)}." for index, first in enumerate(firsts)]
+    for index, first in enumerate(firsts):  # how each run drew its samples is its own, not its group's first run's
+        drawn: dict[str, list[str]] = {}
+        for entry in (entry for entry in entries if group_of.get(entry.name) == index):
+            drawn.setdefault(sampling_text(entry.protocol), []).append(entry.name)
+        sampled = "; ".join(f"{how} ({', '.join(names)})" for how, names in drawn.items())
+        notes.append(f"Protocol {_letter(index)}: {protocol_text(first.protocol, sampling=False)}; samples drawn with {sampled}.")
     return notes
 
 

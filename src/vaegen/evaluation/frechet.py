@@ -48,12 +48,17 @@ def network_slug(backbone: str) -> str:
     return backbone.replace("-", "_").replace("inception_64", "inception64")
 
 
-def protocol_text(protocol: dict) -> str:
-    """How a distance was measured, in one line, from a saved (maybe hand-edited) protocol block."""
+def protocol_text(protocol: dict, sampling: bool = True) -> str:
+    """How a distance was measured, in one line, from a saved (maybe hand-edited) protocol block; `sampling`: with how
+    the samples were drawn (the model's side, which `vaegen compare` says per run)."""
     p = defaultdict(lambda: "?", protocol)
     size = pixel_size(*p["image_size"]) if isinstance(p["image_size"], list) and len(p["image_size"]) == 2 else "?"
     return (f"{p['backbone']} features ({p['feature_dim']}-d), {p['num_generated']} generated vs {p['num_real']} real "
-            f"{p['reference']} images at {size}, {p['sampler']} sampler, T={p['temperature']}")
+            f"{p['reference']} images at {size}" + (f", {sampling_text(protocol)}" if sampling else ""))
+
+
+def sampling_text(protocol: dict) -> str:
+    return f"{protocol.get('sampler', '?')} sampler, T={protocol.get('temperature', '?')}"
 
 
 class _Features(nn.Identity):
