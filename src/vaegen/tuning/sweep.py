@@ -337,15 +337,17 @@ def run_sweep(sweep: Sweep, resume: bool = False, address: str | None = None) ->
 
 
 def record_sweep(sweep: Sweep, resume: bool) -> None:
-    """sweep.yaml, the sweep as it started; --resume continues that one, and warns when the sweep file changed."""
+    """sweep.yaml, the sweep as it started; --resume warns when the sweep given now differs from it."""
     started_with = sweep.sweep_dir / "sweep.yaml"
     sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         started_with.write_text(sweep_record(sweep.settings))
     elif started_with.is_file() and read_sweep_record(started_with) != sweep.settings:
-        warnings.warn(f"the sweep file changed since this sweep started; --resume continues with the search it started "
-                      f"with ({started_with}). Start a new sweep (--set tune.name=NEW_NAME) to search something else.",
-                      stacklevel=3)
+        warnings.warn(f"the sweep (its file and --set values) changed since this sweep started ({started_with}): "
+                      f"--resume continues the search Ray recorded, but the trials it resumes or starts train with the "
+                      f"settings given now, and the summary judges finished trials by them (more train.epochs turn "
+                      f"them into stopped ones). Resume with the command the sweep started with, or start a new sweep "
+                      f"(--set tune.name=NEW_NAME) to search something else.", stacklevel=3)
 
 
 def sweep_record(settings: SweepConfig) -> str:
