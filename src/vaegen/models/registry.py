@@ -39,8 +39,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-
-
 def resolved_and_checked(config: Config) -> tuple[Config, Family]:
     """`config` as its family trains it (a second stage takes its first stage's settings) and that family, once every
     refusal that needs the family has passed: the image size its layers halve, its own rules, the loop's image-space
